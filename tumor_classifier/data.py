@@ -1,0 +1,466 @@
+"""MRI image folders and Hub data sets as ``datasets.DatasetDict``; labels, splits, duplicates.
+
+The canonical labels are ``CLASS_NAMES`` (glioma, meningioma, notumor, pituitary), in that
+order; :data:`BINARY_CLASS_NAMES` is the tumor / no-tumor view of the same data.
+Folder names used by other releases of these data (``glioma_tumor``, ``no_tumor``,
+``normal`` ...) are mapped onto them.
+
+``datasets`` is imported inside the functions that need it, so code that only runs a
+saved model (or trains from a prepared cache on a machine without ``datasets``) does
+not pay for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from .exceptions import InvalidDatasetError, InvalidImageError
+from .preprocessing import load_image
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
+BINARY_CLASS_NAMES = ("notumor", "tumor")
+NO_TUMOR = "notumor"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+#: pHash Hamming distance at or below which two images count as near duplicates.
+NEAR_DUPLICATE_DISTANCE = 4
+
+_SPLIT_ALIASES = {
+    "train": ("training", "train"),
+    "validation": ("validation", "valid", "val"),
+    "test": ("testing", "test"),
+}
+_CLASS_ALIASES = {
+    "glioma": "glioma",
+    "gliomatumor": "glioma",
+    "meningioma": "meningioma",
+    "meningiomatumor": "meningioma",
+    "notumor": "notumor",
+    "notumour": "notumor",
+    "normal": "notumor",
+    "healthy": "notumor",
+    "no": "notumor",
+    "pituitary": "pituitary",
+    "pituitarytumor": "pituitary",
+    "pituitarytumour": "pituitary",
+}
+
+
+def canonical_class_name(name: str) -> str:
+    """Maps a folder or label name to one of :data:`CLASS_NAMES`.
+
+    Raises:
+        InvalidDatasetError: The name matches no known class.
+
+    Example:
+        >>> canonical_class_name("Glioma_Tumor")
+        'glioma'
+    """
+    key = re.sub(r"[^a-z]", "", name.lower())
+    if key not in _CLASS_ALIASES:
+        raise InvalidDatasetError(
+            f"Unknown class folder or label {name!r}; expected one of {', '.join(CLASS_NAMES)} "
+            "(aliases such as glioma_tumor, no_tumor, normal are accepted)."
+        )
+    return _CLASS_ALIASES[key]
+
+
+def to_binary_label(name: str) -> str:
+    """``"notumor"`` stays, every tumor type becomes ``"tumor"``."""
+    return NO_TUMOR if canonical_class_name(name) == NO_TUMOR else "tumor"
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    children = {child.name.lower(): child for child in root.iterdir() if child.is_dir()}
+    for split, aliases in _SPLIT_ALIASES.items():
+        for alias in aliases:
+            if alias in children:
+                found[split] = children[alias]
+                break
+    return found
+
+
+def list_image_files(directory: str | os.PathLike) -> list[tuple[str, str]]:
+    """Lists ``(path, class name)`` for every image in ``directory/<class>/``.
+
+    Files are sorted, so the order (and every seeded split made from it) is stable.
+
+    Raises:
+        InvalidDatasetError: No class folder with images is found.
+    """
+    directory = Path(directory)
+    items: list[tuple[str, str]] = []
+    for class_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
+        label = canonical_class_name(class_dir.name)
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                items.append((str(path), label))
+    if not items:
+        raise InvalidDatasetError(
+            f"No images found in {directory}; expected class folders "
+            f"({', '.join(CLASS_NAMES)}) holding {', '.join(IMAGE_SUFFIXES)} files."
+        )
+    return items
+
+
+def _class_label(binary: bool):
+    from datasets import ClassLabel
+
+    return ClassLabel(names=list(BINARY_CLASS_NAMES if binary else CLASS_NAMES))
+
+
+def _dataset_from_files(items: Sequence[tuple[str, str]], binary: bool) -> "Dataset":
+    from datasets import Dataset, Features, Image, Value
+
+    labels = _class_label(binary)
+    names = [to_binary_label(label) if binary else label for _, label in items]
+    features = Features({"image": Image(), "label": labels, "path": Value("string")})
+    return Dataset.from_dict(
+        {
+            "image": [path for path, _ in items],
+            "label": [labels.str2int(name) for name in names],
+            "path": [path for path, _ in items],
+        },
+        features=features,
+    )
+
+
+def _from_local_folder(root: Path, binary: bool) -> dict[str, "Dataset"]:
+    splits = _find_split_dirs(root)
+    if not splits:  # an imagefolder without split folders: everything is train
+        splits = {"train": root}
+    return {split: _dataset_from_files(list_image_files(path), binary) for split, path in splits.items()}
+
+
+def _from_hub(repo_id: str, binary: bool, revision: str | None) -> dict[str, "Dataset"]:
+    from datasets import ClassLabel
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    try:
+        loaded = load_dataset(repo_id, revision=revision)
+    except Exception as error:  # datasets raises many types; the user needs one message
+        raise InvalidDatasetError(
+            f"Could not load {repo_id!r} as a local folder or a Hugging Face Hub data set: {error}"
+        ) from error
+    splits: dict[str, Dataset] = {}
+    for split_name, split in loaded.items():
+        image_column = next((k for k, f in split.features.items() if isinstance(f, ImageFeature)), None)
+        label_column = next((k for k, f in split.features.items() if isinstance(f, ClassLabel)), None)
+        if image_column is None or label_column is None:
+            raise InvalidDatasetError(
+                f"The data set {repo_id!r} needs an Image column and a ClassLabel column; "
+                f"it has {dict(split.features)}."
+            )
+        source_names = split.features[label_column].names
+        target = _class_label(binary)
+
+        def relabel(batch, source_names=source_names, target=target):
+            names = [source_names[i] for i in batch[label_column]]
+            mapped = [to_binary_label(n) if binary else canonical_class_name(n) for n in names]
+            return {"label": [target.str2int(n) for n in mapped]}
+
+        split = split.map(relabel, batched=True, remove_columns=[label_column])
+        split = split.cast_column("label", target)
+        if image_column != "image":
+            split = split.rename_column(image_column, "image")
+        split = split.select_columns(["image", "label"])
+        key = next((canon for canon, aliases in _SPLIT_ALIASES.items() if split_name.lower() in aliases), split_name)
+        splits[key] = split
+    return splits
+
+
+def load_mri_dataset(
+    source: str | os.PathLike,
+    *,
+    binary: bool = False,
+    validation_size: float = 0.1,
+    test_size: float = 0.15,
+    seed: int = 42,
+    drop_test_duplicates: bool = False,
+    revision: str | None = None,
+) -> "DatasetDict":
+    """Loads brain MRI slices as a ``DatasetDict`` with train, validation and test splits.
+
+    Args:
+        source: A local folder in the Kaggle layout (``Training/<class>/``,
+            ``Testing/<class>/``, or lowercase ``train``/``test``/``validation``), a plain
+            image folder (``<class>/``; validation and test are then carved from it), or a
+            Hugging Face Hub data set id with an image and a class-label column.
+        binary: Label tumor / no tumor (:data:`BINARY_CLASS_NAMES`) instead of the four
+            classes.
+        validation_size: Fraction of train carved out, stratified and seeded, as
+            validation when the source has no validation split.
+        test_size: Fraction carved out of train as test when the source has no test split.
+        seed: Seed of the carving.
+        drop_test_duplicates: Drop test images that have a near duplicate (pHash distance
+            at most :data:`NEAR_DUPLICATE_DISTANCE`) in train or validation.
+        revision: Hub revision, for Hub data sets.
+
+    Returns:
+        ``DatasetDict`` with ``train``, ``validation`` and ``test``; columns ``image``
+        (``datasets.Image``), ``label`` (``ClassLabel``) and, for local folders, ``path``.
+
+    Raises:
+        InvalidDatasetError: The source is neither a readable folder nor a loadable data
+            set, or holds no images.
+
+    Example:
+        >>> data = load_mri_dataset("../shared/data/brain-tumor-mri")  # doctest: +SKIP
+        >>> data["train"].features["label"].names
+        ['glioma', 'meningioma', 'notumor', 'pituitary']
+    """
+    from datasets import DatasetDict
+
+    path = Path(source)
+    if path.is_dir():
+        splits = _from_local_folder(path, binary)
+    elif path.exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(source)):
+        raise InvalidDatasetError(
+            f"{source!r} is not a folder; pass a folder in the Kaggle layout or a Hub data set id (org/name)."
+        )
+    else:
+        splits = _from_hub(str(source), binary, revision)
+    if "train" not in splits:
+        raise InvalidDatasetError(f"{source!r} has no train split; found {sorted(splits)}.")
+    train = splits["train"]
+    if "test" not in splits:
+        carved = train.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+        train, splits["test"] = carved["train"], carved["test"]
+    if "validation" not in splits:
+        carved = train.train_test_split(test_size=validation_size, stratify_by_column="label", seed=seed)
+        train, splits["validation"] = carved["train"], carved["test"]
+    splits["train"] = train
+    data = DatasetDict({name: splits[name] for name in ("train", "validation", "test")})
+    if drop_test_duplicates:
+        report = find_duplicates(
+            list(_sources(data["train"])) + list(_sources(data["validation"])), list(_sources(data["test"]))
+        )
+        keep = [i for i in range(len(data["test"])) if i not in set(report.near_duplicate_queries)]
+        data["test"] = data["test"].select(keep)
+    return data
+
+
+def _sources(split: "Dataset") -> Iterable[Any]:
+    """Yields the undecoded image of each row: a path or ``{"bytes", "path"}``."""
+    from datasets import Image
+
+    raw = split.cast_column("image", Image(decode=False))
+    for item in raw["image"]:
+        yield item.get("path") if item.get("bytes") is None else item
+
+
+@dataclass
+class ImageFingerprint:
+    """Exact and perceptual identity of one image."""
+
+    sha256: str
+    phash: int
+
+
+def fingerprint(source: Any) -> ImageFingerprint:
+    """SHA-256 of the file bytes (of the pixels, for in-memory images) and 64-bit pHash.
+
+    The pHash is taken on the package's grayscale representation, so an "L" and an "RGB"
+    copy of the same slice hash alike.
+    """
+    import imagehash
+
+    if isinstance(source, dict):
+        data = source.get("bytes") or Path(source["path"]).read_bytes()
+    elif isinstance(source, (str, os.PathLike)):
+        data = Path(source).read_bytes()
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        data = None
+    gray = load_image(data if data is not None else source)
+    if data is None:
+        data = gray.tobytes()
+    digest = hashlib.sha256(data).hexdigest()
+    return ImageFingerprint(digest, int(str(imagehash.phash(gray)), 16))
+
+
+@dataclass
+class DuplicateReport:
+    """Duplicates of query images (for example Testing) among reference images (Training).
+
+    Attributes:
+        exact: ``(query index, reference index)`` pairs with byte-identical files.
+        distances: int array (n_queries,): pHash Hamming distance to the nearest reference.
+        nearest: int array (n_queries,): index of that nearest reference image.
+        threshold: Distance at or below which a query counts as a near duplicate.
+    """
+
+    exact: list[tuple[int, int]]
+    distances: np.ndarray
+    nearest: np.ndarray
+    threshold: int = NEAR_DUPLICATE_DISTANCE
+    unreadable: list[int] = field(default_factory=list)
+
+    @property
+    def exact_queries(self) -> list[int]:
+        return sorted({query for query, _ in self.exact})
+
+    @property
+    def same_hash_queries(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.distances == 0)]
+
+    @property
+    def near_duplicate_queries(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.distances <= self.threshold)]
+
+    @property
+    def clean_queries(self) -> list[int]:
+        """Indices of queries with no near duplicate among the references."""
+        return [int(i) for i in np.flatnonzero(self.distances > self.threshold)]
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "queries": int(self.distances.size),
+            "byte_identical": len(self.exact_queries),
+            "same_phash": len(self.same_hash_queries),
+            f"phash_within_{self.threshold}": len(self.near_duplicate_queries),
+            "without_near_duplicate": len(self.clean_queries),
+        }
+
+
+def _hamming_matrix(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    xor = np.bitwise_xor(queries[:, None], references[None, :])
+    return np.unpackbits(xor.view(np.uint8).reshape(xor.shape + (8,)), axis=-1).sum(-1)
+
+
+def find_duplicates(
+    references: Sequence[Any],
+    queries: Sequence[Any],
+    *,
+    threshold: int = NEAR_DUPLICATE_DISTANCE,
+    fingerprints: tuple[list[ImageFingerprint], list[ImageFingerprint]] | None = None,
+) -> DuplicateReport:
+    """Finds exact and near duplicates of each query image among the references.
+
+    Args:
+        references: Image sources (paths, bytes, PIL images, arrays), e.g. Training.
+        queries: Image sources to check, e.g. Testing.
+        threshold: pHash Hamming distance at or below which a pair is a near duplicate.
+        fingerprints: Precomputed ``(reference, query)`` fingerprints, to skip hashing.
+
+    Returns:
+        The :class:`DuplicateReport`.
+
+    Raises:
+        InvalidDatasetError: There are no reference images.
+
+    Example:
+        >>> report = find_duplicates(train_paths, test_paths)  # doctest: +SKIP
+        >>> report.summary()["byte_identical"]  # doctest: +SKIP
+        216
+    """
+    if len(references) == 0:
+        raise InvalidDatasetError("find_duplicates needs at least one reference image.")
+    ref_prints, query_prints = fingerprints or (
+        [fingerprint(s) for s in references],
+        [fingerprint(s) for s in queries],
+    )
+    by_digest: dict[str, list[int]] = {}
+    for index, item in enumerate(ref_prints):
+        by_digest.setdefault(item.sha256, []).append(index)
+    exact = [(q, r) for q, item in enumerate(query_prints) for r in by_digest.get(item.sha256, [])]
+    ref_hashes = np.array([p.phash for p in ref_prints], dtype=np.uint64)
+    query_hashes = np.array([p.phash for p in query_prints], dtype=np.uint64)
+    distances = np.empty(len(query_hashes), dtype=np.int64)
+    nearest = np.empty(len(query_hashes), dtype=np.int64)
+    for start in range(0, len(query_hashes), 256):  # bounded memory: 256 x n_refs x 8 bytes
+        block = _hamming_matrix(query_hashes[start : start + 256], ref_hashes)
+        nearest[start : start + 256] = block.argmin(axis=1)
+        distances[start : start + 256] = block.min(axis=1)
+    return DuplicateReport(exact, distances, nearest, threshold)
+
+
+@dataclass
+class DataReport:
+    """What :func:`describe_folder` found in a folder of MRI slices."""
+
+    class_counts: dict[str, dict[str, int]]
+    modes: dict[str, dict[str, Counter]]
+    sizes: dict[str, Counter]
+    duplicates: DuplicateReport | None
+    unreadable: list[str]
+
+    def to_text(self) -> str:
+        lines = []
+        for split, counts in self.class_counts.items():
+            total = sum(counts.values())
+            lines.append(f"{split}: {total} images")
+            for name, count in counts.items():
+                modes = ", ".join(f"{mode} {n}" for mode, n in sorted(self.modes[split][name].items()))
+                lines.append(f"  {name:<11} {count:>6}   storage modes: {modes}")
+            sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes[split].most_common(5))
+            lines.append(f"  sizes (most common): {sizes}")
+        if self.duplicates is not None:
+            s = self.duplicates.summary()
+            lines.append(f"test images with a duplicate in train ({s['queries']} test images):")
+            lines.append(f"  byte-identical:              {s['byte_identical']}")
+            lines.append(f"  same pHash:                  {s['same_phash']}")
+            lines.append(f"  pHash distance <= {self.duplicates.threshold}:        {s[f'phash_within_{self.duplicates.threshold}']}")
+            lines.append(f"  no near duplicate in train:  {s['without_near_duplicate']}")
+        if self.unreadable:
+            lines.append(f"unreadable files ({len(self.unreadable)}): " + ", ".join(self.unreadable[:10]))
+        return "\n".join(lines)
+
+
+def describe_folder(directory: str | os.PathLike, *, check_duplicates: bool = True) -> DataReport:
+    """Counts classes, storage modes and sizes per split, and test-vs-train duplicates.
+
+    Args:
+        directory: Folder in the Kaggle layout (or a plain class-folder image folder).
+        check_duplicates: Also hash every image and compare test to train.
+
+    Returns:
+        The :class:`DataReport`; ``to_text()`` renders it.
+    """
+    from PIL import Image
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise InvalidDatasetError(f"{directory!r} is not a folder.")
+    split_dirs = _find_split_dirs(root) or {"train": root}
+    class_counts: dict[str, dict[str, int]] = {}
+    modes: dict[str, dict[str, Counter]] = {}
+    sizes: dict[str, Counter] = {}
+    prints: dict[str, list[ImageFingerprint]] = {}
+    unreadable: list[str] = []
+    for split, split_dir in split_dirs.items():
+        items = list_image_files(split_dir)
+        class_counts[split] = dict(Counter(label for _, label in items))
+        modes[split] = {name: Counter() for name in class_counts[split]}
+        sizes[split] = Counter()
+        prints[split] = []
+        for path, label in items:
+            try:
+                data = Path(path).read_bytes()
+                with Image.open(io.BytesIO(data)) as image:
+                    modes[split][label][image.mode] += 1
+                    sizes[split][image.size] += 1
+                if check_duplicates:
+                    prints[split].append(fingerprint(data))
+            except (OSError, InvalidImageError):
+                unreadable.append(path)
+    duplicates = None
+    if check_duplicates and "train" in prints and "test" in prints:
+        duplicates = find_duplicates(
+            prints["train"], prints["test"], fingerprints=(prints["train"], prints["test"])
+        )
+    return DataReport(class_counts, modes, sizes, duplicates, unreadable)

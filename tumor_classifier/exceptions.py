@@ -1,0 +1,30 @@
+"""One error hierarchy for the package. Imports nothing of ours."""
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+
+class TumorClassifierError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidImageError(TumorClassifierError, ValueError):
+    """An input could not be read as an image (corrupt, empty, unsupported, too large)."""
+
+
+class InvalidDatasetError(TumorClassifierError, ValueError):
+    """A data source is missing, empty or not in a layout we can read."""
+
+
+class UnknownBackboneError(TumorClassifierError, KeyError):
+    """A backbone name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFittedError(TumorClassifierError, _SklearnNotFittedError):
+    """An inference method was called before `fit` or `from_pretrained`."""
+
+
+class ModelLoadError(TumorClassifierError, OSError):
+    """A model folder or Hub repository could not be loaded."""

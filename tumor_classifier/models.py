@@ -1,0 +1,225 @@
+"""Backbone registry and model construction.
+
+Each backbone is a frozen :class:`Backbone`: a Hub checkpoint to fine-tune (for users who
+can reach the Hub) and a from-scratch preset sized for two CPU cores. Both paths build a
+standard ``transformers`` image-classification model whose config carries ``id2label``,
+so a saved folder is self-describing and loads with ``AutoModelForImageClassification``.
+
+Example:
+    >>> model = create_model("convnext", num_labels=4, from_scratch=True, image_size=128)
+    >>> model.config.id2label[0]
+    'glioma'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from transformers import (
+    AutoModelForImageClassification,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from .data import CLASS_NAMES
+from .exceptions import ModelLoadError, UnknownBackboneError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One entry of the registry.
+
+    Attributes:
+        name: Registry key.
+        checkpoint: Hub checkpoint fine-tuned when ``from_scratch`` is false.
+        default_image_size: Input side the checkpoint was trained at.
+        scratch_config: Builds the from-scratch config: ``(image_size, dropout) -> config``.
+        model_class: The transformers class built from scratch.
+        attribution_layer: Dotted name of the module Grad-CAM hooks.
+        description: One line for ``list_backbones``.
+    """
+
+    name: str
+    checkpoint: str
+    default_image_size: int
+    scratch_config: Callable[[int, float], PretrainedConfig] = field(repr=False)
+    model_class: type[PreTrainedModel] = field(repr=False)
+    attribution_layer: str
+    description: str
+
+
+def _convnext_small_cpu(image_size: int, drop_path: float) -> ConvNextConfig:
+    # Widths 40-80-160-320, depths 2-2-6-2: 3.4 M parameters, ~110 img/s training at
+    # 128 px on two cores (../shared/ENVIRONMENT.md), and the probe's best accuracy.
+    return ConvNextConfig(
+        num_channels=3,
+        hidden_sizes=[40, 80, 160, 320],
+        depths=[2, 2, 6, 2],
+        drop_path_rate=drop_path,
+        image_size=image_size,
+    )
+
+
+def _vit_small_cpu(image_size: int, dropout: float) -> ViTConfig:
+    return ViTConfig(
+        image_size=image_size,
+        patch_size=16,
+        num_channels=3,
+        hidden_size=192,
+        num_hidden_layers=12,
+        num_attention_heads=3,
+        intermediate_size=768,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def _resnet_small_cpu(image_size: int, dropout: float) -> ResNetConfig:
+    del image_size, dropout  # ResNet is size-agnostic and has no dropout to set
+    return ResNetConfig(
+        num_channels=3,
+        embedding_size=32,
+        hidden_sizes=[32, 64, 128, 256],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+    )
+
+
+_REGISTRY: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone(
+            "convnext",
+            "facebook/convnext-tiny-224",
+            224,
+            _convnext_small_cpu,
+            ConvNextForImageClassification,
+            "convnext.encoder.stages.3",
+            "ConvNeXt: fine-tunes ConvNeXt-Tiny (ImageNet-1k), or a 3.4 M from-scratch preset",
+        ),
+        Backbone(
+            "vit",
+            "google/vit-base-patch16-224-in21k",
+            224,
+            _vit_small_cpu,
+            ViTForImageClassification,
+            "vit.encoder.layer.11",
+            "ViT: fine-tunes ViT-Base/16 (ImageNet-21k), or a width-192, 12-layer from-scratch preset",
+        ),
+        Backbone(
+            "resnet",
+            "microsoft/resnet-50",
+            224,
+            _resnet_small_cpu,
+            ResNetForImageClassification,
+            "resnet.encoder.stages.3",
+            "ResNet: fine-tunes ResNet-50 (ImageNet-1k), or a small ResNet-18-like preset",
+        ),
+    )
+}
+
+
+def list_backbones() -> list[Backbone]:
+    """The registered backbones, in registry order."""
+    return list(_REGISTRY.values())
+
+
+def get_backbone(name: str) -> Backbone:
+    """Looks up a backbone by name.
+
+    Raises:
+        UnknownBackboneError: The name is not registered; the message lists the names.
+    """
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise UnknownBackboneError(
+            f"Unknown backbone {name!r}; available: {', '.join(_REGISTRY)}."
+        ) from None
+
+
+def label_maps(class_names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """``id2label`` and ``label2id`` for the given class order."""
+    id2label = {i: name for i, name in enumerate(class_names)}
+    return id2label, {name: i for i, name in id2label.items()}
+
+
+def create_model(
+    backbone: str = "convnext",
+    *,
+    class_names: Sequence[str] = CLASS_NAMES,
+    from_scratch: bool = True,
+    image_size: int | None = None,
+    dropout: float = 0.1,
+    checkpoint: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    **from_pretrained_kwargs: Any,
+) -> PreTrainedModel:
+    """Builds a classification model with a head for ``class_names``.
+
+    Args:
+        backbone: A name from :func:`list_backbones`.
+        class_names: Labels, in output order; stored as ``id2label`` in the config.
+        from_scratch: Build the CPU-sized preset with random weights instead of
+            fine-tuning the Hub checkpoint.
+        image_size: Input side; defaults to the checkpoint's.
+        dropout: Stochastic depth (ConvNeXt) or hidden dropout (ViT).
+        checkpoint: Hub id or local folder overriding the registry checkpoint.
+        config_overrides: Extra config attributes for a from-scratch model (for example
+            ``{"depths": [1, 1, 1, 1]}`` for a tiny test model).
+        **from_pretrained_kwargs: Passed to ``from_pretrained`` (``cache_dir``,
+            ``local_files_only``, ``revision`` ...).
+
+    Returns:
+        A ``transformers`` ``PreTrainedModel`` in train mode.
+
+    Raises:
+        UnknownBackboneError: ``backbone`` is not registered.
+        ModelLoadError: The checkpoint could not be loaded (offline, wrong id).
+    """
+    spec = get_backbone(backbone)
+    image_size = image_size or spec.default_image_size
+    id2label, label2id = label_maps(class_names)
+    if from_scratch:
+        config = spec.scratch_config(image_size, dropout)
+        for key, value in (config_overrides or {}).items():
+            setattr(config, key, value)
+        config.num_labels = len(class_names)
+        config.id2label, config.label2id = id2label, label2id
+        model = spec.model_class(config)
+    else:
+        source = checkpoint or spec.checkpoint
+        extra = {"drop_path_rate": dropout} if backbone == "convnext" else {}
+        if backbone == "vit":
+            extra = {"hidden_dropout_prob": dropout, "image_size": image_size}
+        try:
+            model = AutoModelForImageClassification.from_pretrained(
+                source,
+                num_labels=len(class_names),
+                id2label=id2label,
+                label2id=label2id,
+                ignore_mismatched_sizes=True,  # a new head replaces the ImageNet one
+                **extra,
+                **from_pretrained_kwargs,
+            )
+        except OSError as error:
+            raise ModelLoadError(
+                f"Could not load checkpoint {source!r} for backbone {backbone!r}: {error}. "
+                "Without access to the Hub, pass --from_scratch or a local checkpoint folder."
+            ) from error
+    model.config.backbone_name = spec.name
+    model.train()
+    return model
+
+
+def backbone_name_of(model: PreTrainedModel) -> str:
+    """The registry name of a model, from its config (``backbone_name`` or model type)."""
+    name = getattr(model.config, "backbone_name", None) or model.config.model_type
+    return get_backbone(name).name

@@ -1,0 +1,119 @@
+"""PNG figures: training curves, confusion matrix, ROC / precision-recall, reliability.
+
+Every function takes plain numbers and a path, draws with matplotlib's non-interactive
+Agg backend (no display needed), writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+
+def _save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_training_curves(log_history: list[dict], directory: str | Path) -> list[Path]:
+    """Writes ``loss_curve.png`` and ``accuracy_curve.png`` from a Trainer log history."""
+    train = [(e["epoch"], e["loss"]) for e in log_history if "loss" in e and "epoch" in e]
+    evals = [e for e in log_history if "eval_loss" in e and "epoch" in e]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    if train:
+        axis.plot(*zip(*train), label="train", marker=".")
+    if evals:
+        axis.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], label="validation", marker=".")
+    axis.set(xlabel="epoch", ylabel="loss", title="Loss")
+    axis.legend()
+    paths = [_save(figure, Path(directory) / "loss_curve.png")]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key, label in (("eval_accuracy", "validation accuracy"), ("eval_f1_macro", "validation macro F1")):
+        points = [(e["epoch"], e[key]) for e in evals if key in e]
+        if points:
+            axis.plot(*zip(*points), label=label, marker=".")
+    axis.set(xlabel="epoch", ylabel="score", title="Validation accuracy", ylim=(0, 1.01))
+    axis.legend()
+    paths.append(_save(figure, Path(directory) / "accuracy_curve.png"))
+    return paths
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Confusion matrix with counts, rows true class, columns predicted class."""
+    matrix = np.asarray(matrix)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set(
+        xticks=range(len(class_names)),
+        yticks=range(len(class_names)),
+        xticklabels=class_names,
+        yticklabels=class_names,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
+    plt.setp(axis.get_xticklabels(), rotation=30, ha="right")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), value in np.ndenumerate(matrix):
+        axis.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    return _save(figure, path)
+
+
+def plot_roc_pr(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], directory: str | Path) -> list[Path]:
+    """One-vs-rest ROC and precision-recall curves per class: ``roc.png``, ``pr.png``."""
+    paths = []
+    for name, curve, axes_labels in (
+        ("roc.png", roc_curve, ("false positive rate", "true positive rate")),
+        ("pr.png", precision_recall_curve, ("recall", "precision")),
+    ):
+        figure, axis = plt.subplots(figsize=(5, 4.5))
+        for index, class_name in enumerate(class_names):
+            positives = np.asarray(y_true) == index
+            if positives.all() or not positives.any():
+                continue
+            first, second, _ = curve(positives, proba[:, index])
+            x, y = (first, second) if curve is roc_curve else (second, first)
+            axis.plot(x, y, label=class_name)
+        axis.set(xlabel=axes_labels[0], ylabel=axes_labels[1], xlim=(0, 1), ylim=(0, 1.02))
+        axis.set_title("ROC (one vs rest)" if curve is roc_curve else "Precision-recall (one vs rest)")
+        axis.legend(loc="lower right" if curve is roc_curve else "lower left")
+        paths.append(_save(figure, Path(directory) / name))
+    return paths
+
+
+def plot_reliability(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, n_bins: int = 15
+) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, one line per curve.
+
+    Args:
+        curves: Label -> ``(proba (n, k), y_true (n,))``, e.g. before and after
+            temperature scaling.
+    """
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect")
+    edges = np.linspace(0, 1, n_bins + 1)
+    for label, (proba, y_true) in curves.items():
+        confidence = proba.max(axis=1)
+        correct = proba.argmax(axis=1) == np.asarray(y_true)
+        xs, ys = [], []
+        for low, high in zip(edges[:-1], edges[1:]):
+            in_bin = (confidence > low) & (confidence <= high)
+            if in_bin.any():
+                xs.append(confidence[in_bin].mean())
+                ys.append(correct[in_bin].mean())
+        axis.plot(xs, ys, marker="o", label=label)
+    axis.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1.02))
+    axis.legend(loc="upper left")
+    return _save(figure, path)

@@ -1,0 +1,545 @@
+"""Decode, grayscale, crop to the head, pad, resize, normalise; train-time augmentation.
+
+One preprocessing serves training, evaluation and inference:
+
+1. :func:`load_image` decodes any common input (path, bytes, PIL image, numpy array) into
+   one 8-bit grayscale representation. The shared data set stores the same grayscale
+   content as "L" or "RGB" JPEGs depending on the class, so a model must never see the
+   storage mode.
+2. :func:`prepare_image` crops to the head's bounding box, pads to a square and resizes;
+   it remembers the geometry so an attribution map can be put back onto the input.
+3. :class:`MRIPreprocessor` holds the settings, turns prepared images into the
+   normalised ``pixel_values`` tensor a model takes, and saves itself as a standard
+   ``ViTImageProcessor`` config so a saved model also loads with plain
+   ``AutoImageProcessor`` (which then does the resize / rescale / normalise part only).
+4. :class:`BatchAugmenter` applies the plan's augmentation (rotation, flip, zoom, shift,
+   contrast / brightness, noise) to whole batches as tensors, so that on two CPU cores
+   the input pipeline costs little next to the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .exceptions import InvalidImageError
+
+ACCEPTED_INPUTS = (
+    "a file path (JPEG, PNG incl. 16-bit, TIFF, BMP, GIF, WebP), raw image bytes, "
+    "a PIL image, or a numpy array of shape (H, W) or (H, W, C) with C in 1, 3, 4"
+)
+#: Largest image side we decode; bigger inputs are refused rather than exhausting memory.
+MAX_IMAGE_SIDE = 8192
+MIN_IMAGE_SIDE = 8
+PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"file {os.fspath(source)!r}"
+    if isinstance(source, (bytes, bytearray)):
+        return f"{len(source)} bytes"
+    if isinstance(source, np.ndarray):
+        return f"numpy array of shape {source.shape} and dtype {source.dtype}"
+    return f"object of type {type(source).__name__}"
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Maps a 2-D array of any numeric dtype to uint8; 16-bit and float are min-max scaled."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InvalidImageError(f"Cannot read an array of dtype {array.dtype} as an image.")
+    values = array.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise InvalidImageError("The image holds no finite pixel values.")
+    values = np.where(finite, values, 0.0)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    # Medical images use the dtype's range loosely (12-bit data in uint16, floats in
+    # arbitrary units), so the window is the image's own range, not the dtype's.
+    return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+
+
+def _pil_to_gray(image: Image.Image) -> Image.Image:
+    """Converts any PIL mode to 8-bit "L"; alpha is composited on black (MRI background)."""
+    image = ImageOps.exif_transpose(image) if image.format in ("JPEG", "TIFF", "WEBP") else image
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_array_to_uint8(np.asarray(image)))
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("L")
+    # RGB, CMYK, YCbCr, LAB, HSV: through RGB to ITU-R 601 luma.
+    return image.convert("RGB").convert("L")
+
+
+def _array_to_gray(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return Image.fromarray(_array_to_uint8(array))
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if array.dtype != np.uint8:
+            array = _array_to_uint8(array)
+        mode = "RGB" if array.shape[-1] == 3 else "RGBA"
+        return _pil_to_gray(Image.fromarray(np.ascontiguousarray(array), mode=mode))
+    raise InvalidImageError(
+        f"Cannot read a numpy array of shape {array.shape} as an image; accepted: {ACCEPTED_INPUTS}."
+    )
+
+
+def load_image(source: Any) -> Image.Image:
+    """Decodes one input into the package's single grayscale representation.
+
+    Args:
+        source: A path, raw bytes, a PIL image, a numpy array (H, W) or (H, W, C), or a
+            ``datasets`` image dict (``{"bytes": ..., "path": ...}``).
+
+    Returns:
+        An 8-bit grayscale ("L") PIL image with the input's height and width.
+
+    Raises:
+        InvalidImageError: The input is empty, corrupt, not an image, of an unsupported
+            kind, or larger than ``MAX_IMAGE_SIDE`` on a side. The message names the input
+            and what is accepted.
+
+    Example:
+        >>> load_image(np.zeros((32, 32), dtype=np.uint16)).mode
+        'L'
+    """
+    what = _describe(source)
+    if isinstance(source, dict) and ("bytes" in source or "path" in source):
+        source = source.get("bytes") or source.get("path")
+        what = _describe(source)
+    if isinstance(source, np.ndarray):
+        image = _array_to_gray(source)
+    elif isinstance(source, Image.Image):
+        _check_size(source.size, what)
+        try:
+            image = _pil_to_gray(source)
+        except (OSError, ValueError) as error:
+            raise InvalidImageError(f"Cannot convert the PIL image ({source.mode}): {error}.") from None
+    elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        image = _decode(source, what)
+    else:
+        raise InvalidImageError(f"Cannot read an {what} as an image; accepted: {ACCEPTED_INPUTS}.")
+    _check_size(image.size, what)
+    return image
+
+
+def _check_size(size: tuple[int, int], what: str) -> None:
+    width, height = size
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise InvalidImageError(
+            f"The {what} is {width}x{height} pixels; images up to {MAX_IMAGE_SIDE} pixels a side are accepted."
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidImageError(
+            f"The {what} is {width}x{height} pixels; at least {MIN_IMAGE_SIDE} pixels a side are needed."
+        )
+
+
+def _decode(source: str | os.PathLike | bytes | bytearray, what: str) -> Image.Image:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidImageError(f"No image at {what}: the file does not exist.")
+        data = path.read_bytes()
+    else:
+        data = bytes(source)
+    if not data:
+        raise InvalidImageError(f"The {what} is empty; expected {ACCEPTED_INPUTS}.")
+    # Refuse decompression bombs before PIL allocates them.
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+        with Image.open(io.BytesIO(data)) as opened:
+            _check_size(opened.size, what)
+            opened.load()
+            return _pil_to_gray(opened)
+    except InvalidImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+        kind = "too large" if isinstance(error, Image.DecompressionBombError) else "not an image PIL can read"
+        raise InvalidImageError(f"The {what} is {kind}; accepted: {ACCEPTED_INPUTS}.") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise InvalidImageError(f"The {what} is corrupt or truncated ({error}); accepted: {ACCEPTED_INPUTS}.") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+def head_bounding_box(gray: np.ndarray, threshold: float = 0.1) -> tuple[int, int, int, int]:
+    """Finds the head as the bounding box of pixels above a fraction of the bright level.
+
+    The bright level is the 99.5th percentile rather than the maximum, so a few hot pixels
+    or burnt-in text do not decide it. If the box covers almost nothing (an empty or
+    nearly black image), the whole image is returned.
+
+    Args:
+        gray: uint8 array (H, W).
+        threshold: Fraction in (0, 1) of the bright level a pixel must exceed.
+
+    Returns:
+        ``(left, top, right, bottom)`` in pixels, right and bottom exclusive.
+    """
+    height, width = gray.shape
+    bright = float(np.percentile(gray, 99.5))
+    if bright <= 0:
+        return 0, 0, width, height
+    mask = gray > threshold * bright
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return 0, 0, width, height
+    left, top, right, bottom = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    if (right - left) * (bottom - top) < 0.02 * width * height:
+        return 0, 0, width, height
+    return left, top, right, bottom
+
+
+def strip_skull(gray: np.ndarray, threshold: float = 0.1, erosion: float = 0.06) -> np.ndarray:
+    """Heuristic skull stripping: keeps the largest bright component, eroded inwards.
+
+    This is a morphological heuristic, not a validated brain-extraction tool (such as
+    HD-BET or SynthStrip): it removes the scalp and much of the skull on axial slices
+    with a dark background, and may cut into the cortex or leave bone elsewhere.
+
+    Args:
+        gray: uint8 array (H, W).
+        threshold: Fraction of the bright level that counts as tissue.
+        erosion: Erosion depth as a fraction of the head's shorter side.
+
+    Returns:
+        uint8 array (H, W): the input with pixels outside the estimated brain set to 0.
+    """
+    from scipy import ndimage
+
+    bright = float(np.percentile(gray, 99.5))
+    if bright <= 0:
+        return gray.copy()
+    mask = ndimage.binary_fill_holes(gray > threshold * bright)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return gray.copy()
+    sizes = ndimage.sum(mask, labels, index=range(1, count + 1))
+    head = labels == (int(np.argmax(sizes)) + 1)
+    rows, cols = np.flatnonzero(head.any(axis=1)), np.flatnonzero(head.any(axis=0))
+    depth = max(1, int(erosion * min(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
+    brain = ndimage.binary_erosion(head, iterations=depth)
+    if brain.sum() < 0.05 * head.sum():  # eroded away: keep the head rather than nothing
+        brain = head
+    return np.where(brain, gray, 0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A grayscale image cropped to the head, padded square and resized.
+
+    Attributes:
+        image: "L" PIL image of ``size`` x ``size`` pixels.
+        original_size: ``(width, height)`` of the decoded input.
+        crop_box: ``(left, top, right, bottom)`` of the crop in input pixels.
+        padded_side: Side of the square the crop was centred in, in input pixels.
+    """
+
+    image: Image.Image
+    original_size: tuple[int, int]
+    crop_box: tuple[int, int, int, int]
+    padded_side: int
+
+    def to_original(self, heatmap: np.ndarray) -> np.ndarray:
+        """Puts a map over the prepared image back onto the input's pixel grid.
+
+        Undoes resize, pad and crop: the map is resized to the padded square, the crop is
+        cut out of it, and it is placed into a zero map of the input's size.
+
+        Args:
+            heatmap: float array (h, w), any size (it is resized), usually in [0, 1].
+
+        Returns:
+            float32 array (H, W) with the input's height and width; zero outside the crop.
+        """
+        left, top, right, bottom = self.crop_box
+        side = self.padded_side
+        square = _resize_float(heatmap.astype(np.float32), side, side)
+        pad_x = (side - (right - left)) // 2
+        pad_y = (side - (bottom - top)) // 2
+        width, height = self.original_size
+        out = np.zeros((height, width), dtype=np.float32)
+        out[top:bottom, left:right] = square[pad_y : pad_y + bottom - top, pad_x : pad_x + right - left]
+        return out
+
+
+def _resize_float(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def prepare_image(
+    image: Image.Image,
+    size: int,
+    *,
+    crop_to_head: bool = True,
+    head_threshold: float = 0.1,
+    skull_strip: bool = False,
+) -> PreparedImage:
+    """Crops a grayscale image to the head, pads it to a square and resizes it.
+
+    Args:
+        image: "L" PIL image, as :func:`load_image` returns.
+        size: Side of the output square in pixels.
+        crop_to_head: Crop to :func:`head_bounding_box` first.
+        head_threshold: Threshold passed to :func:`head_bounding_box`.
+        skull_strip: Apply the :func:`strip_skull` heuristic before cropping.
+
+    Returns:
+        The :class:`PreparedImage`, whose ``image`` is ``size`` x ``size`` "L".
+    """
+    gray = np.asarray(image if image.mode == "L" else image.convert("L"))
+    if skull_strip:
+        gray = strip_skull(gray, head_threshold)
+    height, width = gray.shape
+    box = head_bounding_box(gray, head_threshold) if crop_to_head else (0, 0, width, height)
+    left, top, right, bottom = box
+    crop = gray[top:bottom, left:right]
+    side = max(crop.shape)
+    square = np.zeros((side, side), dtype=np.uint8)
+    pad_y, pad_x = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    square[pad_y : pad_y + crop.shape[0], pad_x : pad_x + crop.shape[1]] = crop
+    resized = Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR)
+    return PreparedImage(resized, (width, height), box, side)
+
+
+@dataclass
+class MRIPreprocessor:
+    """The preprocessing settings of a model, and the step from images to tensors.
+
+    Attributes:
+        size: Side of the square the model sees, in pixels.
+        crop_to_head: Crop to the head's bounding box before padding and resizing.
+        head_threshold: Fraction of the bright level that counts as head.
+        skull_strip: Apply the skull-stripping heuristic (off by default).
+        mean: Normalisation mean of the [0, 1] grayscale values.
+        std: Normalisation standard deviation.
+        num_channels: Channels the model takes; the gray channel is repeated, so a
+            3-channel Hub checkpoint fine-tunes as is.
+
+    Example:
+        >>> pre = MRIPreprocessor(size=64)
+        >>> pre([np.zeros((80, 60), dtype=np.uint8)]).shape
+        torch.Size([1, 3, 64, 64])
+    """
+
+    size: int = 224
+    crop_to_head: bool = True
+    head_threshold: float = 0.1
+    skull_strip: bool = False
+    mean: float = 0.5
+    std: float = 0.5
+    num_channels: int = 3
+
+    def prepare(self, source: Any) -> PreparedImage:
+        """Decodes one input and prepares it (grayscale, crop, pad, resize)."""
+        return prepare_image(
+            load_image(source),
+            self.size,
+            crop_to_head=self.crop_to_head,
+            head_threshold=self.head_threshold,
+            skull_strip=self.skull_strip,
+        )
+
+    def prepare_array(self, source: Any) -> np.ndarray:
+        """Prepares one input and returns it as a uint8 array (size, size)."""
+        return np.asarray(self.prepare(source).image)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """Turns uint8 (n, size, size) or float [0, 1] (n, 1, size, size) into pixel_values.
+
+        Returns:
+            float32 tensor (n, num_channels, size, size), normalised.
+        """
+        if batch.dtype == torch.uint8:
+            batch = batch.float().div_(255.0)
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(1)
+        batch = (batch - self.mean) / self.std
+        return batch.expand(-1, self.num_channels, -1, -1).contiguous()
+
+    def __call__(self, sources: Sequence[Any]) -> torch.Tensor:
+        """Prepares and normalises a sequence of inputs.
+
+        Returns:
+            float32 tensor (n, num_channels, size, size).
+        """
+        arrays = np.stack([self.prepare_array(source) for source in sources])
+        return self.normalize(torch.from_numpy(arrays))
+
+    # -- persistence ---------------------------------------------------------------
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A standard ``ViTImageProcessor`` config plus our own settings.
+
+        Plain ``AutoImageProcessor`` reads the standard keys (resize to ``size``, rescale,
+        normalise, RGB) and ignores the ``tumor_classifier`` block; this package reads
+        both, so both paths give identical tensors on an already prepared image.
+        """
+        return {
+            "image_processor_type": "ViTImageProcessor",
+            "do_convert_rgb": True,
+            "do_resize": True,
+            "size": {"height": self.size, "width": self.size},
+            "resample": int(Image.Resampling.BILINEAR),
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [self.mean] * 3,
+            "image_std": [self.std] * 3,
+            "tumor_classifier": {
+                key: value for key, value in asdict(self).items() if key not in ("mean", "std", "size")
+            },
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Writes ``preprocessor_config.json`` into ``directory``; returns its path."""
+        path = Path(directory) / PROCESSOR_CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_hf_dict(cls, config: dict[str, Any]) -> "MRIPreprocessor":
+        """Reads a config written by :meth:`to_hf_dict`, or any ViT/ConvNeXt processor config.
+
+        A config of another project (no ``tumor_classifier`` block) keeps its size and
+        normalisation and gets this package's grayscale and head-crop defaults.
+        """
+        size = config.get("size", {})
+        if isinstance(size, dict):
+            side = size.get("height") or size.get("shortest_edge") or 224
+        else:
+            side = int(size)
+        mean = config.get("image_mean", [0.5])
+        std = config.get("image_std", [0.5])
+        ours = config.get("tumor_classifier", {})
+        known = {f for f in cls.__dataclass_fields__ if f not in ("mean", "std", "size")}
+        return cls(
+            size=int(side),
+            mean=float(np.mean(mean)),
+            std=float(np.mean(std)),
+            **{key: value for key, value in ours.items() if key in known},
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "MRIPreprocessor":
+        """Loads ``preprocessor_config.json`` from a local model folder."""
+        path = Path(directory) / PROCESSOR_CONFIG_NAME
+        return cls.from_hf_dict(json.loads(path.read_text()))
+
+
+@dataclass
+class AugmentationConfig:
+    """Train-time augmentation, applied to whole batches as tensors.
+
+    Attributes:
+        rotation: Largest rotation in degrees (uniform in +-rotation).
+        zoom: Largest relative zoom in or out (scale uniform in 1 +- zoom).
+        shift: Largest shift as a fraction of the side.
+        hflip: Probability of a horizontal (left-right) flip; brains are near symmetric.
+        vflip: Probability of a vertical flip; off by default, since scans are upright.
+        contrast: Largest relative contrast stretch (factor uniform in 1 +- contrast).
+        brightness: Largest brightness offset on the [0, 1] scale.
+        gamma: Largest log2 gamma change (covers other scanners' intensity curves).
+        noise: Largest Gaussian noise standard deviation on the [0, 1] scale.
+        blur: Probability of a light blur (covers softer scanners and resampling).
+    """
+
+    rotation: float = 15.0
+    zoom: float = 0.15
+    shift: float = 0.1
+    hflip: float = 0.5
+    vflip: float = 0.0
+    contrast: float = 0.2
+    brightness: float = 0.1
+    gamma: float = 0.3
+    noise: float = 0.03
+    blur: float = 0.2
+
+    @classmethod
+    def none(cls) -> "AugmentationConfig":
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass
+class BatchAugmenter:
+    """Random affine, flip and intensity changes on a batch of [0, 1] images.
+
+    Works on float tensors (n, 1, H, W) in [0, 1] and returns the same shape and range,
+    drawing from its own seeded generator so runs repeat.
+    """
+
+    config: AugmentationConfig = field(default_factory=AugmentationConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def _uniform(self, n: int, limit: float) -> torch.Tensor:
+        return (torch.rand(n, generator=self.generator) * 2 - 1) * limit
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        n = batch.shape[0]
+        angle = self._uniform(n, math.radians(cfg.rotation))
+        scale = 1 + self._uniform(n, cfg.zoom)
+        flip = torch.where(torch.rand(n, generator=self.generator) < cfg.hflip, -1.0, 1.0)
+        vflip = torch.where(torch.rand(n, generator=self.generator) < cfg.vflip, -1.0, 1.0)
+        shift_x, shift_y = self._uniform(n, 2 * cfg.shift), self._uniform(n, 2 * cfg.shift)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin * vflip, shift_x], dim=1),
+                torch.stack([sin * flip, cos * vflip, shift_y], dim=1),
+            ],
+            dim=1,
+        )
+        if cfg.rotation or cfg.zoom or cfg.shift or cfg.hflip or cfg.vflip:
+            grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+            batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if cfg.blur:
+            blurred = F.avg_pool2d(F.pad(batch, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+            pick = (torch.rand(n, generator=self.generator) < cfg.blur).view(n, 1, 1, 1)
+            batch = torch.where(pick, blurred, batch)
+        if cfg.gamma:
+            gamma = torch.exp2(self._uniform(n, cfg.gamma)).view(n, 1, 1, 1)
+            batch = batch.clamp(0, 1).pow(gamma)
+        if cfg.contrast or cfg.brightness:
+            mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+            contrast = (1 + self._uniform(n, cfg.contrast)).view(n, 1, 1, 1)
+            brightness = self._uniform(n, cfg.brightness).view(n, 1, 1, 1)
+            batch = (batch - mean) * contrast + mean + brightness
+        if cfg.noise:
+            sigma = (torch.rand(n, generator=self.generator) * cfg.noise).view(n, 1, 1, 1)
+            batch = batch + sigma * torch.randn(batch.shape, generator=self.generator)
+        return batch.clamp_(0, 1)

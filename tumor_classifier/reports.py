@@ -1,0 +1,123 @@
+"""Model cards and Markdown summaries, with the plots they show.
+
+Everything here writes files into a model or report folder from numbers computed
+elsewhere (:mod:`tumor_classifier.metrics`); nothing is measured here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .plots import plot_confusion_matrix, plot_reliability, plot_training_curves
+
+DISCLAIMER = (
+    "This model is a research tool. It is not a medical device and must not be used to "
+    "diagnose, treat or rule out disease."
+)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}%"
+
+
+def metrics_table(sections: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table with one row per evaluated split."""
+    rows = [
+        "| split | images | accuracy | macro F1 | tumor sensitivity | tumor specificity | ECE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in sections.items():
+        rows.append(
+            f"| {name} | {m['n']} | {_pct(m['accuracy'])} | {m['f1_macro']:.4f} | "
+            f"{_pct(m.get('tumor_sensitivity'))} | {_pct(m.get('tumor_specificity'))} | {m['ece']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
+def per_class_table(metrics: dict[str, Any]) -> str:
+    """Per-class precision, recall, F1 and support as a Markdown table."""
+    rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name, m in metrics["per_class"].items():
+        rows.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    return "\n".join(rows)
+
+
+def write_model_card(
+    directory: str | Path,
+    metrics: dict[str, Any],
+    log_history: list[dict],
+    class_names: Sequence[str],
+    *,
+    reliability: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Path:
+    """Writes the plots and ``README.md`` (a Hub model card) into a model folder."""
+    directory = Path(directory)
+    plot_training_curves(log_history, directory)
+    plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, directory / "confusion_matrix.png", "Test confusion matrix")
+    if reliability:
+        plot_reliability(reliability, directory / "reliability.png")
+    sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates") if k in metrics}
+    training = metrics.get("training", {})
+    calibration = metrics.get("calibration", {})
+    duplicates = metrics.get("duplicates", {})
+    card = f"""---
+library_name: transformers
+pipeline_tag: image-classification
+license: apache-2.0
+tags:
+- medical-imaging
+- brain-mri
+- tumor-classification
+- tumor-classifier
+---
+
+# Brain tumor MRI classifier ({training.get('backbone', 'model')})
+
+Classifies one brain MRI slice as {', '.join(class_names)}.
+Trained with `train_hf.py` of the `tumor-classifier` package
+({'from scratch' if training.get('from_scratch') else 'fine-tuned'}, {training.get('image_size')} px,
+{training.get('epochs_run', 0):.0f} epochs, {training.get('train_images', '?')} training images).
+
+> {DISCLAIMER}
+
+## Use
+
+```python
+from tumor_classifier import TumorClassifier
+clf = TumorClassifier.from_pretrained("path/or/hub-id")
+clf.predict(["scan.jpg"]), clf.predict_proba(["scan.jpg"])
+```
+
+The folder also loads with plain `transformers` (`AutoModelForImageClassification`,
+`AutoImageProcessor`, `pipeline("image-classification")`); plain transformers only
+resizes and normalises, while this package first converts to grayscale and crops to
+the head, as in training.
+
+## Evaluation
+
+{metrics_table(sections)}
+
+`test_without_near_duplicates` keeps only the {duplicates.get('without_near_duplicate', '?')} test images
+with no near duplicate (pHash Hamming distance <= 4) in the training data: the full test split
+overlaps training ({duplicates.get('byte_identical', '?')} byte-identical images), so its accuracy is inflated.
+
+Per class on the test split:
+
+{per_class_table(metrics['test'])}
+
+Calibration: temperature {calibration.get('temperature', 1.0):.3f} fitted on validation and folded into the
+head; validation ECE {calibration.get('validation_ece_before', float('nan')):.4f} before, {calibration.get('validation_ece_after', float('nan')):.4f} after.
+
+![loss](loss_curve.png) ![accuracy](accuracy_curve.png) ![confusion](confusion_matrix.png)
+
+## Limitations
+
+Trained on one public data set of 2-D slices (figshare, SARTAJ, Br35H); scans from other
+scanners, sequences or orientations may be classified worse than these figures say.
+"""
+    path = directory / "README.md"
+    path.write_text(card)
+    return path

@@ -1,0 +1,475 @@
+"""Training through the Hugging Face ``Trainer``: caches, batches, losses, the run itself.
+
+``train_hf.py`` and :meth:`TumorClassifier.fit` both go through :func:`build_trainer`,
+so there is one training loop. The input pipeline is built for two CPU cores: every
+image is decoded, turned grayscale, cropped, padded and resized once
+(:func:`prepare_pixels`, cached on disk as uint8), and augmentation runs on whole
+batches as tensors in the collator (:class:`PixelCollator`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import EvalPrediction
+
+from .data import CLASS_NAMES, BINARY_CLASS_NAMES, find_duplicates, fingerprint, load_mri_dataset
+from .exceptions import TumorClassifierError
+from .metrics import classification_metrics, expected_calibration_error, fit_temperature, softmax
+from .models import create_model
+from .preprocessing import AugmentationConfig, BatchAugmenter, MRIPreprocessor
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+LOSSES = ("cross_entropy", "weighted_cross_entropy", "focal")
+DEFAULT_CACHE = Path(os.environ.get("TUMOR_CLASSIFIER_CACHE", Path.home() / ".cache" / "tumor_classifier"))
+
+
+# -- pixels ------------------------------------------------------------------------
+def _split_key(split: "Dataset", preprocessor: MRIPreprocessor) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(preprocessor), sort_keys=True).encode())
+    if "path" in split.column_names:
+        for path in split["path"]:
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(split._fingerprint.encode())
+    digest.update(str(len(split)).encode())
+    return digest.hexdigest()[:20]
+
+
+def image_sources(split: "Dataset") -> list[Any]:
+    """The undecoded images of a split: paths, or ``{"bytes", "path"}`` dicts."""
+    from datasets import Image
+
+    raw = split.cast_column("image", Image(decode=False))["image"]
+    return [item["path"] if item.get("bytes") is None else item for item in raw]
+
+
+def prepare_pixels(
+    split: "Dataset", preprocessor: MRIPreprocessor, cache_dir: str | Path | None = DEFAULT_CACHE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes and prepares every image of a split once, caching the result.
+
+    Args:
+        split: A split of :func:`load_mri_dataset` (``image`` and ``label`` columns).
+        preprocessor: The settings (size, crop, skull stripping) to prepare with.
+        cache_dir: Folder for ``.npz`` caches keyed by the files and settings; ``None``
+            disables caching.
+
+    Returns:
+        ``(pixels, labels)``: uint8 (n, size, size) and int64 (n,).
+    """
+    labels = np.asarray(split["label"], dtype=np.int64)
+    path = Path(cache_dir) / f"pixels-{_split_key(split, preprocessor)}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        with np.load(path) as cached:
+            return cached["pixels"], labels
+    sources = image_sources(split)
+    pixels = np.empty((len(sources), preprocessor.size, preprocessor.size), dtype=np.uint8)
+    for index, source in enumerate(sources):
+        pixels[index] = preprocessor.prepare_array(source)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(temporary, pixels=pixels)
+        os.replace(temporary, path)  # atomic, so concurrent processes never read half a file
+    return pixels, labels
+
+
+class PixelDataset(torch.utils.data.Dataset):
+    """Prepared uint8 images and their labels, as the Trainer's data set."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray | None = None):
+        self.pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {"pixels": self.pixels[index]}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+@dataclass
+class PixelCollator:
+    """Stacks prepared images, augments the batch (training only) and normalises it."""
+
+    preprocessor: MRIPreprocessor
+    augmenter: BatchAugmenter | None = None
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = torch.stack([item["pixels"] for item in items]).float().div_(255.0).unsqueeze(1)
+        if self.augmenter is not None:
+            batch = self.augmenter(batch)
+        out = {"pixel_values": self.preprocessor.normalize(batch)}
+        if "labels" in items[0]:
+            out["labels"] = torch.stack([item["labels"] for item in items])
+        return out
+
+
+# -- losses and metrics ------------------------------------------------------------
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / np.maximum(counts, 1) / num_classes
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def make_loss_function(
+    kind: str = "cross_entropy",
+    *,
+    weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+) -> Callable:
+    """A ``compute_loss_func`` for the Trainer.
+
+    Args:
+        kind: ``"cross_entropy"``, ``"weighted_cross_entropy"`` (needs ``weights``) or
+            ``"focal"`` (Lin et al. 2017; ``weights`` act as its alpha if given).
+        weights: float (k,) class weights.
+        label_smoothing: Label smoothing of the cross-entropy terms.
+        focal_gamma: Focusing parameter of the focal loss.
+
+    Raises:
+        TumorClassifierError: Unknown kind, or weighted loss without weights.
+    """
+    if kind not in LOSSES:
+        raise TumorClassifierError(f"Unknown loss {kind!r}; choose one of {', '.join(LOSSES)}.")
+    if kind == "weighted_cross_entropy" and weights is None:
+        raise TumorClassifierError("weighted_cross_entropy needs class weights.")
+    use_weights = weights if kind != "cross_entropy" else None
+
+    def loss_function(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        logits = logits.float()
+        w = None if use_weights is None else use_weights.to(logits.device)
+        if kind != "focal":
+            return F.cross_entropy(logits, labels, weight=w, label_smoothing=label_smoothing)
+        log_p = F.log_softmax(logits, dim=-1)
+        ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+        p_true = log_p.gather(1, labels[:, None]).squeeze(1).exp()
+        loss = (1 - p_true) ** focal_gamma * ce
+        if w is not None:
+            loss = loss * w[labels]
+        return loss.mean()
+
+    return loss_function
+
+
+def compute_eval_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """Trainer metrics on validation: accuracy and macro F1 (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    predicted = np.asarray(logits).argmax(axis=-1)
+    labels = np.asarray(prediction.label_ids)
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "f1_macro": float(f1_score(labels, predicted, average="macro")),
+    }
+
+
+class MRITrainer(Trainer):
+    """A ``Trainer`` whose training batches go through an augmenting collator.
+
+    Evaluation and prediction use ``data_collator`` (no augmentation); the training
+    data loader alone uses ``train_collator``.
+    """
+
+    def __init__(self, *args: Any, train_collator: Callable | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.train_collator = train_collator
+
+    def get_train_dataloader(self):
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        eval_collator, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = eval_collator
+
+
+# -- arguments ---------------------------------------------------------------------
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are prepared and augmented."""
+
+    data_dir: str = field(
+        default="../shared/data/brain-tumor-mri",
+        metadata={"help": "Folder in the Kaggle layout (Training/<class>/, Testing/<class>/), an image folder, or a Hub data set id."},
+    )
+    binary: bool = field(default=False, metadata={"help": "Train tumor / no tumor instead of the four classes."})
+    validation_size: float = field(default=0.1, metadata={"help": "Fraction of train carved out (stratified) as validation."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the train / validation carving."})
+    crop_to_head: bool = field(default=True, metadata={"help": "Crop each image to the head's bounding box."})
+    skull_strip: bool = field(default=False, metadata={"help": "Apply the skull-stripping heuristic (see preprocessing.strip_skull)."})
+    pixel_cache_dir: str | None = field(default=str(DEFAULT_CACHE), metadata={"help": "Cache of prepared images; empty to disable."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images (for quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation and test images."})
+    rotation: float = field(default=15.0, metadata={"help": "Augmentation: largest rotation in degrees."})
+    zoom: float = field(default=0.15, metadata={"help": "Augmentation: largest relative zoom."})
+    shift: float = field(default=0.1, metadata={"help": "Augmentation: largest shift, fraction of the side."})
+    hflip: float = field(default=0.5, metadata={"help": "Augmentation: probability of a left-right flip."})
+    vflip: float = field(default=0.0, metadata={"help": "Augmentation: probability of an up-down flip."})
+    contrast: float = field(default=0.2, metadata={"help": "Augmentation: largest relative contrast change."})
+    brightness: float = field(default=0.1, metadata={"help": "Augmentation: largest brightness offset (0-1 scale)."})
+    gamma: float = field(default=0.3, metadata={"help": "Augmentation: largest log2 gamma change."})
+    noise: float = field(default=0.03, metadata={"help": "Augmentation: largest Gaussian noise sigma (0-1 scale)."})
+    blur: float = field(default=0.2, metadata={"help": "Augmentation: probability of a light blur."})
+
+    def augmentation(self) -> AugmentationConfig:
+        return AugmentationConfig(**{k: getattr(self, k) for k in AugmentationConfig.__dataclass_fields__})
+
+
+@dataclass
+class ModelArguments:
+    """Which network, how big, and how it learns."""
+
+    backbone: str = field(default="convnext", metadata={"help": "Backbone from the registry: convnext, vit, resnet."})
+    from_scratch: bool = field(default=False, metadata={"help": "Random init of the CPU-sized preset instead of the Hub checkpoint."})
+    checkpoint: str | None = field(default=None, metadata={"help": "Hub id or folder to fine-tune instead of the registry default."})
+    image_size: int = field(default=224, metadata={"help": "Input side in pixels."})
+    dropout: float = field(default=0.1, metadata={"help": "Drop path (ConvNeXt) or hidden dropout (ViT)."})
+    loss: str = field(default="cross_entropy", metadata={"help": f"One of {', '.join(LOSSES)}."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss gamma."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing."})
+    calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on validation and fold it into the head."})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without improvement."})
+    hp_search_trials: int = field(default=0, metadata={"help": "Run an Optuna search of this many trials first (learning rate, batch size, dropout, weight decay)."})
+    config_overrides: str | None = field(default=None, metadata={"help": "JSON of extra config attributes for a from-scratch model."})
+
+
+@dataclass
+class MRITrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with defaults that suit MRI training on CPUs."""
+
+    output_dir: str = field(default="runs/model", metadata={"help": "Model folder (checkpoints go below it)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=30.0, metadata={"help": "Epochs."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per process."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps, or a fraction of all steps."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best validation checkpoint."})
+    metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric that picks the best model."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: batches carry prepared pixels."})
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory (useless on CPU)."})
+
+
+# -- the run -----------------------------------------------------------------------
+def build_trainer(
+    model: PreTrainedModel | None,
+    preprocessor: MRIPreprocessor,
+    train_set: PixelDataset,
+    eval_set: PixelDataset | None,
+    args: TrainingArguments,
+    *,
+    augmentation: AugmentationConfig | None = None,
+    loss_function: Callable | None = None,
+    early_stopping_patience: int | None = None,
+    model_init: Callable | None = None,
+) -> MRITrainer:
+    """The one Trainer used by ``train_hf.py`` and ``TumorClassifier.fit``."""
+    callbacks = []
+    if early_stopping_patience and eval_set is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    augmenter = BatchAugmenter(augmentation or AugmentationConfig(), seed=args.seed + args.process_index)
+    return MRITrainer(
+        model=model,
+        model_init=model_init,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=PixelCollator(preprocessor),
+        train_collator=PixelCollator(preprocessor, augmenter),
+        compute_loss_func=loss_function,
+        compute_metrics=compute_eval_metrics,
+        callbacks=callbacks,
+    )
+
+
+def fold_temperature(model: PreTrainedModel, temperature: float) -> None:
+    """Divides the last linear layer of the head by ``temperature``, in place.
+
+    Calibrated probabilities then come out of the plain model, so ``transformers``'
+    pipeline gives the same calibrated numbers as this package.
+    """
+    head = model.classifier
+    linear = head if isinstance(head, torch.nn.Linear) else [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        linear.weight.div_(temperature)
+        if linear.bias is not None:
+            linear.bias.div_(temperature)
+    model.config.calibration_temperature = float(temperature) * float(getattr(model.config, "calibration_temperature", 1.0))
+
+
+def predict_logits(trainer: Trainer, dataset: PixelDataset) -> np.ndarray:
+    """Logits (n, k) of a data set, batched and gathered across processes."""
+    return np.asarray(trainer.predict(dataset).predictions, dtype=np.float32)
+
+
+def _hp_space(trial) -> dict[str, Any]:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 3e-4, 5e-3, log=True),
+        "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", [32, 64, 128]),
+        "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.1),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+    }
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`run_training` produced."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    best_hyperparameters: dict[str, Any] | None = None
+
+
+def run_training(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> TrainingResult:
+    """Loads the data, trains, calibrates, evaluates and writes the model folder.
+
+    The folder gets ``model.safetensors``, ``config.json`` (with ``id2label``),
+    ``preprocessor_config.json``, ``metrics.json``, the plots and a model card
+    ``README.md``; checkpoints go to ``checkpoint-*`` below it.
+    """
+    from .reports import write_model_card
+
+    class_names = BINARY_CLASS_NAMES if data_args.binary else CLASS_NAMES
+    # The finished folder is uploaded once at the end; the Trainer would otherwise push
+    # every checkpoint and replace our model card with its own.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    preprocessor = MRIPreprocessor(
+        size=model_args.image_size, crop_to_head=data_args.crop_to_head, skull_strip=data_args.skull_strip
+    )
+    data = load_mri_dataset(
+        data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed
+    )
+    if data_args.max_train_samples:
+        data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
+    if data_args.max_eval_samples:
+        for split in ("validation", "test"):
+            count = min(data_args.max_eval_samples, len(data[split]))
+            data[split] = data[split].shuffle(seed=data_args.split_seed).select(range(count))
+    cache = data_args.pixel_cache_dir or None
+    with training_args.main_process_first(desc="preparing pixels"):
+        arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
+    sets = {name: PixelDataset(*arrays[name]) for name in arrays}
+
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else None
+
+    def make_model(trial=None):
+        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else model_args.dropout
+        return create_model(
+            model_args.backbone,
+            class_names=class_names,
+            from_scratch=model_args.from_scratch,
+            checkpoint=model_args.checkpoint,
+            image_size=model_args.image_size,
+            dropout=dropout,
+            config_overrides=overrides,
+        )
+
+    weights = class_weights(arrays["train"][1], len(class_names))
+    loss = make_loss_function(model_args.loss, weights=weights, label_smoothing=model_args.label_smoothing, focal_gamma=model_args.focal_gamma)
+    common = dict(
+        augmentation=data_args.augmentation(),
+        loss_function=loss,
+        early_stopping_patience=model_args.early_stopping_patience,
+    )
+    best = None
+    if model_args.hp_search_trials > 0:
+        searcher = build_trainer(None, preprocessor, sets["train"], sets["validation"], training_args, model_init=make_model, **common)
+        run = searcher.hyperparameter_search(
+            hp_space=_hp_space,
+            backend="optuna",
+            n_trials=model_args.hp_search_trials,
+            direction="maximize",
+            compute_objective=lambda metrics: metrics["eval_accuracy"],
+        )
+        best = dict(run.hyperparameters)
+        logger.info("best hyperparameters: %s (validation accuracy %.4f)", best, run.objective)
+        for key, value in best.items():
+            target = model_args if key == "dropout" else training_args
+            setattr(target, key, value)
+
+    trainer = build_trainer(make_model(), preprocessor, sets["train"], sets["validation"], training_args, **common)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    model = trainer.model
+
+    val_logits = predict_logits(trainer, sets["validation"])
+    val_labels = arrays["validation"][1]
+    temperature = fit_temperature(val_logits, val_labels) if model_args.calibrate else 1.0
+    calibration = {
+        "temperature": temperature,
+        "validation_ece_before": expected_calibration_error(softmax(val_logits), val_labels),
+        "validation_ece_after": expected_calibration_error(softmax(val_logits, temperature), val_labels),
+    }
+    if model_args.calibrate:
+        fold_temperature(model, temperature)
+    test_proba = softmax(predict_logits(trainer, sets["test"]))
+    metrics: dict[str, Any] = {
+        "validation": classification_metrics(val_labels, softmax(val_logits, temperature), class_names),
+        "test": classification_metrics(arrays["test"][1], test_proba, class_names),
+        "calibration": calibration,
+    }
+    output_dir = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        references = image_sources(data["train"]) + image_sources(data["validation"])
+        duplicates = find_duplicates(references, image_sources(data["test"]))
+        clean = duplicates.clean_queries
+        metrics["test_without_near_duplicates"] = classification_metrics(arrays["test"][1][clean], test_proba[clean], class_names)
+        metrics["duplicates"] = duplicates.summary()
+        metrics["training"] = {
+            "backbone": model_args.backbone,
+            "from_scratch": model_args.from_scratch,
+            "image_size": model_args.image_size,
+            "epochs_run": float(trainer.state.epoch or 0),
+            "global_steps": int(trainer.state.global_step),
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "train_images": len(sets["train"]),
+            "hyperparameter_search": best,
+            "data": str(data_args.data_dir),
+        }
+        trainer.save_model(str(output_dir))
+        preprocessor.save_pretrained(output_dir)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (output_dir / "train_config.json").write_text(
+            json.dumps({"data": asdict(data_args), "model": asdict(model_args), "training": training_args.to_dict()}, indent=2, default=str) + "\n"
+        )
+        val_proba_before = softmax(val_logits)
+        write_model_card(output_dir, metrics, trainer.state.log_history, class_names,
+                         reliability={"before": (val_proba_before, val_labels), "after": (softmax(val_logits, temperature), val_labels)})
+        for leftover in ("training_args.bin",):
+            (output_dir / leftover).unlink(missing_ok=True)
+    if push_to_hub and trainer.is_world_process_zero():
+        from .hub import push_folder_to_hub
+
+        push_folder_to_hub(output_dir, training_args.hub_model_id or output_dir.name, token=training_args.hub_token,
+                           private=training_args.hub_private_repo, commit_message="Train with train_hf.py")
+    return TrainingResult(output_dir, metrics, best)
