@@ -81,7 +81,8 @@ def to_binary_label(name: str) -> str:
     return NO_TUMOR if canonical_class_name(name) == NO_TUMOR else "tumor"
 
 
-def _find_split_dirs(root: Path) -> dict[str, Path]:
+def find_split_dirs(root: Path) -> dict[str, Path]:
+    """Split name (train, validation, test) -> its folder, for the split folders present."""
     found: dict[str, Path] = {}
     children = {child.name.lower(): child for child in root.iterdir() if child.is_dir()}
     for split, aliases in _SPLIT_ALIASES.items():
@@ -138,7 +139,7 @@ def _dataset_from_files(items: Sequence[tuple[str, str]], binary: bool) -> "Data
 
 
 def _from_local_folder(root: Path, binary: bool) -> dict[str, "Dataset"]:
-    splits = _find_split_dirs(root)
+    splits = find_split_dirs(root)
     if not splits:  # an imagefolder without split folders: everything is train
         splits = {"train": root}
     return {split: _dataset_from_files(list_image_files(path), binary) for split, path in splits.items()}
@@ -237,11 +238,9 @@ def load_mri_dataset(
         raise InvalidDatasetError(f"{source!r} has no train split; found {sorted(splits)}.")
     train = splits["train"]
     if "test" not in splits:
-        carved = train.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
-        train, splits["test"] = carved["train"], carved["test"]
+        train, splits["test"] = _carve(train, test_size, seed, "test")
     if "validation" not in splits:
-        carved = train.train_test_split(test_size=validation_size, stratify_by_column="label", seed=seed)
-        train, splits["validation"] = carved["train"], carved["test"]
+        train, splits["validation"] = _carve(train, validation_size, seed, "validation")
     splits["train"] = train
     data = DatasetDict({name: splits[name] for name in ("train", "validation", "test")})
     if drop_test_duplicates:
@@ -251,6 +250,19 @@ def load_mri_dataset(
         keep = [i for i in range(len(data["test"])) if i not in set(report.near_duplicate_queries)]
         data["test"] = data["test"].select(keep)
     return data
+
+
+def _carve(split: "Dataset", fraction: float, seed: int, name: str) -> tuple["Dataset", "Dataset"]:
+    """Splits off a stratified, seeded part with at least one image of each class."""
+    n_classes = len(set(split["label"]))
+    count = max(n_classes, int(np.ceil(fraction * len(split))))
+    if count >= len(split) - n_classes + 1:
+        raise InvalidDatasetError(
+            f"Too few images ({len(split)}) to carve a stratified {name} split out of train; "
+            f"add images or provide a {name} folder."
+        )
+    carved = split.train_test_split(test_size=count, stratify_by_column="label", seed=seed)
+    return carved["train"], carved["test"]
 
 
 def _sources(split: "Dataset") -> Iterable[Any]:
@@ -436,7 +448,7 @@ def describe_folder(directory: str | os.PathLike, *, check_duplicates: bool = Tr
     root = Path(directory)
     if not root.is_dir():
         raise InvalidDatasetError(f"{directory!r} is not a folder.")
-    split_dirs = _find_split_dirs(root) or {"train": root}
+    split_dirs = find_split_dirs(root) or {"train": root}
     class_counts: dict[str, dict[str, int]] = {}
     modes: dict[str, dict[str, Counter]] = {}
     sizes: dict[str, Counter] = {}

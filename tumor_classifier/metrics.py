@@ -70,7 +70,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, max_iter: int = 200)
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def classification_metrics(

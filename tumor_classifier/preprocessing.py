@@ -444,10 +444,14 @@ class MRIPreprocessor:
         std = config.get("image_std", [0.5])
         ours = config.get("tumor_classifier", {})
         known = {f for f in cls.__dataclass_fields__ if f not in ("mean", "std", "size")}
+        def single(values) -> float:  # grayscale: one value for all channels
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            return float(values[0]) if len(set(values)) == 1 else float(np.mean(values))
+
         return cls(
             size=int(side),
-            mean=float(np.mean(mean)),
-            std=float(np.mean(std)),
+            mean=single(mean),
+            std=single(std),
             **{key: value for key, value in ours.items() if key in known},
         )
 

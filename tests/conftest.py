@@ -1,0 +1,81 @@
+"""Shared, seeded fixtures: real MRI slices shipped in tests/data, tiny models, a fitted classifier.
+
+The environment is set before anything imports huggingface_hub or gradio: no Hub
+traffic (offline, telemetry and analytics off) and every cache in a temporary folder,
+so the tests write nothing outside it.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+_CACHE_ROOT = Path(tempfile.mkdtemp(prefix="tumor-classifier-tests-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HOME", str(_CACHE_ROOT / "hf-home"))
+os.environ.setdefault("HF_HUB_CACHE", str(_CACHE_ROOT / "hf-hub"))
+os.environ.setdefault("HF_DATASETS_CACHE", str(_CACHE_ROOT / "hf-datasets"))
+os.environ.setdefault("TUMOR_CLASSIFIER_CACHE", str(_CACHE_ROOT / "pixels"))
+os.environ.setdefault("MPLCONFIGDIR", str(_CACHE_ROOT / "matplotlib"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest_plugins = ["conftest_hub"]
+
+DATA_DIR = Path(__file__).parent / "data" / "brain-tumor-mri"
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+#: A from-scratch ConvNeXt small enough to train in seconds on two cores.
+TINY_CONVNEXT = {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shipped Kaggle-layout folder: 8 Training and 3 Testing slices per class."""
+    return DATA_DIR
+
+
+def _split_images(split: str) -> tuple[list[Path], list[str]]:
+    paths = sorted((DATA_DIR / split).glob("*/*.jpg"))
+    return paths, [p.parent.name for p in paths]
+
+
+@pytest.fixture(scope="session")
+def train_images() -> tuple[list[Path], list[str]]:
+    """Paths and class names of the 32 shipped Training slices."""
+    return _split_images("Training")
+
+
+@pytest.fixture(scope="session")
+def test_images() -> tuple[list[Path], list[str]]:
+    """Paths and class names of the 12 shipped Testing slices."""
+    return _split_images("Testing")
+
+
+@pytest.fixture(scope="session")
+def fitted_classifier(train_images):
+    """A tiny ConvNeXt TumorClassifier fitted on the shipped Training slices (seeded)."""
+    from tumor_classifier import TumorClassifier
+
+    torch.manual_seed(0)
+    paths, labels = train_images
+    clf = TumorClassifier(
+        "convnext",
+        image_size=64,
+        epochs=30,
+        batch_size=8,
+        learning_rate=1e-3,
+        augment=False,  # 24 images: augmentation would keep the tiny net from fitting them
+        validation_size=0.25,
+        random_state=0,
+        config_overrides=TINY_CONVNEXT,
+    )
+    return clf.fit(paths, labels)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,119 @@
+"""Loading MRI folders through datasets, splits, labels, and the duplicate check."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tumor_classifier import CLASS_NAMES, InvalidDatasetError, describe_folder, find_duplicates, load_mri_dataset
+from tumor_classifier.cli import main as cli_main
+from tumor_classifier.data import canonical_class_name
+
+
+def test_kaggle_layout_gives_three_stratified_splits(data_dir):
+    data = load_mri_dataset(data_dir, validation_size=0.25, seed=1)
+    assert set(data) == {"train", "validation", "test"}
+    assert data["train"].features["label"].names == list(CLASS_NAMES)
+    assert len(data["train"]) + len(data["validation"]) == 32
+    assert len(data["test"]) == 12
+    # Stratified: two validation images of each class.
+    assert np.bincount(data["validation"]["label"], minlength=4).tolist() == [2, 2, 2, 2]
+    # Seeded: the same seed carves the same validation images, another seed others.
+    again = load_mri_dataset(data_dir, validation_size=0.25, seed=1)
+    other = load_mri_dataset(data_dir, validation_size=0.25, seed=2)
+    assert again["validation"]["path"] == data["validation"]["path"]
+    assert other["validation"]["path"] != data["validation"]["path"]
+    # Labels come from the folder names.
+    for path, label in zip(data["test"]["path"], data["test"]["label"]):
+        assert f"/{CLASS_NAMES[label]}/" in path
+    assert data["test"][0]["image"].size == (224, 224)
+
+
+def test_binary_view_is_one_argument_away(data_dir):
+    data = load_mri_dataset(data_dir, binary=True)
+    assert data["test"].features["label"].names == ["notumor", "tumor"]
+    for path, label in zip(data["test"]["path"], data["test"]["label"]):
+        assert (label == 0) == ("/notumor/" in path)
+
+
+def test_lowercase_splits_aliases_and_plain_image_folder(tmp_path, data_dir):
+    lower = tmp_path / "lower"
+    for split, target in (("Training", "train"), ("Testing", "test")):
+        for class_dir in (data_dir / split).iterdir():
+            alias = {"glioma": "glioma_tumor", "notumor": "no_tumor"}.get(class_dir.name, class_dir.name)
+            shutil.copytree(class_dir, lower / target / alias)
+    data = load_mri_dataset(lower)
+    assert len(data["test"]) == 12 and data["test"].features["label"].names == list(CLASS_NAMES)
+    plain = load_mri_dataset(lower / "train", validation_size=0.125, test_size=0.25)
+    assert len(plain["train"]) + len(plain["validation"]) + len(plain["test"]) == 32
+    assert len(plain["test"]) == 8
+
+
+def test_bad_sources_get_clear_errors(tmp_path):
+    with pytest.raises(InvalidDatasetError, match="not a folder"):
+        load_mri_dataset(tmp_path / "missing" / "folder")
+    (tmp_path / "weird" / "Training" / "cats").mkdir(parents=True)
+    with pytest.raises(InvalidDatasetError, match="Unknown class folder"):
+        load_mri_dataset(tmp_path / "weird")
+    (tmp_path / "empty" / "Training" / "glioma").mkdir(parents=True)
+    with pytest.raises(InvalidDatasetError, match="No images found"):
+        load_mri_dataset(tmp_path / "empty")
+    # A Hub id goes to the Hub; offline, that fails with our error, not a deep traceback.
+    with pytest.raises(InvalidDatasetError, match="Hugging Face Hub"):
+        load_mri_dataset("no-such-org/no-such-dataset")
+    assert canonical_class_name("Pituitary_Tumor") == "pituitary"
+
+
+def _jpeg(array: np.ndarray, quality: int = 90, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_planted_duplicates_are_found_and_distinct_images_are_not(train_images, test_images):
+    references = [p.read_bytes() for p in train_images[0]]
+    queries = [p.read_bytes() for p in test_images[0]]
+    planted_exact = references[3]
+    source = np.asarray(Image.open(io.BytesIO(references[10])).convert("L"))
+    planted_near = _jpeg(source, quality=60, mode="RGB")  # re-encoded, other storage mode
+    base = find_duplicates(references, queries)
+    report = find_duplicates(references, queries + [planted_exact, planted_near])
+    n = len(queries)
+    assert report.exact == base.exact + [(n, 3)]
+    assert report.nearest[n] == 3 and report.distances[n] == 0
+    assert report.nearest[n + 1] == 10 and report.distances[n + 1] <= report.threshold
+    assert report.near_duplicate_queries == base.near_duplicate_queries + [n, n + 1]
+    # Distinct images are not flagged: a synthetic disc, and most real Testing slices
+    # (two of the shipped ones do have a near twin in Training: the data set leaks).
+    yy, xx = np.mgrid[:224, :224]
+    disc = (((yy - 100) ** 2 + (xx - 120) ** 2) < 60**2).astype(np.uint8) * 180
+    assert find_duplicates(references, [disc]).clean_queries == [0]
+    assert len(base.clean_queries) >= n - 3
+
+
+def test_drop_test_duplicates_removes_planted_copy(tmp_path, data_dir):
+    copy = tmp_path / "mri"
+    shutil.copytree(data_dir, copy)
+    planted = next((copy / "Training" / "glioma").glob("*.jpg"))
+    shutil.copy(planted, copy / "Testing" / "glioma" / "planted.jpg")
+    assert len(load_mri_dataset(copy)["test"]) == 13
+    natural = len(find_duplicates(list(data_dir.glob("Training/*/*.jpg")), list(data_dir.glob("Testing/*/*.jpg"))).near_duplicate_queries)
+    kept = load_mri_dataset(copy, drop_test_duplicates=True)["test"]
+    assert len(kept) == 13 - 1 - natural
+    assert not any(p.endswith("planted.jpg") for p in kept["path"])
+
+
+def test_data_report_command_prints_counts_modes_and_duplicates(tmp_path, data_dir, capsys):
+    copy = tmp_path / "mri"
+    shutil.copytree(data_dir, copy)
+    shutil.copy(next((copy / "Training" / "pituitary").glob("*.jpg")), copy / "Testing" / "pituitary" / "dup.jpg")
+    report = describe_folder(copy)
+    assert report.class_counts["train"] == {"glioma": 8, "meningioma": 8, "notumor": 8, "pituitary": 8}
+    assert report.duplicates.summary()["byte_identical"] == 1
+    assert cli_main(["data-report", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 32 images" in out and "test: 13 images" in out
+    assert "byte-identical:              1" in out
+    assert "storage modes:" in out

@@ -1,0 +1,143 @@
+"""Round trips through the in-process Hub stand-in with the real huggingface_hub and transformers.
+
+No mocks: uploads and downloads go over HTTP to the FastAPI app of ``hub_server.py``, through
+the same code paths that talk to huggingface.co in production.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from conftest_hub import HubEnv, hub_env, hub_server  # noqa: F401  (pytest fixtures)
+from hub_server import DEFAULT_TOKEN, HubServer, point_hub_at
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+COMMIT_OID = re.compile(r"[0-9a-f]{40}")
+
+
+def _write_sample_folder(folder: Path) -> dict[str, bytes]:
+    """Writes a text file and a binary file (in a subfolder) and returns path -> bytes."""
+    files = {
+        "notes.txt": "Glioma, méningiome, pituitary, no tumour.\nLine two.\n".encode(),
+        "weights/blob.bin": bytes(range(256)) * 8 + os.urandom(4096),
+    }
+    for relative_path, content in files.items():
+        path = folder / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return files
+
+
+@pytest.mark.parametrize("repo_type", ["model", "dataset"])
+def test_upload_folder_then_snapshot_download_gives_identical_bytes(
+    hub_env: HubEnv, tmp_path: Path, repo_type: str
+) -> None:
+    repo_id = "org/files"
+    files = _write_sample_folder(tmp_path / "upload")
+
+    # Module-level helpers go through huggingface_hub.hf_api.api, built at import time.
+    repo_url = huggingface_hub.create_repo(repo_id, repo_type=repo_type)
+    assert repo_url.repo_id == repo_id
+    assert repo_url.startswith(hub_env.base_url)
+    assert huggingface_hub.create_repo(repo_id, repo_type=repo_type, exist_ok=True).repo_id == repo_id
+    with pytest.raises(HfHubHTTPError) as conflict:
+        huggingface_hub.create_repo(repo_id, repo_type=repo_type)
+    assert conflict.value.response.status_code == 409
+
+    commit = huggingface_hub.upload_folder(
+        folder_path=tmp_path / "upload", repo_id=repo_id, repo_type=repo_type, commit_message="Add samples"
+    )
+    assert COMMIT_OID.fullmatch(commit.oid)
+    assert HfApi().repo_info(repo_id, repo_type=repo_type).sha == commit.oid
+
+    fresh_cache = tmp_path / "fresh-cache"
+    snapshot = Path(snapshot_download(repo_id, repo_type=repo_type, cache_dir=fresh_cache))
+    assert snapshot.is_relative_to(fresh_cache)
+    assert snapshot.name == commit.oid
+    downloaded = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    assert downloaded == set(files) | {".gitattributes"}
+    for relative_path, content in files.items():
+        assert (snapshot / relative_path).read_bytes() == content
+
+    prefix = "" if repo_type == "model" else "datasets/"
+    requests = hub_env.server.state.requests
+    assert ("POST", f"/api/{repo_type}s/{repo_id}/commit/main") in requests
+    assert ("GET", f"/{prefix}{repo_id}/resolve/{commit.oid}/weights/blob.bin") in requests
+
+
+def test_push_to_hub_then_from_pretrained_gives_identical_logits(hub_env: HubEnv, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForImageClassification, ConvNextConfig, ConvNextForImageClassification
+
+    torch.manual_seed(0)
+    config = ConvNextConfig(
+        num_channels=3, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], num_labels=4, image_size=32
+    )
+    model = ConvNextForImageClassification(config).eval()
+    commit = model.push_to_hub("org/tiny")
+
+    pushed = hub_env.server.state.get_repo("model", "org/tiny")
+    assert pushed is not None
+    head = pushed.commits[pushed.branches["main"]]
+    assert head.oid == commit.oid
+    assert {"config.json", "model.safetensors", "README.md"} <= set(head.files)
+
+    fresh_cache = hub_env.use_fresh_cache(tmp_path / "fresh-cache")
+    loaded = AutoModelForImageClassification.from_pretrained("org/tiny").eval()
+    assert isinstance(loaded, ConvNextForImageClassification)
+    assert (fresh_cache / "models--org--tiny").is_dir()
+    downloads = [path for method, path in hub_env.server.state.requests if method == "GET"]
+    assert any(re.fullmatch(r"/org/tiny/resolve/[^/]+/model\.safetensors", path) for path in downloads)
+
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(images).logits, loaded(images).logits)
+
+
+def test_unknown_repo_raises_repository_not_found(hub_env: HubEnv) -> None:
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info("org/does-not-exist")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("org/does-not-exist", "config.json")
+    assert ("HEAD", "/org/does-not-exist/resolve/main/config.json") in hub_env.server.state.requests
+
+
+def test_unknown_file_and_revision_raise_matching_errors(hub_env: HubEnv) -> None:
+    HfApi().create_repo("org/exists")
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("org/exists", "missing.txt")
+    with pytest.raises(RevisionNotFoundError):
+        HfApi().model_info("org/exists", revision="no-such-branch")
+
+
+def test_whoami_and_writes_need_a_token(hub_env: HubEnv) -> None:
+    assert huggingface_hub.whoami()["name"] == hub_env.server.state.user
+    with pytest.raises(HfHubHTTPError) as unauthorized:
+        HfApi(token=False).create_repo("org/anonymous")
+    assert unauthorized.value.response.status_code == 401
+    assert hub_env.server.state.get_repo("model", "org/anonymous") is None
+
+
+def test_point_hub_at_is_undone_after_the_test(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
+    import huggingface_hub.constants as constants
+    import transformers.utils.hub as transformers_hub
+
+    saved = (constants.ENDPOINT, constants.HF_HUB_CACHE, huggingface_hub.hf_api.api.endpoint)
+    saved_transformers_api = transformers_hub._hf_api
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        point_hub_at(monkeypatch, hub_server.base_url, tmp_path / "cache")
+        assert constants.ENDPOINT == hub_server.base_url
+        assert transformers_hub.hf_api().endpoint == hub_server.base_url
+        assert os.environ["HF_TOKEN"] == DEFAULT_TOKEN
+    assert (constants.ENDPOINT, constants.HF_HUB_CACHE, huggingface_hub.hf_api.api.endpoint) == saved
+    assert transformers_hub._hf_api is saved_transformers_api

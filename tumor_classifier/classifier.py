@@ -1,0 +1,502 @@
+"""``TumorClassifier``: the scikit-learn style estimator everyone touches.
+
+Example:
+    >>> from tumor_classifier import TumorClassifier
+    >>> clf = TumorClassifier.from_pretrained()            # the shipped model, offline
+    >>> clf.predict(["scan.jpg"])                          # doctest: +SKIP
+    array(['glioma'], dtype=object)
+    >>> labels, maps = clf.predict(["scan.jpg"], return_attributions=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from .attributions import METHODS, compute_attributions, default_method, overlay
+from .data import NO_TUMOR
+from .exceptions import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifierError
+from .metrics import softmax
+from .models import create_model
+from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
+from .quality import ImageQuality, assess_image
+
+#: Folder of the model that ships inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+_MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "README.md", "metrics.json", "*.png"]
+
+
+@dataclass
+class Explanation:
+    """One image's prediction with its attribution.
+
+    Attributes:
+        label: Predicted class name.
+        probabilities: Class name -> probability, following ``classes_``.
+        tumor_probability: Probability of any tumor (``nan`` without a no-tumor class).
+        attribution: float32 (H, W) in [0, 1] over the input image's pixels.
+        overlay: RGB PIL image: the heatmap blended on the scan.
+        method: Attribution method used.
+        uncertain: The top probability is below the classifier's ``uncertainty_threshold``.
+        quality: Whether the input looks like a brain MRI slice, and why not.
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    tumor_probability: float
+    attribution: np.ndarray
+    overlay: Image.Image
+    method: str
+    uncertain: bool
+    quality: ImageQuality
+
+
+def _is_single_image(X: Any) -> bool:
+    if isinstance(X, (str, os.PathLike, bytes, bytearray, Image.Image, dict)):
+        return True
+    if isinstance(X, np.ndarray):
+        return X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (1, 3, 4))
+    return False
+
+
+def _as_sources(X: Any) -> list[Any]:
+    """One image or a sequence (list, array stack, ``datasets.Dataset``) -> list of images."""
+    if _is_single_image(X):
+        return [X]
+    if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
+        from .training import image_sources
+
+        if "image" not in X.column_names:
+            raise InvalidImageError(f"The data set has no 'image' column; columns: {X.column_names}.")
+        return image_sources(X)
+    try:
+        sources = list(X)
+    except TypeError:
+        raise InvalidImageError(
+            f"Cannot read {type(X).__name__} as images; pass one image (path, bytes, PIL image, "
+            "numpy array) or a sequence of them, or a datasets.Dataset with an 'image' column."
+        ) from None
+    if not sources:
+        raise InvalidImageError("No images given: the sequence is empty.")
+    return sources
+
+
+class TumorClassifier(ClassifierMixin, BaseEstimator):
+    """Brain-tumor MRI classifier with Captum attributions, in scikit-learn's shape.
+
+    ``__init__`` only stores the parameters; :meth:`fit` trains a new model through the
+    same Hugging Face ``Trainer`` path as ``train_hf.py``, and :meth:`from_pretrained`
+    loads a trained one (the shipped default, a local folder or a Hub id).
+
+    Args:
+        backbone: Registry name (``convnext``, ``vit``, ``resnet``).
+        from_scratch: Train the CPU-sized preset from random weights instead of
+            fine-tuning the backbone's Hub checkpoint.
+        checkpoint: Hub id or folder to fine-tune instead of the registry default.
+        image_size: Side of the square the model sees.
+        epochs: Training epochs.
+        batch_size: Batch size for training and inference.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        dropout: Drop path (ConvNeXt) or hidden dropout (ViT).
+        label_smoothing: Label smoothing of the loss.
+        validation_size: Fraction of the training images held out to calibrate the
+            probabilities (temperature scaling); 0 disables calibration.
+        crop_to_head: Crop to the head's bounding box before resizing.
+        skull_strip: Apply the skull-stripping heuristic.
+        augment: Apply the default train-time augmentation.
+        uncertainty_threshold: Below this top probability a prediction is flagged
+            uncertain in :meth:`explain`.
+        random_state: Seed of training and of the validation split.
+        config_overrides: Extra model config attributes for a from-scratch model.
+
+    Attributes:
+        classes_: ndarray of class names, the column order of :meth:`predict_proba`.
+        model_: The fitted ``transformers`` model, in eval mode.
+        preprocessor_: The :class:`MRIPreprocessor` the model was trained with.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "convnext",
+        *,
+        from_scratch: bool = True,
+        checkpoint: str | None = None,
+        image_size: int = 224,
+        epochs: float = 10,
+        batch_size: int = 32,
+        learning_rate: float = 2e-3,
+        weight_decay: float = 0.05,
+        dropout: float = 0.1,
+        label_smoothing: float = 0.1,
+        validation_size: float = 0.1,
+        crop_to_head: bool = True,
+        skull_strip: bool = False,
+        augment: bool = True,
+        uncertainty_threshold: float = 0.6,
+        random_state: int = 0,
+        config_overrides: dict[str, Any] | None = None,
+    ):
+        self.backbone = backbone
+        self.from_scratch = from_scratch
+        self.checkpoint = checkpoint
+        self.image_size = image_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.dropout = dropout
+        self.label_smoothing = label_smoothing
+        self.validation_size = validation_size
+        self.crop_to_head = crop_to_head
+        self.skull_strip = skull_strip
+        self.augment = augment
+        self.uncertainty_threshold = uncertainty_threshold
+        self.random_state = random_state
+        self.config_overrides = config_overrides
+
+    # -- fitting and loading -------------------------------------------------------
+    def fit(self, X: Any, y: Sequence[str] | None = None) -> "TumorClassifier":
+        """Trains a new model on images ``X`` with class names ``y``.
+
+        Args:
+            X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
+                ``label`` (``ClassLabel``) columns, in which case ``y`` may be omitted.
+            y: Class names, one per image (any names; ``"notumor"`` enables
+                :meth:`tumor_probability`).
+
+        Returns:
+            self.
+        """
+        from sklearn.model_selection import train_test_split
+
+        from .training import MRITrainingArguments, PixelDataset, build_trainer, fit_temperature, fold_temperature, make_loss_function, predict_logits
+
+        sources = _as_sources(X)
+        if y is None:
+            if not (hasattr(X, "features") and "label" in X.features):
+                raise TumorClassifierError("fit needs y (class names), or a datasets.Dataset with a 'label' column.")
+            names = X.features["label"].names
+            y = [names[i] for i in X["label"]]
+        y = np.asarray([str(label) for label in y], dtype=object)
+        if len(y) != len(sources):
+            raise TumorClassifierError(f"fit got {len(sources)} images but {len(y)} labels.")
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise TumorClassifierError(f"fit needs at least two classes; got {list(classes)}.")
+        preprocessor = MRIPreprocessor(size=self.image_size, crop_to_head=self.crop_to_head, skull_strip=self.skull_strip)
+        pixels = np.stack([preprocessor.prepare_array(source) for source in sources])
+        labels = np.searchsorted(classes, y)
+        counts = np.bincount(labels)
+        n_val = int(round(self.validation_size * len(labels)))
+        if self.validation_size > 0 and n_val >= classes.size and counts.min() >= 2:
+            train_idx, val_idx = train_test_split(
+                np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=self.random_state
+            )
+        else:
+            train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
+        model = create_model(
+            self.backbone,
+            class_names=list(classes),
+            from_scratch=self.from_scratch,
+            checkpoint=self.checkpoint,
+            image_size=self.image_size,
+            dropout=self.dropout,
+            config_overrides=self.config_overrides,
+        )
+        with tempfile.TemporaryDirectory(prefix="tumor-classifier-fit-") as workdir:
+            args = MRITrainingArguments(
+                output_dir=workdir,
+                num_train_epochs=self.epochs,
+                per_device_train_batch_size=self.batch_size,
+                per_device_eval_batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                weight_decay=self.weight_decay,
+                eval_strategy="no",
+                save_strategy="no",
+                load_best_model_at_end=False,
+                seed=self.random_state,
+                disable_tqdm=True,
+                logging_strategy="no",
+            )
+            trainer = build_trainer(
+                model,
+                preprocessor,
+                PixelDataset(pixels[train_idx], labels[train_idx]),
+                None,
+                args,
+                augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
+                loss_function=make_loss_function(label_smoothing=self.label_smoothing),
+            )
+            trainer.train()
+            if val_idx.size:
+                logits = predict_logits(trainer, PixelDataset(pixels[val_idx], labels[val_idx]))
+                fold_temperature(model, fit_temperature(logits, labels[val_idx]))
+        self._set_fitted(model, preprocessor)
+        return self
+
+    def _set_fitted(self, model, preprocessor: MRIPreprocessor) -> None:
+        model.eval()
+        self.model_ = model
+        self.preprocessor_ = preprocessor
+        id2label = model.config.id2label
+        self.classes_ = np.asarray([id2label[i] for i in range(len(id2label))], dtype=object)
+        self.attribution_method_ = default_method(model)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **params: Any,
+    ) -> "TumorClassifier":
+        """Loads a trained classifier: the shipped default, a local folder, or a Hub id.
+
+        Args:
+            source: ``None`` for the model shipped in the package (no network), a folder
+                written by :meth:`save_pretrained` / ``train_hf.py``, or a Hub model id.
+            revision, cache_dir, local_files_only, token: Passed to the Hub download.
+            **params: Estimator parameters to set (e.g. ``uncertainty_threshold``).
+
+        Raises:
+            ModelLoadError: The folder or repository is missing or incomplete.
+        """
+        from transformers import AutoModelForImageClassification
+
+        folder = _resolve_model_folder(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        try:
+            model = AutoModelForImageClassification.from_pretrained(folder)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
+        preprocessor = MRIPreprocessor.from_pretrained(folder) if (Path(folder) / "preprocessor_config.json").is_file() else MRIPreprocessor(size=int(getattr(model.config, "image_size", 224)))
+        backbone = getattr(model.config, "backbone_name", model.config.model_type)
+        estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
+        estimator.set_params(**params)
+        estimator._set_fitted(model, preprocessor)
+        estimator.source_ = str(source) if source is not None else "default"
+        return estimator
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Writes a folder that :meth:`from_pretrained` and plain transformers both load.
+
+        Safetensors weights, ``config.json`` with ``id2label``, and
+        ``preprocessor_config.json``; never pickles.
+        """
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model_.save_pretrained(directory)
+        self.preprocessor_.save_pretrained(directory)
+        return directory
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str = "Upload TumorClassifier") -> str:
+        """Saves into a temporary folder and uploads it (with a model card) to the Hub.
+
+        Returns:
+            The URL of the commit.
+        """
+        from .hub import push_folder_to_hub
+        from .reports import DISCLAIMER
+
+        self._check_fitted()
+        with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
+            self.save_pretrained(folder)
+            source_card = _resolve_source_file(getattr(self, "source_", None), "README.md")
+            card = source_card.read_text() if source_card else (
+                "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
+                f"# Brain tumor MRI classifier\n\nClasses: {', '.join(self.classes_)}.\n\n> {DISCLAIMER}\n"
+            )
+            (Path(folder) / "README.md").write_text(card)
+            return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
+
+    # -- inference -----------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                "This TumorClassifier is not fitted yet: call fit(X, y) or load one with "
+                "TumorClassifier.from_pretrained() first."
+            )
+
+    def _prepare(self, X: Any) -> list[PreparedImage]:
+        prepared = []
+        for index, source in enumerate(_as_sources(X)):
+            try:
+                prepared.append(self.preprocessor_.prepare(source))
+            except InvalidImageError as error:
+                raise InvalidImageError(f"Image {index}: {error}") from None
+        return prepared
+
+    def _logits(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(prepared), self.batch_size):
+                chunk = prepared[start : start + self.batch_size]
+                batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
+                outputs.append(self.model_(pixel_values=self.preprocessor_.normalize(batch)).logits.float().numpy())
+        return np.concatenate(outputs)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities.
+
+        Args:
+            X: One image or a sequence: paths, bytes, PIL images, numpy arrays (H, W) or
+                (H, W, C), or a ``datasets.Dataset`` with an ``image`` column.
+
+        Returns:
+            float32 (n, n_classes), rows sum to 1, columns follow ``classes_``.
+
+        Raises:
+            NotFittedError: Before ``fit`` or ``from_pretrained``.
+            InvalidImageError: An input cannot be read as an image.
+        """
+        self._check_fitted()
+        return softmax(self._logits(self._prepare(X))).astype(np.float32)
+
+    def predict(self, X: Any, *, return_attributions: bool = False, method: str = "auto"):
+        """Predicted class names, optionally with attribution maps.
+
+        Args:
+            X: Images, as for :meth:`predict_proba`.
+            return_attributions: Also return one float32 (H, W) map in [0, 1] per image,
+                H and W those of that input image.
+            method: Attribution method (see :meth:`explain`).
+
+        Returns:
+            ndarray (n,) of class names; with ``return_attributions`` a tuple
+            ``(labels, maps)``.
+        """
+        self._check_fitted()
+        prepared = self._prepare(X)
+        proba = softmax(self._logits(prepared))
+        labels = self.classes_[proba.argmax(axis=1)]
+        if not return_attributions:
+            return labels
+        return labels, self._attributions(prepared, proba.argmax(axis=1), method)
+
+    def tumor_probability(self, X: Any) -> np.ndarray:
+        """Probability of any tumor (binary detection): float32 (n,) in [0, 1].
+
+        Raises:
+            TumorClassifierError: The model has no ``notumor`` class.
+        """
+        self._check_fitted()
+        if NO_TUMOR not in self.classes_:
+            raise TumorClassifierError(f"tumor_probability needs a '{NO_TUMOR}' class; this model has {list(self.classes_)}.")
+        return 1.0 - self.predict_proba(X)[:, list(self.classes_).index(NO_TUMOR)]
+
+    def _resolve_method(self, method: str) -> str:
+        method = self.attribution_method_ if method == "auto" else method
+        if method not in METHODS:
+            raise TumorClassifierError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
+        return method
+
+    def _attributions(self, prepared: Sequence[PreparedImage], targets: np.ndarray, method: str, **options: Any) -> list[np.ndarray]:
+        method = self._resolve_method(method)
+        maps: list[np.ndarray] = []
+        black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
+            batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
+            pixel_values = self.preprocessor_.normalize(batch)
+            target = torch.as_tensor(targets[start : start + len(chunk)])
+            if method in ("integrated_gradients", "occlusion"):
+                options.setdefault("baseline", black)  # "absent" means a black image
+            small = compute_attributions(self.model_, pixel_values, target, method, **options)
+            maps.extend(p.to_original(m) for p, m in zip(chunk, small))
+        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps]
+
+    def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
+        """Predicts and explains each image.
+
+        Methods: ``gradcam`` (Grad-CAM on the last stage; for ViT on the patch tokens the
+        last block reads, reshaped to their grid; one backward pass, coarse),
+        ``integrated_gradients`` (pixel-level, 32 passes; baseline the black image),
+        ``occlusion`` (model-agnostic, slowest), ``auto`` (Grad-CAM for ConvNeXt and
+        ResNet, Integrated Gradients for ViT; see ``attributions.default_method``).
+
+        Args:
+            X: Images, as for :meth:`predict_proba`.
+            method: One of ``auto``, ``gradcam``, ``integrated_gradients``, ``occlusion``.
+            alpha: Largest opacity of the heatmap in the overlay.
+            **options: Passed to ``attributions.compute_attributions`` (``n_steps``,
+                ``internal_batch_size``, ``occlusion_window`` ...).
+
+        Returns:
+            One :class:`Explanation` per image.
+        """
+        self._check_fitted()
+        sources = _as_sources(X)
+        prepared = self._prepare(sources)
+        proba = softmax(self._logits(prepared))
+        predicted = proba.argmax(axis=1)
+        method = self._resolve_method(method)
+        maps = self._attributions(prepared, predicted, method, **options)
+        no_tumor = list(self.classes_).index(NO_TUMOR) if NO_TUMOR in self.classes_ else None
+        explanations = []
+        for index, source in enumerate(sources):
+            gray = load_image(source)
+            explanations.append(
+                Explanation(
+                    label=str(self.classes_[predicted[index]]),
+                    probabilities={str(c): float(p) for c, p in zip(self.classes_, proba[index])},
+                    tumor_probability=float("nan") if no_tumor is None else float(1 - proba[index, no_tumor]),
+                    attribution=maps[index],
+                    overlay=overlay(gray, maps[index], alpha=alpha),
+                    method=method,
+                    uncertain=bool(proba[index].max() < self.uncertainty_threshold),
+                    quality=assess_image(source),
+                )
+            )
+        return explanations
+
+
+def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None) -> Path:
+    if source is None:
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise ModelLoadError(
+                f"No default model is shipped in {DEFAULT_MODEL_DIR}; pass a model folder or Hub id."
+            )
+        return DEFAULT_MODEL_DIR
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json; expected a folder written by save_pretrained or train_hf.py.")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                str(source),
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                allow_patterns=_MODEL_FILES,
+            )
+        )
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
+        ) from error
+
+
+def _resolve_source_file(source: str | None, name: str) -> Path | None:
+    if source in (None, "default"):
+        candidate = DEFAULT_MODEL_DIR / name
+    else:
+        candidate = Path(source) / name
+    return candidate if candidate.is_file() else None

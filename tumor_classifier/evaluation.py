@@ -1,0 +1,134 @@
+"""Evaluate a classifier on a folder or Hub data set and write a full report.
+
+The report folder gets ``metrics.json``, ``per_class.md``, ``summary.md``, confusion
+matrices, ROC and precision-recall curves and a reliability diagram, for the full test
+split and for its part with no near duplicate in the training split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import find_duplicates, find_split_dirs, load_mri_dataset
+from .exceptions import InvalidDatasetError
+from .metrics import classification_metrics
+from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
+from .reports import DISCLAIMER, metrics_table, per_class_table
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics per evaluated subset and the files written."""
+
+    metrics: dict[str, Any]
+    files: list[Path]
+
+
+def _predict_in_batches(classifier, sources: list[Any], batch_size: int) -> np.ndarray:
+    parts = []
+    with tqdm(total=len(sources), desc="evaluating", unit="img") as progress:
+        for start in range(0, len(sources), batch_size):
+            parts.append(classifier.predict_proba(sources[start : start + batch_size]))
+            progress.update(len(parts[-1]))
+    return np.concatenate(parts)
+
+
+def evaluate_dataset(
+    classifier,
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    dedup: bool | None = None,
+    batch_size: int = 64,
+) -> EvaluationResult:
+    """Evaluates ``classifier`` on the test split of ``source`` and writes the report.
+
+    Args:
+        classifier: A fitted :class:`~tumor_classifier.TumorClassifier`.
+        source: Folder in the Kaggle layout (its ``Testing`` split is evaluated; with no
+            test split, the whole folder is), or a Hub data set id.
+        out_dir: Report folder (created).
+        dedup: Also evaluate the test images with no near duplicate in the training
+            split. ``None``: when the source has a training split. ``True`` without a
+            training split is an error.
+        batch_size: Images per forward pass.
+
+    Returns:
+        The :class:`EvaluationResult`.
+
+    Raises:
+        InvalidDatasetError: The source cannot be read, or ``dedup`` has no training split.
+    """
+    from .training import image_sources
+
+    out_dir = Path(out_dir)
+    data = load_mri_dataset(source)
+    test, has_train = data["test"], True
+    root = Path(source)
+    if root.is_dir() and "test" not in find_split_dirs(root):
+        # A plain image folder: evaluate every image in it; there is nothing to compare with.
+        from datasets import concatenate_datasets
+
+        test = concatenate_datasets([data["train"], data["validation"], data["test"]])
+        has_train = False
+    class_names = test.features["label"].names
+    model_classes = list(classifier.classes_)
+    if sorted(class_names) != sorted(model_classes):
+        raise InvalidDatasetError(f"The data's classes {class_names} differ from the model's {model_classes}.")
+    if dedup and not has_train:
+        raise InvalidDatasetError(f"--dedup needs a training split in {source} to compare the test images with.")
+    dedup = has_train if dedup is None else dedup
+    sources = image_sources(test)
+    y_true = np.asarray([model_classes.index(class_names[i]) for i in test["label"]])
+    started = time.perf_counter()
+    proba = _predict_in_batches(classifier, sources, batch_size)
+    seconds = time.perf_counter() - started
+    subsets = {"test": np.arange(len(sources))}
+    summary_extra: dict[str, Any] = {}
+    if dedup:
+        references = image_sources(data["train"]) + image_sources(data["validation"])
+        report = find_duplicates(references, sources)
+        subsets["test_without_near_duplicates"] = np.asarray(report.clean_queries, dtype=int)
+        summary_extra["duplicates"] = report.summary()
+    metrics: dict[str, Any] = {
+        name: classification_metrics(y_true[idx], proba[idx], model_classes) for name, idx in subsets.items()
+    }
+    metrics.update(summary_extra)
+    metrics["timing"] = {"images": len(sources), "seconds": seconds, "images_per_second": len(sources) / max(seconds, 1e-9)}
+    metrics["model"] = getattr(classifier, "source_", "fitted in memory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "metrics.json"]
+    files[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    for name, idx in subsets.items():
+        suffix = "" if name == "test" else "_dedup"
+        files.append(plot_confusion_matrix(metrics[name]["confusion_matrix"], model_classes, out_dir / f"confusion_matrix{suffix}.png", f"Confusion matrix ({name})"))
+        roc, pr = plot_roc_pr(y_true[idx], proba[idx], model_classes, out_dir)
+        files += [roc.rename(out_dir / f"roc{suffix}.png"), pr.rename(out_dir / f"pr{suffix}.png")]
+    files.append(plot_reliability({name: (proba[idx], y_true[idx]) for name, idx in subsets.items()}, out_dir / "reliability.png"))
+    per_class = "\n\n".join(f"### {name}\n\n{per_class_table(metrics[name])}" for name in subsets)
+    files.append(out_dir / "per_class.md")
+    files[-1].write_text(per_class + "\n")
+    duplicates = summary_extra.get("duplicates")
+    note = (
+        f"\nThe near-duplicate-free part keeps {duplicates['without_near_duplicate']} of {duplicates['queries']} test images: "
+        f"the others have a training image within pHash distance 4 ({duplicates['byte_identical']} byte-identical), "
+        "so accuracy on the full split is inflated.\n"
+        if duplicates
+        else ""
+    )
+    summary = (
+        f"# Evaluation of {metrics['model']} on {source}\n\n{metrics_table({n: metrics[n] for n in subsets})}\n{note}\n"
+        f"{len(sources)} images in {seconds:.1f} s ({metrics['timing']['images_per_second']:.1f} images/s).\n\n"
+        f"{per_class}\n\n> {DISCLAIMER}\n"
+    )
+    files.append(out_dir / "summary.md")
+    files[-1].write_text(summary)
+    return EvaluationResult(metrics, files)
+
