@@ -70,12 +70,14 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     return _save(figure, path)
 
 
-def plot_roc_pr(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], directory: str | Path) -> list[Path]:
-    """One-vs-rest ROC and precision-recall curves per class: ``roc.png``, ``pr.png``."""
+def plot_roc_pr(
+    y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], directory: str | Path, suffix: str = ""
+) -> list[Path]:
+    """One-vs-rest ROC and precision-recall curves per class: ``roc{suffix}.png``, ``pr{suffix}.png``."""
     paths = []
     for name, curve, axes_labels in (
-        ("roc.png", roc_curve, ("false positive rate", "true positive rate")),
-        ("pr.png", precision_recall_curve, ("recall", "precision")),
+        (f"roc{suffix}.png", roc_curve, ("false positive rate", "true positive rate")),
+        (f"pr{suffix}.png", precision_recall_curve, ("recall", "precision")),
     ):
         figure, axis = plt.subplots(figsize=(5, 4.5))
         for index, class_name in enumerate(class_names):

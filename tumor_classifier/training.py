@@ -453,6 +453,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "global_steps": int(trainer.state.global_step),
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "train_images": len(sets["train"]),
+            "world_size": int(training_args.world_size),
             "hyperparameter_search": best,
             "data": str(data_args.data_dir),
         }

@@ -1,0 +1,229 @@
+"""The TumorClassifier contract, its attributions, and the Hub round trip."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+from conftest import TINY_CONVNEXT
+from tumor_classifier import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
+
+
+def test_init_stores_parameters_and_clone_works():
+    clf = TumorClassifier("vit", image_size=96, epochs=3, config_overrides={"num_hidden_layers": 2})
+    params = clf.get_params()
+    assert params["backbone"] == "vit" and params["image_size"] == 96 and params["epochs"] == 3
+    copy = clone(clf)
+    assert copy.get_params() == params and copy is not clf
+    copy.set_params(epochs=7)
+    assert copy.epochs == 7 and clf.epochs == 3
+    assert not hasattr(clf, "model_")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c, x: c.predict(x),
+        lambda c, x: c.predict_proba(x),
+        lambda c, x: c.tumor_probability(x),
+        lambda c, x: c.explain(x),
+        lambda c, x: c.score(x, ["glioma"]),
+        lambda c, x: c.save_pretrained("never-written"),
+        lambda c, x: c.push_to_hub("org/never"),
+    ],
+)
+def test_every_inference_method_needs_a_fitted_model(call, test_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotFittedError, match="not fitted") as info:
+        call(TumorClassifier(), test_images[0][0])
+    assert isinstance(info.value, SklearnNotFittedError)
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_probabilities_sum_to_one_and_argmax_is_predict(fitted_classifier, test_images):
+    paths, labels = test_images
+    proba = fitted_classifier.predict_proba(paths)
+    assert proba.shape == (12, 4) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert list(fitted_classifier.classes_) == ["glioma", "meningioma", "notumor", "pituitary"]
+    predicted = fitted_classifier.predict(paths)
+    np.testing.assert_array_equal(predicted, fitted_classifier.classes_[proba.argmax(1)])
+    assert fitted_classifier.score(paths, labels) == np.mean(predicted == np.asarray(labels))
+    tumor = fitted_classifier.tumor_probability(paths)
+    np.testing.assert_allclose(tumor, 1 - proba[:, 2], atol=1e-6)
+
+
+def test_the_fitted_classifier_learned_its_training_images(fitted_classifier, train_images):
+    paths, labels = train_images
+    assert fitted_classifier.score(paths, labels) >= 0.75
+
+
+def test_every_input_kind_gives_the_same_answer(fitted_classifier, test_images):
+    path = test_images[0][0]
+    data = path.read_bytes()
+    pil = Image.open(io.BytesIO(data))
+    array = np.asarray(pil.convert("L"))
+    rgb_array = np.stack([array] * 3, axis=-1)
+    expected = fitted_classifier.predict_proba(path)
+    for source in (str(path), data, pil, array, rgb_array, [path], (path,)):
+        np.testing.assert_allclose(fitted_classifier.predict_proba(source), expected, atol=2e-3)
+    stack = np.stack([array, array])
+    assert fitted_classifier.predict_proba(stack).shape == (2, 4)
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    dataset = Dataset.from_dict({"image": [str(path)]}, features=Features({"image": ImageFeature()}))
+    np.testing.assert_allclose(fitted_classifier.predict_proba(dataset), expected, atol=1e-6)
+
+
+def test_batched_prediction_equals_one_by_one(fitted_classifier, test_images):
+    paths = test_images[0]
+    batched = fitted_classifier.predict_proba(paths)
+    single = np.concatenate([fitted_classifier.predict_proba(p) for p in paths])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_unreadable_input_names_the_image(fitted_classifier, test_images, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(InvalidImageError, match=r"Image 1: .*broken\.jpg") as info:
+        fitted_classifier.predict([test_images[0][0], bad])
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(InvalidImageError, match="empty"):
+        fitted_classifier.predict([])
+    with pytest.raises(TumorClassifierError, match="gradcam"):
+        fitted_classifier.explain(test_images[0][0], method="saliency")
+
+
+def test_save_and_load_give_equal_probabilities(fitted_classifier, test_images, tmp_path):
+    folder = fitted_classifier.save_pretrained(tmp_path / "model")
+    assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= {p.name for p in folder.iterdir()}
+    loaded = TumorClassifier.from_pretrained(folder)
+    np.testing.assert_array_equal(loaded.classes_, fitted_classifier.classes_)
+    np.testing.assert_allclose(loaded.predict_proba(test_images[0]), fitted_classifier.predict_proba(test_images[0]), atol=1e-6)
+    assert loaded.preprocessor_ == fitted_classifier.preprocessor_
+    with pytest.raises(ModelLoadError, match="config.json"):
+        TumorClassifier.from_pretrained(tmp_path)
+
+
+def test_attribution_maps_are_in_the_coordinates_of_each_input(fitted_classifier, test_images):
+    path = test_images[0][0]
+    wide = np.zeros((200, 320), dtype=np.uint8)
+    wide[:, 48:272] = np.asarray(Image.open(path).convert("L").resize((224, 200)))
+    labels, maps = fitted_classifier.predict([path, wide], return_attributions=True)
+    assert len(labels) == len(maps) == 2
+    assert maps[0].shape == (224, 224) and maps[1].shape == (200, 320)
+    for m in maps:
+        assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
+    # The padding added around the scan is outside the head crop: no attribution there.
+    assert maps[1][:, :40].max() == 0 and maps[1][:, -40:].max() == 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients", "occlusion"])
+def test_explain_returns_everything_the_app_shows(fitted_classifier, test_images, method):
+    paths = test_images[0][:2]
+    explanations = fitted_classifier.explain(paths, method=method, n_steps=8, occlusion_window=16, occlusion_stride=16)
+    proba = fitted_classifier.predict_proba(paths)
+    for e, row, path in zip(explanations, proba, paths):
+        assert e.method == method
+        assert e.label == fitted_classifier.classes_[row.argmax()]
+        assert e.probabilities == pytest.approx(dict(zip(fitted_classifier.classes_, row.tolist())), abs=1e-6)
+        assert e.overlay.mode == "RGB" and e.overlay.size == Image.open(path).size
+        assert e.attribution.shape == Image.open(path).size[::-1]
+        assert e.quality.looks_like_mri
+
+
+def _head_mask(path) -> np.ndarray:
+    gray = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    return gray > 0.1 * np.percentile(gray, 99.5)
+
+
+def test_most_attribution_mass_falls_inside_the_head(fitted_classifier, test_images):
+    paths = test_images[0]
+    _, maps = fitted_classifier.predict(paths, return_attributions=True, method="gradcam")
+    shares = []
+    for path, m in zip(paths, maps):
+        head = _head_mask(path)
+        if m.sum() > 0:
+            shares.append(m[head].sum() / m.sum())
+            # Compare with the head's share of the image: the map prefers the head.
+            assert shares[-1] >= head.mean() - 0.05
+    assert np.mean(shares) > 0.7
+
+
+def test_model_randomisation_changes_the_maps(fitted_classifier, test_images):
+    """Adebayo et al. (2018): maps must depend on the learned weights."""
+    paths = test_images[0]
+    _, trained = fitted_classifier.predict(paths, return_attributions=True, method="gradcam")
+    randomised = clone(fitted_classifier)
+    randomised._set_fitted(_reinitialised(fitted_classifier.model_), fitted_classifier.preprocessor_)
+    _, random_maps = randomised.predict(paths, return_attributions=True, method="gradcam")
+    correlations = []
+    for a, b in zip(trained, random_maps):
+        if a.std() > 0 and b.std() > 0:
+            correlations.append(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    assert len(correlations) >= 6
+    assert np.median(correlations) < 0.5
+
+
+def _reinitialised(model):
+    import copy
+
+    torch.manual_seed(123)
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh.eval()
+
+
+def test_fit_accepts_a_datasets_dataset_and_other_label_names(data_dir):
+    from tumor_classifier import load_mri_dataset
+
+    data = load_mri_dataset(data_dir, binary=True)
+    clf = TumorClassifier(image_size=32, epochs=1, batch_size=16, validation_size=0.0, augment=False, config_overrides=TINY_CONVNEXT)
+    clf.fit(data["train"])
+    assert list(clf.classes_) == ["notumor", "tumor"]
+    assert clf.predict_proba(data["test"]).shape == (12, 2)
+    assert clf.tumor_probability(data["test"]).shape == (12,)
+    with pytest.raises(TumorClassifierError, match="two classes"):
+        TumorClassifier().fit([np.zeros((32, 32))] * 2, ["glioma", "glioma"])
+    with pytest.raises(TumorClassifierError, match="labels"):
+        TumorClassifier().fit([np.zeros((32, 32))] * 2, ["glioma"])
+
+
+def test_push_to_hub_then_from_pretrained_in_a_fresh_cache(fitted_classifier, test_images, hub_env, tmp_path):
+    url = fitted_classifier.push_to_hub("org/tumor-tiny")
+    assert "org/tumor-tiny" in url
+    stored = hub_env.server.state.repos  # what the server holds, not what we think we sent
+    files = set(_repo_files(stored, "org/tumor-tiny"))
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= files
+    assert not any(name.endswith((".bin", ".pkl", ".pt")) for name in files)
+    hub_env.use_fresh_cache(tmp_path / "fresh-cache")
+    pulled = TumorClassifier.from_pretrained("org/tumor-tiny")
+    np.testing.assert_array_equal(pulled.predict_proba(test_images[0]), fitted_classifier.predict_proba(test_images[0]))
+    with pytest.raises(ModelLoadError, match="org/missing"):
+        TumorClassifier.from_pretrained("org/missing")
+
+
+def _repo_files(repos, repo_id):
+    repo = repos[("model", repo_id)]
+    return repo.resolve("main").files
+
+
+def test_pull_from_a_prefilled_cache_offline(fitted_classifier, test_images, tmp_path):
+    """A cache laid out as huggingface_hub writes it loads with local_files_only, no server."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--org--offline-model"
+    snapshot = repo / "snapshots" / commit
+    fitted_classifier.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    loaded = TumorClassifier.from_pretrained("org/offline-model", cache_dir=tmp_path / "cache", local_files_only=True)
+    np.testing.assert_array_equal(loaded.predict_proba(test_images[0]), fitted_classifier.predict_proba(test_images[0]))
+    with pytest.raises(ModelLoadError):
+        TumorClassifier.from_pretrained("org/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)

@@ -1,0 +1,92 @@
+"""The tumor-classifier command: predict (table, JSON, overlays, bad files) and evaluate."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tumor_classifier.cli import main
+
+REPORT_FILES = {
+    "metrics.json",
+    "summary.md",
+    "per_class.md",
+    "confusion_matrix.png",
+    "confusion_matrix_dedup.png",
+    "roc.png",
+    "pr.png",
+    "roc_dedup.png",
+    "pr_dedup.png",
+    "reliability.png",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(fitted_classifier, tmp_path_factory):
+    return fitted_classifier.save_pretrained(tmp_path_factory.mktemp("cli") / "model")
+
+
+def test_predict_prints_a_table_and_writes_overlays(model_dir, test_images, tmp_path, capsys):
+    paths = [str(p) for p in test_images[0][:3]]
+    out = tmp_path / "overlays"
+    assert main(["predict", *paths, "--model", str(model_dir), "--explain", "gradcam", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for path in paths:
+        assert Image.open(path).filename.split("/")[-1][:40] in printed
+    assert "not a medical device" in printed
+    written = sorted(out.glob("*_gradcam.png"))
+    assert len(written) == 3
+    assert Image.open(written[0]).size == Image.open(paths[0]).size
+
+
+def test_predict_json_reports_readable_images_and_fails_for_the_rest(model_dir, test_images, tmp_path, capsys, fitted_classifier):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    good = str(test_images[0][0])
+    assert main(["predict", good, str(broken), "--model", str(model_dir), "--json"]) == 1
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert rows[0]["image"] == good
+    assert rows[0]["label"] == fitted_classifier.predict(good)[0]
+    assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
+    assert 0 <= rows[0]["tumor_probability"] <= 1 and rows[0]["looks_like_mri"] is True
+    assert rows[1]["image"] == str(broken) and "broken.png" in rows[1]["error"]
+    assert "broken.png" in captured.err
+
+
+def test_missing_model_is_a_clear_error(test_images, tmp_path, capsys):
+    assert main(["predict", str(test_images[0][0]), "--model", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_evaluate_writes_every_file_of_the_report(model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["evaluate", str(data_dir), "--model", str(model_dir), "--out", str(out)]) == 0
+    assert REPORT_FILES <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 12
+    dedup_n = metrics["duplicates"]["without_near_duplicate"]
+    assert metrics["test_without_near_duplicates"]["n"] == dedup_n < 12
+    summary = (out / "summary.md").read_text()
+    assert "test_without_near_duplicates" in summary and "not a medical device" in summary
+    assert "accuracy=" in capsys.readouterr().out
+
+
+def test_evaluate_dedup_needs_a_training_split(model_dir, data_dir, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    shutil.copytree(data_dir / "Testing", plain)
+    assert main(["evaluate", str(plain), "--model", str(model_dir), "--out", str(tmp_path / "r"), "--dedup"]) == 2
+    assert "training split" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    completed = subprocess.run(
+        [sys.executable, "-m", "tumor_classifier.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0
+    for command in ("predict", "evaluate", "data-report", "serve"):
+        assert command in completed.stdout
+    assert shutil.which("tumor-classifier") is not None

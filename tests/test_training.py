@@ -1,0 +1,153 @@
+"""train_hf.py end to end (2 steps, resume, hyperparameter search, 2 processes) and the losses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CONVNEXT
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import train_hf  # noqa: E402
+
+from tumor_classifier import TumorClassifier  # noqa: E402
+from tumor_classifier.training import class_weights, make_loss_function  # noqa: E402
+
+MODEL_FILES = {
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "metrics.json",
+    "README.md",
+    "loss_curve.png",
+    "accuracy_curve.png",
+    "confusion_matrix.png",
+    "reliability.png",
+}
+
+
+def _args(data_dir, output_dir, *extra):
+    return [
+        "--data_dir", str(data_dir),
+        "--backbone", "convnext",
+        "--from_scratch",
+        "--image_size", "64",
+        "--config_overrides", json.dumps(TINY_CONVNEXT),
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16",
+        "--output_dir", str(output_dir),
+        "--eval_strategy", "steps", "--eval_steps", "1",
+        "--save_strategy", "steps", "--save_steps", "1",
+        "--logging_strategy", "steps", "--logging_steps", "1",
+        "--disable_tqdm", "true",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory, data_dir):
+    output = tmp_path_factory.mktemp("train") / "model"
+    result = train_hf.main(_args(data_dir, output, "--max_steps", "2"))
+    return output, result
+
+
+def test_two_step_run_writes_a_complete_model_folder(two_step_run):
+    output, result = two_step_run
+    assert MODEL_FILES <= {p.name for p in output.iterdir()}
+    assert not list(output.glob("*.bin")) and not list(output.glob("*.pkl"))  # safetensors only
+    metrics = json.loads((output / "metrics.json").read_text())
+    for split in ("validation", "test", "test_without_near_duplicates"):
+        m = metrics[split]
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert set(m["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+        assert np.asarray(m["confusion_matrix"]).sum() == m["n"]
+    assert metrics["test"]["n"] == 12
+    assert metrics["test_without_near_duplicates"]["n"] == metrics["duplicates"]["without_near_duplicate"]
+    assert metrics["training"]["global_steps"] == 2
+    assert metrics["calibration"]["temperature"] > 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["id2label"] == {"0": "glioma", "1": "meningioma", "2": "notumor", "3": "pituitary"}
+    card = (output / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and "not a medical device" in card
+    assert f"{100 * metrics['test']['accuracy']:.2f}%" in card
+    assert result.metrics["test"]["accuracy"] == metrics["test"]["accuracy"]
+
+
+def test_saved_model_loads_with_plain_transformers_and_gives_the_same_probabilities(two_step_run, test_images):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    output, _ = two_step_run
+    ours = TumorClassifier.from_pretrained(output)
+    paths = test_images[0][:4]
+    expected = ours.predict_proba(paths)
+    prepared = [ours.preprocessor_.prepare(p).image.convert("RGB") for p in paths]
+    processor = AutoImageProcessor.from_pretrained(output, backend="pil")
+    model = AutoModelForImageClassification.from_pretrained(output).eval()
+    with torch.no_grad():
+        logits = model(**processor(images=prepared, return_tensors="pt")).logits
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), expected, atol=1e-5)
+    classify = pipeline("image-classification", model=model, image_processor=processor, top_k=None)
+    for row, result in zip(expected, classify(prepared)):
+        scores = {item["label"]: item["score"] for item in result}
+        np.testing.assert_allclose([scores[c] for c in ours.classes_], row, atol=1e-5)
+
+
+def test_resume_from_checkpoint_continues_the_step_count(two_step_run, data_dir, tmp_path):
+    output, _ = two_step_run
+    checkpoint = output / "checkpoint-2"
+    assert (checkpoint / "trainer_state.json").is_file()
+    resumed = train_hf.main(_args(data_dir, tmp_path / "resumed", "--max_steps", "3", "--resume_from_checkpoint", str(checkpoint)))
+    assert resumed.metrics["training"]["global_steps"] == 3
+    history = json.loads((tmp_path / "resumed" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3]  # steps 1-2 came from the checkpoint
+
+
+def test_hyperparameter_search_runs_trials_and_applies_the_best(data_dir, tmp_path):
+    result = train_hf.main(
+        _args(data_dir, tmp_path / "hpo", "--max_steps", "1", "--hp_search_trials", "2", "--save_strategy", "no", "--load_best_model_at_end", "false")
+    )
+    best = result.best_hyperparameters
+    assert set(best) == {"learning_rate", "per_device_train_batch_size", "weight_decay", "dropout"}
+    assert 3e-4 <= best["learning_rate"] <= 5e-3
+    assert result.metrics["training"]["hyperparameter_search"] == best
+
+
+def test_two_processes_with_torchrun(data_dir, tmp_path):
+    output = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "train_hf.py"),
+        *_args(data_dir, output, "--max_steps", "2", "--ddp_backend", "gloo", "--save_strategy", "no", "--load_best_model_at_end", "false"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["training"]["world_size"] == 2
+    assert metrics["training"]["global_steps"] == 2
+    # Evaluation gathers both processes' shards: every test image is counted once.
+    assert metrics["test"]["n"] == 12 and np.asarray(metrics["test"]["confusion_matrix"]).sum() == 12
+    assert "model written to" in completed.stdout
+
+
+def test_focal_loss_reduces_to_cross_entropy_and_weights_apply():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    labels = torch.tensor([0, 3])
+    outputs = {"logits": logits}
+    ce = make_loss_function("cross_entropy")(outputs, labels)
+    focal0 = make_loss_function("focal", focal_gamma=0.0)(outputs, labels)
+    focal2 = make_loss_function("focal", focal_gamma=2.0)(outputs, labels)
+    torch.testing.assert_close(ce, focal0)
+    assert focal2 < ce  # easy examples are down-weighted
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 3]), 4)
+    assert weights[0] < weights[1] and torch.isclose(weights.mean(), torch.tensor(1.0))
+    weighted = make_loss_function("weighted_cross_entropy", weights=weights)(outputs, labels)
+    manual = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    torch.testing.assert_close(weighted, manual)

@@ -1,0 +1,810 @@
+"""The web app: a Gradio UI and a REST endpoint around :class:`TumorClassifier`, one process.
+
+Layout of the served app (``build_app``)::
+
+    /                   the Gradio UI (upload a slice, verdict, probabilities, heatmap)
+    /gradio_api/...     Gradio's own routes; the named endpoint ``/predict`` is batched
+    /api/v1/predict     plain REST: multipart field ``file`` in, JSON out
+    /openapi.json       the REST schema (the interactive /docs page is off: it loads
+                        its scripts from a CDN, and the app makes no outside request)
+
+Layers, so tests and the REST route use the same code as the UI:
+
+* :func:`check_scan` turns an upload into bytes the classifier can read, or raises
+  :class:`~tumor_classifier.InvalidImageError` with a message for people;
+* :func:`analyze_scans` runs the classifier (one lock per process: Captum hooks the
+  model, so two explanations must not run at once) and returns :class:`ScanReport`;
+* :func:`predict_scan` / :func:`predict_scans` are the pure UI functions (one image /
+  a Gradio batch) and turn project errors into ``gr.Error``;
+* :func:`build_demo`, :func:`build_app`, :func:`serve` wire them to Gradio, FastAPI and
+  uvicorn.
+
+Nothing here reaches the network: analytics and Hugging Face telemetry are switched off
+before Gradio is imported, the default theme serves its fonts from the app, the
+``file=<url>`` proxy route of Gradio is refused, and the page loads nothing from
+elsewhere (the browser test fails on any request that is not to 127.0.0.1).
+
+Example:
+    >>> from tumor_classifier import TumorClassifier
+    >>> from tumor_classifier.app import predict_scan, serve
+    >>> clf = TumorClassifier.from_pretrained("runs/default_model")      # doctest: +SKIP
+    >>> verdict, label, overlay, tumor = predict_scan("scan.jpg", classifier=clf)  # doctest: +SKIP
+    >>> serve(model="runs/default_model", port=7860)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before Gradio (and huggingface_hub through it) is imported: this module is only
+# imported to serve the app, and the app must not phone home.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import base64  # noqa: E402
+import io  # noqa: E402
+import math  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Literal, Sequence  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from gradio.components.label import LabelData  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+from .attributions import METHODS, overlay  # noqa: E402
+from .classifier import Explanation, TumorClassifier  # noqa: E402
+from .data import NO_TUMOR  # noqa: E402
+from .exceptions import InvalidImageError, TumorClassifierError  # noqa: E402
+from .preprocessing import MIN_IMAGE_SIDE, load_image  # noqa: E402
+from .reports import DISCLAIMER  # noqa: E402
+
+#: Image formats the app accepts (PIL format names), and how the UI names them.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
+ACCEPTED_TEXT = "JPEG, PNG, BMP or TIFF"
+#: Largest upload, in bytes (Gradio's upload route and the REST route).
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Largest image side the app decodes. MRI slices are at most about 1024 px; the
+#: package's own limit (8192) is for files, the app keeps memory per request bounded.
+MAX_SCAN_SIDE = 4096
+#: Heatmap methods as the UI names them.
+METHOD_CHOICES = (("Grad-CAM", "gradcam"), ("Integrated Gradients", "integrated_gradients"), ("Occlusion", "occlusion"))
+DEFAULT_OPACITY = 0.45
+#: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
+MAX_BATCH_SIZE = 8
+#: One image per class, shipped in the package so `tumor-classifier serve` has them.
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+#: Label headline of a request that could not be analysed (see :func:`predict_scans`).
+INVALID_HEADLINE = "Invalid image"
+NOTICE = (
+    "**Research demo, not for diagnosis.** " + DISCLAIMER + " A heatmap shows what the model "
+    "looked at, not where a tumor is."
+)
+
+#: Captum registers hooks on the model, so explanations run one at a time per process;
+#: the Gradio queue batches requests in front of this lock.
+_MODEL_LOCK = threading.Lock()
+
+
+class UploadTooLargeError(InvalidImageError):
+    """An upload above the byte limit (HTTP 413)."""
+
+
+class UnsupportedImageTypeError(InvalidImageError):
+    """A readable file that is not one of :data:`ACCEPTED_FORMATS` (HTTP 415)."""
+
+
+# -- reading uploads -------------------------------------------------------------------
+def _megabytes(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+    """Checks one upload and returns what to hand to the classifier.
+
+    Paths and bytes are read and checked here, so that every bad upload gets one clear
+    message: missing, empty, too large (bytes or pixels), not an image, not one of
+    :data:`ACCEPTED_FORMATS`, or corrupt. Decoded inputs (PIL images, numpy arrays) are
+    returned as they are; the classifier checks them.
+
+    Args:
+        source: A file path, raw bytes, a PIL image or a numpy array (H, W) / (H, W, C).
+        name: How to call the file in messages (default: the path's file name).
+        max_bytes: Largest accepted file size.
+
+    Returns:
+        The file's bytes for paths and bytes; ``source`` itself otherwise.
+
+    Raises:
+        InvalidImageError: With a message that says what is wrong and what to upload
+            (:class:`UploadTooLargeError`, :class:`UnsupportedImageTypeError` for those two).
+    """
+    upload_hint = f"Upload a brain MRI slice as {ACCEPTED_TEXT}."
+    if source is None:
+        raise InvalidImageError(f"No image was given. {upload_hint}")
+    if isinstance(source, (Image.Image, np.ndarray)):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        what = f"The file {name or path.name!r}"
+        if not path.is_file():
+            raise InvalidImageError(f"{what} was not found on the server. {upload_hint}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UploadTooLargeError(f"{what} is {_megabytes(size)}; files up to {_megabytes(max_bytes)} are accepted.")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        what = f"The file {name!r}" if name else "The upload"
+        if len(data) > max_bytes:
+            raise UploadTooLargeError(f"{what} is {_megabytes(len(data))}; files up to {_megabytes(max_bytes)} are accepted.")
+    else:
+        raise InvalidImageError(f"Cannot read a {type(source).__name__} as an image. {upload_hint}")
+    if not data:
+        raise InvalidImageError(f"{what} is empty (0 bytes). {upload_hint}")
+    try:
+        # Only the header is read here; PIL warns about very large images, which the
+        # side limit below refuses anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                image_format, (width, height) = opened.format, opened.size
+    except Image.DecompressionBombError:
+        raise InvalidImageError(f"{what} is an image far too large to decode; images up to {MAX_SCAN_SIDE} pixels a side are accepted.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise UnsupportedImageTypeError(f"{what} is not an image this app can read. {upload_hint}") from None
+    if image_format not in ACCEPTED_FORMATS:
+        raise UnsupportedImageTypeError(f"{what} is a {image_format} image; this app accepts {ACCEPTED_TEXT}. {upload_hint}")
+    if max(width, height) > MAX_SCAN_SIDE:
+        raise InvalidImageError(f"{what} is {width}x{height} pixels; images up to {MAX_SCAN_SIDE} pixels a side are accepted.")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidImageError(f"{what} is {width}x{height} pixels; at least {MIN_IMAGE_SIDE} pixels a side are needed.")
+    try:
+        load_image(data)  # decode fully: truncated and corrupt files fail here, not in a batch
+    except InvalidImageError:
+        raise InvalidImageError(f"{what} looks like a {image_format} image but is corrupt or truncated, so it cannot be decoded. {upload_hint}") from None
+    return data
+
+
+def normalize_method(method: str | None) -> str:
+    """Maps a method given by value (``gradcam``), by UI name (``Grad-CAM``) or ``auto``.
+
+    Raises:
+        TumorClassifierError: An unknown method.
+    """
+    if method is None or method == "auto":
+        return "auto"
+    names = {label.lower(): value for label, value in METHOD_CHOICES}
+    key = str(method).strip().lower()
+    key = names.get(key, key).replace("-", "_").replace(" ", "_")
+    if key not in METHODS:
+        raise TumorClassifierError(f"Unknown heatmap method {method!r}; choose one of {', '.join(METHODS)}.")
+    return key
+
+
+# -- running the classifier ------------------------------------------------------------
+@dataclass
+class ScanReport:
+    """One analysed scan, in the words the UI and the REST route use.
+
+    Attributes:
+        explanation: The classifier's :class:`~tumor_classifier.Explanation`.
+        verdict: ``"tumor"``, ``"no_tumor"``, ``"uncertain"`` or ``"not_brain_mri"``.
+        headline: Short text for the top of the label: the class name when the model is
+            confident on an MRI-like input, else ``"Uncertain"`` / ``"Not a brain MRI"``.
+        summary: Markdown that says the verdict in words.
+    """
+
+    explanation: Explanation
+    verdict: str
+    headline: str
+    summary: str
+
+    @property
+    def tumor_probability_text(self) -> str:
+        """The tumor probability for people, with the caveat that applies."""
+        p = self.explanation.tumor_probability
+        if math.isnan(p):
+            return f"n/a: this model has no '{NO_TUMOR}' class"
+        if self.verdict == "not_brain_mri":
+            return f"n/a: the image does not look like a brain MRI slice (the model says {p:.1%})"
+        if self.verdict == "uncertain":
+            return f"{p:.1%} (uncertain prediction)"
+        return f"{p:.1%}"
+
+    @property
+    def label_value(self) -> dict[str, Any]:
+        """Value for :class:`gr.Label`: ``{"label": headline, "confidences": [...]}``, most probable first."""
+        ranked = sorted(self.explanation.probabilities.items(), key=lambda item: -item[1])
+        return {"label": self.headline, "confidences": [{"label": c, "confidence": float(p)} for c, p in ranked]}
+
+
+def _describe(explanation: Explanation, threshold: float) -> tuple[str, str, str]:
+    """-> (verdict, headline, Markdown summary) of one explanation."""
+    label = explanation.label
+    top = explanation.probabilities[label]
+    if not explanation.quality.looks_like_mri:
+        reasons = "; ".join(explanation.quality.reasons) or "it does not pass the image checks"
+        return (
+            "not_brain_mri",
+            "Not a brain MRI",
+            "### This does not look like a brain MRI slice\n"
+            f"The image check found that {reasons}. The model only knows brain MRI slices, "
+            "so it gives no tumor type for this image.",
+        )
+    if explanation.uncertain:
+        return (
+            "uncertain",
+            "Uncertain",
+            "### Uncertain: no verdict\n"
+            f"The model's most likely class, **{label}**, has only {top:.0%} probability "
+            f"(a verdict needs {threshold:.0%}). No tumor type is given for this scan.",
+        )
+    if label == NO_TUMOR:
+        return "no_tumor", label, f"### No tumor detected\nProbability of no tumor: {top:.0%}."
+    if label == "tumor":  # a binary model: tumor or not, no type
+        return "tumor", label, f"### Tumor detected\nProbability of a tumor: {top:.0%}. This model does not tell the type."
+    return "tumor", label, f"### Tumor detected: {label}\nProbability of {label}: {top:.0%}."
+
+
+def analyze_scans(
+    sources: Sequence[Any],
+    methods: Sequence[str],
+    opacities: Sequence[float],
+    *,
+    classifier: TumorClassifier,
+) -> list[ScanReport]:
+    """Checks, classifies and explains scans; requests that share a method run as one batch.
+
+    Args:
+        sources: Uploads (paths, bytes, PIL images, numpy arrays), see :func:`check_scan`.
+        methods: One heatmap method per scan (see :func:`normalize_method`).
+        opacities: One heatmap opacity in [0, 1] per scan.
+        classifier: A fitted :class:`TumorClassifier`.
+
+    Returns:
+        One :class:`ScanReport` per scan, in order.
+
+    Raises:
+        InvalidImageError: A scan cannot be used (the message names the problem).
+        TumorClassifierError: An unknown method or an opacity outside [0, 1].
+    """
+    if not (len(sources) == len(methods) == len(opacities)):
+        raise TumorClassifierError(f"Got {len(sources)} scans, {len(methods)} methods and {len(opacities)} opacities.")
+    inputs = [check_scan(source) for source in sources]
+    groups: dict[tuple[str, float], list[int]] = {}
+    for index, (method, opacity) in enumerate(zip(methods, opacities)):
+        alpha = DEFAULT_OPACITY if opacity is None else float(opacity)
+        if not 0.0 <= alpha <= 1.0:
+            raise TumorClassifierError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
+        groups.setdefault((normalize_method(method), alpha), []).append(index)
+    explanations: list[Explanation | None] = [None] * len(inputs)
+    for (method, alpha), indices in groups.items():
+        with _MODEL_LOCK:
+            explained = classifier.explain([inputs[i] for i in indices], method=method, alpha=alpha)
+        for index, explanation in zip(indices, explained):
+            explanations[index] = explanation
+    threshold = float(classifier.uncertainty_threshold)
+    return [ScanReport(e, *_describe(e, threshold)) for e in explanations]
+
+
+def load_classifier(model: TumorClassifier | str | os.PathLike | None = None) -> TumorClassifier:
+    """The classifier to serve: an instance as is, ``None`` for the shipped model, else a folder or Hub id."""
+    if isinstance(model, TumorClassifier):
+        return model
+    return TumorClassifier.from_pretrained(model)
+
+
+# -- the pure UI functions ---------------------------------------------------------------
+def _ui_error(error: Exception) -> gr.Error:
+    return gr.Error(str(error), print_exception=False)
+
+
+def _analyze_each(images, methods, opacities, classifier) -> list[ScanReport | TumorClassifierError]:
+    """Like :func:`analyze_scans`, but a bad request yields its error instead of failing the others."""
+    results: list[ScanReport | TumorClassifierError | None] = [None] * len(images)
+    valid = []
+    for index, (image, method, opacity) in enumerate(zip(images, methods, opacities, strict=True)):
+        try:
+            checked = check_scan(image)
+            normalize_method(method)
+            if opacity is not None and not 0.0 <= float(opacity) <= 1.0:
+                raise TumorClassifierError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
+            valid.append((index, checked))
+        except TumorClassifierError as error:
+            results[index] = error
+    if valid:
+        reports = analyze_scans(
+            [checked for _, checked in valid],
+            [methods[i] for i, _ in valid],
+            [opacities[i] for i, _ in valid],
+            classifier=classifier,
+        )
+        for (index, _), report in zip(valid, reports):
+            results[index] = report
+    return results  # type: ignore[return-value]
+
+
+def _ui_outputs(result: ScanReport | TumorClassifierError) -> tuple[str, dict[str, Any], Image.Image | None, str]:
+    if isinstance(result, ScanReport):
+        return result.summary, result.label_value, result.explanation.overlay, result.tumor_probability_text
+    return f"### Cannot analyze this image\n{result}", {"label": INVALID_HEADLINE, "confidences": []}, None, "n/a"
+
+
+def predict_scans(
+    images: Sequence[Any],
+    methods: Sequence[str],
+    opacities: Sequence[float],
+    *,
+    classifier: TumorClassifier,
+) -> tuple[list[str], list[dict[str, Any]], list[Image.Image | None], list[str]]:
+    """The batched UI function (Gradio ``batch=True``): lists in, one list per output.
+
+    A batch holds the requests of several users. A bad upload alone in its batch (the
+    usual case) raises ``gr.Error``; in a batch with others it does not fail them: its
+    outputs say ``"Cannot analyze this image"`` with the reason, its label headline is
+    ``"Invalid image"`` and its overlay ``None``. (Gradio 6.31's per-request
+    ``validator`` does not work for batched events with several inputs.)
+
+    Returns:
+        ``(verdicts, labels, overlays, tumor_probabilities)``, each a list with one entry
+        per image, as :func:`predict_scan` returns them.
+
+    Raises:
+        gr.Error: The only request of the batch is bad; the message says why.
+    """
+    results = _analyze_each(images, methods, opacities, classifier)
+    if len(results) == 1 and not isinstance(results[0], ScanReport):
+        raise _ui_error(results[0])
+    return tuple(list(column) for column in zip(*map(_ui_outputs, results)))  # type: ignore[return-value]
+
+
+def predict_scan(
+    image: Any,
+    method: str = "gradcam",
+    opacity: float = DEFAULT_OPACITY,
+    *,
+    classifier: TumorClassifier | None = None,
+) -> tuple[str, dict[str, Any], Image.Image, str]:
+    """Analyses one uploaded slice for the UI.
+
+    Args:
+        image: A file path (JPEG, PNG, BMP, TIFF), raw bytes, a PIL image or a numpy
+            array (H, W) / (H, W, C).
+        method: ``gradcam``, ``integrated_gradients``, ``occlusion`` (or their UI names,
+            or ``auto``).
+        opacity: Largest opacity of the heatmap on the scan, in [0, 1].
+        classifier: The fitted classifier; ``None`` loads the shipped default.
+
+    Returns:
+        ``(verdict, label, overlay, tumor_probability)``: the verdict as Markdown; the
+        ``gr.Label`` value ``{"label": headline, "confidences": [{"label": class,
+        "confidence": p}, ...]}`` (headline: the class, or ``"Uncertain"`` / ``"Not a
+        brain MRI"``); the heatmap blended on the scan (RGB, the input's size); the tumor
+        probability as text.
+
+    Raises:
+        gr.Error: The image cannot be used; the message says why and what to upload.
+
+    Example:
+        >>> verdict, label, heatmap, tumor = predict_scan("scan.png", "occlusion", 0.6, classifier=clf)  # doctest: +SKIP
+        >>> label["label"]                                                                           # doctest: +SKIP
+        'glioma'
+    """
+    classifier = load_classifier(None) if classifier is None else classifier
+    outputs = predict_scans([image], [method], [opacity], classifier=classifier)
+    return tuple(output[0] for output in outputs)  # type: ignore[return-value]
+
+
+# -- Gradio ----------------------------------------------------------------------------
+class ScanImage(gr.Image):
+    """``gr.Image`` whose upload reaches the app undecoded (type ``filepath``).
+
+    ``gr.Image`` opens every upload with PIL before the event runs, so a corrupt or huge
+    file would fail there with a generic error; here :func:`check_scan` decodes it and
+    says what is wrong. Same front end as ``gr.Image``.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+class VerdictLabel(gr.Label):
+    """``gr.Label`` that takes its headline as given (``"Uncertain"`` ...), not the top class."""
+
+    def get_block_name(self) -> str:
+        return "label"
+
+    def postprocess(self, value):
+        if isinstance(value, dict) and isinstance(value.get("confidences"), list):
+            return LabelData(**value)
+        return super().postprocess(value)
+
+
+def _on_new_scan(image: Any):
+    """Clears the previous results when a file arrives, and says at once if it cannot be used."""
+    if image is not None:
+        try:
+            check_scan(image)
+        except TumorClassifierError as error:
+            raise _ui_error(error) from None
+    return "", None, None, "", None
+
+
+def _reblend(state: dict[str, Any] | None, opacity: float):
+    """Re-draws the heatmap at a new opacity without running the model again."""
+    if not state:
+        return gr.skip()
+    return overlay(state["scan"], state["attribution"], alpha=float(opacity))
+
+
+def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_size: int = MAX_BATCH_SIZE) -> gr.Blocks:
+    """The Gradio UI around ``classifier``.
+
+    The named endpoint ``predict`` (``gradio_client``: ``client.predict(handle_file(path),
+    "gradcam", 0.45, api_name="/predict")``) returns ``(verdict Markdown, label dict,
+    overlay image path, tumor probability text)``. Concurrent requests are batched
+    (``batch=True``, at most ``max_batch_size``); a bad upload fails alone (see
+    :func:`predict_scans`). In the page, an upload is also checked as soon as it arrives,
+    so a bad file is reported before anyone clicks Analyze.
+
+    Args:
+        classifier: A fitted :class:`TumorClassifier`.
+        batch: Batch concurrent requests (off only to measure what batching brings).
+        max_batch_size: Largest batch.
+
+    Returns:
+        The ``gr.Blocks``; serve it with :func:`build_app` (or ``demo.launch()``).
+    """
+    if max_batch_size < 1:
+        raise TumorClassifierError(f"max_batch_size must be at least 1; got {max_batch_size}.")
+
+    def run(images, methods, opacities):
+        results = _analyze_each(images, methods, opacities, classifier)
+        if len(results) == 1 and not isinstance(results[0], ScanReport):
+            raise _ui_error(results[0])
+        # The scan and its map stay with the session, so the opacity slider re-draws
+        # the heatmap without running the model.
+        states = [
+            {"scan": load_image(check_scan(image)), "attribution": r.explanation.attribution} if isinstance(r, ScanReport) else None
+            for image, r in zip(images, results)
+        ]
+        columns = [list(column) for column in zip(*map(_ui_outputs, results))]
+        return (*columns, states)
+
+    if batch:
+        fn = run
+    else:
+        def fn(image, method, opacity):
+            return tuple(output[0] for output in run([image], [method], [opacity]))
+
+    event_options = dict(fn=fn, batch=batch, max_batch_size=max_batch_size, concurrency_id="model")
+
+    with gr.Blocks(title="Brain tumor MRI classifier", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown("# Brain tumor MRI classifier\nGlioma, meningioma, pituitary tumor or no tumor, from one MRI slice, with a heatmap of what the model looked at.")
+        gr.Markdown(NOTICE, elem_id="notice")
+        with gr.Row():
+            with gr.Column():
+                image = ScanImage(
+                    label=f"MRI slice ({ACCEPTED_TEXT})",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    elem_id="scan",
+                    height=320,
+                )
+                method = gr.Radio(list(METHOD_CHOICES), value=_default_method(classifier), label="Heatmap method", elem_id="method")
+                opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity", elem_id="opacity")
+                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                examples = gr.Examples(
+                    [[str(path)] for path in example_paths()],
+                    inputs=[image],
+                    label="Examples, one per class",
+                    example_labels=[path.stem for path in example_paths()],
+                    cache_examples=False,
+                    elem_id="examples",
+                )
+            with gr.Column():
+                verdict = gr.Markdown(elem_id="verdict")
+                label = VerdictLabel(label="Class probabilities", elem_id="probabilities")
+                tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
+                heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
+        state = gr.State()
+        outputs = [verdict, label, heatmap, tumor, state]
+        button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", **event_options)
+        examples.load_input_event.then(inputs=[image, method, opacity], outputs=outputs, api_visibility="private", **event_options)
+        image.upload(_on_new_scan, inputs=image, outputs=outputs, api_visibility="private", show_progress="hidden")
+        image.clear(lambda: _on_new_scan(None), outputs=outputs, api_visibility="private", show_progress="hidden")
+        opacity.release(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden")
+        gr.Markdown(f"Model: `{getattr(classifier, 'source_', 'in memory')}`; classes: {', '.join(map(str, classifier.classes_))}.")
+    demo.queue(max_size=256)
+    return demo
+
+
+def _default_method(classifier: TumorClassifier) -> str:
+    method = getattr(classifier, "attribution_method_", "gradcam")
+    return method if method in METHODS else "gradcam"
+
+
+def example_paths() -> list[Path]:
+    """The example slices shipped with the package, one per class, sorted by class."""
+    return sorted(EXAMPLES_DIR.glob("*.jpg"))
+
+
+# -- REST --------------------------------------------------------------------------------
+class PredictionResponse(BaseModel):
+    """JSON answer of ``POST /api/v1/predict``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: str = Field(alias="class", description="Most probable class (argmax), whatever the verdict.")
+    verdict: Literal["tumor", "no_tumor", "uncertain", "not_brain_mri"] = Field(
+        description="What the UI says: a tumor (type in `class`), no tumor, uncertain (no type given), or not a brain MRI."
+    )
+    probabilities: dict[str, float] = Field(description="Class -> probability; sums to 1.")
+    tumor_probability: float | None = Field(description="Probability of any tumor; null if the model has no 'notumor' class.")
+    uncertain: bool = Field(description="The top probability is below the model's uncertainty threshold.")
+    not_brain_mri: bool = Field(description="The input does not look like a brain MRI slice; then `class` means nothing.")
+    quality_reasons: list[str] = Field(description="Why the input does not look like a brain MRI slice (empty if it does).")
+    message: str = Field(description="The verdict in words (Markdown).")
+    method: str = Field(description="Heatmap method used.")
+    overlay_png_base64: str | None = Field(None, description="The heatmap on the scan as a base64 PNG, if `overlay=true` was asked.")
+
+
+class ErrorResponse(BaseModel):
+    """JSON body of a refused request."""
+
+    detail: str = Field(description="What is wrong and what to send instead.")
+
+
+def report_to_json(report: ScanReport, *, include_overlay: bool = False) -> dict[str, Any]:
+    """The REST answer for one :class:`ScanReport` (keys of :class:`PredictionResponse`)."""
+    e = report.explanation
+    encoded = None
+    if include_overlay:
+        buffer = io.BytesIO()
+        e.overlay.save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return PredictionResponse(
+        class_=e.label,
+        verdict=report.verdict,
+        probabilities=e.probabilities,
+        tumor_probability=None if math.isnan(e.tumor_probability) else e.tumor_probability,
+        uncertain=e.uncertain,
+        not_brain_mri=not e.quality.looks_like_mri,
+        quality_reasons=list(e.quality.reasons),
+        message=report.summary,
+        method=e.method,
+        overlay_png_base64=encoded,
+    ).model_dump(by_alias=True)
+
+
+class _Guard:
+    """ASGI middleware: upload size limit for the REST route, no outside fetches.
+
+    * ``/api/v1/predict``: a ``Content-Length`` above the limit is answered 413 before
+      the body is read; a body without one is counted as it arrives and cut off.
+    * Gradio's ``/gradio_api/file=<http url>`` makes the server fetch that URL; the app
+      serves its own files only, so such requests get 403.
+    """
+
+    def __init__(self, app, *, path: str, max_bytes: int):
+        self.app = app
+        self.path = path
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if "file=" in path and path.split("file=", 1)[1].lower().lstrip("/").startswith(("http:", "https:")) or "file=//" in path:
+            return await JSONResponse({"detail": "This app serves only its own files."}, status_code=403)(scope, receive, send)
+        if path.rstrip("/") != self.path:
+            return await self.app(scope, receive, send)
+        # Multipart framing adds a few hundred bytes around the file.
+        limit = self.max_bytes + 64 * 1024
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._too_large(scope, receive, send)
+        received = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope, receive, send):
+        detail = f"The upload is larger than {_megabytes(self.max_bytes)}; send a single MRI slice ({ACCEPTED_TEXT})."
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def build_app(
+    classifier: TumorClassifier,
+    *,
+    batch: bool = True,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The served app: the REST route and the Gradio UI mounted at ``/``, one process.
+
+    Gradio may serve only its own upload and cache folders and :data:`EXAMPLES_DIR`;
+    uploads are limited to ``max_upload_bytes``.
+
+    Args:
+        classifier: A fitted :class:`TumorClassifier`.
+        batch: Batch concurrent Gradio requests (see :func:`build_demo`).
+        max_batch_size: Largest Gradio batch.
+        max_upload_bytes: Largest upload, for Gradio and for the REST route.
+
+    Returns:
+        A FastAPI app; run it with uvicorn (:func:`serve`, :func:`start_in_background`).
+
+    Example:
+        >>> import uvicorn
+        >>> uvicorn.run(build_app(clf), host="127.0.0.1", port=7860)  # doctest: +SKIP
+    """
+    from . import __version__
+
+    api = FastAPI(
+        title="tumor-classifier",
+        version=__version__,
+        description=(
+            "Brain-tumor MRI slice classifier (glioma, meningioma, pituitary tumor, no tumor) "
+            "with attribution heatmaps. The web UI is at `/`. " + DISCLAIMER
+        ),
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
+        redoc_url=None,
+    )
+    method_names = ", ".join(METHODS)
+
+    @api.post(
+        "/api/v1/predict",
+        response_model=PredictionResponse,
+        responses={
+            400: {"model": ErrorResponse, "description": "Empty, corrupt or oversized (pixels) image, or a bad option."},
+            413: {"model": ErrorResponse, "description": f"Upload larger than {_megabytes(max_upload_bytes)}."},
+            415: {"model": ErrorResponse, "description": f"Not an image, or not {ACCEPTED_TEXT}."},
+        },
+        summary="Classify one brain MRI slice",
+        tags=["prediction"],
+    )
+    def predict_endpoint(
+        file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}."),
+        method: str = Query("auto", description=f"Heatmap method: auto, {method_names}."),
+        opacity: float = Query(DEFAULT_OPACITY, ge=0.0, le=1.0, description="Largest heatmap opacity on the scan."),
+        overlay: bool = Query(False, description="Also return the heatmap on the scan as a base64 PNG."),
+    ) -> dict[str, Any]:
+        """Classifies the uploaded slice and says whether it looks like a brain MRI at all.
+
+        Not for diagnosis.
+        """
+        data = file.file.read(max_upload_bytes + 1)
+        try:
+            source = check_scan(data, name=file.filename or None, max_bytes=max_upload_bytes)
+            report = analyze_scans([source], [method], [opacity], classifier=classifier)[0]
+        except UploadTooLargeError as error:
+            raise HTTPException(413, str(error)) from None
+        except UnsupportedImageTypeError as error:
+            raise HTTPException(415, str(error)) from None
+        except TumorClassifierError as error:
+            raise HTTPException(400, str(error)) from None
+        return report_to_json(report, include_overlay=overlay)
+
+    api.add_middleware(_Guard, path="/api/v1/predict", max_bytes=max_upload_bytes)
+    demo = build_demo(classifier, batch=batch, max_batch_size=max_batch_size)
+    return gr.mount_gradio_app(
+        api,
+        demo,
+        path="/",
+        allowed_paths=[str(EXAMPLES_DIR)],
+        max_file_size=max_upload_bytes,
+        footer_links=["api", "settings"],
+        run_history=False,
+        ssr_mode=False,
+        mcp_server=False,
+        show_error=True,
+    )
+
+
+# -- serving -----------------------------------------------------------------------------
+def serve(
+    model: TumorClassifier | str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    batch: bool = True,
+    max_batch_size: int = MAX_BATCH_SIZE,
+) -> None:
+    """Serves the UI and the REST route until interrupted (``tumor-classifier serve``).
+
+    Args:
+        model: A fitted classifier, a model folder or Hub id; ``None`` for the shipped model.
+        host: Interface to listen on; the default keeps the app on this machine.
+        port: TCP port.
+        batch: Batch concurrent Gradio requests.
+        max_batch_size: Largest Gradio batch.
+
+    Raises:
+        ModelLoadError: The model cannot be loaded.
+    """
+    import uvicorn
+
+    app = build_app(load_classifier(model), batch=batch, max_batch_size=max_batch_size)
+    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, schema: /openapi.json)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+class BackgroundServer:
+    """A uvicorn server on a thread, for tests, benchmarks and notebooks.
+
+    Attributes:
+        url: ``http://host:port/`` of the running app.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, timeout: float = 60.0):
+        import uvicorn
+
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, name="tumor-classifier-app", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise TumorClassifierError(f"The app did not start on {host}:{port} within {timeout:.0f} s.")
+            time.sleep(0.05)
+        bound = self._server.servers[0].sockets[0].getsockname()
+        self.url = f"http://{host}:{bound[1]}/"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Asks the server to exit and waits for its thread."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def start_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> BackgroundServer:
+    """Starts ``app`` on a thread (``port=0``: a free port) and returns once it answers.
+
+    Example:
+        >>> with start_in_background(build_app(clf)) as server:   # doctest: +SKIP
+        ...     print(server.url)
+    """
+    return BackgroundServer(app, host, port)
