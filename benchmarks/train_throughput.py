@@ -50,7 +50,8 @@ def hand_loop(pixels, labels, preprocessor, image_size, batch_size, steps) -> fl
     """Images/s of a plain PyTorch loop over the same pieces."""
     torch.manual_seed(0)
     model = create_model("convnext", image_size=image_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    # The Trainer's default optimizer on torch >= 2.8 is the fused AdamW: use the same.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05, fused=True)
     loss_function = make_loss_function(label_smoothing=0.1)
     loader = torch.utils.data.DataLoader(
         PixelDataset(pixels, labels),

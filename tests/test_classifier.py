@@ -227,3 +227,15 @@ def test_pull_from_a_prefilled_cache_offline(fitted_classifier, test_images, tmp
     np.testing.assert_array_equal(loaded.predict_proba(test_images[0]), fitted_classifier.predict_proba(test_images[0]))
     with pytest.raises(ModelLoadError):
         TumorClassifier.from_pretrained("org/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
+def test_test_time_augmentation_averages_the_mirror_image(fitted_classifier, test_images):
+    paths = test_images[0][:3]
+    plain = fitted_classifier.predict_proba(paths)
+    prepared = [np.asarray(fitted_classifier.preprocessor_.prepare(p).image) for p in paths]
+    mirrored = fitted_classifier.predict_proba([np.ascontiguousarray(a[:, ::-1]) for a in prepared])
+    with_tta = clone(fitted_classifier).set_params(test_time_augmentation=True)
+    with_tta._set_fitted(fitted_classifier.model_, fitted_classifier.preprocessor_)
+    # Re-preparing an already prepared image can move the crop by a pixel: small tolerance.
+    np.testing.assert_allclose(with_tta.predict_proba(paths), (plain + mirrored) / 2, atol=0.02)
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the check is not vacuous

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .attributions import METHODS, compute_attributions, default_method, overlay
 from .data import NO_TUMOR
 from .exceptions import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifierError
-from .metrics import softmax
+from .metrics import fit_temperature
 from .models import create_model
 from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
 from .quality import ImageQuality, assess_image
@@ -115,6 +115,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         augment: Apply the default train-time augmentation.
         uncertainty_threshold: Below this top probability a prediction is flagged
             uncertain in :meth:`explain`.
+        test_time_augmentation: Average the probabilities of each image and its mirror
+            image (brains are nearly left-right symmetric); twice the inference cost.
         random_state: Seed of training and of the validation split.
         config_overrides: Extra model config attributes for a from-scratch model.
 
@@ -142,6 +144,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         skull_strip: bool = False,
         augment: bool = True,
         uncertainty_threshold: float = 0.6,
+        test_time_augmentation: bool = False,
         random_state: int = 0,
         config_overrides: dict[str, Any] | None = None,
     ):
@@ -160,6 +163,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self.skull_strip = skull_strip
         self.augment = augment
         self.uncertainty_threshold = uncertainty_threshold
+        self.test_time_augmentation = test_time_augmentation
         self.random_state = random_state
         self.config_overrides = config_overrides
 
@@ -178,7 +182,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         from sklearn.model_selection import train_test_split
 
-        from .training import MRITrainingArguments, PixelDataset, build_trainer, fit_temperature, fold_temperature, make_loss_function, predict_logits
+        from .training import MRITrainingArguments, PixelDataset, build_trainer, fold_temperature, make_loss_function, predict_logits
 
         sources = _as_sources(X)
         if y is None:
@@ -329,22 +333,32 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 "TumorClassifier.from_pretrained() first."
             )
 
-    def _prepare(self, X: Any) -> list[PreparedImage]:
-        prepared = []
-        for index, source in enumerate(_as_sources(X)):
+    def _decode(self, sources: Sequence[Any]) -> list[Image.Image]:
+        """Decodes each input once into the grayscale representation."""
+        images = []
+        for index, source in enumerate(sources):
             try:
-                prepared.append(self.preprocessor_.prepare(source))
+                images.append(load_image(source))
             except InvalidImageError as error:
                 raise InvalidImageError(f"Image {index}: {error}") from None
-        return prepared
+        return images
 
-    def _logits(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
+    def _prepare(self, X: Any) -> list[PreparedImage]:
+        return [self.preprocessor_.prepare(gray) for gray in self._decode(_as_sources(X))]
+
+    def _proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
+        """Batched forward passes; with ``test_time_augmentation`` also of the mirror images."""
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start : start + self.batch_size]
                 batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-                outputs.append(self.model_(pixel_values=self.preprocessor_.normalize(batch)).logits.float().numpy())
+                pixel_values = self.preprocessor_.normalize(batch)
+                proba = torch.softmax(self.model_(pixel_values=pixel_values).logits.float(), dim=-1)
+                if self.test_time_augmentation:
+                    mirrored = self.model_(pixel_values=pixel_values.flip(-1)).logits.float()
+                    proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
+                outputs.append(proba.numpy())
         return np.concatenate(outputs)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -362,7 +376,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             InvalidImageError: An input cannot be read as an image.
         """
         self._check_fitted()
-        return softmax(self._logits(self._prepare(X))).astype(np.float32)
+        return self._proba(self._prepare(X)).astype(np.float32)
 
     def predict(self, X: Any, *, return_attributions: bool = False, method: str = "auto"):
         """Predicted class names, optionally with attribution maps.
@@ -379,7 +393,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_fitted()
         prepared = self._prepare(X)
-        proba = softmax(self._logits(prepared))
+        proba = self._proba(prepared)
         labels = self.classes_[proba.argmax(axis=1)]
         if not return_attributions:
             return labels
@@ -438,15 +452,15 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_fitted()
         sources = _as_sources(X)
-        prepared = self._prepare(sources)
-        proba = softmax(self._logits(prepared))
+        grays = self._decode(sources)
+        prepared = [self.preprocessor_.prepare(gray) for gray in grays]
+        proba = self._proba(prepared)
         predicted = proba.argmax(axis=1)
         method = self._resolve_method(method)
         maps = self._attributions(prepared, predicted, method, **options)
         no_tumor = list(self.classes_).index(NO_TUMOR) if NO_TUMOR in self.classes_ else None
         explanations = []
-        for index, source in enumerate(sources):
-            gray = load_image(source)
+        for index, (source, gray) in enumerate(zip(sources, grays)):
             explanations.append(
                 Explanation(
                     label=str(self.classes_[predicted[index]]),
@@ -456,7 +470,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                     overlay=overlay(gray, maps[index], alpha=alpha),
                     method=method,
                     uncertain=bool(proba[index].max() < self.uncertainty_threshold),
-                    quality=assess_image(source),
+                    quality=assess_image(source, gray=gray),
                 )
             )
         return explanations

@@ -76,11 +76,12 @@ def _colourfulness(source: Any) -> float:
     return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() * 3)
 
 
-def assess_image(source: Any) -> ImageQuality:
+def assess_image(source: Any, gray: Image.Image | None = None) -> ImageQuality:
     """Checks whether one input looks like a brain MRI slice.
 
     Args:
         source: Any input :func:`~tumor_classifier.preprocessing.load_image` accepts.
+        gray: The input already decoded by ``load_image``, to skip decoding it again.
 
     Returns:
         The :class:`ImageQuality`.
@@ -88,7 +89,7 @@ def assess_image(source: Any) -> ImageQuality:
     Raises:
         InvalidImageError: The input cannot be read as an image.
     """
-    gray = load_image(source)
+    gray = (gray if gray is not None else load_image(source)).copy()
     gray.thumbnail((256, 256))
     pixels = np.asarray(gray, dtype=np.float32) / 255.0
     bright = float(np.percentile(pixels, 99.5)) or 1.0
