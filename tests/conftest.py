@@ -73,7 +73,14 @@ def fitted_classifier(train_images):
         random_state=0,
         config_overrides=TINY_CONVNEXT,
     )
-    return clf.fit(paths, labels)
+    # One thread: this tiny net fits in seconds, while two threads next to other work
+    # on a two-core machine wait on each other for minutes.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return clf.fit(paths, labels)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import os
 
-# Before Gradio (and huggingface_hub through it) is imported: this module is only
-# imported to serve the app, and the app must not phone home.
+# This module is only imported to serve the app, and the app must not phone home.
+# Gradio reads its switch when imported (below); huggingface_hub reads its own when first
+# imported, which the package may have done already, so entry points such as
+# space/app.py set it before any import too. (Hub telemetry only rides on Hub downloads.)
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
@@ -130,6 +132,12 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
     if source is None:
         raise InvalidImageError(f"No image was given. {upload_hint}")
     if isinstance(source, (Image.Image, np.ndarray)):
+        if isinstance(source, Image.Image):
+            width, height = source.size
+        else:
+            height, width = (tuple(source.shape[:2]) + (0, 0))[:2]
+        if max(width, height) > MAX_SCAN_SIDE:
+            raise InvalidImageError(f"The image is {width}x{height} pixels; images up to {MAX_SCAN_SIDE} pixels a side are accepted.")
         return source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -231,12 +239,12 @@ def _describe(explanation: Explanation, threshold: float) -> tuple[str, str, str
     label = explanation.label
     top = explanation.probabilities[label]
     if not explanation.quality.looks_like_mri:
-        reasons = "; ".join(explanation.quality.reasons) or "it does not pass the image checks"
+        reasons = "\n".join(f"- {reason}" for reason in explanation.quality.reasons or ["it does not pass the image checks"])
         return (
             "not_brain_mri",
             "Not a brain MRI",
             "### This does not look like a brain MRI slice\n"
-            f"The image check found that {reasons}. The model only knows brain MRI slices, "
+            f"The image check found that\n\n{reasons}\n\nThe model only knows brain MRI slices, "
             "so it gives no tumor type for this image.",
         )
     if explanation.uncertain:
@@ -279,12 +287,22 @@ def analyze_scans(
     if not (len(sources) == len(methods) == len(opacities)):
         raise TumorClassifierError(f"Got {len(sources)} scans, {len(methods)} methods and {len(opacities)} opacities.")
     inputs = [check_scan(source) for source in sources]
+    options = [_check_options(method, opacity) for method, opacity in zip(methods, opacities)]
+    return _explain_checked(inputs, options, classifier)
+
+
+def _check_options(method: str | None, opacity: float | None) -> tuple[str, float]:
+    alpha = DEFAULT_OPACITY if opacity is None else float(opacity)
+    if not 0.0 <= alpha <= 1.0:
+        raise TumorClassifierError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
+    return normalize_method(method), alpha
+
+
+def _explain_checked(inputs: Sequence[Any], options: Sequence[tuple[str, float]], classifier: TumorClassifier) -> list[ScanReport]:
+    """Explains inputs that passed :func:`check_scan`; one classifier call per (method, opacity)."""
     groups: dict[tuple[str, float], list[int]] = {}
-    for index, (method, opacity) in enumerate(zip(methods, opacities)):
-        alpha = DEFAULT_OPACITY if opacity is None else float(opacity)
-        if not 0.0 <= alpha <= 1.0:
-            raise TumorClassifierError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
-        groups.setdefault((normalize_method(method), alpha), []).append(index)
+    for index, option in enumerate(options):
+        groups.setdefault(option, []).append(index)
     explanations: list[Explanation | None] = [None] * len(inputs)
     for (method, alpha), indices in groups.items():
         with _MODEL_LOCK:
@@ -307,29 +325,26 @@ def _ui_error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 
 
-def _analyze_each(images, methods, opacities, classifier) -> list[ScanReport | TumorClassifierError]:
-    """Like :func:`analyze_scans`, but a bad request yields its error instead of failing the others."""
+def _analyze_each(images, methods, opacities, classifier) -> tuple[list[ScanReport | TumorClassifierError], list[Any]]:
+    """Like :func:`analyze_scans`, but a bad request yields its error instead of failing the others.
+
+    Returns:
+        One report or error per request, and the checked inputs (``None`` where bad).
+    """
     results: list[ScanReport | TumorClassifierError | None] = [None] * len(images)
-    valid = []
+    inputs: list[Any] = [None] * len(images)
+    options = {}
     for index, (image, method, opacity) in enumerate(zip(images, methods, opacities, strict=True)):
         try:
-            checked = check_scan(image)
-            normalize_method(method)
-            if opacity is not None and not 0.0 <= float(opacity) <= 1.0:
-                raise TumorClassifierError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
-            valid.append((index, checked))
+            inputs[index] = check_scan(image)
+            options[index] = _check_options(method, opacity)
         except TumorClassifierError as error:
-            results[index] = error
-    if valid:
-        reports = analyze_scans(
-            [checked for _, checked in valid],
-            [methods[i] for i, _ in valid],
-            [opacities[i] for i, _ in valid],
-            classifier=classifier,
-        )
-        for (index, _), report in zip(valid, reports):
+            results[index], inputs[index] = error, None
+    if options:
+        reports = _explain_checked([inputs[i] for i in options], list(options.values()), classifier)
+        for index, report in zip(options, reports):
             results[index] = report
-    return results  # type: ignore[return-value]
+    return results, inputs  # type: ignore[return-value]
 
 
 def _ui_outputs(result: ScanReport | TumorClassifierError) -> tuple[str, dict[str, Any], Image.Image | None, str]:
@@ -360,7 +375,7 @@ def predict_scans(
     Raises:
         gr.Error: The only request of the batch is bad; the message says why.
     """
-    results = _analyze_each(images, methods, opacities, classifier)
+    results, _ = _analyze_each(images, methods, opacities, classifier)
     if len(results) == 1 and not isinstance(results[0], ScanReport):
         raise _ui_error(results[0])
     return tuple(list(column) for column in zip(*map(_ui_outputs, results)))  # type: ignore[return-value]
@@ -404,40 +419,53 @@ def predict_scan(
 
 
 # -- Gradio ----------------------------------------------------------------------------
-class ScanImage(gr.Image):
-    """``gr.Image`` whose upload reaches the app undecoded (type ``filepath``).
+def _upload_source(payload: Any) -> Any:
+    """The file behind a raw ``gr.Image`` payload (the event runs with ``preprocess=False``).
 
-    ``gr.Image`` opens every upload with PIL before the event runs, so a corrupt or huge
-    file would fail there with a generic error; here :func:`check_scan` decodes it and
-    says what is wrong. Same front end as ``gr.Image``.
+    ``gr.Image`` would open every upload with PIL before the event runs, so a corrupt or
+    huge file would fail there with a generic error; the app takes the uploaded file's
+    path (Gradio has already checked it lies in its upload folder) and lets
+    :func:`check_scan` say what is wrong. A pasted image may arrive as a data URL.
     """
+    if isinstance(payload, dict):
+        if payload.get("path"):
+            return payload["path"]
+        url = payload.get("url") or ""
+        if url.startswith("data:") and "," in url:
+            try:
+                return base64.b64decode(url.split(",", 1)[1], validate=False)
+            except ValueError:
+                raise InvalidImageError("The pasted image could not be decoded.") from None
+        return None
+    return payload
 
-    def get_block_name(self) -> str:
-        return "image"
 
-    def preprocess(self, payload):
-        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
+def _verdict_label(**kwargs: Any) -> gr.Label:
+    """A ``gr.Label`` that shows the headline it is given (``"Uncertain"`` ...).
 
+    A plain ``gr.Label`` always heads with the most probable class, which would show an
+    uncertain prediction as a confident tumor type. Values in Gradio's own label format,
+    ``{"label": ..., "confidences": [...]}``, are taken as they are; anything else is
+    handled as usual. (Wrapped on the instance rather than subclassed: Gradio writes a
+    ``.pyi`` file next to the module of every component subclass.)
+    """
+    label = gr.Label(**kwargs)
+    standard = label.postprocess
 
-class VerdictLabel(gr.Label):
-    """``gr.Label`` that takes its headline as given (``"Uncertain"`` ...), not the top class."""
-
-    def get_block_name(self) -> str:
-        return "label"
-
-    def postprocess(self, value):
+    def postprocess(value):
         if isinstance(value, dict) and isinstance(value.get("confidences"), list):
             return LabelData(**value)
-        return super().postprocess(value)
+        return standard(value)
+
+    label.postprocess = postprocess
+    return label
 
 
-def _on_new_scan(image: Any):
+def _on_new_scan(payload: Any):
     """Clears the previous results when a file arrives, and says at once if it cannot be used."""
-    if image is not None:
+    if payload is not None:
         try:
-            check_scan(image)
+            check_scan(_upload_source(payload))
         except TumorClassifierError as error:
             raise _ui_error(error) from None
     return "", None, None, "", None
@@ -471,15 +499,19 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     if max_batch_size < 1:
         raise TumorClassifierError(f"max_batch_size must be at least 1; got {max_batch_size}.")
 
-    def run(images, methods, opacities):
-        results = _analyze_each(images, methods, opacities, classifier)
+    def run(payloads, methods, opacities):
+        try:
+            images = [_upload_source(payload) for payload in payloads]
+        except TumorClassifierError as error:
+            raise _ui_error(error) from None
+        results, inputs = _analyze_each(images, methods, opacities, classifier)
         if len(results) == 1 and not isinstance(results[0], ScanReport):
             raise _ui_error(results[0])
         # The scan and its map stay with the session, so the opacity slider re-draws
         # the heatmap without running the model.
         states = [
-            {"scan": load_image(check_scan(image)), "attribution": r.explanation.attribution} if isinstance(r, ScanReport) else None
-            for image, r in zip(images, results)
+            {"scan": load_image(checked), "attribution": r.explanation.attribution} if isinstance(r, ScanReport) else None
+            for checked, r in zip(inputs, results)
         ]
         columns = [list(column) for column in zip(*map(_ui_outputs, results))]
         return (*columns, states)
@@ -490,14 +522,15 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         def fn(image, method, opacity):
             return tuple(output[0] for output in run([image], [method], [opacity]))
 
-    event_options = dict(fn=fn, batch=batch, max_batch_size=max_batch_size, concurrency_id="model")
+    # preprocess=False: the upload reaches `run` undecoded (see _upload_source).
+    event_options = dict(fn=fn, batch=batch, max_batch_size=max_batch_size, concurrency_id="model", preprocess=False)
 
     with gr.Blocks(title="Brain tumor MRI classifier", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Brain tumor MRI classifier\nGlioma, meningioma, pituitary tumor or no tumor, from one MRI slice, with a heatmap of what the model looked at.")
         gr.Markdown(NOTICE, elem_id="notice")
         with gr.Row():
             with gr.Column():
-                image = ScanImage(
+                image = gr.Image(
                     label=f"MRI slice ({ACCEPTED_TEXT})",
                     type="filepath",
                     sources=["upload", "clipboard"],
@@ -517,16 +550,16 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                 )
             with gr.Column():
                 verdict = gr.Markdown(elem_id="verdict")
-                label = VerdictLabel(label="Class probabilities", elem_id="probabilities")
+                label = _verdict_label(label="Class probabilities", elem_id="probabilities")
                 tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
                 heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
         state = gr.State()
         outputs = [verdict, label, heatmap, tumor, state]
         button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", **event_options)
         examples.load_input_event.then(inputs=[image, method, opacity], outputs=outputs, api_visibility="private", **event_options)
-        image.upload(_on_new_scan, inputs=image, outputs=outputs, api_visibility="private", show_progress="hidden")
+        image.upload(_on_new_scan, inputs=image, outputs=outputs, preprocess=False, api_visibility="private", show_progress="hidden")
         image.clear(lambda: _on_new_scan(None), outputs=outputs, api_visibility="private", show_progress="hidden")
-        opacity.release(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden")
+        opacity.change(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         gr.Markdown(f"Model: `{getattr(classifier, 'source_', 'in memory')}`; classes: {', '.join(map(str, classifier.classes_))}.")
     demo.queue(max_size=256)
     return demo
@@ -608,7 +641,8 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if "file=" in path and path.split("file=", 1)[1].lower().lstrip("/").startswith(("http:", "https:")) or "file=//" in path:
+        target = path.split("file=", 1)[1].lower() if "file=" in path else ""
+        if target.startswith(("http:", "https:", "//")):
             return await JSONResponse({"detail": "This app serves only its own files."}, status_code=403)(scope, receive, send)
         if path.rstrip("/") != self.path:
             return await self.app(scope, receive, send)
@@ -619,19 +653,25 @@ class _Guard:
         if length is not None and length.isdigit() and int(length) > limit:
             return await self._too_large(scope, receive, send)
         received = 0
-        started = False
+        started = exceeded = False
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    exceeded = True
                     raise _BodyTooLarge
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if exceeded:  # the form parser turned the cut-off into its own 400: say 413
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._too_large(scope, receive, send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -687,7 +727,6 @@ def build_app(
         docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
         redoc_url=None,
     )
-    method_names = ", ".join(METHODS)
 
     @api.post(
         "/api/v1/predict",
@@ -702,7 +741,9 @@ def build_app(
     )
     def predict_endpoint(
         file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}."),
-        method: str = Query("auto", description=f"Heatmap method: auto, {method_names}."),
+        method: Literal["auto", "gradcam", "integrated_gradients", "occlusion"] = Query(
+            "auto", description="Heatmap method; auto picks the one that suits the model (Grad-CAM for ConvNeXt)."
+        ),
         opacity: float = Query(DEFAULT_OPACITY, ge=0.0, le=1.0, description="Largest heatmap opacity on the scan."),
         overlay: bool = Query(False, description="Also return the heatmap on the scan as a base64 PNG."),
     ) -> dict[str, Any]:
@@ -776,7 +817,9 @@ class BackgroundServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, timeout: float = 60.0):
         import uvicorn
 
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        # Gradio's event streams stay open while a client lives; do not wait long for them.
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="tumor-classifier-app", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout

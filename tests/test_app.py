@@ -1,0 +1,348 @@
+"""Tests of the web app (tumor_classifier.app): the pure predict function, the running
+server called with gradio_client, and its REST route over HTTP.
+
+Real parts only: the classifier is the session's tiny fitted ConvNeXt, the server is
+uvicorn on a free port of 127.0.0.1 in a background thread, requests are real HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import requests
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from tumor_classifier import InvalidImageError
+from tumor_classifier.app import (
+    EXAMPLES_DIR,
+    INVALID_HEADLINE,
+    MAX_SCAN_SIDE,
+    build_app,
+    build_demo,
+    check_scan,
+    example_paths,
+    predict_scan,
+    predict_scans,
+    serve,
+    start_in_background,
+)
+from tumor_classifier.preprocessing import load_image
+
+REST = "api/v1/predict"
+#: Upload limit of the test server (the default, 20 MB, would make the too-large tests slow).
+UPLOAD_LIMIT = 1_000_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny model, loaded 2-core machine: one intra-op thread is far faster (see test_attributions)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def confident_classifier(fitted_classifier):
+    """The fitted classifier with the uncertainty threshold at 0, so verdicts name a class.
+
+    (Fitted on 24 slices, the tiny model's top probability is about 0.3: with the default
+    threshold every verdict would be "Uncertain".) A shallow copy: same model, own params.
+    """
+    clf = copy.copy(fitted_classifier)
+    clf.set_params(uncertainty_threshold=0.0)
+    return clf
+
+
+@pytest.fixture(scope="module")
+def one_per_class(data_dir) -> list[Path]:
+    return [sorted((data_dir / "Testing" / c).glob("*.jpg"))[0] for c in ("glioma", "meningioma", "notumor", "pituitary")]
+
+
+@pytest.fixture(scope="module")
+def server(confident_classifier):
+    """The app on a free port of 127.0.0.1; stopped after the module."""
+    with start_in_background(build_app(confident_classifier, max_batch_size=4, max_upload_bytes=UPLOAD_LIMIT)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    connection = Client(server.url, verbose=False, download_files=True)
+    yield connection
+    connection.close()
+
+
+# ----------------------------------------------------------------- bad files, by kind
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (tiny file: the data is a stub)."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    # IHDR: 8-byte signature, 4-byte length, b"IHDR", width, height, ... then a CRC.
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, one_per_class) -> dict[str, Path]:
+    """One file per kind of bad upload, with the words its message must contain."""
+    folder = tmp_path_factory.mktemp("bad-uploads")
+    jpeg = one_per_class[0].read_bytes()
+    contents = {
+        "corrupt.jpg": jpeg[: len(jpeg) // 2],
+        "notes.txt": b"This is a text file, not an image.\n" * 20,
+        "empty.png": b"",
+        "huge.png": _png_header_claiming(30000, 30000),
+        "animation.gif": _gif(),
+    }
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in contents}
+
+
+BAD_UPLOADS = [
+    ("corrupt.jpg", "corrupt or truncated", 400),
+    ("notes.txt", "not an image this app can read", 415),
+    ("empty.png", "empty", 400),
+    ("huge.png", f"up to {MAX_SCAN_SIDE} pixels a side", 400),
+    ("animation.gif", "GIF image; this app accepts JPEG, PNG, BMP or TIFF", 415),
+]
+
+
+# ------------------------------------------------------------------- pure functions
+def test_predict_scan_on_real_images(confident_classifier, one_per_class):
+    for path in one_per_class:
+        verdict, label, heatmap, tumor = predict_scan(str(path), "gradcam", 0.45, classifier=confident_classifier)
+        proba = confident_classifier.predict_proba(str(path))[0]
+        expected = str(confident_classifier.classes_[proba.argmax()])
+        assert label["label"] == expected
+        confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+        assert list(confidences) == sorted(confidences, key=confidences.get, reverse=True)
+        np.testing.assert_allclose([confidences[c] for c in confident_classifier.classes_], proba, atol=1e-6)
+        assert heatmap.mode == "RGB" and heatmap.size == Image.open(path).size
+        if expected == "notumor":
+            assert verdict.startswith("### No tumor detected")
+        else:
+            assert verdict.startswith(f"### Tumor detected: {expected}")
+        assert tumor == f"{1 - confidences['notumor']:.1%}"
+
+
+def test_every_method_and_the_opacity(confident_classifier, one_per_class):
+    path = one_per_class[1]
+    scan = np.asarray(load_image(str(path)).convert("RGB"))
+    for method in ("Grad-CAM", "integrated_gradients", "occlusion"):
+        _, label, heatmap, _ = predict_scan(path.read_bytes(), method, 0.8, classifier=confident_classifier)
+        assert heatmap.size == (scan.shape[1], scan.shape[0])
+        assert not np.array_equal(np.asarray(heatmap), scan)  # some colour on the scan
+    _, _, invisible, _ = predict_scan(str(path), "gradcam", 0.0, classifier=confident_classifier)
+    np.testing.assert_array_equal(np.asarray(invisible), scan)  # opacity 0: the scan itself
+
+
+def test_uncertain_prediction_names_no_type(fitted_classifier, one_per_class):
+    unsure = copy.copy(fitted_classifier)
+    unsure.set_params(uncertainty_threshold=1.0)
+    verdict, label, _, tumor = predict_scan(str(one_per_class[0]), classifier=unsure)
+    assert label["label"] == "Uncertain"
+    assert verdict.startswith("### Uncertain") and "No tumor type is given" in verdict
+    assert "Tumor detected" not in verdict and "(uncertain prediction)" in tumor
+
+
+def test_a_colour_photo_is_not_called_a_brain_mri(confident_classifier, tmp_path, rng):
+    photo = tmp_path / "holiday.png"
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(photo)
+    verdict, label, heatmap, tumor = predict_scan(str(photo), classifier=confident_classifier)
+    assert label["label"] == "Not a brain MRI"
+    assert "does not look like a brain MRI" in verdict and "colour" in verdict
+    assert "Tumor detected" not in verdict and tumor.startswith("n/a")
+    assert heatmap.size == (160, 120)
+
+
+@pytest.mark.parametrize("name, words, status", BAD_UPLOADS)
+def test_bad_upload_gives_a_readable_gr_error(confident_classifier, bad_files, name, words, status):
+    with pytest.raises(gr.Error) as raised:
+        predict_scan(str(bad_files[name]), classifier=confident_classifier)
+    message = str(raised.value.message)
+    assert words in message and name in message
+    assert str(bad_files[name].parent) not in message  # the server's folders are not shown
+
+
+def test_check_scan_limits_the_file_size(one_per_class):
+    with pytest.raises(InvalidImageError, match="files up to"):
+        check_scan(one_per_class[0], max_bytes=1000)
+    assert check_scan(one_per_class[0]) == one_per_class[0].read_bytes()
+
+
+def test_a_bad_upload_in_a_batch_does_not_fail_the_others(confident_classifier, one_per_class, bad_files):
+    verdicts, labels, heatmaps, tumors = predict_scans(
+        [str(one_per_class[2]), str(bad_files["notes.txt"]), str(one_per_class[3])],
+        ["gradcam", "gradcam", "occlusion"],
+        [0.45, 0.45, 0.3],
+        classifier=confident_classifier,
+    )
+    expected = confident_classifier.predict([str(one_per_class[2]), str(one_per_class[3])])
+    assert [labels[0]["label"], labels[2]["label"]] == list(expected)
+    assert labels[1] == {"label": INVALID_HEADLINE, "confidences": []}
+    assert "not an image this app can read" in verdicts[1] and heatmaps[1] is None and tumors[1] == "n/a"
+
+
+def test_app_listens_on_localhost_by_default_and_phones_nobody():
+    import inspect
+    import os
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert os.environ["HF_HUB_DISABLE_TELEMETRY"].lower() in ("1", "true")  # Gradio rewrites it as "True"
+
+
+def test_demo_batches_the_named_endpoint(confident_classifier):
+    demo = build_demo(confident_classifier, max_batch_size=6)
+    assert demo.analytics_enabled is False
+    [predict] = [fn for fn in demo.fns.values() if fn.api_name == "predict"]
+    assert predict.batch and predict.max_batch_size == 6
+    assert [path.stem for path in example_paths()] == ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+# ------------------------------------------------------------------ gradio_client
+def test_gradio_client_predict(client, confident_classifier, one_per_class):
+    assert "/predict" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    path = one_per_class[3]
+    verdict, label, heatmap_path, tumor = client.predict(handle_file(str(path)), "gradcam", 0.45, api_name="/predict")
+    expected = confident_classifier.predict(str(path))[0]
+    assert label["label"] == expected
+    assert {c["label"] for c in label["confidences"]} == set(confident_classifier.classes_)
+    with Image.open(heatmap_path) as heatmap:
+        assert heatmap.size == Image.open(path).size and heatmap.format == "PNG"
+    assert verdict.startswith("### ") and tumor.endswith("%")
+
+
+def test_gradio_client_concurrent_requests_each_get_their_own_answer(client, confident_classifier, one_per_class):
+    paths = [str(p) for p in one_per_class] * 2
+    jobs = [client.submit(handle_file(p), "gradcam", 0.45, api_name="/predict") for p in paths]
+    labels = [job.result(timeout=120)[1]["label"] for job in jobs]
+    assert labels == list(confident_classifier.predict(paths))
+
+
+def test_gradio_client_bad_upload_is_an_error_and_the_server_stays_up(client, bad_files, one_per_class):
+    from gradio_client.exceptions import AppError
+
+    for name, words, _ in BAD_UPLOADS:
+        with pytest.raises(AppError, match=words.split(";")[0]):
+            client.predict(handle_file(str(bad_files[name])), "gradcam", 0.45, api_name="/predict")
+    _, label, _, _ = client.predict(handle_file(str(one_per_class[0])), "gradcam", 0.45, api_name="/predict")
+    assert label["confidences"]
+
+
+def test_uploads_above_the_limit_are_refused(server, client, tmp_path, one_per_class):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(one_per_class[0].read_bytes() + b"\x00" * UPLOAD_LIMIT)
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client checks first
+        client.predict(handle_file(str(big)), "gradcam", 0.45, api_name="/predict")
+    response = requests.post(server.url + "gradio_api/upload", files={"files": (big.name, big.read_bytes())}, timeout=60)
+    assert response.status_code == 413  # and so does the server
+
+
+# --------------------------------------------------------------------------- REST
+def test_rest_predict(server, confident_classifier, one_per_class):
+    path = one_per_class[0]
+    with path.open("rb") as file:
+        response = requests.post(server.url + REST, files={"file": (path.name, file, "image/jpeg")}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    proba = confident_classifier.predict_proba(str(path))[0]
+    assert body["class"] == confident_classifier.classes_[proba.argmax()]
+    np.testing.assert_allclose([body["probabilities"][c] for c in confident_classifier.classes_], proba, atol=1e-6)
+    assert body["tumor_probability"] == pytest.approx(1 - body["probabilities"]["notumor"])
+    assert body["not_brain_mri"] is False and body["quality_reasons"] == []
+    assert body["verdict"] in ("tumor", "no_tumor") and body["method"] == "gradcam"
+    assert body["overlay_png_base64"] is None
+
+    response = requests.post(
+        server.url + REST, params={"overlay": "true", "method": "occlusion", "opacity": 0.6}, files={"file": path.read_bytes()}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    overlay = Image.open(io.BytesIO(base64.b64decode(response.json()["overlay_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == Image.open(path).size
+    assert response.json()["method"] == "occlusion"
+
+
+@pytest.mark.parametrize("name, words, status", BAD_UPLOADS)
+def test_rest_bad_upload_is_a_4xx_with_a_json_error(server, bad_files, name, words, status):
+    response = requests.post(server.url + REST, files={"file": (name, bad_files[name].read_bytes())}, timeout=60)
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+def _chunked_multipart(size: int):
+    """A multipart body sent without Content-Length (a generator: chunked encoding)."""
+
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        for _ in range(size // 65536 + 1):
+            yield b"\x00" * 65536
+        yield b"\r\n--b--\r\n"
+
+    return body()
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status",
+    [
+        ({}, 422),  # no body at all
+        ({"json": {"file": "scan.jpg"}}, 422),  # JSON instead of multipart
+        ({"files": {"image": ("scan.jpg", b"\xff\xd8")}}, 422),  # wrong field name
+        ({"data": b"--x\r\nnonsense", "headers": {"Content-Type": "multipart/form-data; boundary=y"}}, 400),
+        ({"files": {"file": ("a.jpg", b"\x00" * (UPLOAD_LIMIT + 1))}}, 413),
+        ({"files": {"file": ("a.jpg", b"\x00" * 2 * UPLOAD_LIMIT)}}, 413),
+        ({"data": _chunked_multipart(2 * UPLOAD_LIMIT), "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 413),
+    ],
+    ids=["empty", "json", "wrong-field", "broken-multipart", "just-too-large", "too-large", "too-large-chunked"],
+)
+def test_rest_malformed_requests_are_4xx_with_json(server, request_kwargs, status):
+    response = requests.post(server.url + REST, timeout=60, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize("params", [{"method": "astrology"}, {"opacity": 2}, {"overlay": "perhaps"}])
+def test_rest_bad_options_are_4xx(server, one_per_class, params):
+    response = requests.post(server.url + REST, params=params, files={"file": one_per_class[0].read_bytes()}, timeout=60)
+    assert 400 <= response.status_code < 500 and "detail" in response.json()
+
+
+def test_rest_route_is_in_the_openapi_schema(server):
+    schema = requests.get(server.url + "openapi.json", timeout=30).json()
+    route = schema["paths"]["/api/v1/predict"]["post"]
+    assert "multipart/form-data" in route["requestBody"]["content"]
+    assert {"200", "400", "413", "415", "422"} <= set(route["responses"])
+    answer = schema["components"]["schemas"]["PredictionResponse"]["properties"]
+    assert {"class", "probabilities", "tumor_probability", "not_brain_mri", "overlay_png_base64"} <= set(answer)
+
+
+def test_only_the_apps_own_files_are_served(server, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    package_source = Path(__import__("tumor_classifier").__file__)
+    for target in [secret, package_source, Path("/etc/passwd"), f"{EXAMPLES_DIR}/../app.py", "https://example.com/x.png"]:
+        response = requests.get(f"{server.url}gradio_api/file={target}", timeout=30)
+        assert response.status_code in (403, 404), target
+    example = example_paths()[0]
+    response = requests.get(f"{server.url}gradio_api/file={example}", timeout=30)
+    assert response.status_code == 200 and response.content == example.read_bytes()

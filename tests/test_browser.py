@@ -1,0 +1,179 @@
+"""The app in a real browser: Debian's chromium driven by Playwright.
+
+Upload a slice, click Analyze, read the label and see the heatmap; click an example;
+upload a corrupt file and read the error. Every request the page makes is checked: one to
+any address but 127.0.0.1 is blocked and fails the test. A screenshot of the page after a
+prediction is written to a temporary folder; the test prints its path.
+
+Skips only when chromium is not installed (``.ci/run`` installs it with apt-get).
+Playwright's own browser download is never used (it needs the network).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import torch
+
+from tumor_classifier.app import build_app, example_paths, start_in_background
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Belt and braces: no name resolves except 127.0.0.1, so nothing can leave the machine
+    # even if a request slipped past the route handler below.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def classifier(fitted_classifier):
+    """The fitted classifier with the uncertainty threshold at 0, so the label names a class."""
+    clf = copy.copy(fitted_classifier)
+    clf.set_params(uncertainty_threshold=0.0)
+    return clf
+
+
+@pytest.fixture(scope="module")
+def app_url(classifier):
+    with start_in_background(build_app(classifier)) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _guarded_page(browser, url: str):
+    """A page on ``url`` whose requests off 127.0.0.1 are blocked and listed in ``outside``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    outside: list[str] = []
+
+    def guard(route):
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.on("websocket", lambda ws: None if urlsplit(ws.url).hostname == "127.0.0.1" else outside.append(ws.url))
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#scan input[type=file]", state="attached")
+    return context, page, outside
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page on the app; fails the test if the page asked for anything off 127.0.0.1."""
+    context, page, outside = _guarded_page(browser, app_url)
+    yield page
+    page.wait_for_timeout(500)  # let late requests (fonts, icons) show up
+    context.close()
+    assert outside == [], f"the page made requests off 127.0.0.1: {outside}"
+
+
+def _upload(page, path: Path) -> None:
+    """Uploads ``path`` and waits until its preview is shown (the upload has arrived)."""
+    page.set_input_files("#scan input[type=file]", str(path))
+    page.wait_for_function(
+        "(name) => { const img = document.querySelector('#scan img');"
+        " return img !== null && img.complete && img.naturalWidth > 0 && img.src.includes(name); }",
+        arg=path.name,
+    )
+
+
+def _wait_for_result(page) -> str:
+    """Waits for the label and a loaded heatmap image; returns the label's headline."""
+    page.wait_for_selector("[data-testid=label-output-value]")
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#heatmap img');"
+        " return img !== null && img.complete && img.naturalWidth > 0; }"
+    )
+    return page.inner_text("[data-testid=label-output-value]").strip().splitlines()[0]
+
+
+def test_upload_click_and_read_the_verdict(page, classifier, data_dir, tmp_path):
+    scan = sorted((data_dir / "Testing" / "meningioma").glob("*.jpg"))[0]
+    expected = classifier.predict(str(scan))[0]
+    _upload(page, scan)
+    page.click("#analyze")
+    assert _wait_for_result(page) == expected
+    verdict = page.inner_text("#verdict")
+    assert ("No tumor detected" if expected == "notumor" else f"Tumor detected: {expected}") in verdict
+    assert page.input_value("#tumor-probability textarea, #tumor-probability input").endswith("%")
+    assert "not for diagnosis" in page.inner_text("#notice")
+    heatmap_size = page.evaluate("() => document.querySelector('#heatmap img').naturalWidth")
+    assert heatmap_size == 224  # the overlay is drawn on the uploaded slice, at its size
+    # The opacity control re-draws the heatmap (without running the model again).
+    drawn = page.get_attribute("#heatmap img", "src")
+    page.fill("#opacity input[type=number]", "0.9")
+    page.keyboard.press("Enter")
+    page.wait_for_function("(old) => document.querySelector('#heatmap img').src !== old", arg=drawn)
+    assert _wait_for_result(page) == expected
+    screenshot = tmp_path / "app-after-prediction.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot of the page after a prediction: {screenshot}")
+
+
+def test_click_an_example(page, classifier):
+    example = next(path for path in example_paths() if path.stem == "pituitary")
+    expected = classifier.predict(str(example))[0]
+    page.locator("#examples button", has_text="pituitary").click()
+    assert _wait_for_result(page) == expected
+    page.wait_for_selector("#scan img")
+
+
+def test_a_corrupt_upload_shows_an_error(page, data_dir, tmp_path):
+    jpeg = sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0].read_bytes()
+    corrupt = tmp_path / "broken-scan.jpg"
+    corrupt.write_bytes(jpeg[: len(jpeg) // 2])
+    page.set_input_files("#scan input[type=file]", str(corrupt))
+    toast = page.get_by_text("'broken-scan.jpg' looks like a JPEG image but is corrupt or truncated")
+    toast.first.wait_for()
+    # Analyze on the same file says it again; the page and the server stay usable.
+    page.click("#analyze")
+    page.wait_for_function("() => document.body.innerText.split('corrupt or truncated').length > 2")
+    _upload(page, sorted((data_dir / "Testing" / "notumor").glob("*.jpg"))[0])
+    page.click("#analyze")
+    _wait_for_result(page)
+
+
+def test_the_request_guard_catches_outside_requests(browser, app_url):
+    """The guard the other tests rely on does see, and block, a request off 127.0.0.1."""
+    context, page, outside = _guarded_page(browser, app_url)
+    page.evaluate("() => fetch('http://198.51.100.7/probe.png').catch(() => null)")
+    page.wait_for_timeout(200)
+    context.close()
+    assert outside == ["http://198.51.100.7/probe.png"]

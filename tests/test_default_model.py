@@ -1,0 +1,33 @@
+"""The model shipped inside the package: loads offline with no argument and is right on real slices."""
+
+import json
+
+import numpy as np
+
+from tumor_classifier import CLASS_NAMES, TumorClassifier
+from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+
+
+def test_shipped_model_loads_with_no_argument_and_no_network():
+    # conftest sets HF_HUB_OFFLINE=1: a download attempt would fail this test.
+    clf = TumorClassifier.from_pretrained()
+    assert list(clf.classes_) == list(CLASS_NAMES)
+    assert clf.source_ == "default"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
+        assert (DEFAULT_MODEL_DIR / name).is_file(), name
+
+
+def test_shipped_model_is_right_on_the_shipped_slices(test_images, train_images):
+    clf = TumorClassifier.from_pretrained()
+    for paths, labels, minimum in ((*test_images, 11 / 12), (*train_images, 30 / 32)):
+        predicted = clf.predict(paths)
+        wrong = [(p.name, y, yhat) for p, y, yhat in zip(paths, labels, predicted) if y != yhat]
+        assert np.mean(predicted == np.asarray(labels)) >= minimum, wrong
+    assert clf.tumor_probability(test_images[0]).round().tolist() == [float(y != "notumor") for y in test_images[1]]
+
+
+def test_shipped_metrics_report_the_duplicate_free_subset():
+    metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 1311
+    assert metrics["test_without_near_duplicates"]["n"] == metrics["duplicates"]["without_near_duplicate"] == 595
+    assert metrics["calibration"]["validation_ece_after"] <= metrics["calibration"]["validation_ece_before"] + 1e-9
