@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None):
     if argv and argv[0].endswith(".json"):
         # A JSON config, optionally followed by command-line overrides.
         config = json.loads(Path(argv[0]).read_text())
-        argv = [item for key, value in config.items() for item in (f"--{key}", str(value))] + argv[1:]
+        flags = []
+        for key, value in config.items():
+            if value is None:  # null means "the default"
+                continue
+            values = value if isinstance(value, list) else [value]
+            flags += [f"--{key}", *map(str, values)]
+        argv = flags + argv[1:]
     data_args, model_args, training_args = parser.parse_args_into_dataclasses(argv)
     result = run_training(data_args, model_args, training_args)
     test = result.metrics["test"]

@@ -32,6 +32,12 @@ CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 TINY_CONVNEXT = {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}
 
 
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shipped Kaggle-layout folder: 8 Training and 3 Testing slices per class."""

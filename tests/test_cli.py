@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -37,7 +38,7 @@ def test_predict_prints_a_table_and_writes_overlays(model_dir, test_images, tmp_
     for path in paths:
         assert Image.open(path).filename.split("/")[-1][:40] in printed
     assert "not a medical device" in printed
-    written = sorted(out.glob("*_gradcam.png"))
+    written = sorted(out.glob("*_gradcam.png"))  # 000_<name>_gradcam.png, in input order
     assert len(written) == 3
     assert Image.open(written[0]).size == Image.open(paths[0]).size
 
@@ -89,4 +90,7 @@ def test_console_script_is_installed():
     assert completed.returncode == 0
     for command in ("predict", "evaluate", "data-report", "serve"):
         assert command in completed.stdout
-    assert shutil.which("tumor-classifier") is not None
+    # The console script of this environment (not whatever else is on PATH) runs.
+    script = Path(sys.executable).parent / "tumor-classifier"
+    installed = subprocess.run([str(script), "data-report", "--help"], capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0 and "--no-duplicates" in installed.stdout

@@ -169,6 +169,6 @@ def test_processor_config_round_trips_and_plain_transformers_agrees(tmp_path, sl
     assert MRIPreprocessor.from_pretrained(tmp_path) == pre
     plain = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
     prepared = pre.prepare(slice_gray).image  # what the package feeds the model
-    ours = pre.normalize(torch.from_numpy(np.asarray(prepared))[None])
+    ours = pre.normalize(torch.from_numpy(np.array(prepared))[None])
     theirs = plain(images=prepared.convert("RGB"), return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)

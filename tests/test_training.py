@@ -117,6 +117,11 @@ def test_hyperparameter_search_runs_trials_and_applies_the_best(data_dir, tmp_pa
     assert set(best) == {"learning_rate", "per_device_train_batch_size", "weight_decay", "dropout"}
     assert 3e-4 <= best["learning_rate"] <= 5e-3
     assert result.metrics["training"]["hyperparameter_search"] == best
+    # The final run trained with the best values.
+    used = json.loads((tmp_path / "hpo" / "train_config.json").read_text())
+    assert used["training"]["learning_rate"] == best["learning_rate"]
+    assert used["training"]["per_device_train_batch_size"] == best["per_device_train_batch_size"]
+    assert used["model"]["dropout"] == best["dropout"]
 
 
 def test_two_processes_with_torchrun(data_dir, tmp_path):

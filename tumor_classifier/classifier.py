@@ -72,7 +72,7 @@ def _as_sources(X: Any) -> list[Any]:
     if _is_single_image(X):
         return [X]
     if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
-        from .training import image_sources
+        from .data import image_sources
 
         if "image" not in X.column_names:
             raise InvalidImageError(f"The data set has no 'image' column; columns: {X.column_names}.")
@@ -245,10 +245,12 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 logits = predict_logits(trainer, PixelDataset(pixels[val_idx], labels[val_idx]))
                 fold_temperature(model, fit_temperature(logits, labels[val_idx]))
         self._set_fitted(model, preprocessor)
+        self.source_ = "fitted in memory"
         return self
 
-    def _set_fitted(self, model, preprocessor: MRIPreprocessor) -> None:
+    def _set_fitted(self, model, preprocessor: MRIPreprocessor, folder: Path | None = None) -> None:
         model.eval()
+        self.model_folder_ = folder  # where a loaded model came from; None once fitted here
         self.model_ = model
         self.preprocessor_ = preprocessor
         id2label = model.config.id2label
@@ -279,16 +281,26 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         from transformers import AutoModelForImageClassification
 
+        fixed = sorted(set(params) & {"image_size", "crop_to_head", "skull_strip", "backbone"})
+        if fixed:
+            raise TumorClassifierError(
+                f"{', '.join(fixed)} of a trained model come from its saved preprocessing and cannot be changed "
+                "at load time; retrain with fit() or train_hf.py to change them."
+            )
         folder = _resolve_model_folder(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         try:
             model = AutoModelForImageClassification.from_pretrained(folder)
-        except (OSError, ValueError) as error:
+            preprocessor = (
+                MRIPreprocessor.from_pretrained(folder)
+                if (Path(folder) / "preprocessor_config.json").is_file()
+                else MRIPreprocessor(size=int(getattr(model.config, "image_size", 224)))
+            )
+        except (OSError, ValueError) as error:  # includes malformed JSON
             raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
-        preprocessor = MRIPreprocessor.from_pretrained(folder) if (Path(folder) / "preprocessor_config.json").is_file() else MRIPreprocessor(size=int(getattr(model.config, "image_size", 224)))
         backbone = getattr(model.config, "backbone_name", model.config.model_type)
         estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
         estimator.set_params(**params)
-        estimator._set_fitted(model, preprocessor)
+        estimator._set_fitted(model, preprocessor, Path(folder))
         estimator.source_ = str(source) if source is not None else "default"
         return estimator
 
@@ -317,8 +329,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
             self.save_pretrained(folder)
-            source_card = _resolve_source_file(getattr(self, "source_", None), "README.md")
-            card = source_card.read_text() if source_card else (
+            source_card = self.model_folder_ / "README.md" if self.model_folder_ else None
+            card = source_card.read_text() if source_card and source_card.is_file() else (
                 "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
                 f"# Brain tumor MRI classifier\n\nClasses: {', '.join(self.classes_)}.\n\n> {DISCLAIMER}\n"
             )
@@ -353,12 +365,12 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start : start + self.batch_size]
                 batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-                pixel_values = self.preprocessor_.normalize(batch)
+                pixel_values = self.preprocessor_.normalize(batch).to(self.model_.device)
                 proba = torch.softmax(self.model_(pixel_values=pixel_values).logits.float(), dim=-1)
                 if self.test_time_augmentation:
                     mirrored = self.model_(pixel_values=pixel_values.flip(-1)).logits.float()
                     proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
-                outputs.append(proba.numpy())
+                outputs.append(proba.cpu().numpy())
         return np.concatenate(outputs)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -423,8 +435,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
             batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-            pixel_values = self.preprocessor_.normalize(batch)
-            target = torch.as_tensor(targets[start : start + len(chunk)])
+            pixel_values = self.preprocessor_.normalize(batch).to(self.model_.device)
+            target = torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
             if method in ("integrated_gradients", "occlusion"):
                 options.setdefault("baseline", black)  # "absent" means a black image
             small = compute_attributions(self.model_, pixel_values, target, method, **options)
@@ -507,10 +519,3 @@ def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_
             f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
         ) from error
 
-
-def _resolve_source_file(source: str | None, name: str) -> Path | None:
-    if source in (None, "default"):
-        candidate = DEFAULT_MODEL_DIR / name
-    else:
-        candidate = Path(source) / name
-    return candidate if candidate.is_file() else None

@@ -54,7 +54,8 @@ def _predict(args: argparse.Namespace) -> int:
                 probabilities, label, tumor, uncertain = e.probabilities, e.label, e.tumor_probability, e.uncertain
                 quality = e.quality
                 if args.out:
-                    target = Path(args.out) / f"{Path(path).stem}_{e.method}.png"
+                    # The index keeps a/scan.jpg and b/scan.jpg from overwriting each other.
+                    target = Path(args.out) / f"{index:03d}_{Path(path).stem}_{e.method}.png"
                     e.overlay.save(target)
             else:
                 probabilities = {str(c): float(p) for c, p in zip(classifier.classes_, proba[index])}
@@ -148,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="Folder or Hub data set id.")
     evaluate.add_argument("--model", help=model_help)
     evaluate.add_argument("--out", default="evaluation", help="Report folder (default: ./evaluation).")
-    evaluate.add_argument("--dedup", action="store_true", help="Require the near-duplicate-free evaluation (needs a training split).")
-    evaluate.add_argument("--no-dedup", action="store_true", help="Skip the near-duplicate-free evaluation.")
+    dedup = evaluate.add_mutually_exclusive_group()
+    dedup.add_argument("--dedup", action="store_true", help="Require the near-duplicate-free evaluation (needs a training split).")
+    dedup.add_argument("--no-dedup", action="store_true", help="Skip the near-duplicate-free evaluation.")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.set_defaults(handler=_evaluate)
 

@@ -103,7 +103,7 @@ def list_image_files(directory: str | os.PathLike) -> list[tuple[str, str]]:
     """
     directory = Path(directory)
     items: list[tuple[str, str]] = []
-    for class_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
+    for class_dir in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
         label = canonical_class_name(class_dir.name)
         for path in sorted(class_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
@@ -245,7 +245,7 @@ def load_mri_dataset(
     data = DatasetDict({name: splits[name] for name in ("train", "validation", "test")})
     if drop_test_duplicates:
         report = find_duplicates(
-            list(_sources(data["train"])) + list(_sources(data["validation"])), list(_sources(data["test"]))
+            image_sources(data["train"]) + image_sources(data["validation"]), image_sources(data["test"])
         )
         keep = [i for i in range(len(data["test"])) if i not in set(report.near_duplicate_queries)]
         data["test"] = data["test"].select(keep)
@@ -265,13 +265,17 @@ def _carve(split: "Dataset", fraction: float, seed: int, name: str) -> tuple["Da
     return carved["train"], carved["test"]
 
 
-def _sources(split: "Dataset") -> Iterable[Any]:
-    """Yields the undecoded image of each row: a path or ``{"bytes", "path"}``."""
+def image_sources(split: "Dataset") -> list[Any]:
+    """The undecoded images of a split: paths, or ``{"bytes", "path"}`` dicts."""
     from datasets import Image
 
-    raw = split.cast_column("image", Image(decode=False))
-    for item in raw["image"]:
-        yield item.get("path") if item.get("bytes") is None else item
+    raw = split.cast_column("image", Image(decode=False))["image"]
+    return [item["path"] if item.get("bytes") is None else item for item in raw]
+
+
+def load_image_folder(directory: str | os.PathLike, *, binary: bool = False) -> "Dataset":
+    """One folder of ``<class>/`` subfolders as a single ``Dataset`` (no splitting)."""
+    return _dataset_from_files(list_image_files(directory), binary)
 
 
 @dataclass

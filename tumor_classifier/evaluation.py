@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import find_duplicates, find_split_dirs, load_mri_dataset
+from .data import find_duplicates, find_split_dirs, image_sources, load_image_folder, load_mri_dataset
 from .exceptions import InvalidDatasetError
 from .metrics import classification_metrics
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
@@ -66,18 +66,16 @@ def evaluate_dataset(
     Raises:
         InvalidDatasetError: The source cannot be read, or ``dedup`` has no training split.
     """
-    from .training import image_sources
-
     out_dir = Path(out_dir)
-    data = load_mri_dataset(source)
-    test, has_train = data["test"], True
     root = Path(source)
-    if root.is_dir() and "test" not in find_split_dirs(root):
-        # A plain image folder: evaluate every image in it; there is nothing to compare with.
-        from datasets import concatenate_datasets
-
-        test = concatenate_datasets([data["train"], data["validation"], data["test"]])
-        has_train = False
+    splits = find_split_dirs(root) if root.is_dir() else {}
+    if root.is_dir() and "train" not in splits:
+        # Only a test folder, or a plain image folder: evaluate all of it; nothing to compare with.
+        data, has_train = None, False
+        test = load_image_folder(splits.get("test", root))
+    else:
+        data, has_train = load_mri_dataset(source), True
+        test = data["test"]
     class_names = test.features["label"].names
     model_classes = list(classifier.classes_)
     if sorted(class_names) != sorted(model_classes):

@@ -7,7 +7,7 @@ from pathlib import Path
 from .exceptions import ModelLoadError
 
 #: Files of a model folder that are never uploaded (Trainer checkpoints, optimizer state).
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.bin", "*.pt", "*.pth", "runs/**", "*.tmp*"]
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "run-*", "run-*/**", "*.bin", "*.pt", "*.pth", "runs/**", "*.tmp*"]
 
 
 def push_folder_to_hub(

@@ -196,8 +196,8 @@ def create_model(
         model = spec.model_class(config)
     else:
         source = checkpoint or spec.checkpoint
-        extra = {"drop_path_rate": dropout} if backbone == "convnext" else {}
-        if backbone == "vit":
+        extra = {"drop_path_rate": dropout} if spec.name == "convnext" else {}
+        if spec.name == "vit":
             extra = {"hidden_dropout_prob": dropout, "image_size": image_size}
         try:
             model = AutoModelForImageClassification.from_pretrained(
@@ -209,7 +209,7 @@ def create_model(
                 **extra,
                 **from_pretrained_kwargs,
             )
-        except OSError as error:
+        except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"Could not load checkpoint {source!r} for backbone {backbone!r}: {error}. "
                 "Without access to the Hub, pass --from_scratch or a local checkpoint folder."

@@ -1,7 +1,8 @@
 """PNG figures: training curves, confusion matrix, ROC / precision-recall, reliability.
 
-Every function takes plain numbers and a path, draws with matplotlib's non-interactive
-Agg backend (no display needed), writes one PNG and returns its path.
+Every function takes plain numbers and a path, draws on a standalone matplotlib
+``Figure`` (no pyplot, so the caller's backend and open figures are untouched), writes
+one PNG and returns its path.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+def _subplots(figsize: tuple[float, float]):
+    figure = Figure(figsize=figsize)
+    return figure, figure.add_subplot()
 
 
 def _save(figure, path: str | Path) -> Path:
@@ -22,7 +25,6 @@ def _save(figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
@@ -30,7 +32,7 @@ def plot_training_curves(log_history: list[dict], directory: str | Path) -> list
     """Writes ``loss_curve.png`` and ``accuracy_curve.png`` from a Trainer log history."""
     train = [(e["epoch"], e["loss"]) for e in log_history if "loss" in e and "epoch" in e]
     evals = [e for e in log_history if "eval_loss" in e and "epoch" in e]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _subplots(figsize=(6, 4))
     if train:
         axis.plot(*zip(*train), label="train", marker=".")
     if evals:
@@ -38,7 +40,7 @@ def plot_training_curves(log_history: list[dict], directory: str | Path) -> list
     axis.set(xlabel="epoch", ylabel="loss", title="Loss")
     axis.legend()
     paths = [_save(figure, Path(directory) / "loss_curve.png")]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _subplots(figsize=(6, 4))
     for key, label in (("eval_accuracy", "validation accuracy"), ("eval_f1_macro", "validation macro F1")):
         points = [(e["epoch"], e[key]) for e in evals if key in e]
         if points:
@@ -52,7 +54,7 @@ def plot_training_curves(log_history: list[dict], directory: str | Path) -> list
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
     """Confusion matrix with counts, rows true class, columns predicted class."""
     matrix = np.asarray(matrix)
-    figure, axis = plt.subplots(figsize=(5, 4.5))
+    figure, axis = _subplots(figsize=(5, 4.5))
     axis.imshow(matrix, cmap="Blues")
     axis.set(
         xticks=range(len(class_names)),
@@ -63,7 +65,9 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
         ylabel="true",
         title=title,
     )
-    plt.setp(axis.get_xticklabels(), rotation=30, ha="right")
+    for label in axis.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
         axis.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
@@ -79,7 +83,7 @@ def plot_roc_pr(
         (f"roc{suffix}.png", roc_curve, ("false positive rate", "true positive rate")),
         (f"pr{suffix}.png", precision_recall_curve, ("recall", "precision")),
     ):
-        figure, axis = plt.subplots(figsize=(5, 4.5))
+        figure, axis = _subplots(figsize=(5, 4.5))
         for index, class_name in enumerate(class_names):
             positives = np.asarray(y_true) == index
             if positives.all() or not positives.any():
@@ -103,7 +107,7 @@ def plot_reliability(
         curves: Label -> ``(proba (n, k), y_true (n,))``, e.g. before and after
             temperature scaling.
     """
-    figure, axis = plt.subplots(figsize=(5, 4.5))
+    figure, axis = _subplots(figsize=(5, 4.5))
     axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect")
     edges = np.linspace(0, 1, n_bins + 1)
     for label, (proba, y_true) in curves.items():

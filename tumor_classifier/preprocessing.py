@@ -42,6 +42,8 @@ ACCEPTED_INPUTS = (
 MAX_IMAGE_SIDE = 8192
 MIN_IMAGE_SIDE = 8
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+#: Bumped whenever decoding or preparation changes, so cached prepared pixels are rebuilt.
+PREPROCESSING_VERSION = 1
 
 
 def _describe(source: Any) -> str:

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
-from .data import CLASS_NAMES, BINARY_CLASS_NAMES, find_duplicates, fingerprint, load_mri_dataset
+from .data import BINARY_CLASS_NAMES, CLASS_NAMES, find_duplicates, image_sources, load_mri_dataset
 from .exceptions import TumorClassifierError
 from .metrics import classification_metrics, expected_calibration_error, fit_temperature, softmax
 from .models import create_model
-from .preprocessing import AugmentationConfig, BatchAugmenter, MRIPreprocessor
+from .preprocessing import PREPROCESSING_VERSION, AugmentationConfig, BatchAugmenter, MRIPreprocessor
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -41,7 +41,9 @@ DEFAULT_CACHE = Path(os.environ.get("TUMOR_CLASSIFIER_CACHE", Path.home() / ".ca
 
 # -- pixels ------------------------------------------------------------------------
 def _split_key(split: "Dataset", preprocessor: MRIPreprocessor) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(preprocessor), sort_keys=True).encode())
+    # The code version is part of the key: a change to the preprocessing must not reuse
+    # pixels prepared by the old code.
+    digest = hashlib.sha256(f"{PREPROCESSING_VERSION}:{json.dumps(asdict(preprocessor), sort_keys=True)}".encode())
     if "path" in split.column_names:
         for path in split["path"]:
             stat = os.stat(path)
@@ -50,14 +52,6 @@ def _split_key(split: "Dataset", preprocessor: MRIPreprocessor) -> str:
         digest.update(split._fingerprint.encode())
     digest.update(str(len(split)).encode())
     return digest.hexdigest()[:20]
-
-
-def image_sources(split: "Dataset") -> list[Any]:
-    """The undecoded images of a split: paths, or ``{"bytes", "path"}`` dicts."""
-    from datasets import Image
-
-    raw = split.cast_column("image", Image(decode=False))["image"]
-    return [item["path"] if item.get("bytes") is None else item for item in raw]
 
 
 def prepare_pixels(
@@ -440,6 +434,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     }
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
+        trainer.save_model(str(output_dir))  # first, so nothing below can lose the model
+        preprocessor.save_pretrained(output_dir)
         references = image_sources(data["train"]) + image_sources(data["validation"])
         duplicates = find_duplicates(references, image_sources(data["test"]))
         clean = duplicates.clean_queries
@@ -457,8 +453,6 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "hyperparameter_search": best,
             "data": str(data_args.data_dir),
         }
-        trainer.save_model(str(output_dir))
-        preprocessor.save_pretrained(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (output_dir / "train_config.json").write_text(
             json.dumps({"data": asdict(data_args), "model": asdict(model_args), "training": training_args.to_dict()}, indent=2, default=str) + "\n"
