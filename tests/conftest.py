@@ -89,6 +89,30 @@ def fitted_classifier(train_images):
         torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny-model tests: on a loaded two-core machine
+    two threads wait on each other and are far slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def confident_classifier(fitted_classifier):
+    """The fitted classifier with the uncertainty threshold at 0, so verdicts name a class.
+
+    (Fitted on 24 slices, the tiny model's top probability is low: with the default
+    threshold every verdict would be "Uncertain".) A shallow copy: same model, own params.
+    """
+    import copy
+
+    clf = copy.copy(fitted_classifier)
+    clf.set_params(uncertainty_threshold=0.0)
+    return clf
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

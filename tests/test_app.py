@@ -38,31 +38,11 @@ from tumor_classifier.app import (
 )
 from tumor_classifier.preprocessing import load_image
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REST = "api/v1/predict"
 #: Upload limit of the test server (the default, 20 MB, would make the too-large tests slow).
 UPLOAD_LIMIT = 1_000_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny model, loaded 2-core machine: one intra-op thread is far faster (see test_attributions)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def confident_classifier(fitted_classifier):
-    """The fitted classifier with the uncertainty threshold at 0, so verdicts name a class.
-
-    (Fitted on 24 slices, the tiny model's top probability is about 0.3: with the default
-    threshold every verdict would be "Uncertain".) A shallow copy: same model, own params.
-    """
-    clf = copy.copy(fitted_classifier)
-    clf.set_params(uncertainty_threshold=0.0)
-    return clf
-
 
 @pytest.fixture(scope="module")
 def one_per_class(data_dir) -> list[Path]:

@@ -11,13 +11,11 @@ Playwright's own browser download is never used (it needs the network).
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import torch
 
 from tumor_classifier.app import build_app, example_paths, start_in_background
 
@@ -38,27 +36,12 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def classifier(fitted_classifier):
-    """The fitted classifier with the uncertainty threshold at 0, so the label names a class."""
-    clf = copy.copy(fitted_classifier)
-    clf.set_params(uncertainty_threshold=0.0)
-    return clf
-
-
-@pytest.fixture(scope="module")
-def app_url(classifier):
-    with start_in_background(build_app(classifier)) as server:
+def app_url(confident_classifier):
+    with start_in_background(build_app(confident_classifier)) as server:
         yield server.url
 
 
@@ -123,9 +106,9 @@ def _wait_for_result(page) -> str:
     return page.inner_text("[data-testid=label-output-value]").strip().splitlines()[0]
 
 
-def test_upload_click_and_read_the_verdict(page, classifier, data_dir, tmp_path):
+def test_upload_click_and_read_the_verdict(page, confident_classifier, data_dir, tmp_path):
     scan = sorted((data_dir / "Testing" / "meningioma").glob("*.jpg"))[0]
-    expected = classifier.predict(str(scan))[0]
+    expected = confident_classifier.predict(str(scan))[0]
     _upload(page, scan)
     page.click("#analyze")
     assert _wait_for_result(page) == expected
@@ -147,9 +130,9 @@ def test_upload_click_and_read_the_verdict(page, classifier, data_dir, tmp_path)
     print(f"screenshot of the page after a prediction: {screenshot}")
 
 
-def test_click_an_example(page, classifier):
+def test_click_an_example(page, confident_classifier):
     example = next(path for path in example_paths() if path.stem == "pituitary")
-    expected = classifier.predict(str(example))[0]
+    expected = confident_classifier.predict(str(example))[0]
     page.locator("#examples button", has_text="pituitary").click()
     assert _wait_for_result(page) == expected
     page.wait_for_selector("#scan img")
