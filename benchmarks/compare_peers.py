@@ -41,6 +41,15 @@ def _throughput(predict, paths: list[str], batch_size: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def _load_cache(path: Path | None, paths: list[str]) -> np.ndarray | None:
+    if path is None or not path.exists():
+        return None
+    with np.load(path) as cache:
+        if cache["paths"].tolist() != paths:
+            return None
+        return cache["proba"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="Folder in the Kaggle layout (Training/, Testing/).")
@@ -49,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timing-images", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--peer-cache", type=Path, help="Reuse the peer's probabilities stored here (.npz, keyed by path); "
+                        "they do not depend on our model. Timing is always measured afresh.")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -77,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name, (predict_proba, size) in systems.items():
         print(f"running {name} ...", flush=True)
-        proba = np.concatenate([predict_proba(paths[i : i + args.batch_size]) for i in range(0, len(paths), args.batch_size)])
+        cached = _load_cache(args.peer_cache, paths) if name == "detect-tumor" else None
+        proba = cached if cached is not None else np.concatenate(
+            [predict_proba(paths[i : i + args.batch_size]) for i in range(0, len(paths), args.batch_size)]
+        )
+        if name == "detect-tumor" and args.peer_cache and cached is None:
+            np.savez(args.peer_cache, paths=np.array(paths), proba=proba)
         full = classification_metrics(y_true, proba, CLASS_NAMES)
         dedup = classification_metrics(y_true[clean], proba[clean], CLASS_NAMES)
         single = time_per_item(lambda p, f=predict_proba: f([p]), timing, warmup=5)
