@@ -119,6 +119,17 @@ def test_toy_maps_equal_the_hand_computed_values(method):
     assert np.all(maps[:, TOY_INPUT[0, 0].numpy() == 0] == 0)
 
 
+def test_gradcam_of_the_predicted_class_comes_with_the_logits_of_the_same_pass():
+    model = ToyNet()
+    x = torch.cat([TOY_INPUT + 0.5, -TOY_INPUT - 0.5])  # logit_0 = mean(x): class 0 wins, then class 1
+    maps, logits = _toy_attributions(model, x, None, "gradcam", return_logits=True)
+    np.testing.assert_allclose(logits, model(x).detach().numpy(), atol=1e-6)
+    assert logits.argmax(1).tolist() == [0, 1]
+    np.testing.assert_allclose(maps, _toy_attributions(model, x, [0, 1], "gradcam"), atol=1e-6)
+    with pytest.raises(TumorClassifierError, match="gradcam only"):
+        _toy_attributions(model, x, None, "occlusion")
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_toy_without_positive_evidence_gives_an_all_zero_map(method):
     # All-zero input: no evidence anywhere, and normalisation must not invent any.

@@ -345,7 +345,8 @@ def _gradcam(
     target: torch.Tensor,
     layer: torch.nn.Module,
     batch_size: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM maps ``(n, h, w)`` and the logits ``(n, k)`` of the same forward passes."""
     height, width = pixel_values.shape[-2:]
     captured: dict[str, torch.Tensor] = {}
 
@@ -353,7 +354,7 @@ def _gradcam(
         # Blocks of some models return tuples (hidden_states, attentions, ...).
         captured["activation"] = output[0] if isinstance(output, (tuple, list)) else output
 
-    maps = []
+    maps, all_logits = [], []
     handle = layer.register_forward_hook(keep_output)
     try:
         for start in range(0, pixel_values.shape[0], batch_size):
@@ -370,7 +371,9 @@ def _gradcam(
                 )
             # Images are independent in eval mode, so one backward of the summed target
             # logits gives every image its own gradient.
-            score = logits.gather(1, target[start:start + batch_size, None]).sum()
+            chunk_target = logits.argmax(dim=1) if target is None else target[start:start + batch_size]
+            all_logits.append(logits.detach())
+            score = logits.gather(1, chunk_target[:, None]).sum()
             (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
             if gradient is None:
                 gradient = torch.zeros_like(activation)
@@ -391,7 +394,7 @@ def _gradcam(
             maps.append(cam[:, 0])
     finally:
         handle.remove()
-    return torch.cat(maps)
+    return torch.cat(maps), torch.cat(all_logits)
 
 
 def _integrated_gradients(
@@ -473,7 +476,8 @@ def compute_attributions(
     occlusion_window: int = 16,
     occlusion_stride: int = 8,
     layer: torch.nn.Module | None = None,
-) -> np.ndarray:
+    return_logits: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Attribution maps of ``target`` for each image, one ``[0, 1]`` map per image.
 
     The model comes back in the train/eval mode and with the ``requires_grad`` flags it
@@ -487,7 +491,9 @@ def compute_attributions(
         pixel_values: Float tensor ``(n, C, h, w)`` exactly as the model takes it (already
             normalised), on the model's device.
         target: Class index to explain per image: int tensor / sequence ``(n,)``, or one
-            int for all images.
+            int for all images. ``None`` (Grad-CAM only): the predicted class, taken from
+            the same forward pass, so explaining a prediction costs one forward and one
+            backward pass in all.
         method: One of :data:`METHODS`, or ``"auto"`` for :func:`default_method`.
         internal_batch_size: Most model inputs per forward pass (images for Grad-CAM,
             interpolation steps x images for IG, occluded copies x images for Occlusion);
@@ -503,6 +509,8 @@ def compute_attributions(
         occlusion_stride: Step in pixels between occluding squares (clipped to the window).
         layer: Module Grad-CAM hooks; default :func:`attribution_layer` ``(model)``. Its
             output must be ``(n, C, h', w')`` or tokens ``(n, T, D)``.
+        return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
+            Grad-CAM's own forward pass, or one extra pass for the other methods).
 
     Returns:
         Float32 array ``(n, h, w)`` in ``[0, 1]``, each map min-max normalised on its own;
@@ -526,7 +534,10 @@ def compute_attributions(
     n_steps = _positive_int("n_steps", n_steps)
     window = _positive_int("occlusion_window", occlusion_window)
     stride = _positive_int("occlusion_stride", occlusion_stride)
-    target = _check_target(target, pixel_values.shape[0], model, pixel_values.device)
+    if target is None and method != "gradcam":
+        raise TumorClassifierError(f"target=None (the predicted class) is supported for gradcam only, not {method!r}.")
+    if target is not None:
+        target = _check_target(target, pixel_values.shape[0], model, pixel_values.device)
     if method == "gradcam" and layer is None:
         layer = attribution_layer(model)  # raises for unknown models before any work
     logits_model = LogitsModel(model)
@@ -534,15 +545,22 @@ def compute_attributions(
     with _attribution_state(model):
         # Tensors made under the caller's `torch.inference_mode()` cannot enter autograd;
         # a copy made here (outside inference mode) can.
-        pixel_values, target = _autograd_ready(pixel_values), _autograd_ready(target)
+        pixel_values = _autograd_ready(pixel_values)
+        target = None if target is None else _autograd_ready(target)
+        logits = None
         if method == "gradcam":
-            maps = _gradcam(logits_model, pixel_values, target, layer, batch_size)
+            maps, logits = _gradcam(logits_model, pixel_values, target, layer, batch_size)
         else:
             base = _autograd_ready(_check_baseline(baseline, pixel_values))
             if method == "integrated_gradients":
                 maps = _integrated_gradients(logits_model, pixel_values, target, base, batch_size, n_steps)
             else:
                 maps = _occlusion(logits_model, pixel_values, target, base, batch_size, window, stride)
+            if return_logits:
+                with torch.no_grad():
+                    logits = torch.cat([logits_model(pixel_values[i : i + batch_size]) for i in range(0, pixel_values.shape[0], batch_size)])
+    if return_logits:
+        return _normalise(maps), logits.detach().float().cpu().numpy()
     return _normalise(maps)
 
 

@@ -409,7 +409,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         labels = self.classes_[proba.argmax(axis=1)]
         if not return_attributions:
             return labels
-        return labels, self._attributions(prepared, proba.argmax(axis=1), method)
+        return labels, self._attributions(prepared, proba.argmax(axis=1), method)[0]
 
     def tumor_probability(self, X: Any) -> np.ndarray:
         """Probability of any tumor (binary detection): float32 (n,) in [0, 1].
@@ -428,20 +428,29 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             raise TumorClassifierError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
         return method
 
-    def _attributions(self, prepared: Sequence[PreparedImage], targets: np.ndarray, method: str, **options: Any) -> list[np.ndarray]:
+    def _attributions(
+        self, prepared: Sequence[PreparedImage], targets: np.ndarray | None, method: str, **options: Any
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Maps in each input's coordinates, and the logits (n, k) of the same passes.
+
+        ``targets=None`` explains the predicted class, found in Grad-CAM's own forward
+        pass, so predict-and-explain costs one forward and one backward pass.
+        """
         method = self._resolve_method(method)
         maps: list[np.ndarray] = []
+        logits: list[np.ndarray] = []
         black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
             batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
             pixel_values = self.preprocessor_.normalize(batch).to(self.model_.device)
-            target = torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
+            target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
             if method in ("integrated_gradients", "occlusion"):
                 options.setdefault("baseline", black)  # "absent" means a black image
-            small = compute_attributions(self.model_, pixel_values, target, method, **options)
+            small, chunk_logits = compute_attributions(self.model_, pixel_values, target, method, return_logits=True, **options)
             maps.extend(p.to_original(m) for p, m in zip(chunk, small))
-        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps]
+            logits.append(chunk_logits)
+        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps], np.concatenate(logits)
 
     def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
         """Predicts and explains each image.
@@ -466,10 +475,15 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         sources = _as_sources(X)
         grays = self._decode(sources)
         prepared = [self.preprocessor_.prepare(gray) for gray in grays]
-        proba = self._proba(prepared)
-        predicted = proba.argmax(axis=1)
         method = self._resolve_method(method)
-        maps = self._attributions(prepared, predicted, method, **options)
+        if method == "gradcam" and not self.test_time_augmentation:
+            # One forward + backward pass gives both the prediction and its Grad-CAM map.
+            maps, logits = self._attributions(prepared, None, method, **options)
+            proba = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        else:
+            proba = self._proba(prepared)
+            maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
+        predicted = proba.argmax(axis=1)
         no_tumor = list(self.classes_).index(NO_TUMOR) if NO_TUMOR in self.classes_ else None
         explanations = []
         for index, (source, gray) in enumerate(zip(sources, grays)):
