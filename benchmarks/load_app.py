@@ -28,7 +28,6 @@ import argparse
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import threading

@@ -18,7 +18,6 @@ import gradio as gr
 import numpy as np
 import pytest
 import requests
-import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from conftest_hub import HubEnv, hub_env, hub_server  # noqa: F401  (pytest fixtures)
+from conftest_hub import HubEnv  # the fixtures come from conftest.py (pytest_plugins)
 from hub_server import DEFAULT_TOKEN, HubServer, point_hub_at
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (

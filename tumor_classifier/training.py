@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
