@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .attributions import METHODS, compute_attributions, default_method, overlay
 from .data import NO_TUMOR
 from .exceptions import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifierError
-from .metrics import fit_temperature
+from .metrics import fit_temperature, tumor_probability
 from .models import create_model
 from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
 from .quality import ImageQuality, assess_image
@@ -358,14 +358,18 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     def _prepare(self, X: Any) -> list[PreparedImage]:
         return [self.preprocessor_.prepare(gray) for gray in self._decode(_as_sources(X))]
 
+    def _pixel_values(self, chunk: Sequence[PreparedImage]) -> torch.Tensor:
+        """Normalised model input (n, C, size, size) on the model's device."""
+        batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
+        return self.preprocessor_.normalize(batch).to(self.model_.device)
+
     def _proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
         """Batched forward passes; with ``test_time_augmentation`` also of the mirror images."""
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start : start + self.batch_size]
-                batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-                pixel_values = self.preprocessor_.normalize(batch).to(self.model_.device)
+                pixel_values = self._pixel_values(chunk)
                 proba = torch.softmax(self.model_(pixel_values=pixel_values).logits.float(), dim=-1)
                 if self.test_time_augmentation:
                     mirrored = self.model_(pixel_values=pixel_values.flip(-1)).logits.float()
@@ -420,7 +424,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         if NO_TUMOR not in self.classes_:
             raise TumorClassifierError(f"tumor_probability needs a '{NO_TUMOR}' class; this model has {list(self.classes_)}.")
-        return 1.0 - self.predict_proba(X)[:, list(self.classes_).index(NO_TUMOR)]
+        return tumor_probability(self.predict_proba(X), self.classes_)
 
     def _resolve_method(self, method: str) -> str:
         method = self.attribution_method_ if method == "auto" else method
@@ -442,8 +446,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
-            batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-            pixel_values = self.preprocessor_.normalize(batch).to(self.model_.device)
+            pixel_values = self._pixel_values(chunk)
             target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
             if method in ("integrated_gradients", "occlusion"):
                 options.setdefault("baseline", black)  # "absent" means a black image
@@ -484,14 +487,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             proba = self._proba(prepared)
             maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
         predicted = proba.argmax(axis=1)
-        no_tumor = list(self.classes_).index(NO_TUMOR) if NO_TUMOR in self.classes_ else None
+        tumor = tumor_probability(proba, self.classes_) if NO_TUMOR in self.classes_ else np.full(len(proba), np.nan)
         explanations = []
         for index, (source, gray) in enumerate(zip(sources, grays)):
             explanations.append(
                 Explanation(
                     label=str(self.classes_[predicted[index]]),
                     probabilities={str(c): float(p) for c, p in zip(self.classes_, proba[index])},
-                    tumor_probability=float("nan") if no_tumor is None else float(1 - proba[index, no_tumor]),
+                    tumor_probability=float(tumor[index]),
                     attribution=maps[index],
                     overlay=overlay(gray, maps[index], alpha=alpha),
                     method=method,

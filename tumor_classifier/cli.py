@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .data import NO_TUMOR
 from .exceptions import TumorClassifierError
+from .metrics import tumor_probability
 
 NOT_DIAGNOSTIC = "Research use only: not a medical device, not for diagnosis."
 
@@ -32,10 +34,10 @@ def _predict(args: argparse.Namespace) -> int:
     from .preprocessing import load_image
 
     classifier = _load(args.model)
-    readable, failures = [], []
+    readable, grays, failures = [], [], []
     for path in args.images:
         try:
-            load_image(path)
+            grays.append(load_image(path))  # decoded once: the check and the quality flag share it
             readable.append(path)
         except TumorClassifierError as error:
             failures.append((path, str(error)))
@@ -48,6 +50,7 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             explanations = None
             proba = classifier.predict_proba(readable)
+            tumor_probabilities = tumor_probability(proba, classifier.classes_) if NO_TUMOR in classifier.classes_ else None
         for index, path in enumerate(readable):
             if explanations is not None:
                 e = explanations[index]
@@ -60,11 +63,11 @@ def _predict(args: argparse.Namespace) -> int:
             else:
                 probabilities = {str(c): float(p) for c, p in zip(classifier.classes_, proba[index])}
                 label = max(probabilities, key=probabilities.get)
-                tumor = 1.0 - probabilities.get("notumor", math.nan) if "notumor" in probabilities else math.nan
+                tumor = float(tumor_probabilities[index]) if tumor_probabilities is not None else math.nan
                 uncertain = probabilities[label] < classifier.uncertainty_threshold
                 from .quality import assess_image
 
-                quality = assess_image(path)
+                quality = assess_image(path, gray=grays[index])
             row = {
                 "image": str(path),
                 "label": label,
