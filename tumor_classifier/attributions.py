@@ -25,8 +25,14 @@ Methods:
     clinician, but it needs ``((h - window) / stride + 1) ** 2`` forward passes per image
     (729 for 224 px with the defaults).
 
+Ensembles (:class:`tumor_classifier.ensemble.EnsembleForImageClassification`, or any
+module with a non-empty ``members`` ``nn.ModuleList`` whose forward combines them) are
+explained as one model: Integrated Gradients and Occlusion attribute the ensemble's
+logits directly; Grad-CAM hooks every member's layer in one forward pass of the ensemble
+and averages the members' maps (see :func:`compute_attributions`).
+
 This module imports nothing of the package except :mod:`tumor_classifier.exceptions`, so
-it can be used (and tested) on any model.
+it can be used (and tested) on any model; ensembles are recognised by their ``members``.
 """
 
 from __future__ import annotations
@@ -108,8 +114,23 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.model if isinstance(model, LogitsModel) else model
 
 
+def _members(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The member models of an ensemble (a non-empty ``members`` ModuleList), else None."""
+    members = getattr(_unwrap(model), "members", None)
+    if isinstance(members, torch.nn.ModuleList) and len(members):
+        return list(members)
+    return None
+
+
 def _model_type(model: torch.nn.Module) -> str | None:
-    """The backbone family of a Hugging Face model, or None for anything else."""
+    """The backbone family of a Hugging Face model, or None for anything else.
+
+    An ensemble has its members' family when they all share one, else None.
+    """
+    members = _members(model)
+    if members is not None:
+        types = {_model_type(member) for member in members}
+        return types.pop() if len(types) == 1 else None
     model = _unwrap(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if isinstance(model_type, str) and model_type.lower() in SUPPORTED_MODEL_TYPES:
@@ -147,6 +168,8 @@ def default_method(model: torch.nn.Module) -> str:
       ConvNeXts gave Grad-CAM 3.0-5.1x vs IG 1.9-4.8x, supporting the choice above.
     * Anything else -> ``"integrated_gradients"``, which needs no knowledge of the
       architecture (Grad-CAM needs a layer, see :func:`attribution_layer`).
+    * An ensemble -> the choice for its members' backbone (Integrated Gradients if the
+      members mix backbones).
 
     Args:
         model: The classification model (optionally wrapped in :class:`LogitsModel`).
@@ -183,16 +206,24 @@ def attribution_layer(model: torch.nn.Module) -> torch.nn.Module:
       first LayerNorm's output) still reach the logits through the block's attention to
       CLS, and they are the same tokens up to a per-token normalisation.
 
+    * Ensemble: an ``nn.ModuleList`` of each member's layer above, in member order.
+      :func:`compute_attributions` hooks every layer in such a list; hooking the list
+      itself would capture nothing, because a ModuleList is never called.
+
     Args:
         model: A ``ConvNextForImageClassification``, ``ResNetForImageClassification`` or
-            ``ViTForImageClassification`` (optionally wrapped in :class:`LogitsModel`).
+            ``ViTForImageClassification`` (optionally wrapped in :class:`LogitsModel`), or
+            an ensemble of them.
 
     Returns:
-        A submodule of ``model``.
+        A submodule of ``model``; for an ensemble a new ``nn.ModuleList`` of submodules.
 
     Raises:
         TumorClassifierError: Unknown model type; the message names the supported ones.
     """
+    members = _members(model)
+    if members is not None:
+        return torch.nn.ModuleList(attribution_layer(member) for member in members)
     inner = _unwrap(model)
     model_type = _model_type(inner)
     if model_type in ("convnext", "resnet"):
@@ -343,57 +374,71 @@ def _gradcam(
     logits_model: LogitsModel,
     pixel_values: torch.Tensor,
     target: torch.Tensor,
-    layer: torch.nn.Module,
+    layers: Sequence[torch.nn.Module],
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM maps ``(n, h, w)`` and the logits ``(n, k)`` of the same forward passes."""
-    height, width = pixel_values.shape[-2:]
-    captured: dict[str, torch.Tensor] = {}
+    """Grad-CAM maps ``(n, h, w)`` and the logits ``(n, k)`` of the same forward passes.
 
-    def keep_output(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-        # Blocks of some models return tuples (hidden_states, attentions, ...).
-        captured["activation"] = output[0] if isinstance(output, (tuple, list)) else output
+    With several ``layers`` (an ensemble: one per member) every layer is hooked during
+    the same forward pass, each gives its own (un-normalised) map from the gradient of
+    the one target logit, and the maps are averaged.
+    """
+    height, width = pixel_values.shape[-2:]
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep_output(index: int):
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            # Blocks of some models return tuples (hidden_states, attentions, ...).
+            captured[index] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
 
     maps, all_logits = [], []
-    handle = layer.register_forward_hook(keep_output)
+    handles = []
     try:
+        for index, layer in enumerate(layers):
+            handles.append(layer.register_forward_hook(keep_output(index)))
         for start in range(0, pixel_values.shape[0], batch_size):
             # The input requires grad so that the activation is in the autograd graph even
             # though the parameters are frozen (see _attribution_state).
             chunk = pixel_values[start:start + batch_size].detach().clone().requires_grad_(True)
             captured.clear()
             logits = logits_model(chunk)
-            activation = captured.get("activation")
-            if not isinstance(activation, torch.Tensor) or not activation.requires_grad:
-                raise TumorClassifierError(
-                    f"The Grad-CAM layer {type(layer).__name__} did not produce a tensor "
-                    "that depends on the input during the forward pass."
-                )
+            activations = [captured.get(index) for index in range(len(layers))]
+            for layer, activation in zip(layers, activations):
+                if not isinstance(activation, torch.Tensor) or not activation.requires_grad:
+                    raise TumorClassifierError(
+                        f"The Grad-CAM layer {type(layer).__name__} did not produce a tensor "
+                        "that depends on the input during the forward pass."
+                    )
             # Images are independent in eval mode, so one backward of the summed target
             # logits gives every image its own gradient.
             chunk_target = logits.argmax(dim=1) if target is None else target[start:start + batch_size]
             all_logits.append(logits.detach())
             score = logits.gather(1, chunk_target[:, None]).sum()
-            (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
-            if gradient is None:
-                gradient = torch.zeros_like(activation)
-            activation = activation.detach()
-            if activation.ndim == 3:  # transformer tokens (n, T, D)
-                activation = _token_grid(activation, height, width)
-                gradient = _token_grid(gradient, height, width)
-            if activation.ndim != 4:
-                raise TumorClassifierError(
-                    f"Grad-CAM needs a (n, C, h, w) feature map or (n, T, D) tokens; layer "
-                    f"{type(layer).__name__} gave shape {tuple(activation.shape)}."
-                )
-            # Channel weights = spatially averaged gradient (Selvaraju et al. 2017); ReLU
-            # keeps the regions that speak *for* the target class.
-            weights = gradient.float().mean(dim=(2, 3), keepdim=True)
-            cam = torch.relu((weights * activation.float()).sum(dim=1, keepdim=True))
-            cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
-            maps.append(cam[:, 0])
+            gradients = torch.autograd.grad(score, activations, allow_unused=True)
+            cams = []
+            for layer, activation, gradient in zip(layers, activations, gradients):
+                if gradient is None:
+                    gradient = torch.zeros_like(activation)
+                activation = activation.detach()
+                if activation.ndim == 3:  # transformer tokens (n, T, D)
+                    activation = _token_grid(activation, height, width)
+                    gradient = _token_grid(gradient, height, width)
+                if activation.ndim != 4:
+                    raise TumorClassifierError(
+                        f"Grad-CAM needs a (n, C, h, w) feature map or (n, T, D) tokens; layer "
+                        f"{type(layer).__name__} gave shape {tuple(activation.shape)}."
+                    )
+                # Channel weights = spatially averaged gradient (Selvaraju et al. 2017); ReLU
+                # keeps the regions that speak *for* the target class.
+                weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+                cam = torch.relu((weights * activation.float()).sum(dim=1, keepdim=True))
+                cams.append(F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0])
+            maps.append(torch.stack(cams).mean(dim=0))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return torch.cat(maps), torch.cat(all_logits)
 
 
@@ -475,7 +520,7 @@ def compute_attributions(
     baseline: torch.Tensor | float | None = None,
     occlusion_window: int = 16,
     occlusion_stride: int = 8,
-    layer: torch.nn.Module | None = None,
+    layer: torch.nn.Module | Sequence[torch.nn.Module] | None = None,
     return_logits: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Attribution maps of ``target`` for each image, one ``[0, 1]`` map per image.
@@ -483,11 +528,24 @@ def compute_attributions(
     The model comes back in the train/eval mode and with the ``requires_grad`` flags it
     had, no hook stays attached, and no parameter ``.grad`` is touched.
 
+    Ensembles (a module with a ``members`` ModuleList, e.g.
+    :class:`~tumor_classifier.ensemble.EnsembleForImageClassification`): Integrated
+    Gradients and Occlusion attribute the ensemble's logits. Grad-CAM runs one forward
+    pass of the ensemble (so ``target=None`` is the *ensemble's* predicted class and
+    ``return_logits`` gives the ensemble's logits), computes each member's raw Grad-CAM
+    map (ReLU of the gradient-weighted activations of its layer, before any
+    normalisation) from the gradient of the ensemble's target logit, averages these raw
+    maps and min-max normalises the mean once. The ensemble's logit is the mean of the
+    members' logits over a positive temperature, so each member's raw map is its own
+    Grad-CAM map times the same positive constant: the result is the normalised mean of
+    the members' raw Grad-CAM maps for that target. A member whose logit reacts more
+    strongly to its features weighs more, as it does in the ensemble's decision.
+
     Args:
         model: A Hugging Face ``ConvNextForImageClassification``,
-            ``ViTForImageClassification`` or ``ResNetForImageClassification``, or any
-            ``nn.Module`` whose ``forward(pixel_values)`` returns logits or an output with
-            ``.logits`` (Grad-CAM on such a model needs ``layer``).
+            ``ViTForImageClassification`` or ``ResNetForImageClassification``, an ensemble
+            of them, or any ``nn.Module`` whose ``forward(pixel_values)`` returns logits or
+            an output with ``.logits`` (Grad-CAM on such a model needs ``layer``).
         pixel_values: Float tensor ``(n, C, h, w)`` exactly as the model takes it (already
             normalised), on the model's device.
         target: Class index to explain per image: int tensor / sequence ``(n,)``, or one
@@ -508,7 +566,9 @@ def compute_attributions(
         occlusion_window: Side in pixels of the occluding square (clipped to the image).
         occlusion_stride: Step in pixels between occluding squares (clipped to the window).
         layer: Module Grad-CAM hooks; default :func:`attribution_layer` ``(model)``. Its
-            output must be ``(n, C, h', w')`` or tokens ``(n, T, D)``.
+            output must be ``(n, C, h', w')`` or tokens ``(n, T, D)``. A list, tuple or
+            ``nn.ModuleList`` of modules hooks each of them and averages their raw maps
+            (what an ensemble's default layer is).
         return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
             Grad-CAM's own forward pass, or one extra pass for the other methods).
 
@@ -538,8 +598,15 @@ def compute_attributions(
         raise TumorClassifierError(f"target=None (the predicted class) is supported for gradcam only, not {method!r}.")
     if target is not None:
         target = _check_target(target, pixel_values.shape[0], model, pixel_values.device)
-    if method == "gradcam" and layer is None:
-        layer = attribution_layer(model)  # raises for unknown models before any work
+    layers: list[torch.nn.Module] = []
+    if method == "gradcam":
+        if layer is None:
+            layer = attribution_layer(model)  # raises for unknown models before any work
+        layers = list(layer) if isinstance(layer, (torch.nn.ModuleList, list, tuple)) else [layer]
+        if not layers or not all(isinstance(item, torch.nn.Module) for item in layers):
+            raise TumorClassifierError(
+                f"layer must be a torch.nn.Module or a non-empty list of them, got {type(layer).__name__}."
+            )
     logits_model = LogitsModel(model)
 
     with _attribution_state(model):
@@ -549,7 +616,7 @@ def compute_attributions(
         target = None if target is None else _autograd_ready(target)
         logits = None
         if method == "gradcam":
-            maps, logits = _gradcam(logits_model, pixel_values, target, layer, batch_size)
+            maps, logits = _gradcam(logits_model, pixel_values, target, layers, batch_size)
         else:
             base = _autograd_ready(_check_baseline(baseline, pixel_values))
             if method == "integrated_gradients":
