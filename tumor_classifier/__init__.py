@@ -11,6 +11,7 @@ Not a medical device: a research tool that must not be used for diagnosis.
 
 from .classifier import Explanation, TumorClassifier
 from .data import BINARY_CLASS_NAMES, CLASS_NAMES, describe_folder, find_duplicates, load_mri_dataset
+from .ensemble import EnsembleForImageClassification, build_ensemble
 from .exceptions import (
     InvalidDatasetError,
     InvalidImageError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BINARY_CLASS_NAMES",
     "CLASS_NAMES",
+    "EnsembleForImageClassification",
     "Explanation",
     "InvalidDatasetError",
     "InvalidImageError",
@@ -39,6 +41,7 @@ __all__ = [
     "UnknownBackboneError",
     "__version__",
     "assess_image",
+    "build_ensemble",
     "create_model",
     "describe_folder",
     "find_duplicates",

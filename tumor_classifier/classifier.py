@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .attributions import METHODS, compute_attributions, default_method, overlay
 from .data import NO_TUMOR
+from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
 from .exceptions import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifierError
 from .metrics import fit_temperature, tumor_probability
 from .models import create_model
@@ -31,7 +33,18 @@ from .quality import ImageQuality, assess_image
 
 #: Folder of the model that ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-_MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "README.md", "metrics.json", "*.png"]
+#: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
+#: (``ensemble.json`` and one transformers folder per member under ``members/``).
+_MODEL_FILES = [
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    "metrics.json",
+    "*.png",
+    ENSEMBLE_CONFIG_NAME,
+    "members/*/*",
+]
 
 
 @dataclass
@@ -97,7 +110,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     loads a trained one (the shipped default, a local folder or a Hub id).
 
     Args:
-        backbone: Registry name (``convnext``, ``vit``, ``resnet``).
+        backbone: Registry name (``convnext``, ``vit``, ``resnet``); for a loaded ensemble
+            the backbone of its members.
         from_scratch: Train the CPU-sized preset from random weights instead of
             fine-tuning the backbone's Hub checkpoint.
         checkpoint: Hub id or folder to fine-tune instead of the registry default.
@@ -122,7 +136,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes:
         classes_: ndarray of class names, the column order of :meth:`predict_proba`.
-        model_: The fitted ``transformers`` model, in eval mode.
+        model_: The fitted ``transformers`` model, in eval mode; for a loaded ensemble an
+            :class:`~tumor_classifier.ensemble.EnsembleForImageClassification`.
         preprocessor_: The :class:`MRIPreprocessor` the model was trained with.
     """
 
@@ -270,9 +285,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     ) -> "TumorClassifier":
         """Loads a trained classifier: the shipped default, a local folder, or a Hub id.
 
+        A folder (or Hub repository) with ``ensemble.json`` holds an ensemble (see
+        :mod:`tumor_classifier.ensemble`): its members are loaded in float32 and every
+        method works on it as on a single model.
+
         Args:
             source: ``None`` for the model shipped in the package (no network), a folder
-                written by :meth:`save_pretrained` / ``train_hf.py``, or a Hub model id.
+                written by :meth:`save_pretrained` / ``train_hf.py`` /
+                ``ensemble.build_ensemble``, or a Hub model id.
             revision, cache_dir, local_files_only, token: Passed to the Hub download.
             **params: Estimator parameters to set (e.g. ``uncertainty_threshold``).
 
@@ -289,12 +309,17 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             )
         folder = _resolve_model_folder(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         try:
-            model = AutoModelForImageClassification.from_pretrained(folder)
+            if is_ensemble_folder(folder):
+                model = EnsembleForImageClassification.from_pretrained(folder)
+            else:
+                model = AutoModelForImageClassification.from_pretrained(folder)
             preprocessor = (
                 MRIPreprocessor.from_pretrained(folder)
                 if (Path(folder) / "preprocessor_config.json").is_file()
                 else MRIPreprocessor(size=int(getattr(model.config, "image_size", 224)))
             )
+        except ModelLoadError:
+            raise  # already says which file or member failed
         except (OSError, ValueError) as error:  # includes malformed JSON
             raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
         backbone = getattr(model.config, "backbone_name", model.config.model_type)
@@ -308,11 +333,24 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """Writes a folder that :meth:`from_pretrained` and plain transformers both load.
 
         Safetensors weights, ``config.json`` with ``id2label``, and
-        ``preprocessor_config.json``; never pickles.
+        ``preprocessor_config.json``; never pickles. An ensemble is written in the
+        ensemble format instead (``ensemble.json`` and ``members/member-i/``, each member
+        a folder plain transformers loads; weights in half precision, see
+        :meth:`EnsembleForImageClassification.save_pretrained`).
+
+        Saving one format over a folder of the other removes the other format's model
+        files first, since ``from_pretrained`` would otherwise load the stale ensemble.
         """
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.model_, EnsembleForImageClassification):
+            stale = [directory / "config.json", directory / "model.safetensors"]
+        else:
+            stale = [directory / ENSEMBLE_CONFIG_NAME]
+            shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)
+        for path in stale:
+            path.unlink(missing_ok=True)
         self.model_.save_pretrained(directory)
         self.preprocessor_.save_pretrained(directory)
         return directory
@@ -505,17 +543,25 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         return explanations
 
 
+def _is_model_folder(path: Path) -> bool:
+    """A single model (``config.json``) or an ensemble (``ensemble.json``)."""
+    return (path / "config.json").is_file() or is_ensemble_folder(path)
+
+
 def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None) -> Path:
     if source is None:
-        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        if not _is_model_folder(DEFAULT_MODEL_DIR):
             raise ModelLoadError(
                 f"No default model is shipped in {DEFAULT_MODEL_DIR}; pass a model folder or Hub id."
             )
         return DEFAULT_MODEL_DIR
     path = Path(source).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} has no config.json; expected a folder written by save_pretrained or train_hf.py.")
+        if not _is_model_folder(path):
+            raise ModelLoadError(
+                f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
+                "save_pretrained, train_hf.py or build_ensemble."
+            )
         return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError

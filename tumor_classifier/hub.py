@@ -29,8 +29,11 @@ def push_folder_to_hub(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{folder} is not a saved model folder (no config.json); save_pretrained it first.")
+    # A single model has config.json; an ensemble has ensemble.json and members/ instead.
+    if not ((folder / "config.json").is_file() or (folder / "ensemble.json").is_file()):
+        raise ModelLoadError(
+            f"{folder} is not a saved model folder (no config.json nor ensemble.json); save_pretrained it first."
+        )
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = api.upload_folder(
