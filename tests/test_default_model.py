@@ -13,8 +13,18 @@ def test_shipped_model_loads_with_no_argument_and_no_network():
     clf = TumorClassifier.from_pretrained()
     assert list(clf.classes_) == list(CLASS_NAMES)
     assert clf.source_ == "default"
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
+    for name in ("preprocessor_config.json", "README.md", "metrics.json"):
         assert (DEFAULT_MODEL_DIR / name).is_file(), name
+    # The shipped model is a single model or an ensemble (ensemble.json + members/).
+    if (DEFAULT_MODEL_DIR / "ensemble.json").is_file():
+        members = json.loads((DEFAULT_MODEL_DIR / "ensemble.json").read_text())["members"]
+        assert members and len(clf.model_.members) == len(members)
+        for member in members:
+            for name in ("config.json", "model.safetensors"):
+                assert (DEFAULT_MODEL_DIR / "members" / member / name).is_file(), f"members/{member}/{name}"
+    else:
+        for name in ("model.safetensors", "config.json"):
+            assert (DEFAULT_MODEL_DIR / name).is_file(), name
 
 
 def test_shipped_model_is_right_on_the_shipped_slices(test_images, train_images):
