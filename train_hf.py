@@ -7,6 +7,8 @@ Examples:
     python train_hf.py configs/default_model.json          # the same, from a JSON file
     python train_hf.py configs/default_model.json --num_train_epochs 5   # JSON plus overrides
     torchrun --nproc_per_node 2 train_hf.py ...              # distributed (gloo on CPU)
+    python train_hf.py configs/default_model.json --write_pixel_pack pack.npz   # prepare once...
+    python train_hf.py configs/default_model.json --pixel_pack pack.npz --bf16 true   # ...train elsewhere
 
 Every option of ``transformers.TrainingArguments`` works too (``--push_to_hub``,
 ``--hub_model_id``, ``--resume_from_checkpoint``, ``--bf16`` ...); ``--help`` lists all.
@@ -36,8 +38,16 @@ def main(argv: list[str] | None = None):
         argv = flags + argv[1:]
     data_args, model_args, training_args = parser.parse_args_into_dataclasses(argv)
     result = run_training(data_args, model_args, training_args)
-    test = result.metrics["test"]
-    print(f"model written to {result.output_dir}: test accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}")
+    if "pixel_pack" in result.metrics:
+        counts = ", ".join(f"{name} {count}" for name, count in result.metrics["pixel_pack"].items())
+        print(f"pixel pack written to {result.output_dir}: {counts} images")
+        return result
+    summary = ", ".join(
+        f"{split} accuracy {result.metrics[split]['accuracy']:.4f}, macro F1 {result.metrics[split]['f1_macro']:.4f}"
+        for split in ("validation", "test")
+        if split in result.metrics
+    )
+    print(f"model written to {result.output_dir}: {summary}")
     return result
 
 

@@ -27,10 +27,11 @@ from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import AugmentationConfig, BatchAugmenter, MRIPreprocessor
 from tumor_classifier.training import (
     MRITrainingArguments,
-    PixelCollator,
     PixelDataset,
     build_trainer,
+    collate_pixels,
     make_loss_function,
+    pixels_to_values,
     prepare_pixels,
 )
 
@@ -57,15 +58,16 @@ def hand_loop(pixels, labels, preprocessor, image_size, batch_size, steps) -> fl
         PixelDataset(pixels, labels),
         batch_size=batch_size,
         shuffle=True,
-        collate_fn=PixelCollator(preprocessor, BatchAugmenter(AugmentationConfig(), seed=0)),
+        collate_fn=collate_pixels,
         drop_last=True,
     )
+    augmenter = BatchAugmenter(AugmentationConfig(), seed=0)
     model.train()
     started = None
     for step, batch in enumerate(loader):
         if step == WARMUP:
             started = time.perf_counter()
-        outputs = model(pixel_values=batch["pixel_values"])
+        outputs = model(pixel_values=pixels_to_values(batch["pixels"], preprocessor, augmenter))
         loss = loss_function(outputs, batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the Trainer clips too

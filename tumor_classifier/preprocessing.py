@@ -502,26 +502,38 @@ class BatchAugmenter:
     """Random affine, flip and intensity changes on a batch of [0, 1] images.
 
     Works on float tensors (n, 1, H, W) in [0, 1] and returns the same shape and range,
-    drawing from its own seeded generator so runs repeat.
+    on the batch's own device (CPU or GPU), drawing from its own seeded generator there
+    so runs repeat.
     """
 
     config: AugmentationConfig = field(default_factory=AugmentationConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
 
-    def _uniform(self, n: int, limit: float) -> torch.Tensor:
-        return (torch.rand(n, generator=self.generator) * 2 - 1) * limit
+    def _generator(self, device: torch.device) -> torch.Generator:
+        # One seeded generator per device, so a batch is augmented where it lives (on a
+        # GPU the random draws and the resampling never cross to the host).
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def _rand(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(n, generator=self._generator(device), device=device)
+
+    def _uniform(self, n: int, limit: float, device: torch.device) -> torch.Tensor:
+        return (self._rand(n, device) * 2 - 1) * limit
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         n = batch.shape[0]
-        angle = self._uniform(n, math.radians(cfg.rotation))
-        scale = 1 + self._uniform(n, cfg.zoom)
-        flip = torch.where(torch.rand(n, generator=self.generator) < cfg.hflip, -1.0, 1.0)
-        vflip = torch.where(torch.rand(n, generator=self.generator) < cfg.vflip, -1.0, 1.0)
-        shift_x, shift_y = self._uniform(n, 2 * cfg.shift), self._uniform(n, 2 * cfg.shift)
+        device = batch.device
+        angle = self._uniform(n, math.radians(cfg.rotation), device)
+        scale = 1 + self._uniform(n, cfg.zoom, device)
+        flip = torch.where(self._rand(n, device) < cfg.hflip, -1.0, 1.0)
+        vflip = torch.where(self._rand(n, device) < cfg.vflip, -1.0, 1.0)
+        shift_x, shift_y = self._uniform(n, 2 * cfg.shift, device), self._uniform(n, 2 * cfg.shift, device)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack(
             [
@@ -535,17 +547,17 @@ class BatchAugmenter:
             batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if cfg.blur:
             blurred = F.avg_pool2d(F.pad(batch, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-            pick = (torch.rand(n, generator=self.generator) < cfg.blur).view(n, 1, 1, 1)
+            pick = (self._rand(n, device) < cfg.blur).view(n, 1, 1, 1)
             batch = torch.where(pick, blurred, batch)
         if cfg.gamma:
-            gamma = torch.exp2(self._uniform(n, cfg.gamma)).view(n, 1, 1, 1)
+            gamma = torch.exp2(self._uniform(n, cfg.gamma, device)).view(n, 1, 1, 1)
             batch = batch.clamp(0, 1).pow(gamma)
         if cfg.contrast or cfg.brightness:
             mean = batch.mean(dim=(1, 2, 3), keepdim=True)
-            contrast = (1 + self._uniform(n, cfg.contrast)).view(n, 1, 1, 1)
-            brightness = self._uniform(n, cfg.brightness).view(n, 1, 1, 1)
+            contrast = (1 + self._uniform(n, cfg.contrast, device)).view(n, 1, 1, 1)
+            brightness = self._uniform(n, cfg.brightness, device).view(n, 1, 1, 1)
             batch = (batch - mean) * contrast + mean + brightness
         if cfg.noise:
-            sigma = (torch.rand(n, generator=self.generator) * cfg.noise).view(n, 1, 1, 1)
-            batch = batch + sigma * torch.randn(batch.shape, generator=self.generator)
+            sigma = (self._rand(n, device) * cfg.noise).view(n, 1, 1, 1)
+            batch = batch + sigma * torch.randn(batch.shape, generator=self._generator(device), device=device)
         return batch.clamp_(0, 1)
