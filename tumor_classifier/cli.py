@@ -120,6 +120,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from .training import make_ensemble
+
+    result = make_ensemble(args.members, args.out, data_dir=args.data)
+    calibration = result.metrics["calibration"]
+    print(f"ensemble of {len(args.members)} written to {args.out}: temperature {calibration['temperature']:.3f}, "
+          f"validation ECE {calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
+    for name in ("validation", "test", "test_without_near_duplicates"):
+        m = result.metrics[name]
+        print(f"{name:<30} n={m['n']:<5} accuracy={m['accuracy']:.4f} macro F1={m['f1_macro']:.4f}")
+    return 0
+
+
 def _data_report(args: argparse.Namespace) -> int:
     from .data import describe_folder
 
@@ -157,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--no-dedup", action="store_true", help="Skip the near-duplicate-free evaluation.")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.set_defaults(handler=_evaluate)
+
+    ensemble = commands.add_parser("ensemble", help="Combine train_hf.py model folders into one calibrated ensemble folder with its report.")
+    ensemble.add_argument("members", nargs="+", help="Model folders written by train_hf.py (same preprocessing, classes and validation split).")
+    ensemble.add_argument("--out", required=True, help="The ensemble folder to write.")
+    ensemble.add_argument("--data", help="The data the members trained on (default: the folder their train_config.json names).")
+    ensemble.set_defaults(handler=_ensemble)
 
     report = commands.add_parser("data-report", help="Class counts, image modes and sizes, train/test duplicates.")
     report.add_argument("directory")

@@ -55,7 +55,8 @@ def write_model_card(
 ) -> Path:
     """Writes the plots and ``README.md`` (a Hub model card) into a model folder."""
     directory = Path(directory)
-    plot_training_curves(log_history, directory)
+    if log_history:
+        plot_training_curves(log_history, directory)
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, directory / "confusion_matrix.png", "Test confusion matrix")
     if reliability:
         plot_reliability(reliability, directory / "reliability.png")
@@ -63,6 +64,22 @@ def write_model_card(
     training = metrics.get("training", {})
     calibration = metrics.get("calibration", {})
     duplicates = metrics.get("duplicates", {})
+    members = metrics.get("members")
+    title = f"ensemble of {len(members)} {training.get('backbone', 'model')} models" if members else training.get("backbone", "model")
+    loading = (
+        "An ensemble folder (`ensemble.json`, `members/member-*/`) loads with this package; each\n"
+        "member folder on its own also loads with plain `transformers`. The ensemble's logits are\n"
+        "the mean of the members' logits divided by the ensemble temperature.\n\n"
+        + "| member | seed | epochs | validation accuracy |\n|---|---|---|---|\n"
+        + "\n".join(f"| {i} | {m.get('seed')} | {m.get('epochs_run') or 0:.0f} | {_pct(m.get('validation_accuracy'))} |" for i, m in enumerate(members))
+        if members
+        else "The folder also loads with plain `transformers` (`AutoModelForImageClassification`,\n"
+        "`AutoImageProcessor`, `pipeline(\"image-classification\")`); plain transformers only\n"
+        "resizes and normalises, while this package first converts to grayscale and crops to\n"
+        "the head, as in training."
+    )
+    applied = calibration.get("applied", "by folding it into the head")
+    curves = "![loss](loss_curve.png) ![accuracy](accuracy_curve.png) " if log_history else ""
     card = f"""---
 library_name: transformers
 pipeline_tag: image-classification
@@ -74,7 +91,7 @@ tags:
 - tumor-classifier
 ---
 
-# Brain tumor MRI classifier ({training.get('backbone', 'model')})
+# Brain tumor MRI classifier ({title})
 
 Classifies one brain MRI slice as {', '.join(class_names)}.
 Trained with `train_hf.py` of the `tumor-classifier` package
@@ -91,10 +108,7 @@ clf = TumorClassifier.from_pretrained("path/or/hub-id")
 clf.predict(["scan.jpg"]), clf.predict_proba(["scan.jpg"])
 ```
 
-The folder also loads with plain `transformers` (`AutoModelForImageClassification`,
-`AutoImageProcessor`, `pipeline("image-classification")`); plain transformers only
-resizes and normalises, while this package first converts to grayscale and crops to
-the head, as in training.
+{loading}
 
 ## Evaluation
 
@@ -108,10 +122,10 @@ Per class on the test split:
 
 {per_class_table(metrics['test'])}
 
-Calibration: temperature {calibration.get('temperature', 1.0):.3f} fitted on validation and folded into the
-head; validation ECE {calibration.get('validation_ece_before', float('nan')):.4f} before, {calibration.get('validation_ece_after', float('nan')):.4f} after.
+Calibration: temperature {calibration.get('temperature', 1.0):.3f} fitted on validation and applied
+{applied}; validation ECE {calibration.get('validation_ece_before', float('nan')):.4f} before, {calibration.get('validation_ece_after', float('nan')):.4f} after.
 
-![loss](loss_curve.png) ![accuracy](accuracy_curve.png) ![confusion](confusion_matrix.png)
+{curves}![confusion](confusion_matrix.png) ![reliability](reliability.png)
 
 ## Limitations
 

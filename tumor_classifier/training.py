@@ -12,10 +12,12 @@ lent GPU) trains the same model from it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -455,7 +457,7 @@ class TrainingResult:
     best_hyperparameters: dict[str, Any] | None = None
 
 
-def _load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, training_args: TrainingArguments):
+def _load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, training_args: TrainingArguments | None = None):
     """The data set's splits (``datasets``) and their prepared pixels."""
     data = load_mri_dataset(
         data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed
@@ -467,7 +469,8 @@ def _load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, traini
             count = min(data_args.max_eval_samples, len(data[split]))
             data[split] = data[split].shuffle(seed=data_args.split_seed).select(range(count))
     cache = data_args.pixel_cache_dir or None
-    with training_args.main_process_first(desc="preparing pixels"):
+    first = training_args.main_process_first(desc="preparing pixels") if training_args else contextlib.nullcontext()
+    with first:
         arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
     return data, arrays
 
@@ -616,6 +619,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "data": str(data_args.pixel_pack or data_args.data_dir),
         }
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         (output_dir / "train_config.json").write_text(
             json.dumps({"data": asdict(data_args), "model": asdict(model_args), "training": training_args.to_dict()}, indent=2, default=str) + "\n"
         )
@@ -630,3 +634,113 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         push_folder_to_hub(output_dir, training_args.hub_model_id or output_dir.name, token=training_args.hub_token,
                            private=training_args.hub_private_repo, commit_message="Train with train_hf.py")
     return TrainingResult(output_dir, metrics, best)
+
+
+# -- ensembles ---------------------------------------------------------------------
+def _batched_logits(model: torch.nn.Module, pixels: np.ndarray, preprocessor: MRIPreprocessor, batch_size: int = 128) -> np.ndarray:
+    with torch.inference_mode():
+        chunks = [
+            model(pixel_values=pixels_to_values(torch.from_numpy(pixels[start : start + batch_size]), preprocessor)).logits.float()
+            for start in range(0, len(pixels), batch_size)
+        ]
+    return torch.cat(chunks).numpy()
+
+
+def make_ensemble(
+    member_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    pixel_cache_dir: str | None = str(DEFAULT_CACHE),
+) -> TrainingResult:
+    """Combines trained model folders into one calibrated ensemble folder with its report.
+
+    The members' validation split is carved again from ``data_dir`` exactly as their
+    training carved it (``train_config.json``), so the ensemble temperature is fitted on
+    images none of them trained on, from the original files (not a lossy pixel pack).
+    Everything is measured on the ensemble as written, half-precision weights included.
+
+    Args:
+        member_dirs: Folders written by ``train_hf.py`` (with ``train_config.json``).
+        output_dir: The ensemble folder (``ensemble.json``, ``members/``,
+            ``preprocessor_config.json``, ``metrics.json``, plots, ``README.md``).
+        data_dir: The data the members trained on; default: what their config names.
+        pixel_cache_dir: Cache of prepared images; ``None`` disables it.
+
+    Raises:
+        TumorClassifierError: A member has no ``train_config.json``, or the members
+            were validated on different splits.
+    """
+    from .ensemble import EnsembleForImageClassification, build_ensemble
+    from .reports import write_model_card
+
+    folders = [Path(folder) for folder in member_dirs]
+    configs = []
+    for folder in folders:
+        path = folder / "train_config.json"
+        if not path.is_file():
+            raise TumorClassifierError(f"{folder} has no train_config.json; ensemble members must be train_hf.py output folders.")
+        configs.append(json.loads(path.read_text()))
+    carvings = {(c["data"]["validation_size"], c["data"]["split_seed"], c["data"]["binary"]) for c in configs}
+    if len(carvings) != 1:
+        raise TumorClassifierError(f"The members were validated on different splits (validation_size, split_seed, binary): {sorted(carvings)}.")
+    validation_size, split_seed, binary = carvings.pop()
+    output_dir = Path(output_dir)
+    build_ensemble(folders, output_dir=output_dir)
+    ensemble = EnsembleForImageClassification.from_pretrained(output_dir)  # what ships: half-precision weights
+    preprocessor = MRIPreprocessor.from_pretrained(output_dir)
+    data_args = DataArguments(
+        data_dir=data_dir or configs[0]["data"]["data_dir"], binary=binary, validation_size=validation_size,
+        split_seed=split_seed, pixel_cache_dir=pixel_cache_dir,
+    )  # fmt: skip
+    data, arrays = _load_splits(data_args, preprocessor)
+    class_names = list(ensemble.config.id2label[i] for i in range(len(ensemble.config.id2label)))
+    (val_pixels, val_labels), (test_pixels, test_labels) = arrays["validation"], arrays["test"]
+
+    val_logits = _batched_logits(ensemble, val_pixels, preprocessor)
+    temperature = fit_temperature(val_logits, val_labels)
+    ensemble.temperature = temperature * ensemble.temperature
+    test_proba = softmax(_batched_logits(ensemble, test_pixels, preprocessor))
+    duplicates = _duplicate_check(data)
+    clean = duplicates.clean_queries
+    members = []
+    for folder, config, member in zip(folders, configs, ensemble.members):
+        member_metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+        predicted = _batched_logits(member, val_pixels, preprocessor).argmax(axis=1)
+        members.append({
+            "source": str(folder),
+            "seed": config["training"].get("seed"),
+            "epochs_run": member_metrics.get("training", {}).get("epochs_run"),
+            "validation_accuracy": float(np.mean(predicted == val_labels)),
+        })  # fmt: skip
+    first = json.loads((folders[0] / "metrics.json").read_text()).get("training", {}) if (folders[0] / "metrics.json").is_file() else {}
+    metrics: dict[str, Any] = {
+        "validation": classification_metrics(val_labels, softmax(val_logits, temperature), class_names),
+        "test": classification_metrics(test_labels, test_proba, class_names),
+        "test_without_near_duplicates": classification_metrics(test_labels[clean], test_proba[clean], class_names),
+        "calibration": {
+            "temperature": float(temperature),
+            "applied": "to the mean of the members' logits, at forward time (ensemble.json)",
+            "validation_ece_before": expected_calibration_error(softmax(val_logits), val_labels),
+            "validation_ece_after": expected_calibration_error(softmax(val_logits, temperature), val_labels),
+        },
+        "duplicates": duplicates.summary(),
+        "members": members,
+        "training": {
+            "backbone": configs[0]["model"]["backbone"],
+            "from_scratch": configs[0]["model"]["from_scratch"],
+            "image_size": preprocessor.size,
+            "epochs_run": first.get("epochs_run", 0),
+            "train_images": first.get("train_images"),
+            "ensemble_members": len(folders),
+            "data": str(data_args.data_dir),
+        },
+    }
+    ensemble.save_pretrained(output_dir)  # again, now with the fitted temperature in ensemble.json
+    names = json.loads((output_dir / "ensemble.json").read_text())["members"]
+    for folder, name in zip(folders, names):  # each member keeps its exact recipe
+        shutil.copy(folder / "train_config.json", output_dir / "members" / name / "train_config.json")
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_card(output_dir, metrics, [], class_names,
+                     reliability={"before": (softmax(val_logits), val_labels), "after": (softmax(val_logits, temperature), val_labels)})
+    return TrainingResult(output_dir, metrics)

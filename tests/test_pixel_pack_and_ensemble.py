@@ -1,0 +1,155 @@
+"""Training away from the images (pixel packs), augmentation where the batch lives, and
+turning trained folders into one calibrated ensemble - the path the shipped model took."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_training import REPO, _args
+
+import train_hf  # noqa: E402  (test_training put the repository on sys.path)
+from tumor_classifier import CLASS_NAMES, TumorClassifier, TumorClassifierError, find_duplicates
+from tumor_classifier.data import image_sources, load_mri_dataset
+from tumor_classifier.preprocessing import MRIPreprocessor
+from tumor_classifier.training import (
+    MRITrainingArguments,
+    PixelDataset,
+    build_trainer,
+    collate_pixels,
+    make_ensemble,
+    prepare_pixels,
+    read_pixel_pack,
+)
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("packs")
+    lossless, lossy = folder / "png.npz", folder / "jpeg.npz"
+    train_hf.main(_args(data_dir, folder / "unused", "--write_pixel_pack", str(lossless), "--pixel_cache_dir", ""))
+    train_hf.main(_args(data_dir, folder / "unused", "--write_pixel_pack", str(lossy), "--pixel_pack_jpeg_quality", "95", "--pixel_cache_dir", ""))
+    return lossless, lossy
+
+
+def test_pack_holds_the_prepared_splits_and_the_duplicate_check(packs, data_dir):
+    lossless, lossy = packs
+    pack = read_pixel_pack(lossless)
+    data = load_mri_dataset(data_dir)  # the same carving train_hf.py uses by default
+    preprocessor = MRIPreprocessor(size=64)
+    assert pack.preprocessor == preprocessor and pack.class_names == list(CLASS_NAMES)
+    for name in ("train", "validation", "test"):
+        pixels, labels = prepare_pixels(data[name], preprocessor, cache_dir=None)
+        np.testing.assert_array_equal(pack.arrays[name][0], pixels)  # PNG is lossless
+        np.testing.assert_array_equal(pack.arrays[name][1], labels)
+    duplicates = find_duplicates(image_sources(data["train"]) + image_sources(data["validation"]), image_sources(data["test"]))
+    assert list(pack.test_clean) == duplicates.clean_queries
+    assert pack.duplicates == duplicates.summary()
+
+    jpeg = read_pixel_pack(lossy)
+    assert jpeg.jpeg_quality == 95 and pack.jpeg_quality is None
+    error = np.abs(jpeg.arrays["train"][0].astype(int) - pack.arrays["train"][0].astype(int)).mean()
+    assert 0 < error < 2.0  # lossy, by less than two grey levels on average
+
+
+def test_training_from_a_pack_reads_no_image(packs, tmp_path):
+    lossless, _ = packs
+    output = tmp_path / "model"
+    # A data_dir that does not exist: every pixel must come from the pack.
+    result = train_hf.main(_args(tmp_path / "no-such-folder", output, "--max_steps", "1", "--pixel_pack", str(lossless),
+                                 "--save_strategy", "no", "--load_best_model_at_end", "false"))  # fmt: skip
+    metrics = json.loads((output / "metrics.json").read_text())
+    pack = read_pixel_pack(lossless)
+    assert metrics["test"]["n"] == len(pack.arrays["test"][1])
+    assert metrics["test_without_near_duplicates"]["n"] == len(pack.test_clean) == metrics["duplicates"]["without_near_duplicate"]
+    assert metrics["training"]["data"] == str(lossless)
+    assert result.metrics["training"]["global_steps"] == 1
+    assert (output / "log_history.json").is_file()
+    assert TumorClassifier.from_pretrained(output).predict_proba(np.zeros((64, 64), np.uint8)).shape == (1, 4)
+
+
+def test_a_pack_made_with_other_settings_is_refused(packs, tmp_path):
+    lossless, _ = packs
+    args = _args(tmp_path, tmp_path / "model", "--max_steps", "1", "--pixel_pack", str(lossless))
+    args[args.index("--image_size") + 1] = "96"
+    with pytest.raises(TumorClassifierError, match="prepared with .* this run asks for"):
+        train_hf.main(args)
+    with pytest.raises(TumorClassifierError, match="not a pixel pack"):
+        np.savez(tmp_path / "other.npz", x=np.zeros(3))
+        train_hf.main(_args(tmp_path, tmp_path / "model", "--max_steps", "1", "--pixel_pack", str(tmp_path / "other.npz")))
+
+
+def test_batches_are_augmented_while_training_only(tmp_path):
+    preprocessor = MRIPreprocessor(size=32)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    model = torch.nn.Linear(1, 1)  # never called: only the input preparation is under test
+    args = MRITrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    trainer = build_trainer(model, preprocessor, PixelDataset(pixels), None, args)
+    batch = collate_pixels([{"pixels": torch.from_numpy(p)} for p in pixels])
+    assert batch["pixels"].dtype == torch.uint8  # what travels to the device
+    plain = preprocessor.normalize(torch.from_numpy(pixels))
+    model.eval()
+    torch.testing.assert_close(trainer._prepare_inputs(dict(batch))["pixel_values"], plain)
+    model.train()
+    augmented = trainer._prepare_inputs(dict(batch))["pixel_values"]
+    assert augmented.shape == plain.shape and not torch.allclose(augmented, plain)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("members")
+    for seed in (0, 1):
+        train_hf.main(_args(data_dir, folder / f"seed{seed}", "--max_steps", "2", "--seed", str(seed),
+                            "--save_strategy", "no", "--load_best_model_at_end", "false"))  # fmt: skip
+    return [folder / "seed0", folder / "seed1"]
+
+
+def test_make_ensemble_writes_a_calibrated_folder_that_loads_and_reports(members, data_dir, tmp_path):
+    output = tmp_path / "ensemble"
+    result = make_ensemble(members, output, data_dir=str(data_dir), pixel_cache_dir=None)
+    manifest = json.loads((output / "ensemble.json").read_text())
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert manifest["temperature"] == pytest.approx(metrics["calibration"]["temperature"]) and manifest["temperature"] > 0
+    assert [m["seed"] for m in metrics["members"]] == [0, 1]
+    for name in manifest["members"]:
+        assert {"config.json", "model.safetensors", "train_config.json"} <= {p.name for p in (output / "members" / name).iterdir()}
+    assert metrics["test"]["n"] == 12 and metrics["test_without_near_duplicates"]["n"] == metrics["duplicates"]["without_near_duplicate"]
+    card = (output / "README.md").read_text()
+    assert "ensemble of 2" in card and "not a medical device" in card and "| 1 | 1 |" in card
+
+    # The reported test figures are those of the folder as loaded by the estimator.
+    clf = TumorClassifier.from_pretrained(output)
+    data = load_mri_dataset(data_dir)
+    proba = clf.predict_proba(image_sources(data["test"]))
+    labels = np.asarray(data["test"]["label"])
+    assert np.mean(proba.argmax(1) == labels) == pytest.approx(result.metrics["test"]["accuracy"])
+    [explanation] = clf.explain(image_sources(data["test"])[0], method="gradcam")
+    assert explanation.attribution.max() <= 1.0
+
+
+def test_members_validated_on_different_splits_are_refused(members, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "metrics.json"):
+        (other / name).write_bytes((members[1] / name).read_bytes())
+    config = json.loads((members[1] / "train_config.json").read_text())
+    config["data"]["split_seed"] = 7
+    (other / "train_config.json").write_text(json.dumps(config))
+    with pytest.raises(TumorClassifierError, match="different splits"):
+        make_ensemble([members[0], other], tmp_path / "ensemble")
+    with pytest.raises(TumorClassifierError, match="no train_config.json"):
+        make_ensemble([members[0], tmp_path], tmp_path / "ensemble")
+
+
+def test_ensemble_command_prints_the_calibration_and_figures(members, data_dir, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "tumor_classifier.cli", "ensemble", *map(str, members), "--out", str(tmp_path / "e"), "--data", str(data_dir)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "ensemble of 2 written to" in completed.stdout and "test_without_near_duplicates" in completed.stdout
+    assert (Path(tmp_path) / "e" / "ensemble.json").is_file()
