@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
@@ -122,10 +124,6 @@ def write_pixel_pack(path: str | Path, pack: PixelPack, jpeg_quality: int | None
     data set travel to a lent GPU machine beside the code (64 MiB there)."""
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
         raise TumorClassifierError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}.")
-    import io
-
-    from PIL import Image
-
     fields: dict[str, np.ndarray] = {
         "format": np.array(PIXEL_PACK_FORMAT),
         "preprocessor": np.array(json.dumps(asdict(pack.preprocessor))),
@@ -141,7 +139,7 @@ def write_pixel_pack(path: str | Path, pack: PixelPack, jpeg_quality: int | None
             else:
                 Image.fromarray(image).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
             encoded.append(buffer.getvalue())
-        fields[f"{name}_png"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        fields[f"{name}_images"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         fields[f"{name}_offsets"] = np.cumsum([0] + [len(data) for data in encoded]).astype(np.int64)
         fields[f"{name}_labels"] = np.asarray(labels, dtype=np.int64)
     if pack.test_clean is not None:
@@ -159,10 +157,6 @@ def read_pixel_pack(path: str | Path) -> PixelPack:
     Raises:
         TumorClassifierError: The file is missing or not a pixel pack.
     """
-    import io
-
-    from PIL import Image
-
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -172,7 +166,7 @@ def read_pixel_pack(path: str | Path) -> PixelPack:
             raise TumorClassifierError(f"{path} is not a pixel pack written by --write_pixel_pack ({PIXEL_PACK_FORMAT}).")
         arrays = {}
         for name in (key[: -len("_labels")] for key in data.files if key.endswith("_labels")):
-            blob, offsets = data[f"{name}_png"].tobytes(), data[f"{name}_offsets"]
+            blob, offsets = data[f"{name}_images"].tobytes(), data[f"{name}_offsets"]
             pixels = [np.asarray(Image.open(io.BytesIO(blob[a:b]))) for a, b in zip(offsets[:-1], offsets[1:])]
             arrays[name] = (np.stack(pixels) if pixels else np.empty((0, 0, 0), np.uint8), data[f"{name}_labels"])
         meta = json.loads(str(data["meta"]))
