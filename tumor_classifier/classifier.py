@@ -26,6 +26,7 @@ from .attributions import METHODS, compute_attributions, default_method, overlay
 from .data import NO_TUMOR
 from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
 from .exceptions import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifierError
+from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
 from .models import create_model
 from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
@@ -543,21 +544,16 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         return explanations
 
 
-def _is_model_folder(path: Path) -> bool:
-    """A single model (``config.json``) or an ensemble (``ensemble.json``)."""
-    return (path / "config.json").is_file() or is_ensemble_folder(path)
-
-
 def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None) -> Path:
     if source is None:
-        if not _is_model_folder(DEFAULT_MODEL_DIR):
+        if not is_model_folder(DEFAULT_MODEL_DIR):
             raise ModelLoadError(
                 f"No default model is shipped in {DEFAULT_MODEL_DIR}; pass a model folder or Hub id."
             )
         return DEFAULT_MODEL_DIR
     path = Path(source).expanduser()
     if path.is_dir():
-        if not _is_model_folder(path):
+        if not is_model_folder(path):
             raise ModelLoadError(
                 f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
                 "save_pretrained, train_hf.py or build_ensemble."

@@ -107,15 +107,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
+    for name in splits:
+        if name in metrics:
+            m = metrics[name]
+            print(f"{name:<30} n={m['n']:<5} accuracy={m['accuracy']:.4f} macro F1={m['f1_macro']:.4f}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_dataset
 
     classifier = _load(args.model)
     result = evaluate_dataset(classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None), batch_size=args.batch_size)
-    for name in ("test", "test_without_near_duplicates"):
-        if name in result.metrics:
-            m = result.metrics[name]
-            print(f"{name:<30} n={m['n']:<5} accuracy={m['accuracy']:.4f} macro F1={m['f1_macro']:.4f}")
+    _print_figures(result.metrics, ("test", "test_without_near_duplicates"))
     print(f"report written to {args.out}: " + ", ".join(p.name for p in result.files))
     return 0
 
@@ -127,9 +131,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     calibration = result.metrics["calibration"]
     print(f"ensemble of {len(args.members)} written to {args.out}: temperature {calibration['temperature']:.3f}, "
           f"validation ECE {calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
-    for name in ("validation", "test", "test_without_near_duplicates"):
-        m = result.metrics[name]
-        print(f"{name:<30} n={m['n']:<5} accuracy={m['accuracy']:.4f} macro F1={m['f1_macro']:.4f}")
+    _print_figures(result.metrics, ("validation", "test", "test_without_near_duplicates"))
     return 0
 
 

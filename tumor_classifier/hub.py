@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .ensemble import ENSEMBLE_CONFIG_NAME, is_ensemble_folder
 from .exceptions import ModelLoadError
 
 #: Files of a model folder that are never uploaded (Trainer checkpoints, optimizer state).
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "run-*", "run-*/**", "*.bin", "*.pt", "*.pth", "runs/**", "*.tmp*"]
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """A saved single model (``config.json``) or ensemble (``ensemble.json``)."""
+    return (Path(path) / "config.json").is_file() or is_ensemble_folder(path)
 
 
 def push_folder_to_hub(
@@ -29,10 +35,9 @@ def push_folder_to_hub(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    # A single model has config.json; an ensemble has ensemble.json and members/ instead.
-    if not ((folder / "config.json").is_file() or (folder / "ensemble.json").is_file()):
+    if not is_model_folder(folder):
         raise ModelLoadError(
-            f"{folder} is not a saved model folder (no config.json nor ensemble.json); save_pretrained it first."
+            f"{folder} is not a saved model folder (no config.json nor {ENSEMBLE_CONFIG_NAME}); save_pretrained it first."
         )
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

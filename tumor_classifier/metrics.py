@@ -48,6 +48,15 @@ def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, n_bins: in
     return float(ece)
 
 
+def calibration_summary(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
+    """The temperature and the expected calibration error before and after it."""
+    return {
+        "temperature": float(temperature),
+        "validation_ece_before": expected_calibration_error(softmax(logits), y_true),
+        "validation_ece_after": expected_calibration_error(softmax(logits, temperature), y_true),
+    }
+
+
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray, max_iter: int = 200) -> float:
     """Temperature that minimises the negative log-likelihood of ``logits`` (Guo et al. 2017).
 

@@ -32,7 +32,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from .data import BINARY_CLASS_NAMES, CLASS_NAMES, find_duplicates, image_sources, load_mri_dataset
 from .exceptions import TumorClassifierError
-from .metrics import classification_metrics, expected_calibration_error, fit_temperature, softmax
+from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
 from .models import create_model
 from .preprocessing import PREPROCESSING_VERSION, AugmentationConfig, BatchAugmenter, MRIPreprocessor
 
@@ -490,6 +490,11 @@ def _load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_na
     return pack
 
 
+def _reliability(val_logits: np.ndarray, val_labels: np.ndarray, temperature: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Validation probabilities before and after calibration, for the reliability diagram."""
+    return {"before": (softmax(val_logits), val_labels), "after": (softmax(val_logits, temperature), val_labels)}
+
+
 def _duplicate_check(data) -> Any:
     references = image_sources(data["train"]) + image_sources(data["validation"])
     return find_duplicates(references, image_sources(data["test"]))
@@ -571,11 +576,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     val_logits = predict_logits(trainer, sets["validation"])
     val_labels = arrays["validation"][1]
     temperature = fit_temperature(val_logits, val_labels) if model_args.calibrate else 1.0
-    calibration = {
-        "temperature": temperature,
-        "validation_ece_before": expected_calibration_error(softmax(val_logits), val_labels),
-        "validation_ece_after": expected_calibration_error(softmax(val_logits, temperature), val_labels),
-    }
+    calibration = calibration_summary(val_logits, val_labels, temperature)
     if model_args.calibrate:
         fold_temperature(model, temperature)
     metrics: dict[str, Any] = {
@@ -617,9 +618,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         (output_dir / "train_config.json").write_text(
             json.dumps({"data": asdict(data_args), "model": asdict(model_args), "training": training_args.to_dict()}, indent=2, default=str) + "\n"
         )
-        val_proba_before = softmax(val_logits)
         write_model_card(output_dir, metrics, trainer.state.log_history, class_names,
-                         reliability={"before": (val_proba_before, val_labels), "after": (softmax(val_logits, temperature), val_labels)})
+                         reliability=_reliability(val_logits, val_labels, temperature))
         for leftover in ("training_args.bin",):
             (output_dir / leftover).unlink(missing_ok=True)
     if push_to_hub and trainer.is_world_process_zero():
@@ -697,26 +697,26 @@ def make_ensemble(
     test_proba = softmax(_batched_logits(ensemble, test_pixels, preprocessor))
     duplicates = _duplicate_check(data)
     clean = duplicates.clean_queries
+    trained = [  # what train_hf.py recorded of each member's run
+        json.loads((folder / "metrics.json").read_text()).get("training", {}) if (folder / "metrics.json").is_file() else {}
+        for folder in folders
+    ]
     members = []
-    for folder, config, member in zip(folders, configs, ensemble.members):
-        member_metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    for folder, config, run, member in zip(folders, configs, trained, ensemble.members):
         predicted = _batched_logits(member, val_pixels, preprocessor).argmax(axis=1)
         members.append({
             "source": str(folder),
             "seed": config["training"].get("seed"),
-            "epochs_run": member_metrics.get("training", {}).get("epochs_run"),
+            "epochs_run": run.get("epochs_run"),
             "validation_accuracy": float(np.mean(predicted == val_labels)),
         })  # fmt: skip
-    first = json.loads((folders[0] / "metrics.json").read_text()).get("training", {}) if (folders[0] / "metrics.json").is_file() else {}
     metrics: dict[str, Any] = {
         "validation": classification_metrics(val_labels, softmax(val_logits, temperature), class_names),
         "test": classification_metrics(test_labels, test_proba, class_names),
         "test_without_near_duplicates": classification_metrics(test_labels[clean], test_proba[clean], class_names),
         "calibration": {
-            "temperature": float(temperature),
+            **calibration_summary(val_logits, val_labels, temperature),
             "applied": "to the mean of the members' logits, at forward time (ensemble.json)",
-            "validation_ece_before": expected_calibration_error(softmax(val_logits), val_labels),
-            "validation_ece_after": expected_calibration_error(softmax(val_logits, temperature), val_labels),
         },
         "duplicates": duplicates.summary(),
         "members": members,
@@ -724,8 +724,8 @@ def make_ensemble(
             "backbone": configs[0]["model"]["backbone"],
             "from_scratch": configs[0]["model"]["from_scratch"],
             "image_size": preprocessor.size,
-            "epochs_run": first.get("epochs_run", 0),
-            "train_images": first.get("train_images"),
+            "epochs_run": trained[0].get("epochs_run", 0),
+            "train_images": trained[0].get("train_images"),
             "ensemble_members": len(folders),
             "data": str(data_args.data_dir),
         },
@@ -735,6 +735,5 @@ def make_ensemble(
     for folder, name in zip(folders, names):  # each member keeps its exact recipe
         shutil.copy(folder / "train_config.json", output_dir / "members" / name / "train_config.json")
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_model_card(output_dir, metrics, [], class_names,
-                     reliability={"before": (softmax(val_logits), val_labels), "after": (softmax(val_logits, temperature), val_labels)})
+    write_model_card(output_dir, metrics, [], class_names, reliability=_reliability(val_logits, val_labels, temperature))
     return TrainingResult(output_dir, metrics)
