@@ -46,6 +46,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import base64  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
+import stat  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -419,17 +421,50 @@ def predict_scan(
 
 
 # -- Gradio ----------------------------------------------------------------------------
+#: Said for every file path the app will not read: missing, outside Gradio's upload
+#: folder, a link, a directory, a device. One message, so an answer never tells which
+#: files exist on the server.
+UPLOAD_NOT_FOUND = "The uploaded file could not be found on the server; upload the image again."
+
+
+def _uploaded_file(path: Any) -> Path:
+    """``path`` if it is a regular file that Gradio received, inside its upload folder.
+
+    A client writes the ``path`` of a ``FileData`` payload itself, so it is checked here
+    and not trusted: resolved (``..``, links) and required to lie in Gradio's upload
+    folder or :data:`EXAMPLES_DIR`, and to be a regular file, checked without opening it
+    (a FIFO or a device would block or never end).
+
+    Raises:
+        InvalidImageError: :data:`UPLOAD_NOT_FOUND`, whatever the reason.
+    """
+    from gradio.utils import get_upload_folder
+
+    try:
+        resolved = Path(os.path.realpath(os.fspath(path)))
+        roots = [Path(os.path.realpath(get_upload_folder())), Path(os.path.realpath(EXAMPLES_DIR))]
+        inside = any(resolved != root and resolved.is_relative_to(root) for root in roots)
+        regular = inside and stat.S_ISREG(os.stat(resolved).st_mode)
+    except (OSError, TypeError, ValueError):
+        regular = False
+    if not regular:
+        raise InvalidImageError(UPLOAD_NOT_FOUND)
+    return resolved
+
+
 def _upload_source(payload: Any) -> Any:
     """The file behind a raw ``gr.Image`` payload (the event runs with ``preprocess=False``).
 
     ``gr.Image`` would open every upload with PIL before the event runs, so a corrupt or
     huge file would fail there with a generic error; the app takes the uploaded file's
-    path (Gradio has already checked it lies in its upload folder) and lets
-    :func:`check_scan` say what is wrong. A pasted image may arrive as a data URL.
+    path, checked by :func:`_uploaded_file`, and lets :func:`check_scan` say what is
+    wrong with its content. A pasted image may arrive as a data URL.
     """
+    if isinstance(payload, (str, os.PathLike)):
+        return _uploaded_file(payload)
     if isinstance(payload, dict):
         if payload.get("path"):
-            return payload["path"]
+            return _uploaded_file(payload["path"])
         url = payload.get("url") or ""
         if url.startswith("data:") and "," in url:
             try:
@@ -623,13 +658,27 @@ def report_to_json(report: ScanReport, *, include_overlay: bool = False) -> dict
     ).model_dump(by_alias=True)
 
 
+#: Gradio routes whose rest of the path may be a URL the server would fetch.
+_FETCHING_ROUTE = re.compile(r"/gradio_api/(?:file=|file/|proxy=)(?P<target>.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _names_a_url(path: str) -> bool:
+    """Whether a request path asks one of Gradio's file routes for an outside URL."""
+    match = _FETCHING_ROUTE.search(path)
+    if match is None:
+        return False
+    target = match["target"].strip().lower()
+    return "://" in target or target.startswith(("http:", "https:", "//", "\\\\"))
+
+
 class _Guard:
     """ASGI middleware: upload size limit for the REST route, no outside fetches.
 
     * ``/api/v1/predict``: a ``Content-Length`` above the limit is answered 413 before
       the body is read; a body without one is counted as it arrives and cut off.
-    * Gradio's ``/gradio_api/file=<http url>`` makes the server fetch that URL; the app
-      serves its own files only, so such requests get 403.
+    * Gradio's ``/gradio_api/file=<url>`` (and the older ``/gradio_api/file/<url>``, and
+      ``/gradio_api/proxy=<url>``) make the server fetch that URL; the app serves its own
+      files only, so such requests get 403.
     """
 
     def __init__(self, app, *, path: str, max_bytes: int):
@@ -641,8 +690,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        target = path.split("file=", 1)[1].lower() if "file=" in path else ""
-        if target.startswith(("http:", "https:", "//")):
+        if _names_a_url(path):
             return await JSONResponse({"detail": "This app serves only its own files."}, status_code=403)(scope, receive, send)
         if path.rstrip("/") != self.path:
             return await self.app(scope, receive, send)
@@ -765,7 +813,7 @@ def build_app(
 
     api.add_middleware(_Guard, path="/api/v1/predict", max_bytes=max_upload_bytes)
     demo = build_demo(classifier, batch=batch, max_batch_size=max_batch_size)
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         api,
         demo,
         path="/",
@@ -777,6 +825,12 @@ def build_app(
         mcp_server=False,
         show_error=True,
     )
+    # Gradio checks that a request's files lie in its upload folder only once the Blocks
+    # "has launched", which mount_gradio_app never marks (launch() does): without this,
+    # a request naming any server path has that file copied into Gradio's cache before
+    # the event runs. _uploaded_file checks again inside the event.
+    demo.has_launched = True
+    return app
 
 
 # -- serving -----------------------------------------------------------------------------
