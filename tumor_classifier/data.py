@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 BINARY_CLASS_NAMES = ("notumor", "tumor")
 NO_TUMOR = "notumor"
+#: Label of images known to show a tumour of unknown type (e.g. Br35H): the training loss
+#: asks only that the tumour classes together be probable.
+ANY_TUMOR = -1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 #: pHash Hamming distance at or below which two images count as near duplicates.
 NEAR_DUPLICATE_DISTANCE = 4
@@ -403,6 +406,91 @@ def find_duplicates(
         nearest[start : start + 256] = block.argmin(axis=1)
         distances[start : start + 256] = block.min(axis=1)
     return DuplicateReport(exact, distances, nearest, threshold)
+
+
+def near_duplicate_groups(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_DISTANCE) -> np.ndarray:
+    """Groups images that are near duplicates of each other, transitively.
+
+    Two images whose pHash Hamming distance is at most ``threshold`` share a group, and so
+    does everything chained to them (union-find), so a slice re-saved at three sizes is
+    one group even when its first and last copy are further apart.
+
+    Args:
+        hashes: 64-bit pHashes (:attr:`ImageFingerprint.phash`), one per image.
+        threshold: Largest distance that joins two images.
+
+    Returns:
+        int64 array (n,): a group id per image, ids numbered 0.. in order of first image.
+    """
+    codes = np.asarray(list(hashes), dtype=np.uint64)
+    parent = np.arange(len(codes))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(codes), 256):  # bounded memory, as in find_duplicates
+        block = _hamming_matrix(codes[start : start + 256], codes)
+        for a, b in zip(*np.nonzero(block <= threshold)):
+            ra, rb = root(start + int(a)), root(int(b))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    roots = [root(i) for i in range(len(codes))]
+    ids: dict[int, int] = {}
+    return np.array([ids.setdefault(r, len(ids)) for r in roots], dtype=np.int64)
+
+
+def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Splits image indices by group, so that no group straddles the two parts.
+
+    Groups are shuffled with ``seed`` and taken whole into the second part until it holds
+    about ``fraction`` of the images.
+
+    Args:
+        groups: int array (n,), from :func:`near_duplicate_groups`.
+        fraction: Target share of images in the second part (validation), in (0, 1).
+        seed: Seed of the shuffle.
+
+    Returns:
+        ``(first, second)``: sorted int64 index arrays.
+
+    Raises:
+        InvalidDatasetError: ``fraction`` outside (0, 1), or fewer than two groups.
+    """
+    groups = np.asarray(groups)
+    if not 0 < fraction < 1:
+        raise InvalidDatasetError(f"The validation fraction must lie between 0 and 1; got {fraction}.")
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        raise InvalidDatasetError(f"A group split needs at least two groups of images; got {len(unique)}.")
+    order = np.random.default_rng(seed).permutation(unique)
+    sizes = np.array([np.count_nonzero(groups == g) for g in order])
+    # Whole groups until the target is reached; at least one group on each side.
+    taken = min(max(int(np.searchsorted(np.cumsum(sizes), fraction * len(groups))) + 1, 1), len(order) - 1)
+    second = np.isin(groups, order[:taken])
+    return np.flatnonzero(~second), np.flatnonzero(second)
+
+
+def load_tumour_only_images(directories: Sequence[str | os.PathLike]) -> list[str]:
+    """Image paths of folders whose images all show a tumour of unknown type (Br35H).
+
+    Every image file below each folder counts (sorted, so splits repeat).
+
+    Raises:
+        InvalidDatasetError: A folder is missing or holds no image.
+    """
+    paths: list[str] = []
+    for directory in directories:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise InvalidDatasetError(f"The tumour-only image folder {directory} does not exist or is not a folder.")
+        found = sorted(str(p) for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise InvalidDatasetError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found below {directory}.")
+        paths += found
+    return paths
 
 
 @dataclass

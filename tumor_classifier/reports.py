@@ -79,6 +79,16 @@ def write_model_card(
         "the head, as in training."
     )
     applied = calibration.get("applied", "by folding it into the head")
+    tumour_only = metrics.get("validation_tumour_only")
+    tumour_only_text = ""
+    if tumour_only:
+        sources = ", ".join(map(str, tumour_only.get("sources", []))) or "images labelled only 'tumour'"
+        tumour_only_text = (
+            f"\nTumour-only validation ({sources}; type unknown, held out by near-duplicate group): "
+            f"{tumour_only['images']} images, tumour sensitivity {_pct(tumour_only['sensitivity'])} "
+            f"(share not called notumor). {tumour_only.get('train_images', 0)} more such images were "
+            "trained on with the partial-label loss.\n"
+        )
     curves = "![loss](loss_curve.png) ![accuracy](accuracy_curve.png) " if log_history else ""
     card = f"""---
 library_name: transformers
@@ -113,7 +123,7 @@ clf.predict(["scan.jpg"]), clf.predict_proba(["scan.jpg"])
 ## Evaluation
 
 {metrics_table(sections)}
-
+{tumour_only_text}
 `test_without_near_duplicates` keeps only the {duplicates.get('without_near_duplicate', '?')} test images
 with no near duplicate (pHash Hamming distance <= 4) in the training data: the full test split
 overlaps training ({duplicates.get('byte_identical', '?')} byte-identical images), so its accuracy is inflated.

@@ -30,7 +30,20 @@ from PIL import Image
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
-from .data import BINARY_CLASS_NAMES, CLASS_NAMES, find_duplicates, image_sources, load_mri_dataset
+from .data import (
+    ANY_TUMOR,
+    BINARY_CLASS_NAMES,
+    CLASS_NAMES,
+    NO_TUMOR,
+    find_duplicates,
+    fingerprint,
+    group_split,
+    image_sources,
+    load_mri_dataset,
+    load_tumour_only_images,
+    near_duplicate_groups,
+)
+from .label_audit import apply_label_audit_to_dataset, read_label_audit
 from .exceptions import TumorClassifierError
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
 from .models import create_model
@@ -229,15 +242,24 @@ def make_loss_function(
     weights: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
     focal_gamma: float = 2.0,
+    tumor_columns: Sequence[int] | None = None,
 ) -> Callable:
     """A ``compute_loss_func`` for the Trainer.
 
+    Images labelled :data:`~tumor_classifier.data.ANY_TUMOR` (-1: "a tumour, type
+    unknown", e.g. Br35H) get the partial-label loss ``-log(sum of the tumour classes'
+    probabilities)``: the model is told "not notumor" and nothing about the type. The
+    batch loss is the mean over all images of their own terms.
+
     Args:
         kind: ``"cross_entropy"``, ``"weighted_cross_entropy"`` (needs ``weights``) or
-            ``"focal"`` (Lin et al. 2017; ``weights`` act as its alpha if given).
+            ``"focal"`` (Lin et al. 2017; ``weights`` act as its alpha if given), for the
+            images with a class label.
         weights: float (k,) class weights.
         label_smoothing: Label smoothing of the cross-entropy terms.
         focal_gamma: Focusing parameter of the focal loss.
+        tumor_columns: Logit columns of the tumour classes; needed when a batch holds
+            ANY_TUMOR labels.
 
     Raises:
         TumorClassifierError: Unknown kind, or weighted loss without weights.
@@ -247,35 +269,60 @@ def make_loss_function(
     if kind == "weighted_cross_entropy" and weights is None:
         raise TumorClassifierError("weighted_cross_entropy needs class weights.")
     use_weights = weights if kind != "cross_entropy" else None
+    tumor_index = None if tumor_columns is None else torch.as_tensor(list(tumor_columns), dtype=torch.long)
+
+    def labelled_terms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-image loss of images with a class label, shape (m,)."""
+        w = None if use_weights is None else use_weights.to(logits.device)
+        ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+        if kind == "focal":
+            p_true = F.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1).exp()
+            ce = (1 - p_true) ** focal_gamma * ce
+        return ce if w is None else ce * w[labels]
 
     def loss_function(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         logits = logits.float()
-        w = None if use_weights is None else use_weights.to(logits.device)
-        if kind != "focal":
-            return F.cross_entropy(logits, labels, weight=w, label_smoothing=label_smoothing)
+        unknown = labels == ANY_TUMOR
+        if not bool(unknown.any()):
+            if kind == "cross_entropy" or (kind == "weighted_cross_entropy" and use_weights is None):
+                return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            if kind == "weighted_cross_entropy":
+                return F.cross_entropy(logits, labels, weight=use_weights.to(logits.device), label_smoothing=label_smoothing)
+            return labelled_terms(logits, labels).mean()
+        if tumor_index is None:
+            raise TumorClassifierError("Images labelled 'tumour, type unknown' need the loss's tumor_columns.")
         log_p = F.log_softmax(logits, dim=-1)
-        ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
-        p_true = log_p.gather(1, labels[:, None]).squeeze(1).exp()
-        loss = (1 - p_true) ** focal_gamma * ce
-        if w is not None:
-            loss = loss * w[labels]
-        return loss.mean()
+        partial = -torch.logsumexp(log_p[unknown][:, tumor_index.to(logits.device)], dim=-1)
+        known = labelled_terms(logits[~unknown], labels[~unknown]) if bool((~unknown).any()) else logits.new_zeros(0)
+        return (known.sum() + partial.sum()) / labels.shape[0]
 
     return loss_function
 
 
-def compute_eval_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    """Trainer metrics on validation: accuracy and macro F1 (scikit-learn)."""
+def tumor_columns_of(class_names: Sequence[str]) -> list[int]:
+    """Indices of the tumour classes (every class but notumor)."""
+    return [i for i, name in enumerate(class_names) if name != NO_TUMOR]
+
+
+def compute_eval_metrics(prediction: EvalPrediction, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
+    """Trainer metrics on validation: accuracy and macro F1 (scikit-learn) of the images
+    with a class label and, when the validation set holds ANY_TUMOR images, their
+    sensitivity (``tumour_only_sensitivity``: share not called notumor)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     predicted = np.asarray(logits).argmax(axis=-1)
     labels = np.asarray(prediction.label_ids)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "f1_macro": float(f1_score(labels, predicted, average="macro")),
-    }
+    known = labels >= 0
+    metrics = {}
+    if known.any():
+        metrics["accuracy"] = float(accuracy_score(labels[known], predicted[known]))
+        metrics["f1_macro"] = float(f1_score(labels[known], predicted[known], average="macro"))
+    unknown = labels == ANY_TUMOR
+    if unknown.any():
+        metrics["tumour_only_sensitivity"] = float(np.mean(predicted[unknown] != list(class_names).index(NO_TUMOR)))
+    return metrics
 
 
 class MRITrainer(Trainer):
@@ -323,6 +370,17 @@ class DataArguments:
     pixel_pack_jpeg_quality: int | None = field(
         default=None, metadata={"help": "Store the pack's images as JPEG of this quality (smaller) instead of lossless PNG."}
     )
+    label_audit: str | None = field(
+        default=None,
+        metadata={"help": "CSV of training files to exclude or relabel (configs/label_audit.csv; see tumor_classifier.label_audit)."},
+    )
+    tumour_only_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Folders of images that all show a tumour of unknown type (e.g. br35h-tumor); trained with the partial-label loss."},
+    )
+    tumour_only_validation_size: float = field(
+        default=0.2, metadata={"help": "Share of the tumour-only images held out for validation, split by near-duplicate group."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images (for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation and test images."})
     rotation: float = field(default=15.0, metadata={"help": "Augmentation: largest rotation in degrees."})
@@ -335,6 +393,10 @@ class DataArguments:
     gamma: float = field(default=0.3, metadata={"help": "Augmentation: largest log2 gamma change."})
     noise: float = field(default=0.03, metadata={"help": "Augmentation: largest Gaussian noise sigma (0-1 scale)."})
     blur: float = field(default=0.2, metadata={"help": "Augmentation: probability of a light blur."})
+    invert: float = field(default=0.0, metadata={"help": "Augmentation: probability of a contrast inversion inside the head."})
+    bezier: float = field(default=0.0, metadata={"help": "Augmentation: probability of a random Bezier intensity curve."})
+    bezier_nonmonotone: float = field(default=0.0, metadata={"help": "Augmentation: share of the Bezier curves that are non-monotone."})
+    gin: float = field(default=0.0, metadata={"help": "Augmentation: probability of a random shallow conv net (GIN) blended in."})
 
     def augmentation(self) -> AugmentationConfig:
         return AugmentationConfig(**{k: getattr(self, k) for k in AugmentationConfig.__dataclass_fields__})
@@ -392,12 +454,15 @@ def build_trainer(
     loss_function: Callable | None = None,
     early_stopping_patience: int | None = None,
     model_init: Callable | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> MRITrainer:
     """The one Trainer used by ``train_hf.py`` and ``TumorClassifier.fit``."""
     callbacks = []
     if early_stopping_patience and eval_set is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     augmenter = BatchAugmenter(augmentation or AugmentationConfig(), seed=args.seed + args.process_index)
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    names = list(class_names or (id2label.values() if id2label else CLASS_NAMES))
     return MRITrainer(
         model=model,
         model_init=model_init,
@@ -408,7 +473,7 @@ def build_trainer(
         preprocessor=preprocessor,
         augmenter=augmenter,
         compute_loss_func=loss_function,
-        compute_metrics=compute_eval_metrics,
+        compute_metrics=lambda prediction: compute_eval_metrics(prediction, names),
         callbacks=callbacks,
     )
 
@@ -456,6 +521,10 @@ def _load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, traini
     data = load_mri_dataset(
         data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed
     )
+    if data_args.label_audit:
+        entries = read_label_audit(data_args.label_audit)
+        for name in ("train", "validation"):  # both carved from the training folder; never test
+            data[name] = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir)
     if data_args.max_train_samples:
         data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
     if data_args.max_eval_samples:
@@ -466,7 +535,35 @@ def _load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, traini
     first = training_args.main_process_first(desc="preparing pixels") if training_args else contextlib.nullcontext()
     with first:
         arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
+        if data_args.tumour_only_dirs:
+            arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
     return data, arrays
+
+
+def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The tumour-only images (label ANY_TUMOR), split train / validation by near-duplicate
+    group: a slice re-saved at several sizes lies wholly on one side, so validation
+    sensitivity is not inflated by copies of training images."""
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    paths = load_tumour_only_images(data_args.tumour_only_dirs)
+    groups = near_duplicate_groups([fingerprint(path).phash for path in paths])
+    parts = group_split(groups, data_args.tumour_only_validation_size, data_args.split_seed)
+    arrays = {}
+    for name, indices in zip(("train_tumour_only", "validation_tumour_only"), parts):
+        chosen = [paths[i] for i in indices]
+        split = Dataset.from_dict({"image": chosen, "path": chosen, "label": [ANY_TUMOR] * len(chosen)})
+        arrays[name] = prepare_pixels(split.cast_column("image", ImageFeature()), preprocessor, cache)
+    logger.info("tumour-only images: %d in %d near-duplicate groups; %d train, %d validation",
+                len(paths), groups.max() + 1, len(parts[0]), len(parts[1]))
+    return arrays
+
+
+def _joined(arrays: dict[str, tuple[np.ndarray, np.ndarray]], *names: str) -> "PixelDataset":
+    """One data set of the named splits that exist (e.g. Kaggle train + tumour-only train)."""
+    present = [arrays[name] for name in names if name in arrays]
+    return PixelDataset(np.concatenate([p for p, _ in present]), np.concatenate([y for _, y in present]))
 
 
 def _load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_names: Sequence[str]) -> PixelPack:
@@ -547,15 +644,21 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         )
 
     weights = class_weights(arrays["train"][1], len(class_names))
-    loss = make_loss_function(model_args.loss, weights=weights, label_smoothing=model_args.label_smoothing, focal_gamma=model_args.focal_gamma)
+    loss = make_loss_function(model_args.loss, weights=weights, label_smoothing=model_args.label_smoothing,
+                              focal_gamma=model_args.focal_gamma, tumor_columns=tumor_columns_of(class_names))
     common = dict(
         augmentation=data_args.augmentation(),
         loss_function=loss,
         early_stopping_patience=model_args.early_stopping_patience,
+        class_names=class_names,
     )
+    # The Trainer trains on Kaggle train plus the tumour-only train images, and evaluates
+    # on both validation parts (accuracy on the first, sensitivity on the second).
+    train_set = _joined(arrays, "train", "train_tumour_only")
+    eval_set = _joined(arrays, "validation", "validation_tumour_only")
     best = None
     if model_args.hp_search_trials > 0:
-        searcher = build_trainer(None, preprocessor, sets["train"], sets["validation"], training_args, model_init=make_model, **common)
+        searcher = build_trainer(None, preprocessor, train_set, eval_set, training_args, model_init=make_model, **common)
         run = searcher.hyperparameter_search(
             hp_space=_hp_space,
             backend="optuna",
@@ -569,7 +672,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             target = model_args if key == "dropout" else training_args
             setattr(target, key, value)
 
-    trainer = build_trainer(make_model(), preprocessor, sets["train"], sets["validation"], training_args, **common)
+    trainer = build_trainer(make_model(), preprocessor, train_set, eval_set, training_args, **common)
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     model = trainer.model
 
@@ -583,6 +686,14 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         "validation": classification_metrics(val_labels, softmax(val_logits, temperature), class_names),
         "calibration": calibration,
     }
+    if "validation_tumour_only" in sets:
+        predicted = predict_logits(trainer, sets["validation_tumour_only"]).argmax(axis=1)
+        metrics["validation_tumour_only"] = {
+            "images": int(len(predicted)),
+            "sensitivity": float(np.mean(predicted != list(class_names).index(NO_TUMOR))),
+            "train_images": int(len(sets["train_tumour_only"])) if "train_tumour_only" in sets else 0,
+            "sources": list(data_args.tumour_only_dirs),
+        }
     if "test" in sets:
         test_proba = softmax(predict_logits(trainer, sets["test"]))
         metrics["test"] = classification_metrics(arrays["test"][1], test_proba, class_names)
@@ -608,7 +719,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "train_runtime_s": float(train_output.metrics.get("train_runtime", float("nan"))),
             "device": str(training_args.device),
             "best_checkpoint": trainer.state.best_model_checkpoint,
-            "train_images": len(sets["train"]),
+            "train_images": len(train_set),
             "world_size": int(training_args.world_size),
             "hyperparameter_search": best,
             "data": str(data_args.pixel_pack or data_args.data_dir),
