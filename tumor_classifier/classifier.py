@@ -25,9 +25,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .attributions import METHODS, compute_attributions, default_method, overlay
 from .data import NO_TUMOR
 from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
-from .exceptions import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifierError
+from .exceptions import InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
+from .model_folder import load_image_classifier
 from .models import create_model
 from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
 from .quality import ImageQuality, assess_image
@@ -298,10 +299,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             **params: Estimator parameters to set (e.g. ``uncertainty_threshold``).
 
         Raises:
-            ModelLoadError: The folder or repository is missing or incomplete.
+            ModelLoadError: The folder or repository is missing, incomplete or invalid
+                (corrupt or pickle weights, a malformed config, an ensemble member outside
+                the folder); the message names the file and what is wrong.
         """
-        from transformers import AutoModelForImageClassification
-
         fixed = sorted(set(params) & {"image_size", "crop_to_head", "skull_strip", "backbone"})
         if fixed:
             raise TumorClassifierError(
@@ -310,15 +311,19 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             )
         folder = _resolve_model_folder(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         try:
+            # Every file is checked before transformers reads it (see model_folder): the
+            # preprocessing first, then the config and safetensors weights; never pickles.
+            has_preprocessing = (Path(folder) / "preprocessor_config.json").is_file()
+            preprocessor = MRIPreprocessor.from_pretrained(folder) if has_preprocessing else None
             if is_ensemble_folder(folder):
                 model = EnsembleForImageClassification.from_pretrained(folder)
             else:
-                model = AutoModelForImageClassification.from_pretrained(folder)
-            preprocessor = (
-                MRIPreprocessor.from_pretrained(folder)
-                if (Path(folder) / "preprocessor_config.json").is_file()
-                else MRIPreprocessor(size=int(getattr(model.config, "image_size", 224)))
-            )
+                model = load_image_classifier(folder)  # float32, whatever the stored dtype
+            if preprocessor is None:
+                preprocessor = MRIPreprocessor.from_hf_dict(
+                    {"size": getattr(model.config, "image_size", 224)},
+                    source=f"{Path(folder) / 'config.json'} (image_size; there is no preprocessor_config.json)",
+                )
         except ModelLoadError:
             raise  # already says which file or member failed
         except (OSError, ValueError) as error:  # includes malformed JSON
@@ -409,9 +414,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start : start + self.batch_size]
                 pixel_values = self._pixel_values(chunk)
-                proba = torch.softmax(self.model_(pixel_values=pixel_values).logits.float(), dim=-1)
+                proba = torch.softmax(_finite(self.model_(pixel_values=pixel_values).logits.float(), start), dim=-1)
                 if self.test_time_augmentation:
-                    mirrored = self.model_(pixel_values=pixel_values.flip(-1)).logits.float()
+                    mirrored = _finite(self.model_(pixel_values=pixel_values.flip(-1)).logits.float(), start)
                     proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
                 outputs.append(proba.cpu().numpy())
         return np.concatenate(outputs)
@@ -521,7 +526,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         if method == "gradcam" and not self.test_time_augmentation:
             # One forward + backward pass gives both the prediction and its Grad-CAM map.
             maps, logits = self._attributions(prepared, None, method, **options)
-            proba = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+            proba = torch.softmax(_finite(torch.from_numpy(logits).float(), 0), dim=-1).numpy()
         else:
             proba = self._proba(prepared)
             maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
@@ -542,6 +547,18 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 )
             )
         return explanations
+
+
+def _finite(logits: torch.Tensor, first: int) -> torch.Tensor:
+    """``logits`` (n, k) unchanged; a NaN or infinity would turn into NaN probabilities."""
+    bad = (~torch.isfinite(logits).all(dim=-1)).nonzero().flatten()
+    if bad.numel():
+        raise NonFiniteOutputError(
+            f"The model answered NaN or infinite logits for image {first + int(bad[0])} "
+            f"({bad.numel()} image(s) in this batch), so it has no probabilities to give. Its weights are "
+            "broken or overflow on this input; retrain or re-export the model."
+        )
+    return logits
 
 
 def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None) -> Path:

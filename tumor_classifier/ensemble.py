@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .exceptions import ModelLoadError, TumorClassifierError
+from .model_folder import load_image_classifier, read_json_limited, resolve_inside
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
 #: The file that marks a folder as an ensemble.
@@ -55,6 +56,8 @@ ENSEMBLE_CONFIG_NAME = "ensemble.json"
 ENSEMBLE_FORMAT = "tumor-classifier-ensemble"
 #: Sub-folder of an ensemble folder holding one transformers folder per member.
 MEMBERS_DIR = "members"
+#: Most members an ``ensemble.json`` may list (the shipped model has 4).
+MAX_MEMBERS = 64
 
 __all__ = [
     "ENSEMBLE_CONFIG_NAME",
@@ -186,21 +189,27 @@ class EnsembleForImageClassification(torch.nn.Module):
         """
         directory = Path(directory)
         path = directory / ENSEMBLE_CONFIG_NAME
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"Cannot read the ensemble description {path}: {error}") from error
+        manifest = read_json_limited(path)
         if not isinstance(manifest, dict) or manifest.get("format") != ENSEMBLE_FORMAT:
             raise ModelLoadError(f"{path} is not a {ENSEMBLE_FORMAT!r} description (its 'format' is missing or different).")
         combine = manifest.get("combine", "mean_logits")
         if combine != "mean_logits":
             raise ModelLoadError(f"{path} combines members by {combine!r}; this version supports 'mean_logits' only.")
         names = manifest.get("members")
-        if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
             raise ModelLoadError(f"{path} must list its member folders under 'members' (a non-empty list of names).")
-        members = [_load_member(directory / MEMBERS_DIR / name) for name in names]
+        if len(names) > MAX_MEMBERS:
+            raise ModelLoadError(f"{path} lists {len(names)} members; at most {MAX_MEMBERS} are accepted.")
+        temperature = manifest.get("temperature", 1.0)
         try:
-            return cls(members, temperature=manifest.get("temperature", 1.0)).eval()
+            temperature = _check_temperature(temperature)
+        except (TumorClassifierError, OverflowError) as error:  # OverflowError: a 400-digit integer
+            raise ModelLoadError(f"{path}: {error}") from error
+        # Every member must lie inside the ensemble folder: "../x", "/x" or a link out are refused.
+        folders = [resolve_inside(directory, Path(MEMBERS_DIR, name), what=str(path)) for name in names]
+        members = [_load_member(folder) for folder in folders]
+        try:
+            return cls(members, temperature=temperature).eval()
         except TumorClassifierError as error:
             raise ModelLoadError(f"The ensemble in {directory} is inconsistent: {error}") from error
 
@@ -210,11 +219,12 @@ def _load_member(folder: Path) -> PreTrainedModel:
 
     transformers 5 keeps the stored dtype by default; the ensemble stores half precision,
     so float32 is asked for explicitly (CPU kernels are slow or missing in float16).
+    The folder is checked first (see :func:`~tumor_classifier.model_folder.load_image_classifier`).
     """
     try:
-        model = AutoModelForImageClassification.from_pretrained(folder, dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"Could not load the ensemble member in {folder}: {error}") from error
+        model = load_image_classifier(folder)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"Could not load the ensemble member {folder}: {error}") from error
     wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.float32})
     if wrong:
         raise ModelLoadError(f"The ensemble member in {folder} loaded with {', '.join(wrong)} weights instead of float32.")

@@ -28,3 +28,7 @@ class NotFittedError(TumorClassifierError, _SklearnNotFittedError):
 
 class ModelLoadError(TumorClassifierError, OSError):
     """A model folder or Hub repository could not be loaded."""
+
+
+class NonFiniteOutputError(TumorClassifierError, FloatingPointError):
+    """A model answered NaN or infinite logits, so it has no probabilities to give."""

@@ -431,37 +431,82 @@ class MRIPreprocessor:
         return path
 
     @classmethod
-    def from_hf_dict(cls, config: dict[str, Any]) -> "MRIPreprocessor":
+    def from_hf_dict(cls, config: dict[str, Any], *, source: str | os.PathLike = PROCESSOR_CONFIG_NAME) -> "MRIPreprocessor":
         """Reads a config written by :meth:`to_hf_dict`, or any ViT/ConvNeXt processor config.
 
         A config of another project (no ``tumor_classifier`` block) keeps its size and
-        normalisation and gets this package's grayscale and head-crop defaults.
-        """
-        size = config.get("size", {})
-        if isinstance(size, dict):
-            side = size.get("height") or size.get("shortest_edge") or 224
-        else:
-            side = int(size)
-        mean = config.get("image_mean", [0.5])
-        std = config.get("image_std", [0.5])
-        ours = config.get("tumor_classifier", {})
-        known = {f for f in cls.__dataclass_fields__ if f not in ("mean", "std", "size")}
-        def single(values) -> float:  # grayscale: one value for all channels
-            values = list(values) if isinstance(values, (list, tuple)) else [values]
-            return float(values[0]) if len(set(values)) == 1 else float(np.mean(values))
+        normalisation and gets this package's grayscale and head-crop defaults. Every
+        value is validated here, so a bad config fails at load time, not at predict time
+        (or silently, with NaN probabilities).
 
+        Args:
+            config: The parsed JSON.
+            source: The file it came from, named in error messages.
+
+        Raises:
+            ModelLoadError: ``config`` is not an object, or ``size`` is not a side from
+                8 to 2048 (an integer, or ``height`` equal to ``width``), ``image_mean``
+                is not finite, ``image_std`` is not finite and positive, ``num_channels``
+                is not 1 or 3, ``head_threshold`` is not in [0, 1), or ``crop_to_head`` /
+                ``skull_strip`` are not booleans. The message names ``source``.
+        """
+        from .exceptions import ModelLoadError
+
+        def bad(what: str, value: Any, accepted: str) -> ModelLoadError:
+            return ModelLoadError(f"{source}: {what} is {value!r}; {accepted}. Fix or replace the file.")
+
+        def is_number(value: Any) -> bool:  # finite and sane; no float() of a 400-digit integer
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e6 < value < 1e6
+
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{source} holds a JSON {type(config).__name__}; expected an object of preprocessing settings.")
+        size = config.get("size", 224)
+        if isinstance(size, dict) and ("height" in size or "width" in size):
+            side = size.get("height") if size.get("height") == size.get("width") else None
+        else:
+            side = size.get("shortest_edge") if isinstance(size, dict) else size
+        if isinstance(side, bool) or not isinstance(side, int) or not 8 <= side <= 2048:
+            raise bad("'size'", size, "expected a side from 8 to 2048 pixels, or {'height': n, 'width': n} with equal sides")
+        values = {}
+        for key, positive in (("image_mean", False), ("image_std", True)):
+            value = config.get(key, [0.5])
+            listed = value if isinstance(value, list) else [value]
+            if not listed or not all(is_number(v) and (v > 0 or not positive) for v in listed):
+                accepted = "a positive finite number" if positive else "a finite number"
+                accepted += " (below 1e6 in size)"
+                raise bad(f"'{key}'", value, f"expected {accepted} or a non-empty list of them")
+            # grayscale: one value for all channels
+            values[key] = float(listed[0]) if len(set(listed)) == 1 else float(np.mean(listed))
+        ours = config.get("tumor_classifier", {})
+        if not isinstance(ours, dict):
+            raise bad("'tumor_classifier'", ours, "expected an object of this package's settings")
+        for key in ("crop_to_head", "skull_strip"):
+            if key in ours and not isinstance(ours[key], bool):
+                raise bad(f"'tumor_classifier.{key}'", ours[key], "expected true or false")
+        if "head_threshold" in ours and not (is_number(ours["head_threshold"]) and 0 <= ours["head_threshold"] < 1):
+            raise bad("'tumor_classifier.head_threshold'", ours["head_threshold"], "expected a number in [0, 1)")
+        if "num_channels" in ours and not (type(ours["num_channels"]) is int and ours["num_channels"] in (1, 3)):
+            raise bad("'tumor_classifier.num_channels'", ours["num_channels"], "expected 1 or 3")
+        known = {f for f in cls.__dataclass_fields__ if f not in ("mean", "std", "size")}
         return cls(
-            size=int(side),
-            mean=single(mean),
-            std=single(std),
+            size=side,
+            mean=values["image_mean"],
+            std=values["image_std"],
             **{key: value for key, value in ours.items() if key in known},
         )
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "MRIPreprocessor":
-        """Loads ``preprocessor_config.json`` from a local model folder."""
+        """Loads ``preprocessor_config.json`` from a local model folder.
+
+        Raises:
+            ModelLoadError: The file is missing, too large, not JSON, or holds invalid
+                settings (see :meth:`from_hf_dict`); the message names it.
+        """
+        from .model_folder import read_json_limited
+
         path = Path(directory) / PROCESSOR_CONFIG_NAME
-        return cls.from_hf_dict(json.loads(path.read_text()))
+        return cls.from_hf_dict(read_json_limited(path), source=path)
 
 
 @dataclass
