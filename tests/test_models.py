@@ -97,3 +97,21 @@ def test_a_float16_folder_fine_tunes_in_float32(tmp_path):
     member.save_pretrained(tmp_path / "half")
     model = create_model("convnext", from_scratch=False, checkpoint=str(tmp_path / "half"), image_size=32)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("name", ["convnext", "efficientnet_lite0"])
+def test_folding_the_temperature_divides_the_logits(name):
+    """Calibration folds 1/T into the head's last linear layer; EfficientNet-Lite keeps
+    its head inside the wrapped network (it has no ``classifier``), the run of 2026-11-30
+    stopped there after training."""
+    from tumor_classifier.training import fold_temperature
+
+    torch.manual_seed(0)
+    model = create_model(name, image_size=32, from_scratch=True).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(pixel_values=pixels).logits
+        fold_temperature(model, 2.5)
+        after = model(pixel_values=pixels).logits
+    torch.testing.assert_close(after, before / 2.5, atol=1e-5, rtol=1e-4)
+    assert model.config.calibration_temperature == pytest.approx(2.5)

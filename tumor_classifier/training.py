@@ -484,7 +484,9 @@ def fold_temperature(model: PreTrainedModel, temperature: float) -> None:
     Calibrated probabilities then come out of the plain model, so ``transformers``'
     pipeline gives the same calibrated numbers as this package.
     """
-    head = model.classifier
+    # The Hugging Face heads are ``model.classifier``; EfficientNet-Lite keeps its head inside
+    # the wrapped network (``_fc``), the last linear layer of the model.
+    head = getattr(model, "classifier", model)
     linear = head if isinstance(head, torch.nn.Linear) else [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         linear.weight.div_(temperature)
