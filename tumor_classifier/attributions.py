@@ -1,4 +1,4 @@
-"""Attribution heatmaps (Grad-CAM, Integrated Gradients, Occlusion) and their overlay on a scan.
+"""Attribution heatmaps (the Grad-CAM family, SmoothGrad, Integrated Gradients, Occlusion) and their overlay.
 
 Every method answers the same question - *which pixels of this input speak for class
 ``target``?* - and returns maps in one format, so the estimator, the CLI and the Space can
@@ -6,32 +6,91 @@ switch methods freely:
 
 * ``(n, h, w)`` float32 in ``[0, 1]``, ``h, w`` equal to the input's;
 * positive evidence only (what raises the target logit), channels summed;
+* zero outside the head (``head_only=True``, the default): the head mask of the model
+  input (:func:`tumor_classifier.preprocessing.head_mask`) is applied before
+  normalisation, so a map never points at the background;
 * each map min-max normalised on its own, so maps are comparable in *shape* but not in
   absolute strength across images; an all-zero (or constant) map stays all zero.
 
-Methods:
+Methods (costs as ``TumorClassifier.explain`` time over ``predict`` time for the shipped
+ConvNeXt at 128 px on one CPU thread, medians of ``benchmarks/localisation.py``; the
+estimator gets ``gradcam``'s prediction from the same pass, and runs ``predict`` first for
+every other method; localisation figures in :func:`default_method`):
 
 ``gradcam``
-    Gradient-weighted class activation map on the last spatial feature map (see
-    :func:`attribution_layer`). One forward and one backward pass per image; coarse (one
-    value per feature-map cell, 7 x 7 for a 224 px ConvNeXt / ResNet, 14 x 14 for a
-    ViT-B/16), upsampled bilinearly to the input.
+    Gradient-weighted class activation map (Selvaraju et al. 2017) on the last spatial
+    feature map (:func:`attribution_layer`, stride 32: 4 x 4 at 128 px, 7 x 7 at 224 px
+    for ConvNeXt / ResNet; 14 x 14 tokens for a ViT-B/16). One forward and one backward
+    pass (3x ``predict``); coarse. Suits ConvNeXt, ResNet and EfficientNet-Lite at 224 px
+    and up; at 128 px their 4 x 4 grid can only say which quarter of the head.
+``gradcam_fine``
+    Grad-CAM on the stage before the last (stride 16: 8 x 8 at 128 px). One forward and a
+    slightly deeper backward pass (4x ``predict``). Suits ConvNeXt, ResNet and
+    EfficientNet-Lite at small inputs (and their ensembles).
+``gradcam_multiscale``
+    The head-masked, max-normalised Grad-CAM maps of the last three stages (stride 8, 16,
+    32), upsampled to the input and multiplied: a region must be evidence at every scale.
+    On the previous shipped ensemble the product of three stages beat their mean and
+    geometric mean and two-stage variants (pointing game 20 % vs 17 %, 20 %, 7 %; mass in
+    box 9.4 % vs 6.1 %, 6.9 %, 5.7-5.9 %); on the fine-tuned ConvNeXt all were at noise
+    level. One forward and a backward pass to stride 8 (4x ``predict``). ConvNeXt,
+    ResNet, EfficientNet-Lite and their ensembles.
+``hirescam``
+    HiResCAM (Draelos & Carin 2020): ``relu(sum_c dY/dA_c * A_c)``, the element-wise
+    gradient x activation summed over channels, without Grad-CAM's spatial averaging of
+    the gradient, on the stage before the last. On a last stage that feeds the head
+    through global average pooling the gradient is constant over space and HiResCAM equals
+    Grad-CAM; one stage earlier it is not. Cost as ``gradcam_fine`` (4x ``predict``).
+    ConvNeXt, ResNet, EfficientNet-Lite and their ensembles.
+``gradcam_plusplus``
+    Grad-CAM++ (Chattopadhay et al. 2018; the closed form with ``exp`` of the score that
+    pytorch-grad-cam uses) on the stage before the last. Cost as ``gradcam_fine`` (4x
+    ``predict``). ConvNeXt, ResNet, EfficientNet-Lite and their ensembles. Unlike the
+    other methods its map depends on the scale of the logit (its weights are a non-linear
+    function of the gradient), so a temperature, or an ensemble's mean over members,
+    changes it slightly.
+``smoothgrad``
+    SmoothGrad (Smilkov et al. 2017) of the input gradient: the gradient of the target
+    logit, averaged over ``n_samples`` copies of the input with Gaussian noise (standard
+    deviation ``noise_level`` x the image's value range, the same noise on every channel
+    so a grey scan stays grey), channels summed, absolute value; shown clipped at its
+    ``clip_percentile`` (inside the head) and blurred with a Gaussian of
+    ``smoothing_sigma`` pixels, because a raw gradient map is speckle. Pixel-level and
+    model-agnostic, any backbone; ``n_samples`` (16) forward/backward passes of the whole
+    network (25x ``predict``). Partly image-driven: its maps correlate 0.3 with those of
+    a randomly initialised model (Integrated Gradients: 0.1).
 ``integrated_gradients``
     Captum's Integrated Gradients from ``baseline`` to the input, ``n_steps`` Gauss-Legendre
-    steps. Pixel-level and model-agnostic, ``n_steps`` times the cost of Grad-CAM.
+    steps. Pixel-level and model-agnostic, ``n_steps`` forward/backward passes (40x
+    ``predict`` with 32 steps, 8x with 4, which localised as well on the shipped model).
+    Suits ViT (see :func:`default_method`) and any model.
 ``occlusion``
     Captum's Occlusion: the drop of the target logit when a ``occlusion_window`` square
     (all channels) is replaced by ``baseline``. Model-agnostic and easy to explain to a
     clinician, but it needs ``((h - window) / stride + 1) ** 2`` forward passes per image
-    (729 for 224 px with the defaults).
+    (729 for 224 px with the defaults; about 140 times ``predict`` at 128 px).
+
+The Grad-CAM family (``gradcam``, ``gradcam_fine``, ``gradcam_multiscale``, ``hirescam``,
+``gradcam_plusplus``) is :data:`CAM_METHODS`; these need a layer (known for
+:data:`SUPPORTED_MODEL_TYPES`, or passed as ``layer=``) and can explain the predicted
+class from their own forward pass (``target=None``).
 
 Ensembles (:class:`tumor_classifier.ensemble.EnsembleForImageClassification`, or any
 module with a non-empty ``members`` ``nn.ModuleList`` whose forward combines them) are
-explained as one model: Integrated Gradients and Occlusion attribute the ensemble's
-logits directly; Grad-CAM hooks every member's layer in one forward pass of the ensemble
-and averages the members' maps (see :func:`compute_attributions`).
+explained as one model: SmoothGrad, Integrated Gradients and Occlusion attribute the
+ensemble's logits directly; the Grad-CAM family hooks every member's layer(s) in one
+forward pass of the ensemble and averages the members' raw maps per stage (see
+:func:`compute_attributions`).
 
-This module imports nothing of the package except :mod:`tumor_classifier.exceptions`, so
+Thread safety: one attribution at a time per model. The model's train/eval flags and
+``requires_grad`` flags are changed and restored under a per-model re-entrant lock held
+for the whole attribution (state change, hooks, backward passes, restore), so threads
+sharing a model (a web server's workers) queue instead of corrupting each other's maps
+and the model's state. Hooks ignore forward passes of other threads (e.g. a concurrent
+``predict``).
+
+This module imports nothing of the package except :mod:`tumor_classifier.exceptions` and
+:func:`tumor_classifier.preprocessing.head_mask` (which imports only the exceptions), so
 it can be used (and tested) on any model; ensembles are recognised by their ``members``.
 """
 
@@ -39,6 +98,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import weakref
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -47,12 +109,50 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .exceptions import InvalidImageError, TumorClassifierError
+from .preprocessing import head_mask
 
-METHODS = ("gradcam", "integrated_gradients", "occlusion")
+
+@dataclass(frozen=True)
+class _CamSpec:
+    """One member of the Grad-CAM family.
+
+    Attributes:
+        weighting: ``"gradcam"`` (channel weights = spatial mean of the gradient),
+            ``"hirescam"`` (element-wise gradient x activation) or ``"gradcam++"``.
+        stages: Stages to hook, counted from the end (``-1`` the last, stride 32; ``-2``
+            stride 16; ``-3`` stride 8); see :func:`attribution_layer`.
+        combine: How the maps of several stages are combined after each is masked to
+            the head and divided by its maximum: ``"mean"``, ``"product"``, or
+            ``"geometric"`` (the product's ``1 / len(stages)`` power).
+    """
+
+    weighting: str
+    stages: tuple[int, ...]
+    combine: str = "mean"
+
+
+#: The Grad-CAM family: method name -> how it weighs activations and which stages it reads.
+#: Chosen on the tumour-box benchmark (see :func:`default_method`).
+_CAM_SPECS: dict[str, _CamSpec] = {
+    "gradcam": _CamSpec("gradcam", (-1,)),
+    "gradcam_fine": _CamSpec("gradcam", (-2,)),
+    "gradcam_multiscale": _CamSpec("gradcam", (-3, -2, -1), "product"),
+    "hirescam": _CamSpec("hirescam", (-2,)),
+    "gradcam_plusplus": _CamSpec("gradcam++", (-2,)),
+}
+#: SmoothGrad variants: ``abs_first`` averages |gradient| (magnitude) instead of
+#: taking |mean gradient| (noise with alternating signs cancels in the mean).
+_SMOOTHGRAD_SPECS: dict[str, dict[str, Any]] = {"smoothgrad": {"abs_first": False}}
+
+#: Methods of the Grad-CAM family (need a layer; accept ``target=None``).
+CAM_METHODS = tuple(_CAM_SPECS)
+#: Every method :func:`compute_attributions` accepts (besides ``"auto"``).
+METHODS = ("gradcam", "integrated_gradients", "occlusion", *CAM_METHODS[1:], *_SMOOTHGRAD_SPECS)
 #: Backbones :func:`attribution_layer` knows (Hugging Face ``config.model_type``).
-SUPPORTED_MODEL_TYPES = ("convnext", "resnet", "vit")
+SUPPORTED_MODEL_TYPES = ("convnext", "resnet", "vit", "efficientnet_lite")
 
 __all__ = [
+    "CAM_METHODS",
     "METHODS",
     "SUPPORTED_MODEL_TYPES",
     "LogitsModel",
@@ -146,9 +246,34 @@ def _model_type(model: torch.nn.Module) -> str | None:
 def default_method(model: torch.nn.Module) -> str:
     """The method ``"auto"`` resolves to for ``model``.
 
-    * ConvNeXt, ResNet -> ``"gradcam"``: the last stage is a spatial feature map (stride
-      32) that feeds the head through global average pooling, exactly the setting Grad-CAM
-      was designed for; it is class-discriminative, smooth, and costs one backward pass.
+    * ConvNeXt (one model or an ensemble), ResNet, EfficientNet-Lite -> ``"gradcam"``.
+      Rule: the best pointing game (then mass in box) among the methods that cost at most
+      about 3x ``predict``. Evidence: ``benchmarks/localisation.py --limit 20`` (60 tumour
+      slices with boxes; head-masked maps; one CPU thread) on the shipped fine-tuned
+      ConvNeXt (40-80-160-320, 128 px; commit 277909b). Pointing game / mass in box /
+      explain over predict (the benchmark's medians):
+
+      =====================  ======  ======  =====
+      gradcam                 5.0 %   5.3 %   3.0x
+      gradcam_fine            6.7 %   4.9 %   4.2x
+      gradcam_multiscale      5.0 %   3.4 %   4.0x
+      hirescam                3.3 %   4.0 %   4.0x
+      gradcam_plusplus        8.3 %   3.9 %   3.9x
+      smoothgrad             20.0 %   8.2 %  24.9x
+      integrated_gradients   46.7 %  11.5 %  39.4x
+      (n_steps=4)            51.7 %  12.1 %   8.2x
+      =====================  ======  ======  =====
+
+      Model-free references: the head's centre points at the tumour in 40 % of the
+      slices, and a map spread evenly over the head puts 5.5 % of its mass in the box.
+      Every method within the cost budget is the Grad-CAM family, whose maps peak on the
+      scalp and skull for this model; their pointing games (2 to 5 hits of 60) do not
+      differ beyond chance, so the cheapest one is kept: ``gradcam``, the only one the
+      estimator computes in the same pass as the prediction. (On the previous shipped
+      ensemble of four such ConvNeXt: gradcam 5.0 %, gradcam_fine 13.3 %,
+      gradcam_multiscale 20.0 % / 9.4 % at 3.6x.) Only Integrated Gradients localises
+      the tumour better than the head's centre; with ``n_steps=4`` it does so at about a
+      sixth of the default 32 steps' cost, above this budget.
     * ViT -> ``"integrated_gradients"``. Evidence: 18 tiny ViTs (32 px, patch 4, 2
       blocks, seeds 0-9 / 0-7) trained for 60 steps to tell noise with a bright 8 px
       square from noise without (half of them with a bright bar in *every* image as a
@@ -164,10 +289,9 @@ def default_method(model: torch.nn.Module) -> str:
       model-randomisation check (map correlation with an untrained model's <= 0.25).
       IG costs ``n_steps`` (32) forward/backward passes against Grad-CAM's one, which is
       acceptable for single-image explanations. Occlusion localised best on ViTs but
-      needs ~700 passes at 224 px, too slow for a default. The same procedure on tiny
-      ConvNeXts gave Grad-CAM 3.0-5.1x vs IG 1.9-4.8x, supporting the choice above.
+      needs ~700 passes at 224 px, too slow for a default.
     * Anything else -> ``"integrated_gradients"``, which needs no knowledge of the
-      architecture (Grad-CAM needs a layer, see :func:`attribution_layer`).
+      architecture (the Grad-CAM family needs a layer, see :func:`attribution_layer`).
     * An ensemble -> the choice for its members' backbone (Integrated Gradients if the
       members mix backbones).
 
@@ -177,7 +301,7 @@ def default_method(model: torch.nn.Module) -> str:
     Returns:
         One of :data:`METHODS`.
     """
-    if _model_type(model) in ("convnext", "resnet"):
+    if _model_type(model) in ("convnext", "resnet", "efficientnet_lite"):
         return "gradcam"
     return "integrated_gradients"  # ViT (evidence above) and any other model
 
@@ -192,12 +316,32 @@ def _vit_blocks(vit: torch.nn.Module) -> torch.nn.ModuleList:
     raise TumorClassifierError(f"Cannot find the encoder blocks of {type(vit).__name__}.")
 
 
-def attribution_layer(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose output Grad-CAM weighs with its gradient.
+def _efficientnet_stage_ends(blocks: torch.nn.ModuleList) -> list[torch.nn.Module]:
+    """The last MBConv block of each resolution (the block before each stride-2 block, and the last)."""
 
-    * ConvNeXt: ``model.convnext.encoder.stages[-1]``, output ``(n, C, h/32, w/32)``.
-    * ResNet: ``model.resnet.encoder.stages[-1]``, output ``(n, C, h/32, w/32)``.
-    * ViT: ``layernorm_before`` of the last encoder block, output tokens ``(n, 1 + P, D)``;
+    def strided(block: torch.nn.Module) -> bool:
+        stride = getattr(getattr(block, "_depthwise_conv", None), "stride", 1)
+        return max(stride) > 1 if isinstance(stride, (tuple, list)) else stride > 1
+
+    ends = [blocks[i - 1] for i in range(1, len(blocks)) if strided(blocks[i])]
+    return ends + [blocks[-1]]
+
+
+def attribution_layer(model: torch.nn.Module, stage: int = -1) -> torch.nn.Module:
+    """The module whose output the Grad-CAM family weighs with its gradient.
+
+    ``stage`` counts the backbone's resolutions from the end: ``-1`` is the last spatial
+    feature map (stride 32), ``-2`` the one before it (stride 16), ``-3`` stride 8. A
+    stage before the first is clipped to the first.
+
+    * ConvNeXt: ``model.convnext.encoder.stages[stage]``, output ``(n, C, h/32, w/32)``
+      for ``-1``, ``(n, C, h/16, w/16)`` for ``-2``.
+    * ResNet: ``model.resnet.encoder.stages[stage]``, the same strides.
+    * EfficientNet-Lite: the last MBConv block of a resolution; for ``-1`` the last block
+      ``model.efficientnet._blocks[-1]``, output ``(n, 320, h/32, w/32)``; for ``-2`` the
+      block before the last stride-2 block (stride 16).
+    * ViT: ``layernorm_before`` of the ``stage``-th encoder block from the end (every
+      block has the same patch grid; ``-1`` is the last), output tokens ``(n, 1 + P, D)``;
       the CLS token is dropped and the ``P`` patch tokens are laid back on their
       ``(h / patch, w / patch)`` grid. Why not the block's *output*: after the last block
       only the CLS token reaches the classifier (final LayerNorm is per token), so the
@@ -211,32 +355,74 @@ def attribution_layer(model: torch.nn.Module) -> torch.nn.Module:
       itself would capture nothing, because a ModuleList is never called.
 
     Args:
-        model: A ``ConvNextForImageClassification``, ``ResNetForImageClassification`` or
-            ``ViTForImageClassification`` (optionally wrapped in :class:`LogitsModel`), or
-            an ensemble of them.
+        model: A ``ConvNextForImageClassification``, ``ResNetForImageClassification``,
+            ``ViTForImageClassification`` or EfficientNet-Lite (optionally wrapped in
+            :class:`LogitsModel`), or an ensemble of them.
+        stage: Negative index of the stage (resolution) from the end; default the last.
 
     Returns:
         A submodule of ``model``; for an ensemble a new ``nn.ModuleList`` of submodules.
 
     Raises:
-        TumorClassifierError: Unknown model type; the message names the supported ones.
+        TumorClassifierError: Unknown model type (the message names the supported ones),
+            or ``stage`` not a negative integer.
     """
+    if isinstance(stage, bool) or not isinstance(stage, (int, np.integer)) or stage >= 0:
+        raise TumorClassifierError(f"stage must be a negative integer (-1 the last stage), got {stage!r}.")
+    stage = int(stage)
     members = _members(model)
     if members is not None:
-        return torch.nn.ModuleList(attribution_layer(member) for member in members)
+        return torch.nn.ModuleList(attribution_layer(member, stage) for member in members)
     inner = _unwrap(model)
     model_type = _model_type(inner)
     if model_type in ("convnext", "resnet"):
-        backbone = getattr(inner, model_type)
-        return backbone.encoder.stages[-1]
+        stages = getattr(inner, model_type).encoder.stages
+        return stages[max(stage, -len(stages))]
     if model_type == "vit":
-        return _vit_blocks(inner.vit)[-1].layernorm_before
+        blocks = _vit_blocks(inner.vit)
+        return blocks[max(stage, -len(blocks))].layernorm_before
+    if model_type == "efficientnet_lite":
+        ends = _efficientnet_stage_ends(inner.efficientnet._blocks)
+        return ends[max(stage, -len(ends))]
     found = getattr(getattr(inner, "config", None), "model_type", None) or type(inner).__name__
     raise TumorClassifierError(
         f"No Grad-CAM layer known for model type {found!r}; supported model types are "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}. Pass `layer=` to compute_attributions, or "
-        "use method='integrated_gradients' or 'occlusion', which work on any model."
+        "use method='integrated_gradients', 'smoothgrad' or 'occlusion', which work on any model."
     )
+
+
+#: One re-entrant lock per model, created under ``_LOCKS_GUARD``; weak keys, so a model
+#: that is garbage collected takes its lock with it.
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: torch.nn.Module) -> threading.RLock:
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def _model_locks(model: torch.nn.Module) -> Iterator[None]:
+    """Holds the locks of the model and, for an ensemble, of each member.
+
+    A member may be attributed on its own by another caller while the ensemble is; its
+    flags are the same objects. Locks are taken in one global order (by ``id``), so two
+    callers that share some modules cannot deadlock; they are re-entrant, so a nested
+    call in the same thread goes through.
+    """
+    root = _unwrap(model)
+    modules = {id(root): root}
+    for member in _members(root) or []:
+        modules.setdefault(id(member), member)
+    with contextlib.ExitStack() as stack:
+        for key in sorted(modules):
+            stack.enter_context(_model_lock(modules[key]))
+        yield
 
 
 @contextlib.contextmanager
@@ -249,22 +435,28 @@ def _attribution_state(model: torch.nn.Module) -> Iterator[None]:
     methods differentiate with respect to inputs / activations only. The flags are saved
     per module / parameter because a partly frozen model (fine-tuning a head) must come
     back exactly as it was.
+
+    The whole block runs under the model's lock (see :func:`_model_locks`): without it,
+    two threads save each other's half-changed flags (the second saves "eval, frozen"),
+    the model stays frozen in eval mode for good, and a thread restoring train mode in
+    the middle of another's backward pass changes that thread's maps.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    grads = [(param, param.requires_grad) for param in model.parameters()]
-    try:
-        model.eval()
-        for param, _ in grads:
-            param.requires_grad_(False)
-        # inference_mode(False) too: a caller inside `torch.inference_mode()` would
-        # otherwise get tensors that cannot be part of an autograd graph.
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-        for param, requires_grad in grads:
-            param.requires_grad_(requires_grad)
+    with _model_locks(model):
+        modes = [(module, module.training) for module in model.modules()]
+        grads = [(param, param.requires_grad) for param in model.parameters()]
+        try:
+            model.eval()
+            for param, _ in grads:
+                param.requires_grad_(False)
+            # inference_mode(False) too: a caller inside `torch.inference_mode()` would
+            # otherwise get tensors that cannot be part of an autograd graph.
+            with torch.inference_mode(False), torch.enable_grad():
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
+            for param, requires_grad in grads:
+                param.requires_grad_(requires_grad)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -370,24 +562,97 @@ def _token_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     )
 
 
-def _gradcam(
+def _head_masks(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Float masks ``(n, h, w)``: 1 on the head of each model input, 0 elsewhere.
+
+    :func:`~tumor_classifier.preprocessing.head_mask` compares pixels with levels taken
+    from the image's own quantiles and maximum, so it gives the same mask for any
+    increasing affine map of the intensities: the mean over channels of the normalised
+    input (``(x - mean_c) / std_c`` of a grey scan repeated on the channels) is one, and
+    this module need not know the normalisation. An image where no head is found (no
+    contrast) gets an all-one mask: its map is left as it is rather than blanked.
+    """
+    grey = pixel_values.detach().float().mean(dim=1, keepdim=True)
+    masks = head_mask(grey)[:, 0]
+    found = masks.flatten(1).any(dim=1)
+    return (masks | ~found[:, None, None]).float()
+
+
+def _layer_cam(
+    layer: torch.nn.Module,
+    activation: torch.Tensor,
+    gradient: torch.Tensor | None,
+    weighting: str,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """One layer's raw map ``(n, height, width)`` (ReLU'd, upsampled bilinearly, not normalised)."""
+    if gradient is None:
+        gradient = torch.zeros_like(activation)
+    activation, gradient = activation.detach().float(), gradient.float()
+    if activation.ndim == 3:  # transformer tokens (n, T, D)
+        activation = _token_grid(activation, height, width)
+        gradient = _token_grid(gradient, height, width)
+    if activation.ndim != 4:
+        raise TumorClassifierError(
+            f"Grad-CAM needs a (n, C, h, w) feature map or (n, T, D) tokens; layer "
+            f"{type(layer).__name__} gave shape {tuple(activation.shape)}."
+        )
+    if weighting == "hirescam":
+        # Draelos & Carin 2020: the element-wise product, so each cell keeps its own
+        # gradient; summing it over cells and channels gives back the first-order
+        # (gradient x activation) contribution of the layer to the logit.
+        cam = (gradient * activation).sum(dim=1, keepdim=True)
+    else:
+        if weighting == "gradcam++":
+            # Chattopadhay et al. 2018, eq. 19 with an exponential of the score:
+            # alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), weight = sum_ij alpha relu(g).
+            squared = gradient.pow(2)
+            denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * squared * gradient
+            alpha = torch.where(
+                (gradient != 0) & (denominator != 0),
+                squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator)),
+                torch.zeros_like(gradient),
+            )
+            weights = (alpha * torch.relu(gradient)).sum(dim=(2, 3), keepdim=True)
+        else:
+            # Selvaraju et al. 2017: channel weights = spatially averaged gradient.
+            weights = gradient.mean(dim=(2, 3), keepdim=True)
+        cam = (weights * activation).sum(dim=1, keepdim=True)
+    # ReLU keeps the regions that speak *for* the target class.
+    cam = torch.relu(cam)
+    return F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _cam(
     logits_model: LogitsModel,
     pixel_values: torch.Tensor,
-    target: torch.Tensor,
-    layers: Sequence[torch.nn.Module],
+    target: torch.Tensor | None,
+    groups: Sequence[Sequence[torch.nn.Module]],
     batch_size: int,
+    spec: _CamSpec,
+    heads: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM maps ``(n, h, w)`` and the logits ``(n, k)`` of the same forward passes.
+    """Grad-CAM-family maps ``(n, h, w)`` (not normalised) and the logits ``(n, k)`` of the same passes.
 
-    With several ``layers`` (an ensemble: one per member) every layer is hooked during
-    the same forward pass, each gives its own (un-normalised) map from the gradient of
-    the one target logit, and the maps are averaged.
+    ``groups`` holds one list of layers per stage; a list holds one layer per ensemble
+    member. Every layer is hooked during the same forward pass and each gives its own
+    raw map from the gradient of the one target logit. The maps of a group are averaged
+    (members); with several groups each group's mean is masked to the head (``heads``,
+    float ``(n, h, w)``, or None), divided by its maximum, and the groups are combined
+    as ``spec.combine`` says.
     """
     height, width = pixel_values.shape[-2:]
+    layers = [layer for group in groups for layer in group]
     captured: dict[int, torch.Tensor] = {}
+    owner = threading.get_ident()
 
     def keep_output(index: int):
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            # Another thread's forward pass of this module (e.g. a concurrent predict,
+            # which takes no lock) is none of this call's business.
+            if threading.get_ident() != owner:
+                return
             # Blocks of some models return tuples (hidden_states, attentions, ...).
             captured[index] = output[0] if isinstance(output, (tuple, list)) else output
 
@@ -399,9 +664,10 @@ def _gradcam(
         for index, layer in enumerate(layers):
             handles.append(layer.register_forward_hook(keep_output(index)))
         for start in range(0, pixel_values.shape[0], batch_size):
+            stop = start + batch_size
             # The input requires grad so that the activation is in the autograd graph even
             # though the parameters are frozen (see _attribution_state).
-            chunk = pixel_values[start:start + batch_size].detach().clone().requires_grad_(True)
+            chunk = pixel_values[start:stop].detach().clone().requires_grad_(True)
             captured.clear()
             logits = logits_model(chunk)
             activations = [captured.get(index) for index in range(len(layers))]
@@ -413,33 +679,141 @@ def _gradcam(
                     )
             # Images are independent in eval mode, so one backward of the summed target
             # logits gives every image its own gradient.
-            chunk_target = logits.argmax(dim=1) if target is None else target[start:start + batch_size]
+            chunk_target = logits.argmax(dim=1) if target is None else target[start:stop]
             all_logits.append(logits.detach())
             score = logits.gather(1, chunk_target[:, None]).sum()
             gradients = torch.autograd.grad(score, activations, allow_unused=True)
-            cams = []
-            for layer, activation, gradient in zip(layers, activations, gradients):
-                if gradient is None:
-                    gradient = torch.zeros_like(activation)
-                activation = activation.detach()
-                if activation.ndim == 3:  # transformer tokens (n, T, D)
-                    activation = _token_grid(activation, height, width)
-                    gradient = _token_grid(gradient, height, width)
-                if activation.ndim != 4:
-                    raise TumorClassifierError(
-                        f"Grad-CAM needs a (n, C, h, w) feature map or (n, T, D) tokens; layer "
-                        f"{type(layer).__name__} gave shape {tuple(activation.shape)}."
-                    )
-                # Channel weights = spatially averaged gradient (Selvaraju et al. 2017); ReLU
-                # keeps the regions that speak *for* the target class.
-                weights = gradient.float().mean(dim=(2, 3), keepdim=True)
-                cam = torch.relu((weights * activation.float()).sum(dim=1, keepdim=True))
-                cams.append(F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0])
-            maps.append(torch.stack(cams).mean(dim=0))
+            cams = [
+                _layer_cam(layer, activation, gradient, spec.weighting, height, width)
+                for layer, activation, gradient in zip(layers, activations, gradients)
+            ]
+            stage_maps, offset = [], 0
+            for group in groups:
+                stage_maps.append(torch.stack(cams[offset:offset + len(group)]).mean(dim=0))
+                offset += len(group)
+            if len(stage_maps) == 1:
+                maps.append(stage_maps[0])
+                continue
+            scaled = []
+            for stage_map in stage_maps:
+                if heads is not None:
+                    # Mask before scaling: a stage's peak on the background must not set its scale.
+                    stage_map = stage_map * heads[start:stop]
+                peak = stage_map.flatten(1).amax(dim=1).clamp_min(1e-30)
+                scaled.append(stage_map / peak[:, None, None])
+            stacked = torch.stack(scaled)
+            if spec.combine == "mean":
+                maps.append(stacked.mean(dim=0))
+            else:
+                product = stacked.prod(dim=0)
+                maps.append(product.pow(1.0 / len(scaled)) if spec.combine == "geometric" else product)
     finally:
         for handle in handles:
             handle.remove()
     return torch.cat(maps), torch.cat(all_logits)
+
+
+def _smoothgrad(
+    logits_model: LogitsModel,
+    pixel_values: torch.Tensor,
+    target: torch.Tensor,
+    batch_size: int,
+    n_samples: int,
+    noise_level: float,
+    seed: int,
+    abs_first: bool,
+) -> torch.Tensor:
+    """SmoothGrad sensitivity ``(n, h, w)``: |mean over noisy copies of the channel-summed gradient|.
+
+    The noise of image ``i`` is drawn from a CPU generator seeded with ``seed`` for every
+    image, so a map depends on the image only (not on its place in the batch, nor on
+    ``batch_size``, nor on the device) and a call is repeatable.
+    """
+    n, _, height, width = pixel_values.shape
+    maps = []
+    for index in range(n):
+        image = pixel_values[index:index + 1].detach()
+        spread = float(image.amax() - image.amin())
+        generator = torch.Generator().manual_seed(seed)
+        # One noise plane for all channels: a grey scan repeated on three channels stays
+        # grey, as the model saw it in training.
+        noise = torch.randn((n_samples, 1, height, width), generator=generator, dtype=torch.float32)
+        noise = (noise * noise_level * spread).to(device=image.device, dtype=image.dtype)
+        total = torch.zeros((height, width), dtype=torch.float32, device=image.device)
+        for start in range(0, n_samples, batch_size):
+            noisy = (image + noise[start:start + batch_size]).requires_grad_(True)
+            logits = logits_model(noisy)
+            (gradient,) = torch.autograd.grad(logits[:, int(target[index])].sum(), noisy)
+            # Channels summed: the derivative with respect to the grey value.
+            gradient = gradient.float().sum(dim=1)
+            total += (gradient.abs() if abs_first else gradient).sum(dim=0)
+        maps.append((total / n_samples).abs())
+    return torch.stack(maps)
+
+
+def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(n, h, w)`` maps, ``sigma`` in pixels (0: unchanged)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-offsets.pow(2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    images = maps[:, None]
+    images = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    images = F.conv2d(F.pad(images, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return images[:, 0]
+
+
+def _display(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float, sigma: float) -> torch.Tensor:
+    """Pixel-level maps made readable: clipped at their ``percentile`` (within the head), then blurred.
+
+    Clipping first: the few largest gradients (often single pixels) would otherwise get
+    the whole colour scale. Blurring after clipping turns the clipped plateau into a peak
+    where the strongest pixels lie densest, so the maximum is not just the first pixel
+    of a plateau.
+    """
+    maps = maps.float()
+    if percentile < 100:
+        clipped = []
+        for index, single in enumerate(maps):
+            inside = single if heads is None else single[heads[index] > 0]
+            if inside.numel():
+                ceiling = torch.quantile(inside.flatten(), percentile / 100.0)
+                single = torch.minimum(single, ceiling)
+            clipped.append(single)
+        maps = torch.stack(clipped)
+    return _gaussian_blur(maps, sigma)
+
+
+def _cam_groups(
+    model: torch.nn.Module, spec: _CamSpec, layer: torch.nn.Module | Sequence[Any] | None
+) -> list[list[torch.nn.Module]]:
+    """The layers a Grad-CAM-family method hooks: one list per stage, one layer per member."""
+
+    def flat(item: Any) -> list[torch.nn.Module]:
+        return list(item) if isinstance(item, (torch.nn.ModuleList, list, tuple)) else [item]
+
+    if layer is None:
+        groups, seen = [], set()
+        for stage in spec.stages:
+            group = flat(attribution_layer(model, stage))  # raises for unknown models before any work
+            key = tuple(id(item) for item in group)
+            if key not in seen:  # a model with fewer stages clips several to the same one
+                seen.add(key)
+                groups.append(group)
+    elif isinstance(layer, (list, tuple)) and layer and all(
+        isinstance(item, (list, tuple, torch.nn.ModuleList)) for item in layer
+    ):
+        groups = [flat(item) for item in layer]  # one inner list per stage
+    else:
+        groups = [flat(layer)]
+    if not groups or not all(group and all(isinstance(item, torch.nn.Module) for item in group) for group in groups):
+        raise TumorClassifierError(
+            f"layer must be a torch.nn.Module, a non-empty list of them (ensemble members), or a "
+            f"list of such lists (stages); got {type(layer).__name__}."
+        )
+    return groups
 
 
 def _integrated_gradients(
@@ -509,10 +883,19 @@ def _occlusion(
     return torch.cat(maps)
 
 
+def _non_negative_number(name: str, value: Any, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(value) and value >= 0 and (upper is None or value <= upper)
+    ):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise TumorClassifierError(f"`{name}` must be a finite number >= 0{bound}, got {value!r}.")
+    return float(value)
+
+
 def compute_attributions(
     model: torch.nn.Module,
     pixel_values: torch.Tensor,
-    target: torch.Tensor | Sequence[int] | int,
+    target: torch.Tensor | Sequence[int] | int | None,
     method: str = "gradcam",
     *,
     internal_batch_size: int = 16,
@@ -520,42 +903,51 @@ def compute_attributions(
     baseline: torch.Tensor | float | None = None,
     occlusion_window: int = 16,
     occlusion_stride: int = 8,
-    layer: torch.nn.Module | Sequence[torch.nn.Module] | None = None,
+    layer: torch.nn.Module | Sequence[Any] | None = None,
+    head_only: bool = True,
+    n_samples: int = 16,
+    noise_level: float = 0.15,
+    clip_percentile: float = 99.0,
+    smoothing_sigma: float = 2.0,
+    seed: int = 0,
     return_logits: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Attribution maps of ``target`` for each image, one ``[0, 1]`` map per image.
 
     The model comes back in the train/eval mode and with the ``requires_grad`` flags it
-    had, no hook stays attached, and no parameter ``.grad`` is touched.
+    had, no hook stays attached, and no parameter ``.grad`` is touched. Calls on one
+    model from several threads run one after another (a per-model lock), so each gets
+    the maps a single-threaded call would.
 
     Ensembles (a module with a ``members`` ModuleList, e.g.
-    :class:`~tumor_classifier.ensemble.EnsembleForImageClassification`): Integrated
-    Gradients and Occlusion attribute the ensemble's logits. Grad-CAM runs one forward
-    pass of the ensemble (so ``target=None`` is the *ensemble's* predicted class and
-    ``return_logits`` gives the ensemble's logits), computes each member's raw Grad-CAM
-    map (ReLU of the gradient-weighted activations of its layer, before any
-    normalisation) from the gradient of the ensemble's target logit, averages these raw
-    maps and min-max normalises the mean once. The ensemble's logit is the mean of the
-    members' logits over a positive temperature, so each member's raw map is its own
-    Grad-CAM map times the same positive constant: the result is the normalised mean of
-    the members' raw Grad-CAM maps for that target. A member whose logit reacts more
-    strongly to its features weighs more, as it does in the ensemble's decision.
+    :class:`~tumor_classifier.ensemble.EnsembleForImageClassification`): SmoothGrad,
+    Integrated Gradients and Occlusion attribute the ensemble's logits. The Grad-CAM
+    family runs one forward pass of the ensemble (so ``target=None`` is the *ensemble's*
+    predicted class and ``return_logits`` gives the ensemble's logits), computes each
+    member's raw map (ReLU of the gradient-weighted activations of its layer, before any
+    normalisation) from the gradient of the ensemble's target logit, and averages these
+    raw maps per stage. The ensemble's logit is the mean of the members' logits over a
+    positive temperature, so each member's raw map is its own map times the same positive
+    constant: a member whose logit reacts more strongly to its features weighs more, as
+    it does in the ensemble's decision. ``gradcam_multiscale`` then masks, scales and
+    combines the stages' member-averaged maps.
 
     Args:
         model: A Hugging Face ``ConvNextForImageClassification``,
-            ``ViTForImageClassification`` or ``ResNetForImageClassification``, an ensemble
-            of them, or any ``nn.Module`` whose ``forward(pixel_values)`` returns logits or
-            an output with ``.logits`` (Grad-CAM on such a model needs ``layer``).
+            ``ViTForImageClassification``, ``ResNetForImageClassification`` or
+            EfficientNet-Lite, an ensemble of them, or any ``nn.Module`` whose
+            ``forward(pixel_values)`` returns logits or an output with ``.logits`` (the
+            Grad-CAM family on such a model needs ``layer``).
         pixel_values: Float tensor ``(n, C, h, w)`` exactly as the model takes it (already
             normalised), on the model's device.
         target: Class index to explain per image: int tensor / sequence ``(n,)``, or one
-            int for all images. ``None`` (Grad-CAM only): the predicted class, taken from
-            the same forward pass, so explaining a prediction costs one forward and one
-            backward pass in all.
+            int for all images. ``None`` (Grad-CAM family only, :data:`CAM_METHODS`): the
+            predicted class, taken from the same forward pass, so explaining a prediction
+            costs one forward and one backward pass in all.
         method: One of :data:`METHODS`, or ``"auto"`` for :func:`default_method`.
-        internal_batch_size: Most model inputs per forward pass (images for Grad-CAM,
-            interpolation steps x images for IG, occluded copies x images for Occlusion);
-            bounds memory.
+        internal_batch_size: Most model inputs per forward pass (images for the Grad-CAM
+            family, interpolation steps x images for IG, noisy copies for SmoothGrad,
+            occluded copies x images for Occlusion); bounds memory.
         n_steps: Integrated Gradients interpolation steps (Gauss-Legendre).
         baseline: The "absence of signal" input for IG and Occlusion, in the model's
             *normalised* space: a scalar, a ``(C,)`` / ``(1, C, 1, 1)`` tensor, or anything
@@ -565,22 +957,38 @@ def compute_attributions(
             ``(0 - mean) / std`` per channel, as a ``(1, C, 1, 1)`` tensor.
         occlusion_window: Side in pixels of the occluding square (clipped to the image).
         occlusion_stride: Step in pixels between occluding squares (clipped to the window).
-        layer: Module Grad-CAM hooks; default :func:`attribution_layer` ``(model)``. Its
-            output must be ``(n, C, h', w')`` or tokens ``(n, T, D)``. A list, tuple or
-            ``nn.ModuleList`` of modules hooks each of them and averages their raw maps
-            (what an ensemble's default layer is).
+        layer: Module(s) the Grad-CAM family hooks; default :func:`attribution_layer` of
+            each stage the method reads. A module, or a list / tuple / ``nn.ModuleList`` of
+            modules whose raw maps are averaged (what an ensemble's layer is); for several
+            stages, a list of such lists, one per stage. Outputs must be
+            ``(n, C, h', w')`` or tokens ``(n, T, D)``.
+        head_only: Zero every map outside the head mask of its input (see the module
+            docstring), before normalisation. An input where no head is found keeps its map.
+        n_samples: SmoothGrad: noisy copies per image.
+        noise_level: SmoothGrad: noise standard deviation as a fraction of the image's
+            value range (max - min); Smilkov et al. recommend 0.1 to 0.2.
+        clip_percentile: SmoothGrad display: values above this percentile (over the head,
+            in ``[0, 100]``; 100 keeps all) are clipped to it.
+        smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none).
+        seed: SmoothGrad: seed of the noise (maps are repeatable).
         return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
-            Grad-CAM's own forward pass, or one extra pass for the other methods).
+            the Grad-CAM family's own forward pass, or one extra pass for the other methods).
 
     Returns:
         Float32 array ``(n, h, w)`` in ``[0, 1]``, each map min-max normalised on its own;
-        positive evidence only (ReLU of Grad-CAM, positive part of the channel-summed
-        IG / Occlusion attribution); a map without positive evidence is all zero.
+        positive evidence only (ReLU of the CAM maps, positive part of the channel-summed
+        IG / Occlusion attribution, the SmoothGrad magnitude); a map without positive
+        evidence is all zero. With ``return_logits`` a tuple ``(maps, logits)``.
 
     Raises:
-        TumorClassifierError: Unknown method, unknown model type for Grad-CAM, a bad
-            ``target``, ``baseline`` or size argument.
+        TumorClassifierError: Unknown method, unknown model type for the Grad-CAM family, a
+            bad ``target``, ``baseline``, ``layer`` or size argument.
         InvalidImageError: ``pixel_values`` is not a finite float ``(n, C, h, w)`` tensor.
+
+    Example:
+        >>> maps = compute_attributions(model, pixel_values, None, "gradcam_fine")  # doctest: +SKIP
+        >>> maps.shape, float(maps.max())                                          # doctest: +SKIP
+        ((1, 128, 128), 1.0)
     """
     if method == "auto":
         method = default_method(model)
@@ -594,19 +1002,21 @@ def compute_attributions(
     n_steps = _positive_int("n_steps", n_steps)
     window = _positive_int("occlusion_window", occlusion_window)
     stride = _positive_int("occlusion_stride", occlusion_stride)
-    if target is None and method != "gradcam":
-        raise TumorClassifierError(f"target=None (the predicted class) is supported for gradcam only, not {method!r}.")
+    n_samples = _positive_int("n_samples", n_samples)
+    noise_level = _non_negative_number("noise_level", noise_level)
+    clip_percentile = _non_negative_number("clip_percentile", clip_percentile, upper=100.0)
+    smoothing_sigma = _non_negative_number("smoothing_sigma", smoothing_sigma)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TumorClassifierError(f"`seed` must be an integer, got {seed!r}.")
+    spec = _CAM_SPECS.get(method)
+    if target is None and spec is None:
+        raise TumorClassifierError(
+            f"target=None (the predicted class) is supported for the CAM methods only "
+            f"({', '.join(_CAM_SPECS)}), not {method!r}."
+        )
     if target is not None:
         target = _check_target(target, pixel_values.shape[0], model, pixel_values.device)
-    layers: list[torch.nn.Module] = []
-    if method == "gradcam":
-        if layer is None:
-            layer = attribution_layer(model)  # raises for unknown models before any work
-        layers = list(layer) if isinstance(layer, (torch.nn.ModuleList, list, tuple)) else [layer]
-        if not layers or not all(isinstance(item, torch.nn.Module) for item in layers):
-            raise TumorClassifierError(
-                f"layer must be a torch.nn.Module or a non-empty list of them, got {type(layer).__name__}."
-            )
+    groups = _cam_groups(model, spec, layer) if spec is not None else []
     logits_model = LogitsModel(model)
 
     with _attribution_state(model):
@@ -614,18 +1024,28 @@ def compute_attributions(
         # a copy made here (outside inference mode) can.
         pixel_values = _autograd_ready(pixel_values)
         target = None if target is None else _autograd_ready(target)
+        heads = _head_masks(pixel_values) if head_only else None
         logits = None
-        if method == "gradcam":
-            maps, logits = _gradcam(logits_model, pixel_values, target, layers, batch_size)
+        if spec is not None:
+            maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads)
         else:
-            base = _autograd_ready(_check_baseline(baseline, pixel_values))
-            if method == "integrated_gradients":
-                maps = _integrated_gradients(logits_model, pixel_values, target, base, batch_size, n_steps)
+            if method in _SMOOTHGRAD_SPECS:
+                maps = _smoothgrad(logits_model, pixel_values, target, batch_size, n_samples, noise_level, int(seed),
+                                   **_SMOOTHGRAD_SPECS[method])
+                if heads is not None:
+                    maps = maps * heads  # before clipping: the percentile is the head's
+                maps = _display(maps, heads, clip_percentile, smoothing_sigma)
             else:
-                maps = _occlusion(logits_model, pixel_values, target, base, batch_size, window, stride)
+                base = _autograd_ready(_check_baseline(baseline, pixel_values))
+                if method == "integrated_gradients":
+                    maps = _integrated_gradients(logits_model, pixel_values, target, base, batch_size, n_steps)
+                else:
+                    maps = _occlusion(logits_model, pixel_values, target, base, batch_size, window, stride)
             if return_logits:
                 with torch.no_grad():
                     logits = torch.cat([logits_model(pixel_values[i : i + batch_size]) for i in range(0, pixel_values.shape[0], batch_size)])
+        if heads is not None:
+            maps = maps * heads.to(maps.device)
     if return_logits:
         return _normalise(maps), logits.detach().float().cpu().numpy()
     return _normalise(maps)
