@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
@@ -28,7 +27,6 @@ from tumor_classifier.attributions import (
     attribution_layer,
     compute_attributions,
     default_method,
-    overlay,
 )
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
 from tumor_classifier.preprocessing import head_mask
@@ -715,65 +713,3 @@ def test_integrated_gradients_of_a_trained_vit_points_at_the_square():
     ratio = _mass_inside(compute_attributions(model, x, 1, "auto", n_steps=16), mask)
     assert ratio.mean() > 2.0, ratio
     assert (ratio > 1.0).float().mean() >= 0.75, ratio
-
-
-# --------------------------------------------------------------------------- overlay
-
-
-def _scan(height=20, width=30):
-    values = np.linspace(0, 255, height * width).reshape(height, width)
-    return np.round(values).astype(np.uint8)
-
-
-def _blob(height=20, width=30):
-    attribution = np.zeros((height, width), dtype=np.float32)
-    attribution[5:10, 10:20] = np.linspace(0.2, 1.0, 10)
-    return attribution
-
-
-@pytest.mark.parametrize(
-    "image",
-    [
-        Image.fromarray(_scan()),
-        Image.fromarray(_scan()).convert("RGB"),
-        _scan(),
-        np.stack([_scan()] * 3, axis=-1),
-    ],
-    ids=["pil-L", "pil-RGB", "numpy-2d", "numpy-rgb"],
-)
-def test_overlay_keeps_the_scan_where_there_is_no_evidence(image):
-    attribution = _blob()
-    result = overlay(image, attribution)
-    assert isinstance(result, Image.Image) and result.mode == "RGB"
-    assert result.size == (30, 20)  # PIL size is (W, H)
-    pixels = np.asarray(result)
-    gray = _scan()
-    zero = attribution == 0
-    for channel in range(3):
-        np.testing.assert_array_equal(pixels[..., channel][zero], gray[zero])
-    # Where the evidence is high the colour map shows (jet at 1.0 is dark red: R >> B).
-    hot = pixels[7, 19].astype(int)
-    assert not (hot[0] == hot[1] == hot[2])
-    assert hot[0] > hot[2]
-
-
-def test_overlay_blend_follows_the_formula():
-    gray = np.full((2, 2), 100, dtype=np.uint8)
-    attribution = np.array([[0.0, 0.5], [1.0, 0.25]])
-    result = np.asarray(overlay(gray, attribution, alpha=0.5, colormap="gray")).astype(float)
-    # colormap "gray" maps v to (v, v, v) (through a 256-entry table, hence the tolerance):
-    # pixel = 255 * ((1 - a) * 100 / 255 + a * v) with a = 0.5 * v.
-    expected = [(1 - 0.5 * v) * 100 + 0.5 * v * v * 255 for v in attribution.ravel()]
-    for channel in range(3):
-        np.testing.assert_allclose(result[..., channel].ravel(), expected, atol=1.5)
-
-
-def test_overlay_refuses_a_map_of_another_shape():
-    with pytest.raises(InvalidImageError) as error:
-        overlay(Image.fromarray(_scan()), _blob().T)
-    assert isinstance(error.value, ValueError)
-    assert "(30, 20)" in str(error.value) and "(20, 30)" in str(error.value)
-    with pytest.raises(TumorClassifierError, match="colormap"):
-        overlay(_scan(), _blob(), colormap="no-such-map")
-    with pytest.raises(InvalidImageError, match="NaN"):
-        overlay(_scan(), np.full((20, 30), np.nan))

@@ -1,4 +1,4 @@
-"""Attribution heatmaps (the Grad-CAM family, SmoothGrad, Integrated Gradients, Occlusion) and their overlay.
+"""Attribution heatmaps: the Grad-CAM family, SmoothGrad, Integrated Gradients, Occlusion.
 
 Every method answers the same question - *which pixels of this input speak for class
 ``target``?* - and returns maps in one format, so the estimator, the CLI and the Space can
@@ -92,6 +92,7 @@ and the model's state. Hooks ignore forward passes of other threads (e.g. a conc
 This module imports nothing of the package except :mod:`tumor_classifier.exceptions` and
 :func:`tumor_classifier.preprocessing.head_mask` (which imports only the exceptions), so
 it can be used (and tested) on any model; ensembles are recognised by their ``members``.
+The overlay of a map on its scan, and its legend, live in :mod:`tumor_classifier.visualization`.
 """
 
 from __future__ import annotations
@@ -106,10 +107,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .exceptions import InvalidImageError, TumorClassifierError
 from .preprocessing import head_mask
+from .visualization import overlay  # its home until 2026-11-30; kept importable from here
 
 
 @dataclass(frozen=True)
@@ -1049,121 +1050,3 @@ def compute_attributions(
     if return_logits:
         return _normalise(maps), logits.detach().float().cpu().numpy()
     return _normalise(maps)
-
-
-def _gray01(image: Any) -> np.ndarray:
-    """Any supported image -> float64 (H, W) grey in [0, 1].
-
-    Same conventions as the package's preprocessing: uint8 is taken as is, 16-bit, integer
-    and float data are min-max scaled over the image, alpha is composited on black (the
-    MRI background).
-    """
-    if isinstance(image, Image.Image):
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            array = np.asarray(image)
-        else:
-            rgba = image.convert("RGBA")
-            gray = np.asarray(rgba.convert("L"), dtype=np.float64)
-            alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255.0
-            return gray / 255.0 * alpha
-    elif isinstance(image, np.ndarray):
-        array = image
-    else:
-        raise InvalidImageError(
-            f"overlay needs a PIL image or a numpy array (H, W) / (H, W, C), got "
-            f"{type(image).__name__}."
-        )
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        channels = array.shape[2]
-        alpha = None
-        if channels == 4:
-            alpha = _scale01(array[..., 3])
-        if channels == 1:
-            array = array[..., 0]
-        else:
-            # ITU-R 601 luma, the weights PIL's convert("L") uses.
-            array = array[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-            if image.dtype == np.uint8:
-                array = np.round(array).astype(np.uint8)
-        gray = _scale01(array)
-        return gray if alpha is None else gray * alpha
-    if array.ndim != 2:
-        raise InvalidImageError(
-            f"overlay needs an image of shape (H, W) or (H, W, C) with C in 1, 3, 4; got "
-            f"{array.shape}."
-        )
-    return _scale01(array)
-
-
-def _scale01(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
-    if array.dtype == bool:
-        return array.astype(np.float64)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise InvalidImageError(f"Cannot read an array of dtype {array.dtype} as an image.")
-    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape)
-    return (values - low) / (high - low)
-
-
-def overlay(
-    image: Image.Image | np.ndarray,
-    attribution: np.ndarray,
-    *,
-    alpha: float = 0.45,
-    colormap: str = "jet",
-) -> Image.Image:
-    """Blends an attribution map onto the scan shown in grey.
-
-    Each pixel is ``(1 - a) * grey + a * colormap(attribution)`` with
-    ``a = alpha * attribution``: where the map is 0 the output is exactly the grey scan,
-    and the colour grows with the evidence, so the anatomy stays readable under the map.
-
-    Args:
-        image: The scan the map belongs to: a PIL image of any mode, or a numpy array
-            ``(H, W)`` / ``(H, W, C)`` with ``C`` in 1, 3, 4 (uint8 as is; other dtypes
-            min-max scaled; alpha composited on black).
-        attribution: Float array ``(H, W)`` in ``[0, 1]`` (values outside are clipped), the
-            same ``H, W`` as ``image`` - e.g. one map of :func:`compute_attributions` put
-            back onto the input geometry.
-        alpha: Opacity of the colour where the attribution is 1, in ``[0, 1]``.
-        colormap: Name of a matplotlib colormap (``"jet"``, ``"inferno"``, ...).
-
-    Returns:
-        RGB PIL image of size ``(W, H)``.
-
-    Raises:
-        InvalidImageError: (a ``ValueError``) the image cannot be read, the attribution is
-            not a finite 2-D array, or the shapes differ.
-        TumorClassifierError: ``alpha`` outside ``[0, 1]`` or an unknown colormap.
-    """
-    import matplotlib  # deferred: only the overlay needs it, and it is slow to import
-
-    gray = _gray01(image)
-    attribution = np.asarray(attribution)
-    if attribution.ndim != 2 or attribution.shape != gray.shape:
-        raise InvalidImageError(
-            f"The attribution map has shape {attribution.shape} but the image is "
-            f"{gray.shape} (H, W); resize the map to the image first."
-        )
-    if not (np.issubdtype(attribution.dtype, np.floating) or np.issubdtype(attribution.dtype, np.integer)):
-        raise InvalidImageError(f"The attribution map must be numeric, got {attribution.dtype}.")
-    if not np.isfinite(attribution).all():
-        raise InvalidImageError("The attribution map contains NaN or infinite values.")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise TumorClassifierError(f"alpha must be a number in [0, 1], got {alpha!r}.")
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except (KeyError, ValueError, TypeError) as error:
-        raise TumorClassifierError(
-            f"Unknown matplotlib colormap {colormap!r} (e.g. 'jet', 'inferno', 'viridis')."
-        ) from error
-
-    weight = np.clip(attribution.astype(np.float64), 0.0, 1.0)
-    heat = cmap(weight)[..., :3]
-    opacity = (alpha * weight)[..., None]
-    blended = (1.0 - opacity) * gray[..., None] + opacity * heat
-    return Image.fromarray(np.round(blended * 255.0).clip(0, 255).astype(np.uint8))
