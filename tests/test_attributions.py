@@ -29,6 +29,7 @@ from tumor_classifier.attributions import (
     default_method,
 )
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
+from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import head_mask
 
 SIZE = 32
@@ -522,6 +523,7 @@ def test_auto_method_per_backbone(models, pixel_values):
     assert default_method(models["convnext"]) == "gradcam"
     assert default_method(models["resnet"]) == "gradcam"
     assert default_method(models["vit"]) == "integrated_gradients"
+    assert default_method(create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True)) == "hirescam"
     assert default_method(ToyNet()) == "integrated_gradients"
     # "auto" resolves through default_method, so it works on a model with no known layer.
     maps = compute_attributions(ToyNet(), TOY_INPUT, [0], "auto", n_steps=4)
@@ -713,3 +715,84 @@ def test_integrated_gradients_of_a_trained_vit_points_at_the_square():
     ratio = _mass_inside(compute_attributions(model, x, 1, "auto", n_steps=16), mask)
     assert ratio.mean() > 2.0, ratio
     assert (ratio > 1.0).float().mean() >= 0.75, ratio
+
+
+# --------------------------------------------------------------------------- versus
+
+
+class SharedEvidenceToy(torch.nn.Module):
+    """Three classes on a one-channel input: ``logit_k = sum(W_k * x)`` with
+    ``W_0 = S + D`` and ``W_1 = S``: class 0 and class 1 share the evidence ``S``, and only
+    ``D`` tells class 0 from class 1 (``W_2 = 0``)."""
+
+    def __init__(self, shared: torch.Tensor, distinct: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.stack([shared + distinct, shared, torch.zeros_like(shared)]))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nhw,khw->nk", pixel_values[:, 0], self.weight)
+
+
+SHARED = torch.zeros(4, 4)
+SHARED[:2, :2] = 3.0
+DISTINCT = torch.zeros(4, 4)
+DISTINCT[3, 3] = 1.0
+DISTINCT[2, 3] = 0.5
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "smoothgrad"])
+def test_versus_explains_what_tells_the_class_from_the_other(method):
+    """The model is linear, so IG (zero baseline) and 1-pixel occlusion are exactly
+    ``relu(x * W)`` and SmoothGrad is ``|W|``: plain maps of class 0 peak on the shared
+    evidence S; against class 1 only D remains. Explaining class 1 against itself
+    explains its own logit."""
+    model = SharedEvidenceToy(SHARED, DISTINCT)
+    x = torch.ones(1, 1, 4, 4)
+    options = {"head_only": False, **TOY_OPTIONS[method]}
+    plain = compute_attributions(model, x, [0], method, **options)[0]
+    against = compute_attributions(model, x, [0], method, versus=1, **options)[0]
+    assert np.unravel_index(plain.argmax(), plain.shape) in [(0, 0), (0, 1), (1, 0), (1, 1)]
+    np.testing.assert_allclose(against, DISTINCT.numpy() / DISTINCT.max().item(), atol=1e-5)
+    itself = compute_attributions(model, x, [1], method, versus=1, **options)[0]
+    np.testing.assert_allclose(itself, SHARED.numpy() / SHARED.max().item(), atol=1e-5)
+
+
+class SharedChannelsToy(torch.nn.Module):
+    """A 1x1 conv copies the input to two identical channels; ``logit_0`` reads channel 0,
+    ``logit_1`` channel 1, ``logit_2`` their mean: every class sees the same evidence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Conv2d(1, 2, kernel_size=1, bias=False)
+        with torch.no_grad():
+            self.features.weight.fill_(1.0)
+        self.head = torch.nn.Linear(2, 3, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixel_values).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_versus_cancels_evidence_that_both_classes_share(method):
+    """Grad-CAM of class 0 is relu(x) / 16; against class 1 (the same evidence) the
+    channel weights are +1/16 and -1/16 on identical channels: nothing is left."""
+    model = SharedChannelsToy()
+    options = {"head_only": False, "layer": model.features}
+    plain = compute_attributions(model, TOY_INPUT, [0], method, **options)[0]
+    positive = TOY_INPUT[0, 0].clamp(min=0).numpy()
+    np.testing.assert_allclose(plain, positive / positive.max(), atol=1e-5)
+    against = compute_attributions(model, TOY_INPUT, [0], method, versus=1, **options)[0]
+    np.testing.assert_array_equal(against, np.zeros_like(against))
+    # target=None is still the predicted class of the plain logits, which come back unchanged.
+    maps, logits = compute_attributions(model, TOY_INPUT, None, method, versus=1, return_logits=True, **options)
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(TOY_INPUT).numpy(), atol=1e-6)
+
+
+def test_a_bad_versus_is_refused(models, pixel_values):
+    with pytest.raises(TumorClassifierError, match="outside"):
+        compute_attributions(models["convnext"], pixel_values, [0, 1, 2], "gradcam", versus=9)
+    with pytest.raises(TumorClassifierError, match="integer"):
+        compute_attributions(models["convnext"], pixel_values, [0, 1, 2], "gradcam", versus=0.5)

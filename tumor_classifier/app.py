@@ -79,7 +79,12 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: package's own limit (8192) is for files, the app keeps memory per request bounded.
 MAX_SCAN_SIDE = 4096
 #: Heatmap methods as the UI names them.
-METHOD_CHOICES = (("Grad-CAM", "gradcam"), ("Integrated Gradients", "integrated_gradients"), ("Occlusion", "occlusion"))
+METHOD_CHOICES = (
+    ("HiResCAM", "hirescam"),
+    ("Grad-CAM", "gradcam"),
+    ("Integrated Gradients", "integrated_gradients"),
+    ("Occlusion", "occlusion"),
+)
 DEFAULT_OPACITY = 0.45
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
 MAX_BATCH_SIZE = 8

@@ -211,6 +211,33 @@ class LogitsModel(torch.nn.Module):
         return logits
 
 
+def _contrast(logits: torch.Tensor, versus: int | None) -> torch.Tensor:
+    """Logits with ``logits[:, versus]`` subtracted from every other class's.
+
+    Explaining class ``c`` then explains ``logit_c - logit_versus``: what makes the image
+    ``c`` *rather than* ``versus`` (e.g. a tumour class rather than no tumour), not what
+    every class shares (that it is a brain). The ``versus`` column is kept as it is, so
+    explaining ``versus`` itself still explains its own logit.
+    """
+    if versus is None:
+        return logits
+    reference = logits[:, versus : versus + 1]
+    contrasted = logits - reference
+    return torch.cat([contrasted[:, :versus], reference, contrasted[:, versus + 1 :]], dim=1)
+
+
+class _ContrastModel(torch.nn.Module):
+    """A :class:`LogitsModel` whose logits go through :func:`_contrast`."""
+
+    def __init__(self, logits_model: torch.nn.Module, versus: int) -> None:
+        super().__init__()
+        self.logits_model = logits_model
+        self.versus = versus
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _contrast(self.logits_model(pixel_values), self.versus)
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.model if isinstance(model, LogitsModel) else model
 
@@ -247,34 +274,37 @@ def _model_type(model: torch.nn.Module) -> str | None:
 def default_method(model: torch.nn.Module) -> str:
     """The method ``"auto"`` resolves to for ``model``.
 
-    * ConvNeXt (one model or an ensemble), ResNet, EfficientNet-Lite -> ``"gradcam"``.
-      Rule: the best pointing game (then mass in box) among the methods that cost at most
-      about 3x ``predict``. Evidence: ``benchmarks/localisation.py --limit 20`` (60 tumour
-      slices with boxes; head-masked maps; one CPU thread) on the shipped fine-tuned
-      ConvNeXt (40-80-160-320, 128 px; commit 277909b). Pointing game / mass in box /
-      explain over predict (the benchmark's medians):
+    * EfficientNet-Lite -> ``"hirescam"`` (on the stride-16 stage). Rule: the best
+      pointing game (then mass in box) among the methods that cost at most about 3x
+      ``predict``. Evidence: 60 tumour slices with boxes (the first 20 per class of
+      ``../shared/data/tumour-boxes``; head-masked maps; one CPU thread) on the shipped
+      EfficientNet-Lite0 (ImageNet-pretrained, fine-tuned at 128 px; commit of
+      2026-11-30). Pointing game (all / glioma / meningioma / pituitary), mass in box,
+      and explain time with predict at 22-100 ms on a loaded machine:
 
-      =====================  ======  ======  =====
-      gradcam                 5.0 %   5.3 %   3.0x
-      gradcam_fine            6.7 %   4.9 %   4.2x
-      gradcam_multiscale      5.0 %   3.4 %   4.0x
-      hirescam                3.3 %   4.0 %   4.0x
-      gradcam_plusplus        8.3 %   3.9 %   3.9x
-      smoothgrad             20.0 %   8.2 %  24.9x
-      integrated_gradients   46.7 %  11.5 %  39.4x
-      (n_steps=4)            51.7 %  12.1 %   8.2x
-      =====================  ======  ======  =====
+      ==========================  =====  =====  =====  =====  ======  =========
+      hirescam                    51.7   40     80     35     15.9 %  ~1x
+      hirescam ``versus=notumor`` 46.7   45     80     15     14.4 %  ~1x
+      gradcam                     35.0   50     55      0      8.0 %  ~3x
+      gradcam ``versus=notumor``  38.3   55     60      0      8.3 %  ~1x
+      gradcam_fine                28.3    5     35     45      8.5 %  ~2.5x
+      gradcam_plusplus            23.3   10     40     20      8.5 %  ~1x
+      integrated_gradients, 4     48.3   30     95     20     13.1 %  ~23x
+      ==========================  =====  =====  =====  =====  ======  =========
 
-      Model-free references: the head's centre points at the tumour in 40 % of the
-      slices, and a map spread evenly over the head puts 5.5 % of its mass in the box.
-      Every method within the cost budget is the Grad-CAM family, whose maps peak on the
-      scalp and skull for this model; their pointing games (2 to 5 hits of 60) do not
-      differ beyond chance, so the cheapest one is kept: ``gradcam``, the only one the
-      estimator computes in the same pass as the prediction. (On the previous shipped
-      ensemble of four such ConvNeXt: gradcam 5.0 %, gradcam_fine 13.3 %,
-      gradcam_multiscale 20.0 % / 9.4 % at 3.6x.) Only Integrated Gradients localises
-      the tumour better than the head's centre; with ``n_steps=4`` it does so at about a
-      sixth of the default 32 steps' cost, above this budget.
+      The head's centre points at the tumour in 40 % of the slices: HiResCAM beats that
+      model-free baseline, Grad-CAM does not. Pituitary boxes are small and every method
+      misses most of them. ``benchmarks/localisation.py`` gives the same figures for
+      any model and all 600 slices.
+    * ConvNeXt (one model or an ensemble), ResNet -> ``"gradcam"``. On the fine-tuned
+      ConvNeXt shipped before (40-80-160-320, 128 px; commit 277909b), 60 slices: every
+      method within the budget peaked on the scalp and skull (gradcam 5.0 %,
+      gradcam_fine 6.7 %, gradcam_multiscale 5.0 %, hirescam 3.3 %, gradcam_plusplus
+      8.3 % pointing game); only Integrated Gradients beat the head's centre (46.7 %
+      with 32 steps, 51.7 % with 4, at 39x and 8x ``predict``). Their pointing games do
+      not differ beyond chance, so the cheapest is kept (the only one computed in the
+      prediction's own pass). On the ensemble of four such ConvNeXt before it: gradcam
+      5.0 %, gradcam_fine 13.3 %, gradcam_multiscale 20.0 %.
     * ViT -> ``"integrated_gradients"``. Evidence: 18 tiny ViTs (32 px, patch 4, 2
       blocks, seeds 0-9 / 0-7) trained for 60 steps to tell noise with a bright 8 px
       square from noise without (half of them with a bright bar in *every* image as a
@@ -302,7 +332,10 @@ def default_method(model: torch.nn.Module) -> str:
     Returns:
         One of :data:`METHODS`.
     """
-    if _model_type(model) in ("convnext", "resnet", "efficientnet_lite"):
+    model_type = _model_type(model)
+    if model_type == "efficientnet_lite":
+        return "hirescam"
+    if model_type in ("convnext", "resnet"):
         return "gradcam"
     return "integrated_gradients"  # ViT (evidence above) and any other model
 
@@ -633,6 +666,7 @@ def _cam(
     batch_size: int,
     spec: _CamSpec,
     heads: torch.Tensor | None,
+    versus: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM-family maps ``(n, h, w)`` (not normalised) and the logits ``(n, k)`` of the same passes.
 
@@ -682,7 +716,7 @@ def _cam(
             # logits gives every image its own gradient.
             chunk_target = logits.argmax(dim=1) if target is None else target[start:stop]
             all_logits.append(logits.detach())
-            score = logits.gather(1, chunk_target[:, None]).sum()
+            score = _contrast(logits, versus).gather(1, chunk_target[:, None]).sum()
             gradients = torch.autograd.grad(score, activations, allow_unused=True)
             cams = [
                 _layer_cam(layer, activation, gradient, spec.weighting, height, width)
@@ -911,6 +945,7 @@ def compute_attributions(
     clip_percentile: float = 99.0,
     smoothing_sigma: float = 2.0,
     seed: int = 0,
+    versus: int | None = None,
     return_logits: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Attribution maps of ``target`` for each image, one ``[0, 1]`` map per image.
@@ -972,6 +1007,11 @@ def compute_attributions(
             in ``[0, 100]``; 100 keeps all) are clipped to it.
         smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none).
         seed: SmoothGrad: seed of the noise (maps are repeatable).
+        versus: A class index to explain against (every method): the map of class ``c``
+            then shows the evidence for ``logit_c - logit_versus``, what makes the image
+            ``c`` rather than ``versus``, instead of everything that raises ``logit_c``
+            (including what all classes share). Images whose target *is* ``versus`` get
+            the map of their own logit. ``None``: plain logits.
         return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
             the Grad-CAM family's own forward pass, or one extra pass for the other methods).
 
@@ -1017,6 +1057,8 @@ def compute_attributions(
         )
     if target is not None:
         target = _check_target(target, pixel_values.shape[0], model, pixel_values.device)
+    if versus is not None:
+        versus = int(_check_target(versus, 1, model, pixel_values.device)[0])
     groups = _cam_groups(model, spec, layer) if spec is not None else []
     logits_model = LogitsModel(model)
 
@@ -1028,10 +1070,11 @@ def compute_attributions(
         heads = _head_masks(pixel_values) if head_only else None
         logits = None
         if spec is not None:
-            maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads)
+            maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads, versus)
         else:
+            explained = logits_model if versus is None else _ContrastModel(logits_model, versus)
             if method in _SMOOTHGRAD_SPECS:
-                maps = _smoothgrad(logits_model, pixel_values, target, batch_size, n_samples, noise_level, int(seed),
+                maps = _smoothgrad(explained, pixel_values, target, batch_size, n_samples, noise_level, int(seed),
                                    **_SMOOTHGRAD_SPECS[method])
                 if heads is not None:
                     maps = maps * heads  # before clipping: the percentile is the head's
@@ -1039,9 +1082,9 @@ def compute_attributions(
             else:
                 base = _autograd_ready(_check_baseline(baseline, pixel_values))
                 if method == "integrated_gradients":
-                    maps = _integrated_gradients(logits_model, pixel_values, target, base, batch_size, n_steps)
+                    maps = _integrated_gradients(explained, pixel_values, target, base, batch_size, n_steps)
                 else:
-                    maps = _occlusion(logits_model, pixel_values, target, base, batch_size, window, stride)
+                    maps = _occlusion(explained, pixel_values, target, base, batch_size, window, stride)
             if return_logits:
                 with torch.no_grad():
                     logits = torch.cat([logits_model(pixel_values[i : i + batch_size]) for i in range(0, pixel_values.shape[0], batch_size)])
