@@ -123,3 +123,26 @@ def plot_reliability(
     axis.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1.02))
     axis.legend(loc="upper left")
     return _save(figure, path)
+
+
+def plot_slice_probabilities(
+    tumour_probability: np.ndarray,
+    path: str | Path,
+    *,
+    threshold: float = 0.5,
+    key_slice: int | None = None,
+    runs: Sequence[tuple[int, int]] = (),
+    title: str = "Tumour probability along the slices",
+) -> Path:
+    """Tumour probability per slice (NaN = not classified), the threshold, runs and key slice."""
+    values = np.asarray(tumour_probability, dtype=float)
+    figure, axis = _subplots(figsize=(7, 3.2))
+    axis.plot(np.arange(values.size), values, marker=".", markersize=3, linewidth=1, label="tumour probability")
+    axis.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    for index, (first, last) in enumerate(runs):
+        axis.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.15, label="tumour run" if index == 0 else None)
+    if key_slice is not None:
+        axis.axvline(key_slice, color="tab:red", linewidth=1, label=f"key slice {key_slice}")
+    axis.set(xlabel="slice", ylabel="P(tumour)", ylim=(-0.02, 1.02), xlim=(-0.5, max(values.size, 1) - 0.5), title=title)
+    axis.legend(fontsize=7, loc="upper right")
+    return _save(figure, path)

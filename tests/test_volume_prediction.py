@@ -1,0 +1,135 @@
+"""The volume verdict: the aggregation rule by hand, predict_volume and the CLI on real files.
+
+A tiny random-weight ConvNeXt saved as a model folder stands in for a trained model here:
+these tests check the plumbing and the rule, not accuracy (the shipped model on real
+volumes is tests/test_volume_verdicts.py).
+"""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tumor_classifier import TumorClassifier
+from tumor_classifier.cli import main
+from tumor_classifier.models import create_model
+from tumor_classifier.preprocessing import MRIPreprocessor
+from tumor_classifier.volume_prediction import VolumePrediction, aggregate, runs_at_least
+from tumor_classifier.volumes import load_volume
+
+from conftest import CLASSES, TINY_CONVNEXT
+from volume_files import phantom, write_dicom_series, write_nifti
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, one_torch_thread):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model = create_model("convnext", class_names=list(CLASSES), from_scratch=True, image_size=32, config_overrides=TINY_CONVNEXT)
+    model.save_pretrained(folder)
+    MRIPreprocessor(size=32).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clf(model_dir):
+    return TumorClassifier.from_pretrained(model_dir)
+
+
+def test_runs_at_least_counts_consecutive_slices_and_nan_breaks_a_run():
+    values = np.array([0.1, 0.6, 0.7, np.nan, 0.8, 0.9, 0.95, 0.2, 0.5])
+    assert runs_at_least(values, 0.5, 3) == [(4, 6)]
+    assert runs_at_least(values, 0.5, 2) == [(1, 2), (4, 6)]
+    assert runs_at_least(values, 0.5, 1) == [(1, 2), (4, 6), (8, 8)]
+    assert runs_at_least(values, 0.99, 1) == []
+
+
+def _proba(tumour: list[float], tumour_class: str = "glioma") -> np.ndarray:
+    """Rows over CLASSES: the tumour probability goes to one class, the rest to notumor."""
+    rows = np.zeros((len(tumour), len(CLASSES)), dtype=np.float32)
+    for i, p in enumerate(tumour):
+        if np.isnan(p):
+            rows[i] = np.nan
+        else:
+            rows[i, CLASSES.index(tumour_class)] = p
+            rows[i, CLASSES.index("notumor")] = 1 - p
+    return rows
+
+
+def test_aggregate_by_hand():
+    classes = list(CLASSES)
+    # One confident slice is not a tumour; three in a row are.
+    label, p, _, runs, key = aggregate(_proba([0.1, 0.99, 0.1, 0.2, 0.1]), classes)
+    assert (label, runs, key) == ("notumor", [], 1)
+    assert p == pytest.approx((0.99 + 0.1 + 0.2) / 3)  # the best mean over 3 consecutive slices
+    proba = _proba([np.nan, 0.2, 0.6, 0.9, 0.7, 0.1, np.nan])
+    proba[2:5] = _proba([0.6, 0.9, 0.7], "pituitary")
+    label, p, mean, runs, key = aggregate(proba, classes)
+    assert (label, runs, key) == ("pituitary", [(2, 4)], 3)
+    assert p == pytest.approx((0.6 + 0.9 + 0.7) / 3)
+    assert mean[classes.index("pituitary")] == pytest.approx(p)
+    # The type is the mean over every qualifying run: glioma in a short run, meningioma in a long one.
+    proba = np.concatenate([_proba([0.9, 0.9, 0.9], "glioma"), _proba([0.1]), _proba([0.8] * 5, "meningioma")])
+    label, _, _, runs, key = aggregate(proba, classes)
+    assert label == "meningioma" and runs == [(0, 2), (4, 8)] and 4 <= key <= 8
+
+
+def test_predict_volume_on_a_nifti_file(clf, tmp_path):
+    path = write_nifti(tmp_path / "head.nii.gz", phantom())
+    result = clf.predict_volume(path)
+    assert isinstance(result, VolumePrediction)
+    n = len(result.volume)
+    assert result.slice_probabilities.shape == (n, len(CLASSES))
+    classified = result.classified
+    assert classified.any() and not classified.all()  # the caps of the phantom are skipped
+    assert np.isnan(result.slice_probabilities[~classified]).all()
+    np.testing.assert_allclose(result.slice_probabilities[classified].sum(axis=1), 1, atol=1e-5)
+    # The verdict follows the documented rule from the per-slice numbers.
+    assert result.tumour == bool(runs_at_least(result.slice_tumour_probability, result.threshold, result.min_run))
+    assert (result.model_label == "notumor") == (not result.tumour)
+    assert classified[result.key_slice]
+    assert result.explanation.attribution.shape == result.volume.slices[result.key_slice].shape
+    assert result.mri_check in ("is_brain_mri", "assess_image") and isinstance(result.looks_like_mri, bool)
+    assert (result.label is None) == (not result.looks_like_mri)
+    table = result.slice_table()
+    assert len(table) == n and set(CLASSES) <= set(table[0])
+
+
+def test_predict_volume_takes_arrays_and_volumes_and_planes(clf, tmp_path):
+    path = write_nifti(tmp_path / "head.nii.gz", phantom())
+    volume = load_volume(path)
+    from_volume = clf.predict_volume(volume, explain=False)
+    from_array = clf.predict_volume(volume.slices, explain=False)
+    np.testing.assert_allclose(from_volume.slice_probabilities, from_array.slice_probabilities, atol=1e-6)
+    assert from_volume.explanation is None
+    coronal = clf.predict_volume(nib.load(str(path)), plane="coronal", explain=False)
+    assert coronal.volume.plane == "coronal" and len(coronal.volume) == phantom().shape[1]
+
+
+def test_predict_volume_settings_are_checked(clf):
+    with pytest.raises(ValueError, match="min_run must be >= 1"):
+        clf.predict_volume(np.moveaxis(phantom(), 2, 0), min_run=0)
+
+
+def test_cli_predicts_a_nifti_with_slices_plot_and_overlay(model_dir, tmp_path, capsys):
+    path = write_nifti(tmp_path / "head.nii.gz", phantom())
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "--model", str(model_dir), "--slices", "--explain", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{path}: " in printed and ("no tumour" in printed or "tumour, type" in printed or "NOT A BRAIN MRI" in printed)
+    assert "(outside the head, not classified)" in printed  # the --slices table
+    files = sorted(p.name for p in out.iterdir())
+    assert any(name.startswith("head_key_slice_") for name in files) and "head_slice_probabilities.png" in files
+    assert "Research use only" in printed
+
+
+def test_cli_json_for_a_dicom_folder_and_a_clear_error_for_ct(model_dir, tmp_path, capsys):
+    write_dicom_series(tmp_path / "mr", phantom())
+    write_dicom_series(tmp_path / "ct", phantom(), modality="CT")
+    assert main(["predict", str(tmp_path / "mr"), str(tmp_path / "ct"), "--model", str(model_dir), "--json"]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["volume"] == str(tmp_path / "mr") and rows[0]["plane"] == "axial"
+    assert rows[0]["classified_slices"] < rows[0]["slices"] == phantom().shape[2]
+    assert "not MRI" in rows[1]["error"]

@@ -1,0 +1,347 @@
+"""Reading volumes: NIfTI and DICOM files written here with nibabel and pydicom, BraTS cases.
+
+Every file is real (written by the libraries that write them in practice); the phantom
+carries markers whose place says whether orientation and slice order came out right.
+"""
+
+import random
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from volume_files import SHAPE, phantom, write_dicom_series, write_nifti
+
+from tumor_classifier.exceptions import InvalidDatasetError, InvalidImageError, InvalidVolumeError
+from tumor_classifier.volumes import (
+    BRATS_SEQUENCES,
+    Volume,
+    brats_slice_dataset,
+    head_slices,
+    load_brats_case,
+    load_volume,
+    robust_window,
+)
+
+
+def marker_position(slices: np.ndarray, level: int = 255) -> tuple[float, float, float]:
+    """Mean (slice, row, column) of the brightest voxels."""
+    return tuple(float(i.mean()) for i in np.nonzero(slices >= level))
+
+
+# ------------------------------------------------------------------------------- NIfTI
+
+
+def test_nifti_axial_slices_run_inferior_to_superior_anterior_up_patient_right_on_the_left(tmp_path):
+    volume = load_volume(write_nifti(tmp_path / "p.nii.gz", phantom()))
+    assert isinstance(volume, Volume) and volume.plane == "axial"
+    assert volume.slices.dtype == np.uint8 and volume.slices.shape == (SHAPE[2], SHAPE[1], SHAPE[0])
+    k, row, col = marker_position(volume.slices)
+    assert 8 <= k < 12  # the anterior-right marker sits mid-height
+    assert row < SHAPE[1] / 3  # anterior at the top
+    assert col < SHAPE[0] / 3  # patient right on the image left (radiological)
+
+
+@pytest.mark.parametrize("flips", [(0,), (1,), (0, 1), (2,), (0, 1, 2)])
+def test_orientation_comes_from_the_affine_not_the_axis_order(tmp_path, flips):
+    """The same head stored flipped (LAS, LPS, RAI ...) or with axes swapped reads the same."""
+    data = phantom()
+    reference = load_volume(write_nifti(tmp_path / "ras.nii", data))
+    affine = np.eye(4)
+    stored = data.copy()
+    for axis in flips:  # flip the storage and let the affine point the axis the other way
+        stored = np.flip(stored, axis)
+        affine[axis, axis] = -1
+        affine[axis, 3] = SHAPE[axis] - 1
+    flipped = load_volume(write_nifti(tmp_path / "flipped.nii", np.ascontiguousarray(stored), affine))
+    np.testing.assert_array_equal(flipped.slices, reference.slices)
+    # Swap x and y in storage, with an affine that says so.
+    swapped_affine = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    swapped = load_volume(write_nifti(tmp_path / "swapped.nii", np.ascontiguousarray(data.transpose(1, 0, 2)), swapped_affine))
+    np.testing.assert_array_equal(swapped.slices, reference.slices)
+
+
+def test_coronal_and_sagittal_planes(tmp_path):
+    path = write_nifti(tmp_path / "p.nii.gz", phantom())
+    coronal = load_volume(path, plane="coronal")
+    assert coronal.slices.shape == (SHAPE[1], SHAPE[2], SHAPE[0])
+    k, row, col = marker_position(coronal.slices)
+    assert k > 2 * SHAPE[1] / 3 and col < SHAPE[0] / 3  # anterior slices; patient right on the left
+    sagittal = load_volume(path, plane="sagittal")
+    assert sagittal.slices.shape == (SHAPE[0], SHAPE[2], SHAPE[1])
+    k, row, col = marker_position(sagittal.slices)
+    assert k > 2 * SHAPE[0] / 3 and col < SHAPE[1] / 3  # right-hand slices; anterior on the left
+    # The superior-left marker (250 -> below the window's top) is near the top of sagittal slices.
+    left = sagittal.slices[2:5]
+    rows = np.nonzero((left > 100) & (left < 255))[1]
+    assert rows.size and rows.min() <= 3
+
+
+def test_anisotropic_voxels_are_resampled_to_square_pixels(tmp_path):
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])  # 3 mm slices
+    volume = load_volume(write_nifti(tmp_path / "thick.nii.gz", phantom(), affine), plane="coronal")
+    assert volume.slices.shape == (SHAPE[1], 3 * SHAPE[2], SHAPE[0])
+    assert volume.spacing == (1.0, 1.0, 1.0)
+
+
+def test_window_is_robust_to_a_few_hot_voxels(tmp_path):
+    data = phantom()
+    data[0, 0, 0] = 1e6  # one hot voxel must not darken the whole volume
+    volume = load_volume(write_nifti(tmp_path / "hot.nii.gz", data))
+    assert volume.window[1] < 1000
+    assert np.median(volume.slices[volume.slices > 0]) > 40
+
+
+def test_four_d_needs_a_time_point(tmp_path):
+    data = np.stack([phantom(), 2 * phantom()], axis=-1)
+    path = write_nifti(tmp_path / "fmri.nii.gz", data)
+    with pytest.raises(InvalidVolumeError, match=r"4-D.*2 time points.*time_point=0\.\.1"):
+        load_volume(path)
+    volume = load_volume(path, time_point=1)
+    assert volume.notes == ["4-D volume: time point 1 of 2 read."]
+    with pytest.raises(InvalidVolumeError, match="out of range"):
+        load_volume(path, time_point=2)
+    # A trailing axis of length 1 is a 3-D volume, not a 4-D one.
+    assert load_volume(write_nifti(tmp_path / "one.nii.gz", phantom()[..., None])).slices.shape[0] == SHAPE[2]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.ones((8, 8), dtype=np.float32), "2 dimension"),
+        (np.ones((4, 4, 4, 2, 2), dtype=np.float32), "5 dimension"),
+        (np.zeros(SHAPE, dtype=np.float32), "empty: every voxel is 0"),
+        (np.where(phantom() > 0, np.nan, 0).astype(np.float32), "NaN or infinite"),
+        (np.where(phantom() > 0, np.inf, 0).astype(np.float32), "NaN or infinite"),
+    ],
+    ids=["2d", "5d", "empty", "nan", "inf"],
+)
+def test_bad_nifti_volumes_are_refused_clearly(tmp_path, data, message):
+    path = write_nifti(tmp_path / "bad.nii.gz", data)
+    with pytest.raises(InvalidVolumeError, match=message) as caught:
+        load_volume(path)
+    assert isinstance(caught.value, InvalidImageError) and isinstance(caught.value, ValueError)
+
+
+def test_a_file_that_is_not_what_its_name_says(tmp_path):
+    text = tmp_path / "scan.nii.gz"
+    text.write_text("not a volume")
+    with pytest.raises(InvalidVolumeError, match=r"named like a NIFTI file but its content is not NIfTI nor DICOM"):
+        load_volume(text)
+    dicom_named = tmp_path / "scan.dcm"
+    write_nifti(tmp_path / "real.nii", phantom())
+    dicom_named.write_bytes((tmp_path / "real.nii").read_bytes())
+    with pytest.raises(InvalidVolumeError, match=r"named like a DICOM file but its content is NIfTI"):
+        load_volume(dicom_named)
+    empty = tmp_path / "empty.nii"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidVolumeError, match="empty file"):
+        load_volume(empty)
+    with pytest.raises(InvalidVolumeError, match="does not exist"):
+        load_volume(tmp_path / "missing.nii.gz")
+
+
+def test_arrays_and_nibabel_images(tmp_path):
+    data = phantom()
+    from_image = load_volume(nib.Nifti1Image(data, np.eye(4)))
+    np.testing.assert_array_equal(from_image.slices, load_volume(write_nifti(tmp_path / "p.nii", data)).slices)
+    slices = np.moveaxis(data, 2, 0)
+    from_array = load_volume(slices)
+    assert from_array.slices.shape == slices.shape and not from_array.orientation_known
+    with pytest.raises(InvalidVolumeError, match="cannot be cut in the coronal plane"):
+        load_volume(slices, plane="coronal")
+    with pytest.raises(InvalidVolumeError, match="Unknown plane"):
+        load_volume(slices, plane="oblique")
+    with pytest.raises(InvalidVolumeError, match="Cannot read an object of type list"):
+        load_volume([1, 2, 3])
+
+
+def test_head_slices_and_window():
+    slices = np.zeros((5, 10, 10), dtype=np.uint8)
+    slices[1:4, 2:8, 2:8] = 200
+    slices[4, 0, 0] = 200  # a cap of the head: one bright pixel
+    np.testing.assert_array_equal(head_slices(slices), [False, True, True, True, False])
+    assert robust_window(np.arange(1000, dtype=np.float32).reshape(10, 10, 10))[1] == pytest.approx(994.01, abs=0.01)
+
+
+# ------------------------------------------------------------------------------- DICOM
+
+
+def test_dicom_series_is_sorted_by_position_not_file_name(tmp_path):
+    data = phantom()
+    data[..., :] += np.arange(SHAPE[2], dtype=np.float32)[None, None, :] * (data[..., :] > 0)  # brighter upwards
+    write_dicom_series(tmp_path / "series", data, thickness=1.0)
+    dicom = load_volume(tmp_path / "series")
+    nifti = load_volume(write_nifti(tmp_path / "same.nii", data))
+    assert dicom.modality == "MR" and dicom.plane == "axial"
+    np.testing.assert_array_equal(dicom.slices, nifti.slices)  # same slices, same orientation, same order
+    means = [s[s > 0].mean() for s in dicom.slices if (s > 0).any()]
+    assert means[-1] > means[0]
+
+
+def test_dicom_series_with_thick_slices_keeps_their_spacing(tmp_path):
+    write_dicom_series(tmp_path / "s", phantom(), spacing=(0.5, 0.5), thickness=2.0)
+    volume = load_volume(tmp_path / "s")
+    assert volume.spacing == (2.0, 0.5, 0.5)
+    coronal = load_volume(tmp_path / "s", plane="coronal")
+    assert coronal.slices.shape == (SHAPE[1], 4 * SHAPE[2], SHAPE[0])
+
+
+def test_dicom_folder_with_two_series_needs_a_series_uid(tmp_path):
+    first, _ = write_dicom_series(tmp_path / "mixed", phantom())
+    second, _ = write_dicom_series(tmp_path / "mixed", 2 * phantom(), names=[f"b{i}.dcm" for i in range(SHAPE[2])])
+    (tmp_path / "mixed" / "notes.txt").write_text("not DICOM, skipped")
+    with pytest.raises(InvalidVolumeError, match="holds 2 DICOM series; choose one with series_uid") as caught:
+        load_volume(tmp_path / "mixed")
+    assert first in str(caught.value) and second in str(caught.value)
+    assert load_volume(tmp_path / "mixed", series_uid=second).series_uid == second
+    with pytest.raises(InvalidVolumeError, match="has no series 'nope'"):
+        load_volume(tmp_path / "mixed", series_uid="nope")
+
+
+def test_four_d_dicom_series_needs_a_time_point(tmp_path):
+    data = np.stack([phantom(), 3 * phantom()], axis=-1)
+    write_dicom_series(tmp_path / "fmri", data, time_points=2)
+    with pytest.raises(InvalidVolumeError, match=r"4-D series: 20 slice positions x 2 time points"):
+        load_volume(tmp_path / "fmri")
+    first = load_volume(tmp_path / "fmri", time_point=0)
+    second = load_volume(tmp_path / "fmri", time_point=1)
+    assert first.window[1] * 2.5 < second.window[1]
+
+
+def test_dicom_series_with_a_missing_slice_at_a_repeated_position_is_refused(tmp_path):
+    _, paths = write_dicom_series(tmp_path / "s", np.stack([phantom(), phantom()], axis=-1), time_points=2, shuffle=False)
+    paths[-1].unlink()  # one position now holds one image, the others two
+    with pytest.raises(InvalidVolumeError, match="same number at every position"):
+        load_volume(tmp_path / "s", time_point=0)
+
+
+def test_ct_is_refused_by_its_dicom_header(tmp_path):
+    write_dicom_series(tmp_path / "ct", phantom(), modality="CT")
+    with pytest.raises(InvalidVolumeError, match=r"CT image \(DICOM Modality 'CT'\), not MRI"):
+        load_volume(tmp_path / "ct")
+    real_ct = get_testdata_file("CT_small.dcm")  # a real CT file shipped in the pydicom wheel
+    with pytest.raises(InvalidVolumeError, match="not MRI"):
+        load_volume(real_ct)
+
+
+def test_a_real_single_mr_file_reads_as_a_one_slice_volume():
+    volume = load_volume(get_testdata_file("MR_small.dcm"))
+    assert volume.slices.shape == (1, 64, 64) and volume.modality == "MR"
+
+
+def test_a_folder_without_dicom_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    with pytest.raises(InvalidVolumeError, match="holds no DICOM files"):
+        load_volume(tmp_path)
+
+
+def write_enhanced_mr(path, data, order):
+    """One enhanced MR multi-frame file: frames stored in ``order``, each with its PlanePositionSequence."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    frames = [data[::-1, ::-1, k].T for k in order]
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames[0].shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    shared = Dataset()
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing = [1.0, 1.0]
+    measures.SliceThickness = 1.0
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for k in order:
+        item, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(k)]
+        item.PlanePositionSequence = [position]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.PixelData = np.ascontiguousarray(np.stack(frames).astype(np.uint16)).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_enhanced_multiframe_frames_are_sorted_by_their_positions(tmp_path):
+    data = phantom()
+    order = list(range(SHAPE[2]))
+    random.Random(1).shuffle(order)
+    volume = load_volume(write_enhanced_mr(tmp_path / "enhanced.dcm", data, order))
+    np.testing.assert_array_equal(volume.slices, load_volume(write_nifti(tmp_path / "same.nii", data)).slices)
+
+
+# ------------------------------------------------------------------------------- BraTS
+
+
+def write_brats_case(folder, *, year=2023, tumour_slices=range(8, 13), seg=True):
+    """A small BraTS case: four sequences with a bright lesion on ``tumour_slices`` and its segmentation."""
+    folder.mkdir(parents=True)
+    names = dict(zip(BRATS_SEQUENCES, BRATS_SEQUENCES)) if year == 2023 else {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
+    sep = "-" if year == 2023 else "_"
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS, as BraTS stores them
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    for k in tumour_slices:
+        labels[8:14, 10:16, k] = 2
+    for index, sequence in enumerate(BRATS_SEQUENCES):
+        data = phantom() * (1 + index) + 300.0 * (labels > 0)
+        write_nifti(folder / f"{folder.name}{sep}{names[sequence]}.nii.gz", data.astype(np.float32), affine)
+    if seg:
+        write_nifti(folder / f"{folder.name}{sep}seg.nii.gz", labels, affine)
+    return folder
+
+
+@pytest.mark.parametrize("year", [2023, 2021])
+def test_load_brats_case_reads_four_sequences_and_the_segmentation(tmp_path, year):
+    case = load_brats_case(write_brats_case(tmp_path / f"BraTS-{year}-00001", year=year))
+    assert sorted(case.sequences) == sorted(BRATS_SEQUENCES)
+    assert case.segmentation.shape == case.sequences["t1c"].slices.shape == (SHAPE[2], SHAPE[1], SHAPE[0])
+    np.testing.assert_array_equal(np.flatnonzero(case.tumour_slices()), np.arange(8, 13))
+    # The lesion is where the segmentation says, in every sequence (same orientation).
+    lesion = case.segmentation > 0
+    for volume in case.sequences.values():
+        assert volume.slices[lesion].min() > np.median(volume.slices[~lesion & (volume.slices > 0)])
+
+
+def test_brats_case_errors(tmp_path):
+    with pytest.raises(InvalidDatasetError, match="No BraTS sequence"):
+        (tmp_path / "empty").mkdir()
+        load_brats_case(tmp_path / "empty")
+    case = write_brats_case(tmp_path / "c1", seg=False)
+    assert load_brats_case(case).segmentation is None
+    with pytest.raises(InvalidDatasetError, match="has no segmentation"):
+        load_brats_case(case).tumour_slices()
+    (case / "c1-t1c.nii.gz").unlink()
+    with pytest.raises(InvalidDatasetError, match="has no t1c"):
+        load_brats_case(case, sequences=["t1ce"])
+
+
+def test_brats_slice_dataset_labels_slices_from_the_segmentation(tmp_path):
+    root = tmp_path / "brats"
+    write_brats_case(root / "case-a", tumour_slices=range(8, 13))
+    write_brats_case(root / "case-b", year=2021, tumour_slices=range(5, 7))
+    write_brats_case(root / "case-c", seg=False)  # skipped: nothing to label it with
+    ds = brats_slice_dataset(root, sequence="flair")
+    assert ds.features["label"].names == ["notumor", "tumor"]
+    assert set(ds["case"]) == {"case-a", "case-b"}
+    tumour = {(c, s) for c, s, y in zip(ds["case"], ds["slice"], ds["label"]) if y == 1}
+    assert tumour == {("case-a", k) for k in range(8, 13)} | {("case-b", k) for k in range(5, 7)}
+    image = ds[0]["image"]
+    assert image.mode == "L" and image.size == (SHAPE[0], SHAPE[1])
+    with pytest.raises(InvalidDatasetError, match="Unknown BraTS sequence"):
+        brats_slice_dataset(root, sequence="dwi")

@@ -1,0 +1,288 @@
+"""A verdict for a whole volume from the 2-D slice classifier.
+
+:func:`predict_volume` (also ``TumorClassifier.predict_volume``) reads a volume with
+:func:`~tumor_classifier.volumes.load_volume`, classifies every slice inside the head in
+batches, and aggregates the slices into one verdict:
+
+* **Slices classified.** Slices whose head area is under ``min_head_fraction`` of the
+  fullest slice's (see :func:`~tumor_classifier.volumes.head_slices`) are skipped: caps
+  of the head and empty slices look like nothing the model was trained on.
+* **Tumour or not.** The volume is "tumour" when at least ``min_run`` *consecutive*
+  classified slices have a tumour probability (one minus the ``notumor`` probability) of
+  at least ``threshold``. A lesion spans several slices; a single confident slice is more
+  often an artefact or a slice unlike the training data, and requiring a run of them keeps
+  it from deciding the volume.
+* **Tumour type.** The class probabilities averaged over the slices of all qualifying runs;
+  the type is the most probable tumour class of that mean.
+* **Key slice.** The slice of highest tumour probability inside the longest qualifying run
+  (for a "no tumour" volume, the most suspicious classified slice); its heatmap comes
+  from ``clf.explain`` on that slice.
+* **Not a brain MRI.** Up to ``mri_check_slices`` classified slices, evenly spaced, go
+  through the classifier's ``is_brain_mri`` when it has one, else through the rule-based
+  :func:`~tumor_classifier.quality.assess_image`. When more than half of them fail the
+  volume is flagged and gets no label: a CT, PET or a photo must not get a tumour type.
+  A DICOM whose header says it is not MR is refused before any of this.
+
+What this has been validated on, and what not: the shared volumes of
+``../shared/data/volumes`` (a healthy adult T1 NIfTI, a healthy paediatric T1 DICOM
+series, one skull-stripped glioma case in BraTS layout in four sequences, a head CT; see
+``tests/test_volume_verdicts.py`` and the README for the numbers). That is a handful of
+volumes, not a validation, and on them it fails: the healthy volumes come out "tumour"
+(runs of tumour slices through the skull base and orbits, which the 2-D training slices
+rarely show), and the skull-stripped BraTS case has tumour runs in every sequence but is
+flagged not-a-brain-MRI; only the head CT comes out as expected (flagged). ``min_run`` and
+``threshold`` were set before looking at any volume (3 slices, 0.5) and are not tuned. The slice model was trained on
+2-D JPEG slices of mixed planes and sequences from the Kaggle data, whose windowing is
+unknown; this module's percentile window approximates it. Research use only.
+
+Example:
+    >>> clf = TumorClassifier.from_pretrained()                      # doctest: +SKIP
+    >>> result = clf.predict_volume("scan.nii.gz")                   # doctest: +SKIP
+    >>> result.label, result.tumour_probability, result.key_slice    # doctest: +SKIP
+    ('notumor', 0.08, 71)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data import NO_TUMOR
+from .exceptions import InvalidArgumentError, InvalidVolumeError, TumorClassifierError
+from .volumes import Volume, head_slices, load_volume
+
+#: Consecutive slices at or above the threshold that make a volume "tumour".
+MIN_RUN = 3
+#: Tumour probability a slice needs to count towards a run.
+THRESHOLD = 0.5
+#: Share of the fullest slice's head area a slice needs to be classified.
+MIN_HEAD_FRACTION = 0.25
+#: Slices the not-a-brain-MRI check looks at (evenly spaced over the classified ones).
+MRI_CHECK_SLICES = 12
+
+
+@dataclass
+class VolumePrediction:
+    """The verdict on one volume and what it rests on.
+
+    Attributes:
+        label: ``notumor`` or the tumour type; ``None`` when the volume does not look
+            like a brain MRI (see ``looks_like_mri``).
+        model_label: What the aggregation says, even for a flagged volume.
+        tumour: True when a run of ``min_run`` slices reached ``threshold``.
+        tumour_probability: Mean tumour probability over the slices of the qualifying
+            runs; without one, the highest mean over any ``min_run`` consecutive
+            classified slices. In [0, 1].
+        probabilities: Class -> mean probability over the slices the verdict rests on
+            (the qualifying runs, or every classified slice).
+        slice_probabilities: float32 (n, n_classes), NaN rows for skipped slices.
+        slice_tumour_probability: float32 (n,), NaN for skipped slices.
+        classified: bool (n,): slices inside the head, the ones classified.
+        runs: ``(first, last)`` slice indices (inclusive) of the qualifying runs.
+        key_slice: Index of the key slice (see the module docstring).
+        explanation: ``clf.explain`` on the key slice (heatmap and overlay), or ``None``.
+        looks_like_mri: False when most checked slices fail the not-a-brain-MRI check.
+        mri_reasons: Why, for people (empty when it looks like one).
+        mri_check: ``is_brain_mri`` (the learned check) or ``assess_image`` (rules).
+        volume: The :class:`~tumor_classifier.volumes.Volume` classified.
+        min_run, threshold: The aggregation's settings.
+    """
+
+    label: str | None
+    model_label: str
+    tumour: bool
+    tumour_probability: float
+    probabilities: dict[str, float]
+    slice_probabilities: np.ndarray
+    slice_tumour_probability: np.ndarray
+    classified: np.ndarray
+    runs: list[tuple[int, int]]
+    key_slice: int
+    explanation: Any
+    looks_like_mri: bool
+    mri_reasons: list[str]
+    mri_check: str
+    volume: Volume
+    min_run: int = MIN_RUN
+    threshold: float = THRESHOLD
+    notes: list[str] = field(default_factory=list)
+
+    def slice_table(self) -> list[dict[str, Any]]:
+        """One dict per slice: ``slice``, ``classified``, ``tumor_probability`` and each class's probability."""
+        classes = list(self.probabilities)
+        rows = []
+        for index in range(len(self.classified)):
+            row: dict[str, Any] = {"slice": index, "classified": bool(self.classified[index])}
+            row["tumor_probability"] = float(self.slice_tumour_probability[index])
+            row.update({c: float(p) for c, p in zip(classes, self.slice_probabilities[index])})
+            rows.append(row)
+        return rows
+
+
+def runs_at_least(values: np.ndarray, threshold: float, min_run: int) -> list[tuple[int, int]]:
+    """``(first, last)`` of each run of at least ``min_run`` consecutive values >= ``threshold`` (NaN breaks a run)."""
+    above = np.nan_to_num(values, nan=-np.inf) >= threshold
+    runs, start = [], None
+    for index, flag in enumerate(np.append(above, False)):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            if index - start >= min_run:
+                runs.append((start, index - 1))
+            start = None
+    return runs
+
+
+def _best_window_mean(values: np.ndarray, width: int) -> float:
+    """Highest mean over ``width`` consecutive entries of the classified slices (in order)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return float("nan")
+    width = min(width, finite.size)
+    sums = np.convolve(finite, np.ones(width), mode="valid")
+    return float(sums.max() / width)
+
+
+def aggregate(
+    proba: np.ndarray, classes: list[str], *, min_run: int = MIN_RUN, threshold: float = THRESHOLD
+) -> tuple[str, float, np.ndarray, list[tuple[int, int]], int]:
+    """The volume verdict from per-slice probabilities (the rule of the module docstring).
+
+    Args:
+        proba: float (n, n_classes), one row per slice in order; NaN rows for slices not
+            classified (they break runs and count for nothing).
+        classes: Column names; one is ``notumor``.
+        min_run: Consecutive slices at or above ``threshold`` for "tumour"; capped at the
+            number of classified slices.
+        threshold: Tumour probability a slice needs.
+
+    Returns:
+        ``(label, tumour_probability, mean_probabilities (n_classes,), runs, key_slice)``.
+    """
+    no_tumour = classes.index(NO_TUMOR)
+    tumour_p = 1.0 - proba[:, no_tumour]
+    indices = np.flatnonzero(np.isfinite(tumour_p))
+    if indices.size == 0:
+        raise InvalidVolumeError("No slice was classified, so there is nothing to aggregate.")
+    # Runs are counted over consecutive slice indices: a skipped slice inside the head
+    # (rare: a dark slice between bright ones) breaks a run, as it should.
+    runs = runs_at_least(tumour_p, threshold, min(min_run, indices.size))
+    tumour_classes = [i for i, c in enumerate(classes) if c != NO_TUMOR]
+    if runs:
+        members = np.concatenate([np.arange(a, b + 1) for a, b in runs])
+        mean = proba[members].mean(axis=0)
+        label = classes[tumour_classes[int(np.argmax(mean[tumour_classes]))]]
+        longest = max(runs, key=lambda r: (r[1] - r[0], np.max(tumour_p[r[0] : r[1] + 1])))
+        key = longest[0] + int(np.argmax(tumour_p[longest[0] : longest[1] + 1]))
+        return label, float(np.mean(tumour_p[members])), mean, runs, int(key)
+    mean = np.nanmean(proba[indices], axis=0)
+    key = int(indices[int(np.argmax(tumour_p[indices]))])
+    return NO_TUMOR, _best_window_mean(tumour_p, min_run), mean, runs, key
+
+
+def check_mri(clf: Any, slices: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]], str]:
+    """Per slice: does it look like a brain MRI, why not, and which check said so."""
+    learned = getattr(clf, "is_brain_mri", None)
+    if callable(learned):
+        verdicts = np.asarray(learned(slices), dtype=bool).reshape(-1)
+        return verdicts, [[] if ok else ["the learned check does not take it for a brain MRI slice"] for ok in verdicts], "is_brain_mri"
+    from PIL import Image
+
+    from .quality import assess_image
+
+    qualities = [assess_image(s, gray=Image.fromarray(s)) for s in slices]
+    return np.array([q.looks_like_mri for q in qualities]), [q.reasons for q in qualities], "assess_image"
+
+
+def predict_volume(
+    clf: Any,
+    source: Any,
+    *,
+    plane: str = "axial",
+    series_uid: str | None = None,
+    time_point: int | None = None,
+    min_run: int = MIN_RUN,
+    threshold: float = THRESHOLD,
+    min_head_fraction: float = MIN_HEAD_FRACTION,
+    explain: bool = True,
+    method: str = "auto",
+    mri_check_slices: int = MRI_CHECK_SLICES,
+) -> VolumePrediction:
+    """Classifies every slice inside the head and aggregates them (see the module docstring).
+
+    Args:
+        clf: A fitted :class:`~tumor_classifier.TumorClassifier` with a ``notumor`` class.
+        source: What :func:`~tumor_classifier.volumes.load_volume` reads (NIfTI path,
+            DICOM file or folder, nibabel image, numpy array (n, H, W)), or a
+            :class:`~tumor_classifier.volumes.Volume`.
+        plane: ``axial``, ``coronal`` or ``sagittal``.
+        series_uid, time_point: See :func:`~tumor_classifier.volumes.load_volume`.
+        min_run: Consecutive slices at or above ``threshold`` for "tumour" (>= 1).
+        threshold: Tumour probability in (0, 1).
+        min_head_fraction: See :func:`~tumor_classifier.volumes.head_slices`.
+        explain: Compute the key slice's heatmap with ``clf.explain``.
+        method: Attribution method for it.
+        mri_check_slices: Slices the not-a-brain-MRI check looks at.
+
+    Returns:
+        The :class:`VolumePrediction`.
+
+    Raises:
+        InvalidVolumeError: The volume cannot be read, or no slice is inside the head.
+        TumorClassifierError: The classifier has no ``notumor`` class.
+        InvalidArgumentError: A setting is out of range (also a ``ValueError``).
+    """
+    clf._check_fitted()
+    classes = [str(c) for c in clf.classes_]
+    if NO_TUMOR not in classes:
+        raise TumorClassifierError(f"predict_volume needs a '{NO_TUMOR}' class; this model has {classes}.")
+    if min_run < 1 or not 0 < threshold < 1:
+        raise InvalidArgumentError(f"min_run must be >= 1 and threshold in (0, 1); got min_run={min_run}, threshold={threshold}.")
+    volume = source if isinstance(source, Volume) else load_volume(source, plane=plane, series_uid=series_uid, time_point=time_point)
+    slices = volume.slices
+    classified = head_slices(slices, min_head_fraction)
+    indices = np.flatnonzero(classified)
+    if indices.size == 0:
+        raise InvalidVolumeError(f"No slice of {volume.source} holds a head-sized bright region; nothing to classify.")
+    proba = np.full((len(slices), len(classes)), np.nan, dtype=np.float32)
+    proba[indices] = clf.predict_proba([slices[i] for i in indices])  # batched by clf.batch_size
+    model_label, volume_tumour, mean, runs, key = aggregate(proba, classes, min_run=min_run, threshold=threshold)
+    tumour_p = (1.0 - proba[:, classes.index(NO_TUMOR)]).astype(np.float32)
+    notes = list(volume.notes)
+    if min_run > indices.size:
+        notes.append(f"Only {indices.size} slice(s) classified: a run of {indices.size} counted as enough.")
+    sample = indices[np.unique(np.linspace(0, indices.size - 1, min(mri_check_slices, indices.size)).round().astype(int))]
+    verdicts, reasons, check_name = check_mri(clf, [slices[i] for i in sample])
+    looks_like_mri = bool(verdicts.mean() >= 0.5)
+    mri_reasons: list[str] = []
+    if not looks_like_mri:
+        counted: dict[str, int] = {}
+        for slice_reasons in reasons:
+            for reason in slice_reasons:
+                counted[reason] = counted.get(reason, 0) + 1
+        mri_reasons = [f"{int((~verdicts).sum())} of {verdicts.size} checked slices do not look like brain MRI"] + [
+            f"{reason} ({count} slices)" for reason, count in sorted(counted.items(), key=lambda kv: -kv[1])
+        ]
+    explanation = clf.explain([slices[key]], method=method)[0] if explain else None
+    return VolumePrediction(
+        label=model_label if looks_like_mri else None,
+        model_label=model_label,
+        tumour=bool(runs),
+        tumour_probability=volume_tumour,
+        probabilities={c: float(p) for c, p in zip(classes, mean)},
+        slice_probabilities=proba,
+        slice_tumour_probability=tumour_p,
+        classified=classified,
+        runs=[(int(a), int(b)) for a, b in runs],
+        key_slice=int(key),
+        explanation=explanation,
+        looks_like_mri=looks_like_mri,
+        mri_reasons=mri_reasons,
+        mri_check=check_name,
+        volume=volume,
+        min_run=min_run,
+        threshold=threshold,
+        notes=notes,
+    )
