@@ -7,6 +7,7 @@ CLI, the app's pure predict function and the stand-in Hub server.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -213,11 +214,8 @@ def test_classifier_save_then_load_keeps_the_ensemble(ensemble_classifier, test_
 
 
 def test_test_time_augmentation_works_on_an_ensemble(ensemble_classifier, test_images):
-    from sklearn.base import clone
-
     paths = test_images[0][:3]
-    with_tta = clone(ensemble_classifier).set_params(test_time_augmentation=True)
-    with_tta._set_fitted(ensemble_classifier.model_, ensemble_classifier.preprocessor_)
+    with_tta = copy.copy(ensemble_classifier).set_params(test_time_augmentation=True)  # same fitted model, public API
     pixels = ensemble_classifier.preprocessor_(paths)
     with torch.no_grad():
         plain = torch.softmax(ensemble_classifier.model_(pixels).logits, dim=-1)

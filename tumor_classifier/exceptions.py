@@ -7,12 +7,23 @@ class TumorClassifierError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
+class InvalidArgumentError(TumorClassifierError, ValueError):
+    """An argument outside what a function accepts (an unknown method, a negative size ...).
+
+    Also a ``ValueError``, so ``except ValueError`` catches it as it would a builtin's.
+    """
+
+
 class InvalidImageError(TumorClassifierError, ValueError):
     """An input could not be read as an image (corrupt, empty, unsupported, too large)."""
 
 
 class InvalidDatasetError(TumorClassifierError, ValueError):
     """A data source is missing, empty or not in a layout we can read."""
+
+
+class InvalidVolumeError(InvalidImageError):
+    """A volume (NIfTI, DICOM, array) could not be read: dimensions, values, series, modality."""
 
 
 class UnknownBackboneError(TumorClassifierError, KeyError):
@@ -32,3 +43,11 @@ class ModelLoadError(TumorClassifierError, OSError):
 
 class NonFiniteOutputError(TumorClassifierError, FloatingPointError):
     """A model answered NaN or infinite logits, so it has no probabilities to give."""
+
+
+class MissingDependencyError(TumorClassifierError, ImportError):
+    """An optional dependency (an extra such as ``[onnx]``) is not installed; the message says which."""
+
+
+class ExportError(TumorClassifierError, RuntimeError):
+    """An export (e.g. to ONNX) failed or its result did not match the source model."""

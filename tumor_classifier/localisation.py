@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .exceptions import InvalidDatasetError, InvalidImageError, TumorClassifierError
+from .exceptions import InvalidArgumentError, InvalidDatasetError, InvalidImageError, TumorClassifierError
 
 if TYPE_CHECKING:  # imported for annotations only: they pull in torch
     from .classifier import TumorClassifier
@@ -135,7 +135,7 @@ class Box:
             (40, 15, 60, 35)
         """
         if width < 1 or height < 1:
-            raise TumorClassifierError(f"Image size must be positive, got {width} x {height}.")
+            raise InvalidArgumentError(f"Image size must be positive, got {width} x {height}.")
         eps = 1e-9
         x0 = max(0, math.floor((self.x_center - self.width / 2) * width + eps))
         y0 = max(0, math.floor((self.y_center - self.height / 2) * height + eps))
@@ -214,13 +214,13 @@ def _check_map(attribution: Any, name: str = "attribution") -> np.ndarray:
 
 def _check_box(box_pixels: Sequence[int], shape: tuple[int, int]) -> PixelBox:
     if len(box_pixels) != 4:
-        raise TumorClassifierError(f"A pixel box is (x0, y0, x1, y1), got {box_pixels!r}.")
+        raise InvalidArgumentError(f"A pixel box is (x0, y0, x1, y1), got {box_pixels!r}.")
     x0, y0, x1, y1 = (int(v) for v in box_pixels)
     if x1 <= x0 or y1 <= y0:
-        raise TumorClassifierError(f"A pixel box needs x1 > x0 and y1 > y0 (exclusive ends), got {box_pixels!r}.")
+        raise InvalidArgumentError(f"A pixel box needs x1 > x0 and y1 > y0 (exclusive ends), got {box_pixels!r}.")
     height, width = shape
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise TumorClassifierError(f"The box {box_pixels!r} lies outside the {width} x {height} map.")
+        raise InvalidArgumentError(f"The box {box_pixels!r} lies outside the {width} x {height} map.")
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 
@@ -254,7 +254,7 @@ def pointing_game(attribution: np.ndarray, box_pixels: Sequence[int], tolerance_
     """
     array = _check_map(attribution)
     if isinstance(tolerance_px, bool) or not isinstance(tolerance_px, (int, np.integer)) or tolerance_px < 0:
-        raise TumorClassifierError(f"tolerance_px must be a non-negative integer, got {tolerance_px!r}.")
+        raise InvalidArgumentError(f"tolerance_px must be a non-negative integer, got {tolerance_px!r}.")
     x0, y0, x1, y1 = _check_box(box_pixels, array.shape)
     if array.max() <= 0:
         return False
@@ -421,10 +421,10 @@ def class_attribution(classifier: "TumorClassifier", image: Any, target: str, me
     classifier._check_fitted()
     classes = [str(c) for c in classifier.classes_]
     if target not in classes:
-        raise TumorClassifierError(f"Unknown class {target!r}; the classifier's classes are {', '.join(classes)}.")
+        raise InvalidArgumentError(f"Unknown class {target!r}; the classifier's classes are {', '.join(classes)}.")
     method = classifier.attribution_method_ if method == "auto" else method
     if method not in METHODS:
-        raise TumorClassifierError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
+        raise InvalidArgumentError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
     preprocessor = classifier.preprocessor_
     prepared = preprocessor.prepare(load_image(image))
     pixels = torch.from_numpy(np.asarray(prepared.image)[None].copy())
@@ -570,7 +570,7 @@ def score_image(
     gray = load_image(image)
     method = classifier.attribution_method_ if method == "auto" else method
     if box.label not in [str(c) for c in classifier.classes_]:
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"{box.file}: class {box.label!r} is not one of the classifier's classes {list(classifier.classes_)}."
         )
     start = time.perf_counter()
@@ -669,10 +669,10 @@ def summarise(scores: Iterable[ImageScore]) -> dict[str, dict[str, float]]:
     """
     scores = list(scores)
     if not scores:
-        raise TumorClassifierError("summarise needs at least one ImageScore.")
+        raise InvalidArgumentError("summarise needs at least one ImageScore.")
     methods = sorted({s.method for s in scores})
     if len(methods) > 1:
-        raise TumorClassifierError(f"summarise takes the scores of one method; got {', '.join(methods)}.")
+        raise InvalidArgumentError(f"summarise takes the scores of one method; got {', '.join(methods)}.")
     by_class: dict[str, list[ImageScore]] = {}
     for score in scores:
         by_class.setdefault(score.label, []).append(score)

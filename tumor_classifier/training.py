@@ -44,7 +44,7 @@ from .data import (
     near_duplicate_groups,
 )
 from .label_audit import apply_label_audit_to_dataset, read_label_audit
-from .exceptions import TumorClassifierError
+from .exceptions import InvalidArgumentError, TumorClassifierError
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
 from .models import create_model
 from .preprocessing import PREPROCESSING_VERSION, AugmentationConfig, BatchAugmenter, MRIPreprocessor
@@ -136,7 +136,7 @@ def write_pixel_pack(path: str | Path, pack: PixelPack, jpeg_quality: int | None
     JPEG at quality 95 (mean error under one grey level), which is what lets the whole
     data set travel to a lent GPU machine beside the code (64 MiB there)."""
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
-        raise TumorClassifierError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}.")
+        raise InvalidArgumentError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}.")
     fields: dict[str, np.ndarray] = {
         "format": np.array(PIXEL_PACK_FORMAT),
         "preprocessor": np.array(json.dumps(asdict(pack.preprocessor))),
@@ -265,9 +265,9 @@ def make_loss_function(
         TumorClassifierError: Unknown kind, or weighted loss without weights.
     """
     if kind not in LOSSES:
-        raise TumorClassifierError(f"Unknown loss {kind!r}; choose one of {', '.join(LOSSES)}.")
+        raise InvalidArgumentError(f"Unknown loss {kind!r}; choose one of {', '.join(LOSSES)}.")
     if kind == "weighted_cross_entropy" and weights is None:
-        raise TumorClassifierError("weighted_cross_entropy needs class weights.")
+        raise InvalidArgumentError("weighted_cross_entropy needs class weights.")
     use_weights = weights if kind != "cross_entropy" else None
     tumor_index = None if tumor_columns is None else torch.as_tensor(list(tumor_columns), dtype=torch.long)
 
@@ -291,7 +291,7 @@ def make_loss_function(
                 return F.cross_entropy(logits, labels, weight=use_weights.to(logits.device), label_smoothing=label_smoothing)
             return labelled_terms(logits, labels).mean()
         if tumor_index is None:
-            raise TumorClassifierError("Images labelled 'tumour, type unknown' need the loss's tumor_columns.")
+            raise InvalidArgumentError("Images labelled 'tumour, type unknown' need the loss's tumor_columns.")
         log_p = F.log_softmax(logits, dim=-1)
         partial = -torch.logsumexp(log_p[unknown][:, tumor_index.to(logits.device)], dim=-1)
         known = labelled_terms(logits[~unknown], labels[~unknown]) if bool((~unknown).any()) else logits.new_zeros(0)
@@ -572,12 +572,12 @@ def _load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_na
     """A pixel pack, checked against this run's settings, cut to the sample limits."""
     pack = read_pixel_pack(data_args.pixel_pack)
     if asdict(pack.preprocessor) != asdict(preprocessor):
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"The pixel pack {data_args.pixel_pack} was prepared with {asdict(pack.preprocessor)}, "
             f"but this run asks for {asdict(preprocessor)}; write a new pack with these settings."
         )
     if list(pack.class_names) != list(class_names):
-        raise TumorClassifierError(f"The pixel pack holds classes {pack.class_names}, this run trains {list(class_names)}.")
+        raise InvalidArgumentError(f"The pixel pack holds classes {pack.class_names}, this run trains {list(class_names)}.")
     rng = np.random.default_rng(data_args.split_seed)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
     for name, limit in limits.items():
@@ -616,7 +616,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         size=model_args.image_size, crop_to_head=data_args.crop_to_head, skull_strip=data_args.skull_strip
     )
     if data_args.pixel_pack and data_args.write_pixel_pack:
-        raise TumorClassifierError("--write_pixel_pack makes a pack from data_dir; it cannot be combined with --pixel_pack.")
+        raise InvalidArgumentError("--write_pixel_pack makes a pack from data_dir; it cannot be combined with --pixel_pack.")
     if data_args.pixel_pack:
         data, pack = None, _load_pack(data_args, preprocessor, class_names)
         arrays = pack.arrays

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .exceptions import InvalidImageError, TumorClassifierError
+from .exceptions import InvalidArgumentError, InvalidImageError
 
 #: Default colormap of the overlays (0: blue, 1: dark red).
 DEFAULT_COLORMAP = "jet"
@@ -96,14 +96,14 @@ def _colormap(name: str):
     try:
         return matplotlib.colormaps[name]
     except (KeyError, ValueError, TypeError) as error:
-        raise TumorClassifierError(
+        raise InvalidArgumentError(
             f"Unknown matplotlib colormap {name!r} (e.g. 'jet', 'inferno', 'viridis')."
         ) from error
 
 
 def _check_alpha(alpha: Any) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise TumorClassifierError(f"alpha must be a number in [0, 1], got {alpha!r}.")
+        raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}.")
     return float(alpha)
 
 
@@ -137,7 +137,7 @@ def overlay(
     Raises:
         InvalidImageError: (a ``ValueError``) the image cannot be read, the attribution is
             not a finite 2-D array, or the shapes differ.
-        TumorClassifierError: ``alpha`` outside ``[0, 1]`` or an unknown colormap.
+        InvalidArgumentError: (a ``ValueError``) ``alpha`` outside ``[0, 1]`` or an unknown colormap.
     """
     gray = _gray01(image)
     attribution = np.asarray(attribution)
@@ -207,11 +207,11 @@ def annotate(
         RGB PIL image: the overlay with a band of text above and the colour bar below.
 
     Raises:
-        TumorClassifierError: ``overlay_image`` is not a PIL image, ``alpha`` outside
+        InvalidArgumentError: (a ``ValueError``) ``overlay_image`` is not a PIL image, ``alpha`` outside
             ``[0, 1]`` or an unknown colormap.
     """
     if not isinstance(overlay_image, Image.Image):
-        raise TumorClassifierError(f"annotate needs the overlay as a PIL image, got {type(overlay_image).__name__}.")
+        raise InvalidArgumentError(f"annotate needs the overlay as a PIL image, got {type(overlay_image).__name__}.")
     alpha = _check_alpha(alpha)
     cmap = _colormap(colormap)
     picture = overlay_image.convert("RGB")

@@ -1,0 +1,114 @@
+"""Rules the code base keeps, read from the source (each has let a defect through before).
+
+* A test module sets ``pytestmark`` once: a second assignment replaces the first, and a
+  ``skipif`` in it was silently lost that way (test_browser.py).
+* Test modules do not import each other (shared helpers live in conftest.py or a helper
+  module that pytest does not collect).
+* The library writes no environment variable: only entry points do (space/app.py, the
+  CLI's ``serve``), so importing ``tumor_classifier.app`` changes nothing process-wide.
+* Argument errors are ``ValueError`` too, so ``except ValueError`` catches them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tumor_classifier import InvalidArgumentError, TumorClassifierError
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = sorted(ROOT.glob("tests/test_*.py"))
+PACKAGE = sorted((ROOT / "tumor_classifier").rglob("*.py"))
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+@pytest.mark.parametrize("path", TESTS, ids=lambda p: p.name)
+def test_pytestmark_is_set_once(path):
+    assigned = [
+        node.lineno
+        for node in _tree(path).body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name) and target.id == "pytestmark"
+    ]
+    assert len(assigned) <= 1, f"{path.name} sets pytestmark on lines {assigned}; the last one wins, put the marks in one list"
+
+
+@pytest.mark.parametrize("path", TESTS, ids=lambda p: p.name)
+def test_test_modules_do_not_import_each_other(path):
+    imported = set()
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+    assert not {name for name in imported if name.startswith("test_")}, f"{path.name} imports a test module"
+
+
+def _environment_writes(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, enclosing function) of every ``os.environ[...] = ``, ``os.environ.update/setdefault/pop``, ``os.putenv``."""
+    writes = []
+
+    def is_environ(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ" and isinstance(node.value, ast.Name) and node.value.id == "os"
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            if any(isinstance(t, ast.Subscript) and is_environ(t.value) for t in targets):
+                writes.append((node.lineno, function))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if (is_environ(owner) and node.func.attr in {"update", "setdefault", "pop", "clear", "__setitem__"}) or (
+                isinstance(owner, ast.Name) and owner.id == "os" and node.func.attr in {"putenv", "unsetenv"}
+            ):
+                writes.append((node.lineno, function))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return writes
+
+
+def test_the_library_writes_no_environment_variable():
+    allowed = {("cli.py", "_serve")}  # the entry point of `tumor-classifier serve`
+    found = [
+        f"{path.relative_to(ROOT)}:{line} in {function}"
+        for path in PACKAGE
+        for line, function in _environment_writes(_tree(path))
+        if (path.name, function) not in allowed
+    ]
+    assert not found, f"environment written by library code: {found}"
+    assert _environment_writes(_tree(ROOT / "tumor_classifier" / "cli.py")), "serve must switch analytics off itself"
+
+
+def test_the_environment_check_sees_a_write():
+    assert _environment_writes(ast.parse("import os\nos.environ['X'] = '1'\nos.environ.setdefault('Y', '2')")) == [(2, "<module>"), (3, "<module>")]
+
+
+def test_argument_errors_are_value_errors():
+    assert issubclass(InvalidArgumentError, ValueError) and issubclass(InvalidArgumentError, TumorClassifierError)
+    from tumor_classifier.app import normalize_method
+
+    with pytest.raises(ValueError, match="Unknown heatmap method 'sobel'"):
+        normalize_method("sobel")
+
+
+def test_no_bare_base_class_for_argument_errors_in_checked_modules():
+    """The modules converted so far raise InvalidArgumentError, not the bare base class, for bad arguments."""
+    for name in ("app.py", "models.py"):
+        bare = [
+            node.lineno
+            for node in ast.walk(_tree(ROOT / "tumor_classifier" / name))
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+            and isinstance(node.exc.func, ast.Name) and node.exc.func.id == "TumorClassifierError"
+            and "did not start" not in ast.unparse(node.exc)
+        ]
+        assert not bare, f"{name} raises the bare TumorClassifierError on lines {bare}"
