@@ -20,7 +20,6 @@ import pytest
 from tumor_classifier.app import build_app, example_paths, start_in_background
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -36,7 +35,11 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 TIMEOUT_MS = 30_000
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# One list: a second `pytestmark = ...` would replace the first (the skip was lost that way).
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +126,14 @@ def test_upload_click_and_read_the_verdict(page, confident_classifier, data_dir,
     page.fill("#opacity input[type=number]", "0.9")
     page.keyboard.press("Enter")
     page.wait_for_function("(old) => document.querySelector('#heatmap img').src !== old", arg=drawn)
+    assert _wait_for_result(page) == expected
+    # The legend says what the colours mean.
+    legend = page.inner_text("#heatmap-legend")
+    assert "no evidence" in legend and "strongest" in legend
+    # Another method re-computes the heatmap without pressing Analyze again.
+    drawn = page.get_attribute("#heatmap img", "src")
+    page.locator("#method label", has_text="Integrated Gradients").click()
+    page.wait_for_function("(old) => document.querySelector('#heatmap img').src !== old", arg=drawn, timeout=60_000)
     assert _wait_for_result(page) == expected
     screenshot = tmp_path / "app-after-prediction.png"
     page.screenshot(path=str(screenshot), full_page=True)

@@ -1,5 +1,6 @@
 """The TumorClassifier contract, its attributions, and the Hub round trip."""
 
+import copy
 import io
 
 import numpy as np
@@ -198,6 +199,23 @@ def test_fit_accepts_a_datasets_dataset_and_other_label_names(data_dir):
         TumorClassifier().fit([np.zeros((32, 32))] * 2, ["glioma"])
 
 
+def test_fit_trains_tumour_images_of_unknown_type_with_the_partial_label_loss(train_images):
+    """Images labelled "tumor_type_unknown" (Br35H-like) train the model without becoming a
+    class of it; a batch holding them needs the tumour columns (the loss refuses without),
+    so a fit that did not pass them would fail here."""
+    from tumor_classifier.data import ANY_TUMOR_NAME
+
+    paths, labels = train_images
+    labels = [ANY_TUMOR_NAME if label == "glioma" else label for label in labels]
+    assert ANY_TUMOR_NAME in labels and "notumor" in labels
+    clf = TumorClassifier(image_size=32, epochs=1, batch_size=16, validation_size=0.25, augment=False, config_overrides=TINY_CONVNEXT)
+    clf.fit(paths, labels)
+    assert ANY_TUMOR_NAME not in clf.classes_ and "notumor" in clf.classes_
+    assert clf.predict_proba(paths[:2]).shape == (2, len(clf.classes_))
+    with pytest.raises(TumorClassifierError, match="notumor"):
+        TumorClassifier().fit([np.zeros((32, 32))] * 3, ["glioma", "meningioma", ANY_TUMOR_NAME])
+
+
 def test_push_to_hub_then_from_pretrained_in_a_fresh_cache(fitted_classifier, test_images, hub_env, tmp_path):
     url = fitted_classifier.push_to_hub("org/tumor-tiny")
     assert "org/tumor-tiny" in url
@@ -236,8 +254,7 @@ def test_test_time_augmentation_averages_the_mirror_image(fitted_classifier, tes
     plain = fitted_classifier.predict_proba(paths)
     prepared = [np.asarray(fitted_classifier.preprocessor_.prepare(p).image) for p in paths]
     mirrored = fitted_classifier.predict_proba([np.ascontiguousarray(a[:, ::-1]) for a in prepared])
-    with_tta = clone(fitted_classifier).set_params(test_time_augmentation=True)
-    with_tta._set_fitted(fitted_classifier.model_, fitted_classifier.preprocessor_)
+    with_tta = copy.copy(fitted_classifier).set_params(test_time_augmentation=True)  # same fitted model, public API
     # Re-preparing an already prepared image can move the crop by a pixel: small tolerance.
     np.testing.assert_allclose(with_tta.predict_proba(paths), (plain + mirrored) / 2, atol=0.02)
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the check is not vacuous

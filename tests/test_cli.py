@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tumor_classifier.cli import main
+from tumor_classifier.visualization import MIN_FIGURE_WIDTH
 
 REPORT_FILES = {
     "metrics.json",
@@ -40,7 +42,15 @@ def test_predict_prints_a_table_and_writes_overlays(model_dir, test_images, tmp_
     assert "not a medical device" in printed
     written = sorted(out.glob("*_gradcam.png"))  # 000_<name>_gradcam.png, in input order
     assert len(written) == 3
-    assert Image.open(written[0]).size == Image.open(paths[0]).size
+    # The exported figure is the overlay (enlarged to at least MIN_FIGURE_WIDTH) with the
+    # verdict written above it and a colour bar below it: taller than the scan's aspect.
+    width, height = Image.open(paths[0]).size
+    figure = Image.open(written[0])
+    scale = max(1.0, MIN_FIGURE_WIDTH / width)
+    assert figure.width == round(width * scale)
+    assert figure.height > round(height * scale) + 40
+    pixels = np.asarray(figure.convert("RGB")).astype(int)
+    assert (np.abs(pixels[-40:, :, 0] - pixels[-40:, :, 2]) > 40).any()  # the coloured bar at the bottom
 
 
 def test_predict_json_reports_readable_images_and_fails_for_the_rest(model_dir, test_images, tmp_path, capsys, fitted_classifier):
@@ -94,3 +104,16 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "tumor-classifier"
     installed = subprocess.run([str(script), "data-report", "--help"], capture_output=True, text=True, timeout=120)
     assert installed.returncode == 0 and "--no-duplicates" in installed.stdout
+
+
+def test_the_command_loads_the_shipped_model_quietly(tmp_path):
+    """A new user's first command prints its table, not one progress bar per weight file."""
+    example = Path(__file__).resolve().parents[1] / "tumor_classifier" / "examples" / "glioma.jpg"
+    done = subprocess.run(
+        [sys.executable, "-m", "tumor_classifier.cli", "predict", str(example), "--explain", "auto", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "glioma.jpg" in done.stdout
+    assert "Loading weights" not in done.stderr and "%|" not in done.stderr, done.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 1

@@ -13,6 +13,7 @@ from .classifier import Explanation, TumorClassifier
 from .data import BINARY_CLASS_NAMES, CLASS_NAMES, describe_folder, find_duplicates, load_mri_dataset
 from .ensemble import EnsembleForImageClassification, build_ensemble
 from .exceptions import (
+    InvalidArgumentError,
     InvalidDatasetError,
     InvalidImageError,
     ModelLoadError,
@@ -32,6 +33,7 @@ __all__ = [
     "CLASS_NAMES",
     "EnsembleForImageClassification",
     "Explanation",
+    "InvalidArgumentError",
     "InvalidDatasetError",
     "InvalidImageError",
     "ModelLoadError",

@@ -12,15 +12,17 @@ Layers, so tests and the REST route use the same code as the UI:
 
 * :func:`check_scan` turns an upload into bytes the classifier can read, or raises
   :class:`~tumor_classifier.InvalidImageError` with a message for people;
-* :func:`analyze_scans` runs the classifier (one lock per process: Captum hooks the
-  model, so two explanations must not run at once) and returns :class:`ScanReport`;
+* :func:`analyze_scans` runs the classifier and returns :class:`ScanReport`; the
+  classifier runs its model passes one at a time (attribution hooks), while decoding,
+  checks and overlays of concurrent requests run beside them;
 * :func:`predict_scan` / :func:`predict_scans` are the pure UI functions (one image /
   a Gradio batch) and turn project errors into ``gr.Error``;
 * :func:`build_demo`, :func:`build_app`, :func:`serve` wire them to Gradio, FastAPI and
   uvicorn.
 
-Nothing here reaches the network: analytics and Hugging Face telemetry are switched off
-before Gradio is imported, the default theme serves its fonts from the app, the
+Nothing here reaches the network: the Blocks have analytics off, the entry points
+(``tumor-classifier serve``, ``space/app.py``) also switch off Gradio analytics and
+Hugging Face telemetry before Gradio is imported, the default theme serves its fonts from the app, the
 ``file=<url>`` proxy route of Gradio is refused, and the page loads nothing from
 elsewhere (the browser test fails on any request that is not to 127.0.0.1).
 
@@ -36,21 +38,17 @@ from __future__ import annotations
 
 import os
 
-# This module is only imported to serve the app, and the app must not phone home.
-# Gradio reads its switch when imported (below); huggingface_hub reads its own when first
-# imported, which the package may have done already, so entry points such as
-# space/app.py set it before any import too. (Hub telemetry only rides on Hub downloads.)
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-
+# No environment switches here: the entry points (`tumor-classifier serve`, space/app.py)
+# set GRADIO_ANALYTICS_ENABLED and HF_HUB_DISABLE_TELEMETRY before they import this, and
+# the Blocks below are built with analytics_enabled=False whoever imports it.
 import base64  # noqa: E402
+import contextlib  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import stat  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Literal, Sequence  # noqa: E402
@@ -60,24 +58,34 @@ import numpy as np  # noqa: E402
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from .attributions import METHODS, overlay  # noqa: E402
+from .attributions import METHODS  # noqa: E402
 from .classifier import Explanation, TumorClassifier  # noqa: E402
 from .data import NO_TUMOR  # noqa: E402
-from .exceptions import InvalidImageError, TumorClassifierError  # noqa: E402
-from .preprocessing import MIN_IMAGE_SIDE, load_image  # noqa: E402
+from .exceptions import InvalidArgumentError, InvalidImageError, TumorClassifierError  # noqa: E402
+from .mri_check import DecodedImage, decode  # noqa: E402
+from .preprocessing import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, read_header  # noqa: E402
+from .verdict import NOT_BRAIN_MRI  # noqa: E402
+from .visualization import DEFAULT_COLORMAP, overlay  # noqa: E402
 from .reports import DISCLAIMER  # noqa: E402
 
-#: Image formats the app accepts (PIL format names), and how the UI names them.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
-ACCEPTED_TEXT = "JPEG, PNG, BMP or TIFF"
+#: Image formats the app accepts (PIL format names), and how the UI names them: the
+#: package's one list (:data:`~tumor_classifier.preprocessing.DECODED_FORMATS`), the same
+#: as the library's and the CLI's.
+ACCEPTED_FORMATS = DECODED_FORMATS
+ACCEPTED_TEXT = ACCEPTED_FORMATS_TEXT
 #: Largest upload, in bytes (Gradio's upload route and the REST route).
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Largest image side the app decodes. MRI slices are at most about 1024 px; the
 #: package's own limit (8192) is for files, the app keeps memory per request bounded.
 MAX_SCAN_SIDE = 4096
+#: Images above this many pixels (larger than any MRI slice, about 1448 x 1448) are
+#: decoded at most :data:`LARGE_DECODES_AT_ONCE` at a time, outside the model's lock.
+LARGE_SCAN_PIXELS = 2 * 1024 * 1024
+LARGE_DECODES_AT_ONCE = 2
+_LARGE_DECODES = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
     ("HiResCAM", "hirescam"),
@@ -96,10 +104,6 @@ NOTICE = (
     "**Research demo, not for diagnosis.** " + DISCLAIMER + " A heatmap shows what the model "
     "looked at, not where a tumor is."
 )
-
-#: Captum registers hooks on the model, so explanations run one at a time per process;
-#: the Gradio queue batches requests in front of this lock.
-_MODEL_LOCK = threading.Lock()
 
 
 class UploadTooLargeError(InvalidImageError):
@@ -120,8 +124,9 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
 
     Paths and bytes are read and checked here, so that every bad upload gets one clear
     message: missing, empty, too large (bytes or pixels), not an image, not one of
-    :data:`ACCEPTED_FORMATS`, or corrupt. Decoded inputs (PIL images, numpy arrays) are
-    returned as they are; the classifier checks them.
+    :data:`ACCEPTED_FORMATS`, or corrupt. A file is decoded here, once: the classifier
+    and the MRI check take the decoded image as it is. Decoded inputs (PIL images, numpy
+    arrays) are returned as they are; the classifier checks them.
 
     Args:
         source: A file path, raw bytes, a PIL image or a numpy array (H, W) / (H, W, C).
@@ -129,7 +134,8 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         max_bytes: Largest accepted file size.
 
     Returns:
-        The file's bytes for paths and bytes; ``source`` itself otherwise.
+        The decoded :class:`~tumor_classifier.mri_check.DecodedImage` for paths and bytes;
+        ``source`` itself otherwise.
 
     Raises:
         InvalidImageError: With a message that says what is wrong and what to upload
@@ -138,6 +144,8 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
     upload_hint = f"Upload a brain MRI slice as {ACCEPTED_TEXT}."
     if source is None:
         raise InvalidImageError(f"No image was given. {upload_hint}")
+    if isinstance(source, DecodedImage):  # checked and decoded already (the REST route)
+        return source
     if isinstance(source, (Image.Image, np.ndarray)):
         if isinstance(source, Image.Image):
             width, height = source.size
@@ -165,15 +173,11 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
     if not data:
         raise InvalidImageError(f"{what} is empty (0 bytes). {upload_hint}")
     try:
-        # Only the header is read here; PIL warns about very large images, which the
-        # side limit below refuses anyway.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                image_format, (width, height) = opened.format, opened.size
-    except Image.DecompressionBombError:
-        raise InvalidImageError(f"{what} is an image far too large to decode; images up to {MAX_SCAN_SIDE} pixels a side are accepted.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        # The header only, by the decoder's own reader: no pixel is decoded before the
+        # size is checked, and nothing process-wide (PIL's bomb limit, warning filters)
+        # is touched, so requests on several threads cannot disturb each other.
+        image_format, (width, height) = read_header(data)
+    except InvalidImageError:
         raise UnsupportedImageTypeError(f"{what} is not an image this app can read. {upload_hint}") from None
     if image_format not in ACCEPTED_FORMATS:
         raise UnsupportedImageTypeError(f"{what} is a {image_format} image; this app accepts {ACCEPTED_TEXT}. {upload_hint}")
@@ -181,11 +185,14 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         raise InvalidImageError(f"{what} is {width}x{height} pixels; images up to {MAX_SCAN_SIDE} pixels a side are accepted.")
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InvalidImageError(f"{what} is {width}x{height} pixels; at least {MIN_IMAGE_SIDE} pixels a side are needed.")
+    # Large images decode a few at a time: each holds a full-resolution frame while it is
+    # reduced, so the number in flight bounds the app's memory (slices of MRI size never wait).
+    slot = _LARGE_DECODES if width * height > LARGE_SCAN_PIXELS else contextlib.nullcontext()
     try:
-        load_image(data)  # decode fully: truncated and corrupt files fail here, not in a batch
+        with slot:
+            return decode(data)  # decode fully, once: truncated and corrupt files fail here, not in a batch
     except InvalidImageError:
         raise InvalidImageError(f"{what} looks like a {image_format} image but is corrupt or truncated, so it cannot be decoded. {upload_hint}") from None
-    return data
 
 
 def normalize_method(method: str | None) -> str:
@@ -200,7 +207,7 @@ def normalize_method(method: str | None) -> str:
     key = str(method).strip().lower()
     key = names.get(key, key).replace("-", "_").replace(" ", "_")
     if key not in METHODS:
-        raise TumorClassifierError(f"Unknown heatmap method {method!r}; choose one of {', '.join(METHODS)}.")
+        raise InvalidArgumentError(f"Unknown heatmap method {method!r}; choose one of {', '.join(METHODS)}.")
     return key
 
 
@@ -209,18 +216,30 @@ def normalize_method(method: str | None) -> str:
 class ScanReport:
     """One analysed scan, in the words the UI and the REST route use.
 
+    The words come from the explanation's :class:`~tumor_classifier.verdict.Verdict`
+    (:func:`~tumor_classifier.verdict.decide_verdict`, the policy the library and the
+    CLI use too); nothing here decides a verdict.
+
     Attributes:
         explanation: The classifier's :class:`~tumor_classifier.Explanation`.
-        verdict: ``"tumor"``, ``"no_tumor"``, ``"uncertain"`` or ``"not_brain_mri"``.
-        headline: Short text for the top of the label: the class name when the model is
-            confident on an MRI-like input, else ``"Uncertain"`` / ``"Not a brain MRI"``.
-        summary: Markdown that says the verdict in words.
     """
 
     explanation: Explanation
-    verdict: str
-    headline: str
-    summary: str
+
+    @property
+    def verdict(self) -> str:
+        """``"tumor"``, ``"no_tumor"``, ``"uncertain"`` or ``"not_brain_mri"``."""
+        return self.explanation.verdict.kind
+
+    @property
+    def headline(self) -> str:
+        """Top of the label: the class, or ``"Uncertain"`` / ``"Not a brain MRI"``."""
+        return self.explanation.verdict.headline
+
+    @property
+    def summary(self) -> str:
+        """The verdict in words (Markdown)."""
+        return self.explanation.verdict.markdown
 
     @property
     def tumor_probability_text(self) -> str:
@@ -228,45 +247,23 @@ class ScanReport:
         p = self.explanation.tumor_probability
         if math.isnan(p):
             return f"n/a: this model has no '{NO_TUMOR}' class"
-        if self.verdict == "not_brain_mri":
-            return f"n/a: the image does not look like a brain MRI slice (the model says {p:.1%})"
+        if self.verdict == NOT_BRAIN_MRI:
+            return "n/a: the image does not look like a brain MRI slice"
         if self.verdict == "uncertain":
             return f"{p:.1%} (uncertain prediction)"
         return f"{p:.1%}"
 
     @property
     def label_value(self) -> dict[str, Any]:
-        """Value for :class:`gr.Label`: ``{"label": headline, "confidences": [...]}``, most probable first."""
+        """Value for :class:`gr.Label`: ``{"label": headline, "confidences": [...]}``, most probable first.
+
+        An input that is not a brain MRI shows no class probabilities: they would read as a
+        tumor type.
+        """
+        if self.verdict == NOT_BRAIN_MRI:
+            return {"label": self.headline, "confidences": []}
         ranked = sorted(self.explanation.probabilities.items(), key=lambda item: -item[1])
         return {"label": self.headline, "confidences": [{"label": c, "confidence": float(p)} for c, p in ranked]}
-
-
-def _describe(explanation: Explanation, threshold: float) -> tuple[str, str, str]:
-    """-> (verdict, headline, Markdown summary) of one explanation."""
-    label = explanation.label
-    top = explanation.probabilities[label]
-    if not explanation.quality.looks_like_mri:
-        reasons = "\n".join(f"- {reason}" for reason in explanation.quality.reasons or ["it does not pass the image checks"])
-        return (
-            "not_brain_mri",
-            "Not a brain MRI",
-            "### This does not look like a brain MRI slice\n"
-            f"The image check found that\n\n{reasons}\n\nThe model only knows brain MRI slices, "
-            "so it gives no tumor type for this image.",
-        )
-    if explanation.uncertain:
-        return (
-            "uncertain",
-            "Uncertain",
-            "### Uncertain: no verdict\n"
-            f"The model's most likely class, **{label}**, has only {top:.0%} probability "
-            f"(a verdict needs {threshold:.0%}). No tumor type is given for this scan.",
-        )
-    if label == NO_TUMOR:
-        return "no_tumor", label, f"### No tumor detected\nProbability of no tumor: {top:.0%}."
-    if label == "tumor":  # a binary model: tumor or not, no type
-        return "tumor", label, f"### Tumor detected\nProbability of a tumor: {top:.0%}. This model does not tell the type."
-    return "tumor", label, f"### Tumor detected: {label}\nProbability of {label}: {top:.0%}."
 
 
 def analyze_scans(
@@ -292,7 +289,7 @@ def analyze_scans(
         TumorClassifierError: An unknown method or an opacity outside [0, 1].
     """
     if not (len(sources) == len(methods) == len(opacities)):
-        raise TumorClassifierError(f"Got {len(sources)} scans, {len(methods)} methods and {len(opacities)} opacities.")
+        raise InvalidArgumentError(f"Got {len(sources)} scans, {len(methods)} methods and {len(opacities)} opacities.")
     inputs = [check_scan(source) for source in sources]
     options = [_check_options(method, opacity) for method, opacity in zip(methods, opacities)]
     return _explain_checked(inputs, options, classifier)
@@ -301,7 +298,7 @@ def analyze_scans(
 def _check_options(method: str | None, opacity: float | None) -> tuple[str, float]:
     alpha = DEFAULT_OPACITY if opacity is None else float(opacity)
     if not 0.0 <= alpha <= 1.0:
-        raise TumorClassifierError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
+        raise InvalidArgumentError(f"The heatmap opacity must be in [0, 1]; got {opacity}.")
     return normalize_method(method), alpha
 
 
@@ -312,12 +309,13 @@ def _explain_checked(inputs: Sequence[Any], options: Sequence[tuple[str, float]]
         groups.setdefault(option, []).append(index)
     explanations: list[Explanation | None] = [None] * len(inputs)
     for (method, alpha), indices in groups.items():
-        with _MODEL_LOCK:
-            explained = classifier.explain([inputs[i] for i in indices], method=method, alpha=alpha)
+        # No lock here: the classifier runs its model passes one at a time itself (see
+        # classifier._model_passes); the decoded upload, the MRI check and the overlay
+        # are not held behind other requests' passes.
+        explained = classifier.explain([inputs[i] for i in indices], method=method, alpha=alpha)
         for index, explanation in zip(indices, explained):
             explanations[index] = explanation
-    threshold = float(classifier.uncertainty_threshold)
-    return [ScanReport(e, *_describe(e, threshold)) for e in explanations]
+    return [ScanReport(e) for e in explanations]
 
 
 def load_classifier(model: TumorClassifier | str | os.PathLike | None = None) -> TumorClassifier:
@@ -398,7 +396,7 @@ def predict_scan(
     """Analyses one uploaded slice for the UI.
 
     Args:
-        image: A file path (JPEG, PNG, BMP, TIFF), raw bytes, a PIL image or a numpy
+        image: A file path (JPEG, PNG, TIFF, BMP, GIF, WebP), raw bytes, a PIL image or a numpy
             array (H, W) / (H, W, C).
         method: ``gradcam``, ``integrated_gradients``, ``occlusion`` (or their UI names,
             or ``auto``).
@@ -537,7 +535,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         The ``gr.Blocks``; serve it with :func:`build_app` (or ``demo.launch()``).
     """
     if max_batch_size < 1:
-        raise TumorClassifierError(f"max_batch_size must be at least 1; got {max_batch_size}.")
+        raise InvalidArgumentError(f"max_batch_size must be at least 1; got {max_batch_size}.")
 
     def run(payloads, methods, opacities):
         try:
@@ -550,17 +548,25 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         # The scan and its map stay with the session, so the opacity slider re-draws
         # the heatmap without running the model.
         states = [
-            {"scan": load_image(checked), "attribution": r.explanation.attribution} if isinstance(r, ScanReport) else None
+            {"scan": checked.gray if isinstance(checked, DecodedImage) else decode(checked).gray, "attribution": r.explanation.attribution}
+            if isinstance(r, ScanReport)
+            else None
             for checked, r in zip(inputs, results)
         ]
         columns = [list(column) for column in zip(*map(_ui_outputs, results))]
         return (*columns, states)
 
-    if batch:
-        fn = run
-    else:
-        def fn(image, method, opacity):
-            return tuple(output[0] for output in run([image], [method], [opacity]))
+    def run_one(image, method, opacity):
+        return tuple(output[0] for output in run([image], [method], [opacity]))
+
+    def rerun_with_method(image, method, opacity, state):
+        # A new method re-draws the heatmap of the scan on show; before any result
+        # (nothing analysed yet, or a new upload) there is nothing to re-draw.
+        if not state or image is None:
+            return tuple(gr.skip() for _ in range(5))
+        return run_one(image, method, opacity)
+
+    fn = run if batch else run_one
 
     # preprocess=False: the upload reaches `run` undecoded (see _upload_source).
     event_options = dict(fn=fn, batch=batch, max_batch_size=max_batch_size, concurrency_id="model", preprocess=False)
@@ -593,6 +599,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                 label = _verdict_label(label="Class probabilities", elem_id="probabilities")
                 tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
                 heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
+                gr.HTML(_legend_html(), elem_id="heatmap-legend")
         state = gr.State()
         outputs = [verdict, label, heatmap, tumor, state]
         button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", **event_options)
@@ -600,9 +607,37 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         image.upload(_on_new_scan, inputs=image, outputs=outputs, preprocess=False, api_visibility="private", show_progress="hidden")
         image.clear(lambda: _on_new_scan(None), outputs=outputs, api_visibility="private", show_progress="hidden")
         opacity.change(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        method.change(
+            rerun_with_method,
+            inputs=[image, method, opacity, state],
+            outputs=outputs,
+            api_visibility="private",
+            concurrency_id="model",
+            preprocess=False,
+            trigger_mode="always_last",
+        )
         gr.Markdown(f"Model: `{getattr(classifier, 'source_', 'in memory')}`; classes: {', '.join(map(str, classifier.classes_))}.")
     demo.queue(max_size=256)
     return demo
+
+
+def _legend_html() -> str:
+    """The heatmap's colour bar, drawn as :func:`overlay` draws evidence on a mid-grey scan."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[DEFAULT_COLORMAP]
+    stops = []
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        opacity = DEFAULT_OPACITY * value
+        rgb = [round(255 * ((1 - opacity) * 0.5 + opacity * c)) for c in cmap(value)[:3]]
+        stops.append(f"rgb({rgb[0]},{rgb[1]},{rgb[2]}) {value:.0%}")
+    bar = f"background: linear-gradient(to right, {', '.join(stops)}); height: 14px; flex: 1; border: 1px solid #444;"
+    return (
+        '<div style="display: flex; align-items: center; gap: 8px; font-size: 0.9em;">'
+        f'<span>no evidence</span><div role="img" aria-label="colour bar" style="{bar}"></div><span>strongest</span></div>'
+        '<div style="font-size: 0.9em;">Where the model found evidence for the class it names; '
+        "the scan shows through where it found none. Not a map of the tumour's extent.</div>"
+    )
 
 
 def _default_method(classifier: TumorClassifier) -> str:
@@ -621,14 +656,18 @@ class PredictionResponse(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    class_: str = Field(alias="class", description="Most probable class (argmax), whatever the verdict.")
+    class_: str = Field(
+        alias="class",
+        description="What the library's predict gives: the most probable class, or 'not_brain_mri' when the image check flags the input.",
+    )
     verdict: Literal["tumor", "no_tumor", "uncertain", "not_brain_mri"] = Field(
         description="What the UI says: a tumor (type in `class`), no tumor, uncertain (no type given), or not a brain MRI."
     )
     probabilities: dict[str, float] = Field(description="Class -> probability; sums to 1.")
     tumor_probability: float | None = Field(description="Probability of any tumor; null if the model has no 'notumor' class.")
     uncertain: bool = Field(description="The top probability is below the model's uncertainty threshold.")
-    not_brain_mri: bool = Field(description="The input does not look like a brain MRI slice; then `class` means nothing.")
+    not_brain_mri: bool = Field(description="The learned image check says the input is not a brain MRI slice; then no tumor type is given.")
+    mri_score: float | None = Field(None, description="The image check's score in [0, 1]; below its threshold the input is not a brain MRI.")
     quality_reasons: list[str] = Field(description="Why the input does not look like a brain MRI slice (empty if it does).")
     message: str = Field(description="The verdict in words (Markdown).")
     method: str = Field(description="Heatmap method used.")
@@ -655,8 +694,9 @@ def report_to_json(report: ScanReport, *, include_overlay: bool = False) -> dict
         probabilities=e.probabilities,
         tumor_probability=None if math.isnan(e.tumor_probability) else e.tumor_probability,
         uncertain=e.uncertain,
-        not_brain_mri=not e.quality.looks_like_mri,
-        quality_reasons=list(e.quality.reasons),
+        not_brain_mri=not e.verdict.brain_mri,
+        mri_score=e.verdict.mri_score,
+        quality_reasons=list(e.verdict.reasons),
         message=report.summary,
         method=e.method,
         overlay_png_base64=encoded,
@@ -736,7 +776,9 @@ class _Guard:
 
     async def _too_large(self, scope, receive, send):
         detail = f"The upload is larger than {_megabytes(self.max_bytes)}; send a single MRI slice ({ACCEPTED_TEXT})."
-        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        # The rest of the body is never read, so the connection cannot carry another
+        # request: say so, or a keep-alive client sends its next request into a reset.
+        await JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):

@@ -10,9 +10,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,17 +25,42 @@ import torch
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .attributions import METHODS, compute_attributions, default_method, overlay
-from .data import NO_TUMOR
+from .attributions import METHODS, compute_attributions, default_method
+from .visualization import overlay
+from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
 from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
-from .exceptions import InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
+from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
 from .model_folder import load_image_classifier
 from .models import create_model
 from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
-from .quality import ImageQuality, assess_image
+from .mri_check import DecodedImage, MRICheck, decode
+from .quality import ImageQuality
+from .verdict import Verdict, decide_verdict
 
+#: Inference backends of :meth:`TumorClassifier.from_pretrained`.
+BACKENDS = ("torch", "onnx")
+#: What ``from_pretrained(..., backend="onnx")`` also downloads: a graph exported from the weights.
+_ONNX_FILES = ("model.onnx", "onnx_config.json")
+#: Serialises the first load of a lazily loaded torch model (``backend="onnx"``).
+_LAZY_LOAD_LOCK = threading.Lock()
+#: One re-entrant lock per torch model (weak keys: it goes with the model), held for the
+#: model's forward and backward passes only. Attribution methods hook the model's layers
+#: for the length of their passes, so a forward pass of another thread meanwhile would run
+#: through those hooks. Decoding, the MRI check and overlays stay outside, so a large
+#: upload never holds up other callers' passes (the web app relies on this).
+_PASS_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_PASS_LOCKS_GUARD = threading.Lock()
+
+
+def _model_passes(model: torch.nn.Module) -> threading.RLock:
+    """The lock that serialises the passes through ``model`` (see ``_PASS_LOCKS``)."""
+    with _PASS_LOCKS_GUARD:
+        lock = _PASS_LOCKS.get(model)
+        if lock is None:
+            lock = _PASS_LOCKS[model] = threading.RLock()
+        return lock
 #: Folder of the model that ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 #: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
@@ -51,17 +79,22 @@ _MODEL_FILES = [
 
 @dataclass
 class Explanation:
-    """One image's prediction with its attribution.
+    """One image's prediction with its attribution and its verdict.
 
     Attributes:
-        label: Predicted class name.
+        label: What :meth:`TumorClassifier.predict` gives: the most probable class, or
+            ``"not_brain_mri"`` when the learned check flags the input.
         probabilities: Class name -> probability, following ``classes_``.
         tumor_probability: Probability of any tumor (``nan`` without a no-tumor class).
         attribution: float32 (H, W) in [0, 1] over the input image's pixels.
         overlay: RGB PIL image: the heatmap blended on the scan.
         method: Attribution method used.
         uncertain: The top probability is below the classifier's ``uncertainty_threshold``.
-        quality: Whether the input looks like a brain MRI slice, and why not.
+        quality: The learned brain-MRI check (:mod:`tumor_classifier.mri_check`):
+            ``looks_like_mri``, the ``reasons`` it was flagged for, and its score
+            (``scores["mri_score"]`` in [0, 1]).
+        verdict: The :class:`~tumor_classifier.verdict.Verdict` (the one verdict policy:
+            not a brain MRI / uncertain / no tumor / tumor and its type).
     """
 
     label: str
@@ -72,10 +105,11 @@ class Explanation:
     method: str
     uncertain: bool
     quality: ImageQuality
+    verdict: Verdict
 
 
 def _is_single_image(X: Any) -> bool:
-    if isinstance(X, (str, os.PathLike, bytes, bytearray, Image.Image, dict)):
+    if isinstance(X, (str, os.PathLike, bytes, bytearray, Image.Image, dict, DecodedImage)):
         return True
     if isinstance(X, np.ndarray):
         return X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (1, 3, 4))
@@ -192,33 +226,55 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
                 ``label`` (``ClassLabel``) columns, in which case ``y`` may be omitted.
             y: Class names, one per image (any names; ``"notumor"`` enables
-                :meth:`tumor_probability`).
+                :meth:`tumor_probability`). ``"tumor_type_unknown"``
+                (:data:`~tumor_classifier.data.ANY_TUMOR_NAME`) marks an image known to
+                show a tumour of unknown type (e.g. Br35H): it is trained with the
+                partial-label loss ``-log(sum of the tumour classes' probabilities)``, as
+                ``train_hf.py --tumour_only_dirs`` does, and is not a class of the model
+                (the others must include ``"notumor"`` and a tumour class).
 
         Returns:
             self.
         """
         from sklearn.model_selection import train_test_split
 
-        from .training import MRITrainingArguments, PixelDataset, build_trainer, fold_temperature, make_loss_function, predict_logits
+        from .training import (
+            MRITrainingArguments,
+            PixelDataset,
+            build_trainer,
+            fold_temperature,
+            make_loss_function,
+            predict_logits,
+            tumor_columns_of,
+        )
 
         sources = _as_sources(X)
         if y is None:
             if not (hasattr(X, "features") and "label" in X.features):
-                raise TumorClassifierError("fit needs y (class names), or a datasets.Dataset with a 'label' column.")
+                raise InvalidArgumentError("fit needs y (class names), or a datasets.Dataset with a 'label' column.")
             names = X.features["label"].names
             y = [names[i] for i in X["label"]]
         y = np.asarray([str(label) for label in y], dtype=object)
         if len(y) != len(sources):
-            raise TumorClassifierError(f"fit got {len(sources)} images but {len(y)} labels.")
-        classes = np.unique(y)
+            raise InvalidArgumentError(f"fit got {len(sources)} images but {len(y)} labels.")
+        tumour_only = y == ANY_TUMOR_NAME
+        classes = np.unique(y[~tumour_only])
         if classes.size < 2:
-            raise TumorClassifierError(f"fit needs at least two classes; got {list(classes)}.")
+            raise InvalidArgumentError(f"fit needs at least two classes; got {list(classes)}.")
+        tumor_columns = None
+        if tumour_only.any():
+            tumor_columns = tumor_columns_of(list(classes))
+            if NO_TUMOR not in classes or not tumor_columns:
+                raise InvalidArgumentError(
+                    f"Images labelled {ANY_TUMOR_NAME!r} need a '{NO_TUMOR}' class and at least one tumour "
+                    f"class among the other labels; got {list(classes)}."
+                )
         preprocessor = MRIPreprocessor(size=self.image_size, crop_to_head=self.crop_to_head, skull_strip=self.skull_strip)
         pixels = np.stack([preprocessor.prepare_array(source) for source in sources])
-        labels = np.searchsorted(classes, y)
-        counts = np.bincount(labels)
+        labels = np.where(tumour_only, ANY_TUMOR, np.searchsorted(classes, np.where(tumour_only, classes[0], y)))
+        counts = np.unique(labels, return_counts=True)[1]
         n_val = int(round(self.validation_size * len(labels)))
-        if self.validation_size > 0 and n_val >= classes.size and counts.min() >= 2:
+        if self.validation_size > 0 and n_val >= counts.size and counts.min() >= 2:
             train_idx, val_idx = train_test_split(
                 np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=self.random_state
             )
@@ -255,9 +311,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 None,
                 args,
                 augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
-                loss_function=make_loss_function(label_smoothing=self.label_smoothing),
+                loss_function=make_loss_function(label_smoothing=self.label_smoothing, tumor_columns=tumor_columns),
             )
             trainer.train()
+            val_idx = val_idx[labels[val_idx] != ANY_TUMOR]  # the temperature needs a class per image
             if val_idx.size:
                 logits = predict_logits(trainer, PixelDataset(pixels[val_idx], labels[val_idx]))
                 fold_temperature(model, fit_temperature(logits, labels[val_idx]))
@@ -273,6 +330,21 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         id2label = model.config.id2label
         self.classes_ = np.asarray([id2label[i] for i in range(len(id2label))], dtype=object)
         self.attribution_method_ = default_method(model)
+        self.backend_ = "torch"
+        self.onnx_model_ = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup fails. With backend="onnx" the torch model is
+        # loaded on first use (explain, save_pretrained), so predicting never pays for it.
+        if name in ("model_", "attribution_method_") and "_load_torch_model" in self.__dict__:
+            with _LAZY_LOAD_LOCK:
+                loader = self.__dict__.pop("_load_torch_model", None)
+                if loader is not None:
+                    model = loader().eval()
+                    self.attribution_method_ = default_method(model)
+                    self.model_ = model
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def from_pretrained(
@@ -283,6 +355,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
+        backend: str = "torch",
         **params: Any,
     ) -> "TumorClassifier":
         """Loads a trained classifier: the shipped default, a local folder, or a Hub id.
@@ -296,29 +369,49 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 written by :meth:`save_pretrained` / ``train_hf.py`` /
                 ``ensemble.build_ensemble``, or a Hub model id.
             revision, cache_dir, local_files_only, token: Passed to the Hub download.
+            backend: ``"torch"``, or ``"onnx"``: :meth:`predict`, :meth:`predict_proba`
+                and :meth:`tumor_probability` run one ONNX graph of the model (an ensemble
+                included) in onnxruntime (``pip install "tumor-classifier[onnx]"``). The
+                graph is the folder's ``model.onnx`` when it was exported from exactly
+                these weights (:meth:`export_onnx`), else it is exported once into
+                ``$TUMOR_CLASSIFIER_CACHE/onnx`` (about 10 s) and reused. :meth:`explain`
+                needs gradients and keeps the torch model, loaded on its first use.
             **params: Estimator parameters to set (e.g. ``uncertainty_threshold``).
 
         Raises:
+            MissingDependencyError: ``backend="onnx"`` without onnxruntime installed.
             ModelLoadError: The folder or repository is missing, incomplete or invalid
                 (corrupt or pickle weights, a malformed config, an ensemble member outside
                 the folder); the message names the file and what is wrong.
         """
         fixed = sorted(set(params) & {"image_size", "crop_to_head", "skull_strip", "backbone"})
         if fixed:
-            raise TumorClassifierError(
+            raise InvalidArgumentError(
                 f"{', '.join(fixed)} of a trained model come from its saved preprocessing and cannot be changed "
                 "at load time; retrain with fit() or train_hf.py to change them."
             )
-        folder = _resolve_model_folder(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        if backend not in BACKENDS:
+            raise InvalidArgumentError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        if backend == "onnx":
+            from .onnx_backend import import_onnxruntime
+
+            import_onnxruntime()  # the install hint before minutes of download or export
+        folder = _resolve_model_folder(
+            source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
+            extra_patterns=_ONNX_FILES if backend == "onnx" else (),
+        )
+        graph_dir = None
         try:
             # Every file is checked before transformers reads it (see model_folder): the
             # preprocessing first, then the config and safetensors weights; never pickles.
             has_preprocessing = (Path(folder) / "preprocessor_config.json").is_file()
             preprocessor = MRIPreprocessor.from_pretrained(folder) if has_preprocessing else None
-            if is_ensemble_folder(folder):
-                model = EnsembleForImageClassification.from_pretrained(folder)
-            else:
-                model = load_image_classifier(folder)  # float32, whatever the stored dtype
+            if backend == "onnx" and preprocessor is not None:
+                from .onnx_export import fresh_graph_dir
+
+                graph_dir, _ = fresh_graph_dir(folder, preprocessor)
+            # With a fresh graph the torch model waits until explain() needs it.
+            model = _load_torch_model(Path(folder)) if graph_dir is None else None
             if preprocessor is None:
                 preprocessor = MRIPreprocessor.from_hf_dict(
                     {"size": getattr(model.config, "image_size", 224)},
@@ -328,12 +421,64 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             raise  # already says which file or member failed
         except (OSError, ValueError) as error:  # includes malformed JSON
             raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
-        backbone = getattr(model.config, "backbone_name", model.config.model_type)
+        graph = None
+        if backend == "onnx":
+            from .onnx_backend import OnnxClassifier
+            from .onnx_export import cached_graph_dir, export_onnx, model_fingerprint
+
+            if graph_dir is None:
+                fingerprint = model_fingerprint(folder, preprocessor)
+                graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
+            graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+        backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
         estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
         estimator.set_params(**params)
-        estimator._set_fitted(model, preprocessor, Path(folder))
+        if model is not None:
+            estimator._set_fitted(model, preprocessor, Path(folder))
+        else:
+            estimator.model_folder_, estimator.preprocessor_ = Path(folder), preprocessor
+            estimator.classes_ = np.asarray(graph.class_names, dtype=object)
+            estimator._load_torch_model = functools.partial(_load_torch_model, Path(folder))
+        estimator.backend_, estimator.onnx_model_ = backend, graph
         estimator.source_ = str(source) if source is not None else "default"
         return estimator
+
+    def export_onnx(
+        self, directory: str | os.PathLike, *, images: Any = None, tolerance: float | None = None, quantize: bool = False
+    ):
+        """Exports the model (an ensemble as one graph) to ONNX and checks it against torch.
+
+        Writes ``model.onnx`` (dynamic batch axis, opset in ``onnx_export.OPSET``),
+        ``onnx_config.json`` (labels, input size, verification figures) and
+        ``preprocessor_config.json``; see :mod:`tumor_classifier.onnx_export`. Exported
+        into the model's own folder, the graph is what ``from_pretrained(folder,
+        backend="onnx")`` then runs with no export step.
+
+        Args:
+            directory: Target folder.
+            images: Real images to verify on (default: the package's four example slices).
+            tolerance: Largest accepted probability difference against torch (default 1e-4).
+            quantize: Also write ``model.int8.onnx`` (dynamic int8) with its agreement figures.
+
+        Returns:
+            :class:`~tumor_classifier.onnx_export.OnnxExport` with the figures.
+
+        Raises:
+            MissingDependencyError: The ``[onnx]`` extra is not installed.
+            ExportError: Export failed or the graph differs from torch beyond ``tolerance``.
+
+        Example:
+            >>> TumorClassifier.from_pretrained().export_onnx("exported/")  # doctest: +SKIP
+        """
+        from .onnx_export import DEFAULT_TOLERANCE, export_onnx, model_fingerprint
+
+        self._check_fitted()
+        folder = self.model_folder_
+        fingerprint = model_fingerprint(folder, self.preprocessor_) if folder is not None else None
+        return export_onnx(
+            self.model_, self.preprocessor_, directory, images=None if images is None else _as_sources(images),
+            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, quantize=quantize, fingerprint=fingerprint,
+        )
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Writes a folder that :meth:`from_pretrained` and plain transformers both load.
@@ -383,24 +528,76 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
     # -- inference -----------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
+        if "classes_" not in self.__dict__:  # not hasattr(model_): that would load a lazy model
             raise NotFittedError(
                 "This TumorClassifier is not fitted yet: call fit(X, y) or load one with "
                 "TumorClassifier.from_pretrained() first."
             )
 
-    def _decode(self, sources: Sequence[Any]) -> list[Image.Image]:
-        """Decodes each input once into the grayscale representation."""
+    def _decode(self, sources: Sequence[Any]) -> list[DecodedImage]:
+        """Decodes each input once: the grayscale image the model sees and the colours the MRI check reads."""
         images = []
         for index, source in enumerate(sources):
             try:
-                images.append(load_image(source))
+                images.append(decode(source))
             except InvalidImageError as error:
                 raise InvalidImageError(f"Image {index}: {error}") from None
         return images
 
     def _prepare(self, X: Any) -> list[PreparedImage]:
-        return [self.preprocessor_.prepare(gray) for gray in self._decode(_as_sources(X))]
+        return [self.preprocessor_.prepare(d.gray) for d in self._decode(_as_sources(X))]
+
+    def is_brain_mri(self, X: Any) -> np.ndarray:
+        """Whether each input is a brain MRI slice, by the learned check.
+
+        The check (:mod:`tumor_classifier.mri_check`) is loaded once per process, on first
+        use, and shared by every classifier and thread; it does not depend on the model.
+        Measured on held-out images: 96.8% of non-MRI image groups flagged (head CT 88%,
+        PET and SPECT 100%), 0.13% of brain MRI groups (see the README).
+
+        Args:
+            X: Images, as for :meth:`predict_proba`.
+
+        Returns:
+            bool array (n,): ``False`` for an input :meth:`predict` calls ``"not_brain_mri"``.
+
+        Raises:
+            InvalidImageError: An input cannot be read as an image.
+        """
+        return MRICheck.load().is_brain_mri(self._decode(_as_sources(X)))
+
+    def verdicts(self, X: Any) -> list[Verdict]:
+        """The verdict of each input, without attributions (what the CLI prints).
+
+        Args:
+            X: Images, as for :meth:`predict_proba`.
+
+        Returns:
+            One :class:`~tumor_classifier.verdict.Verdict` per image (it holds the
+            probabilities and the check's score it was judged from).
+
+        Raises:
+            NotFittedError: Before ``fit`` or ``from_pretrained``.
+            InvalidImageError: An input cannot be read as an image.
+        """
+        self._check_fitted()
+        decoded = self._decode(_as_sources(X))
+        return self._verdicts(decoded, self._proba([self.preprocessor_.prepare(d.gray) for d in decoded]))
+
+    def _verdicts(self, decoded: Sequence[DecodedImage], proba: np.ndarray) -> list[Verdict]:
+        """:func:`~tumor_classifier.verdict.decide_verdict` for each input; the check runs once on the whole batch."""
+        check = MRICheck.load()  # loaded once per process, shared by threads
+        scores, reasons = check.assess(decoded)
+        return [
+            decide_verdict(
+                dict(zip(self.classes_, row)),
+                brain_mri=bool(score >= check.threshold),
+                uncertainty_threshold=self.uncertainty_threshold,
+                reasons=why,
+                mri_score=float(score),
+            )
+            for row, score, why in zip(proba, scores, reasons)
+        ]
 
     def _pixel_values(self, chunk: Sequence[PreparedImage]) -> torch.Tensor:
         """Normalised model input (n, C, size, size) on the model's device."""
@@ -409,8 +606,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
     def _proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
         """Batched forward passes; with ``test_time_augmentation`` also of the mirror images."""
+        if getattr(self, "onnx_model_", None) is not None:
+            return self._onnx_proba(prepared)
         outputs = []
-        with torch.inference_mode():
+        with _model_passes(self.model_), torch.inference_mode():
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start : start + self.batch_size]
                 pixel_values = self._pixel_values(chunk)
@@ -419,6 +618,19 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                     mirrored = _finite(self.model_(pixel_values=pixel_values.flip(-1)).logits.float(), start)
                     proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
                 outputs.append(proba.cpu().numpy())
+        return np.concatenate(outputs)
+
+    def _onnx_proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
+        """:meth:`_proba` through the ONNX graph: numpy in and out, no torch operation."""
+        graph, outputs = self.onnx_model_, []
+        pixels = np.stack([np.asarray(p.image) for p in prepared])
+        for start in range(0, len(pixels), self.batch_size):
+            pixel_values = graph.normalize(pixels[start : start + self.batch_size], self.preprocessor_.mean, self.preprocessor_.std)
+            proba = _softmax(_finite(graph.logits(pixel_values), start))
+            if self.test_time_augmentation:
+                mirrored = _finite(graph.logits(np.ascontiguousarray(pixel_values[..., ::-1])), start)
+                proba = (proba + _softmax(mirrored)) / 2
+            outputs.append(proba)
         return np.concatenate(outputs)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -441,6 +653,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any, *, return_attributions: bool = False, method: str = "auto"):
         """Predicted class names, optionally with attribution maps.
 
+        An input the learned brain-MRI check flags (see :meth:`is_brain_mri`) gets
+        ``"not_brain_mri"`` instead of a class: the model only knows brain MRI slices.
+        The model's own argmax stays ``classes_[predict_proba(X).argmax(1)]``.
+
         Args:
             X: Images, as for :meth:`predict_proba`.
             return_attributions: Also return one float32 (H, W) map in [0, 1] per image,
@@ -448,13 +664,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             method: Attribution method (see :meth:`explain`).
 
         Returns:
-            ndarray (n,) of class names; with ``return_attributions`` a tuple
-            ``(labels, maps)``.
+            ndarray (n,) of class names or ``"not_brain_mri"``; with
+            ``return_attributions`` a tuple ``(labels, maps)``.
         """
         self._check_fitted()
-        prepared = self._prepare(X)
+        decoded = self._decode(_as_sources(X))
+        prepared = [self.preprocessor_.prepare(d.gray) for d in decoded]
         proba = self._proba(prepared)
-        labels = self.classes_[proba.argmax(axis=1)]
+        labels = np.asarray([v.label for v in self._verdicts(decoded, proba)], dtype=object)
         if not return_attributions:
             return labels
         return labels, self._attributions(prepared, proba.argmax(axis=1), method)[0]
@@ -473,7 +690,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     def _resolve_method(self, method: str) -> str:
         method = self.attribution_method_ if method == "auto" else method
         if method not in METHODS:
-            raise TumorClassifierError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
+            raise InvalidArgumentError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
         return method
 
     def _attributions(
@@ -482,22 +699,29 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """Maps in each input's coordinates, and the logits (n, k) of the same passes.
 
         ``targets=None`` explains the predicted class, found in Grad-CAM's own forward
-        pass, so predict-and-explain costs one forward and one backward pass.
+        pass, so predict-and-explain costs one forward and one backward pass; the logits
+        are returned then only (with ``targets`` given, ``None``: no extra forward pass
+        for logits nobody reads).
         """
         method = self._resolve_method(method)
-        maps: list[np.ndarray] = []
+        small_maps: list[np.ndarray] = []
         logits: list[np.ndarray] = []
         black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
-        for start in range(0, len(prepared), self.batch_size):
-            chunk = prepared[start : start + self.batch_size]
-            pixel_values = self._pixel_values(chunk)
-            target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
-            if method in ("integrated_gradients", "occlusion"):
-                options.setdefault("baseline", black)  # "absent" means a black image
-            small, chunk_logits = compute_attributions(self.model_, pixel_values, target, method, return_logits=True, **options)
-            maps.extend(p.to_original(m) for p, m in zip(chunk, small))
-            logits.append(chunk_logits)
-        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps], np.concatenate(logits)
+        with _model_passes(self.model_):
+            for start in range(0, len(prepared), self.batch_size):
+                chunk = prepared[start : start + self.batch_size]
+                pixel_values = self._pixel_values(chunk)
+                target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
+                if method in ("integrated_gradients", "occlusion"):
+                    options.setdefault("baseline", black)  # "absent" means a black image
+                result = compute_attributions(self.model_, pixel_values, target, method, return_logits=targets is None, **options)
+                if targets is None:
+                    result, chunk_logits = result
+                    logits.append(chunk_logits)
+                small_maps.extend(result)
+        # Back to each input's size outside the lock: its cost grows with the upload.
+        maps = [p.to_original(m) for p, m in zip(prepared, small_maps)]
+        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps], (np.concatenate(logits) if logits else None)
 
     def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
         """Predicts and explains each image.
@@ -516,11 +740,13 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 ``internal_batch_size``, ``occlusion_window`` ...).
 
         Returns:
-            One :class:`Explanation` per image.
+            One :class:`Explanation` per image; its ``verdict`` comes from
+            :func:`~tumor_classifier.verdict.decide_verdict`, the policy the CLI, REST
+            and the app share.
         """
         self._check_fitted()
-        sources = _as_sources(X)
-        grays = self._decode(sources)
+        decoded = self._decode(_as_sources(X))
+        grays = [d.gray for d in decoded]
         prepared = [self.preprocessor_.prepare(gray) for gray in grays]
         method = self._resolve_method(method)
         if method == "gradcam" and not self.test_time_augmentation:
@@ -530,38 +756,76 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         else:
             proba = self._proba(prepared)
             maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
-        predicted = proba.argmax(axis=1)
         tumor = tumor_probability(proba, self.classes_) if NO_TUMOR in self.classes_ else np.full(len(proba), np.nan)
         explanations = []
-        for index, (source, gray) in enumerate(zip(sources, grays)):
+        for index, (gray, verdict) in enumerate(zip(grays, self._verdicts(decoded, proba))):
             explanations.append(
                 Explanation(
-                    label=str(self.classes_[predicted[index]]),
-                    probabilities={str(c): float(p) for c, p in zip(self.classes_, proba[index])},
+                    label=verdict.label,
+                    probabilities=verdict.probabilities,
                     tumor_probability=float(tumor[index]),
                     attribution=maps[index],
                     overlay=overlay(gray, maps[index], alpha=alpha),
                     method=method,
                     uncertain=bool(proba[index].max() < self.uncertainty_threshold),
-                    quality=assess_image(source, gray=gray),
+                    quality=ImageQuality(verdict.brain_mri, list(verdict.reasons), {"mri_score": verdict.mri_score}),
+                    verdict=verdict,
                 )
             )
         return explanations
 
+    def predict_volume(self, volume: Any, plane: str = "axial", **options: Any):
+        """Classifies every slice of a volume inside the head and gives one verdict.
 
-def _finite(logits: torch.Tensor, first: int) -> torch.Tensor:
-    """``logits`` (n, k) unchanged; a NaN or infinity would turn into NaN probabilities."""
-    bad = (~torch.isfinite(logits).all(dim=-1)).nonzero().flatten()
-    if bad.numel():
+        The aggregation (a run of ``min_run`` consecutive slices at or above
+        ``threshold``), what it has and has not been validated on, and the options are
+        documented in :mod:`tumor_classifier.volume_prediction`.
+
+        Args:
+            volume: A NIfTI path, a DICOM file or series folder, a nibabel image, a numpy
+                array (n_slices, H, W) or a :class:`~tumor_classifier.volumes.Volume`.
+            plane: ``axial``, ``coronal`` or ``sagittal`` (needs the file's affine).
+            **options: ``series_uid``, ``time_point``, ``min_run``, ``threshold``,
+                ``min_head_fraction``, ``explain``, ``method``.
+
+        Returns:
+            A :class:`~tumor_classifier.volume_prediction.VolumePrediction`.
+
+        Example:
+            >>> clf.predict_volume("scan.nii.gz").label  # doctest: +SKIP
+            'notumor'
+        """
+        from .volume_prediction import predict_volume
+
+        return predict_volume(self, volume, plane=plane, **options)
+
+
+def _finite(logits, first: int):
+    """``logits`` (n, k), a tensor or a numpy array, unchanged; a NaN or infinity would turn into NaN probabilities."""
+    bad = np.flatnonzero(~np.isfinite(logits.detach().cpu().numpy() if torch.is_tensor(logits) else logits).all(axis=-1))
+    if bad.size:
         raise NonFiniteOutputError(
             f"The model answered NaN or infinite logits for image {first + int(bad[0])} "
-            f"({bad.numel()} image(s) in this batch), so it has no probabilities to give. Its weights are "
+            f"({bad.size} image(s) in this batch), so it has no probabilities to give. Its weights are "
             "broken or overflow on this input; retrain or re-export the model."
         )
     return logits
 
 
-def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None) -> Path:
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _load_torch_model(folder: Path) -> torch.nn.Module:
+    """The checked float32 model of a single-model or ensemble folder."""
+    if is_ensemble_folder(folder):
+        return EnsembleForImageClassification.from_pretrained(folder)
+    return load_image_classifier(folder)  # float32, whatever the stored dtype
+
+
+def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None, extra_patterns=()) -> Path:
     if source is None:
         if not is_model_folder(DEFAULT_MODEL_DIR):
             raise ModelLoadError(
@@ -587,7 +851,7 @@ def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
                 token=token,
-                allow_patterns=_MODEL_FILES,
+                allow_patterns=_MODEL_FILES + list(extra_patterns),
             )
         )
     except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:

@@ -3,6 +3,9 @@
 Examples:
     tumor-classifier predict scan.jpg other.png --explain gradcam --out heatmaps/
     tumor-classifier predict scans/*.jpg --json
+    tumor-classifier predict scans/*.jpg --backend onnx
+    tumor-classifier export --format onnx default exported/ --quantize
+    tumor-classifier predict scan.nii.gz --slices --explain auto --out heatmaps/
     tumor-classifier evaluate ../shared/data/brain-tumor-mri --out report/
     tumor-classifier data-report ../shared/data/brain-tumor-mri
     tumor-classifier serve --port 7860
@@ -19,25 +22,41 @@ from typing import Sequence
 
 from .data import NO_TUMOR
 from .exceptions import TumorClassifierError
-from .metrics import tumor_probability
+from .preprocessing import ACCEPTED_FORMATS_TEXT
 
 NOT_DIAGNOSTIC = "Research use only: not a medical device, not for diagnosis."
 
 
-def _load(model: str | None):
+def _load(model: str | None, backend: str = "torch"):
     from .classifier import TumorClassifier
 
-    return TumorClassifier.from_pretrained(model)
+    return TumorClassifier.from_pretrained(model, backend=backend)
+
+
+def _figure(explanation):
+    """The exported heatmap: the overlay with its verdict written above and a colour bar below."""
+    from .verdict import format_probability
+    from .visualization import annotate
+
+    probabilities = explanation.probabilities
+    explained = max(probabilities, key=probabilities.get)  # the class the map belongs to
+    title = f"{explanation.verdict.title} ({explained} {format_probability(probabilities[explained])}); not a diagnostic device"
+    return annotate(explanation.overlay, title=title, target=explained, method=explanation.method)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .preprocessing import load_image
+    from .mri_check import decode
 
-    classifier = _load(args.model)
-    readable, grays, failures = [], [], []
-    for path in args.images:
+    classifier = _load(args.model, args.backend)
+    volumes = [path for path in args.images if _is_volume(path)]
+    volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
+    images = [path for path in args.images if path not in volumes]
+    if not images:
+        return 1 if volume_failures else 0
+    readable, decoded, failures = [], [], []
+    for path in images:
         try:
-            grays.append(load_image(path))  # decoded once: the check and the quality flag share it
+            decoded.append(decode(path))  # decoded once: the model, the MRI check and the overlay share it
             readable.append(path)
         except TumorClassifierError as error:
             failures.append((path, str(error)))
@@ -46,38 +65,28 @@ def _predict(args: argparse.Namespace) -> int:
     rows = []
     if readable:
         if args.explain:
-            explanations = classifier.explain(readable, method=args.explain)
+            explanations = classifier.explain(decoded, method=args.explain)
+            verdicts = [e.verdict for e in explanations]
         else:
-            explanations = None
-            proba = classifier.predict_proba(readable)
-            tumor_probabilities = tumor_probability(proba, classifier.classes_) if NO_TUMOR in classifier.classes_ else None
-        for index, path in enumerate(readable):
-            if explanations is not None:
-                e = explanations[index]
-                probabilities, label, tumor, uncertain = e.probabilities, e.label, e.tumor_probability, e.uncertain
-                quality = e.quality
-                if args.out:
-                    # The index keeps a/scan.jpg and b/scan.jpg from overwriting each other.
-                    target = Path(args.out) / f"{index:03d}_{Path(path).stem}_{e.method}.png"
-                    e.overlay.save(target)
-            else:
-                probabilities = {str(c): float(p) for c, p in zip(classifier.classes_, proba[index])}
-                label = max(probabilities, key=probabilities.get)
-                tumor = float(tumor_probabilities[index]) if tumor_probabilities is not None else math.nan
-                uncertain = probabilities[label] < classifier.uncertainty_threshold
-                from .quality import assess_image
-
-                quality = assess_image(path, gray=grays[index])
+            explanations, verdicts = None, classifier.verdicts(decoded)
+        for index, (path, verdict) in enumerate(zip(readable, verdicts)):
+            probabilities = verdict.probabilities
             row = {
                 "image": str(path),
-                "label": label,
+                "label": verdict.label,
+                "verdict": verdict.kind,
+                "message": verdict.text,
                 "probabilities": probabilities,
-                "tumor_probability": tumor,
-                "uncertain": bool(uncertain),
-                "looks_like_mri": quality.looks_like_mri,
-                "warnings": quality.reasons,
+                "tumor_probability": 1.0 - probabilities[NO_TUMOR] if NO_TUMOR in probabilities else math.nan,
+                "uncertain": max(probabilities.values()) < classifier.uncertainty_threshold,
+                "looks_like_mri": verdict.brain_mri,
+                "mri_score": verdict.mri_score,
+                "warnings": list(verdict.reasons),
             }
             if explanations is not None and args.out:
+                # The index keeps a/scan.jpg and b/scan.jpg from overwriting each other.
+                target = Path(args.out) / f"{index:03d}_{Path(path).stem}_{explanations[index].method}.png"
+                _figure(explanations[index]).save(target)
                 row["overlay"] = str(target)
             rows.append(row)
     if args.json:
@@ -87,24 +96,124 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps({"image": str(path), "error": message}))
     else:
         classes = list(classifier.classes_)
-        print(f"{'image':<40} {'class':<11} " + " ".join(f"{c[:10]:>10}" for c in classes) + "  tumor")
+        print(f"{'image':<40} {'class':<13} " + " ".join(f"{c[:10]:>10}" for c in classes) + "  tumor  verdict")
         for row in rows:
-            flags = []
-            if row["uncertain"]:
-                flags.append("UNCERTAIN")
-            if not row["looks_like_mri"]:
-                flags.append("MAY NOT BE A BRAIN MRI: " + "; ".join(row["warnings"]))
+            # A flagged input shows no probabilities: they would read as a tumor type.
+            shown = row["verdict"] != "not_brain_mri"
             print(
-                f"{Path(row['image']).name[:40]:<40} {row['label']:<11} "
-                + " ".join(f"{row['probabilities'][c]:>10.3f}" for c in classes)
-                + f"  {row['tumor_probability']:.3f}"
-                + (f"  [{', '.join(flags)}]" if flags else "")
+                f"{Path(row['image']).name[:40]:<40} {row['label']:<13} "
+                + " ".join(f"{row['probabilities'][c]:>10.3f}" if shown else f"{'-':>10}" for c in classes)
+                + (f"  {row['tumor_probability']:.3f}" if shown else "      -")
+                + f"  {row['message']}"
                 + (f"  -> {row['overlay']}" if "overlay" in row else "")
             )
         print(NOT_DIAGNOSTIC)
     for path, message in failures:
         print(f"error: {message}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if failures or volume_failures else 0
+
+
+def _is_volume(path: str) -> bool:
+    """A folder holding DICOM, or a file named or sniffed as NIfTI / DICOM (other paths are images)."""
+    from .volumes import sniff
+
+    candidate = Path(path)
+    try:
+        if candidate.is_dir():  # a series folder: some DICOM among its first files
+            files = [f for _, f in zip(range(50), (f for f in candidate.rglob("*") if f.is_file()))]
+            return any(sniff(f) == "dicom" for f in files)
+        if candidate.name.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom")):
+            return True
+        return candidate.is_file() and sniff(candidate) in ("nifti", "nifti-gz", "dicom")
+    except OSError:  # a name too long, no permission ...: the image path reports it
+        return False
+
+
+def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace) -> int:
+    """Prints each volume's verdict (and with --slices its per-slice table); returns the failure count."""
+    from .plots import plot_slice_probabilities
+
+    out = Path(args.out) if args.out else None
+    failures = 0
+    for path in paths:
+        try:
+            result = classifier.predict_volume(
+                path,
+                plane=args.plane,
+                series_uid=args.series_uid,
+                time_point=args.time_point,
+                explain=bool(args.explain),
+                method=args.explain or "auto",
+            )
+        except TumorClassifierError as error:
+            failures += 1
+            print(json.dumps({"volume": str(path), "error": str(error)}) if args.json else f"error: {path}: {error}", file=sys.stdout if args.json else sys.stderr)
+            continue
+        written = {}
+        if out is not None and args.explain:
+            out.mkdir(parents=True, exist_ok=True)
+            stem = Path(path).name.split(".")[0] or "volume"
+            written["overlay"] = str(out / f"{stem}_key_slice_{result.key_slice:03d}_{result.explanation.method}.png")
+            _figure(result.explanation).save(written["overlay"])
+            written["plot"] = str(
+                plot_slice_probabilities(
+                    result.slice_tumour_probability,
+                    out / f"{stem}_slice_probabilities.png",
+                    threshold=result.threshold,
+                    key_slice=result.key_slice,
+                    runs=result.runs,
+                    title=f"{Path(path).name}: tumour probability along the {result.volume.plane or 'given'} slices",
+                )
+            )
+        if args.json:
+            row = {
+                "volume": str(path),
+                "label": result.label,
+                "model_label": result.model_label,
+                "tumour": result.tumour,
+                "tumor_probability": result.tumour_probability,
+                "probabilities": result.probabilities,
+                "key_slice": result.key_slice,
+                "runs": result.runs,
+                "slices": len(result.classified),
+                "classified_slices": int(result.classified.sum()),
+                "plane": result.volume.plane,
+                "looks_like_mri": result.looks_like_mri,
+                "warnings": result.mri_reasons + result.notes,
+                **written,
+            }
+            if args.slices:
+                row["slice_table"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in result.slice_table()]
+            print(json.dumps(row))
+            continue
+        volume = result.volume
+        where = f"{len(result.classified)} {volume.plane or 'given'} slices, {int(result.classified.sum())} inside the head classified"
+        if not result.looks_like_mri:
+            verdict = "NOT A BRAIN MRI? no verdict given (" + "; ".join(result.mri_reasons) + ")"
+        elif result.tumour:
+            verdict = f"tumour, type {result.label} ({result.probabilities[result.label]:.2f})"
+        else:
+            verdict = "no tumour"
+        print(f"{path}: {verdict}")
+        print(
+            f"  tumour probability {result.tumour_probability:.3f}; runs of >= {result.min_run} slices at >= "
+            f"{result.threshold:g}: {result.runs or 'none'}; key slice {result.key_slice}; {where}"
+        )
+        for note in result.notes:
+            print(f"  note: {note}")
+        for name, target in written.items():
+            print(f"  {name}: {target}")
+        if args.slices:
+            classes = list(result.probabilities)
+            print("  slice  tumour " + " ".join(f"{c[:10]:>10}" for c in classes))
+            for row in result.slice_table():
+                if row["classified"]:
+                    print(f"  {row['slice']:>5}  {row['tumor_probability']:.3f} " + " ".join(f"{row[c]:>10.3f}" for c in classes))
+                else:
+                    print(f"  {row['slice']:>5}  (outside the head, not classified)")
+    if not args.json:
+        print(NOT_DIAGNOSTIC)
+    return failures
 
 
 def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
@@ -117,7 +226,7 @@ def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_dataset
 
-    classifier = _load(args.model)
+    classifier = _load(args.model, args.backend)
     result = evaluate_dataset(classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None), batch_size=args.batch_size)
     _print_figures(result.metrics, ("test", "test_without_near_duplicates"))
     print(f"report written to {args.out}: " + ", ".join(p.name for p in result.files))
@@ -135,6 +244,15 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .classifier import TumorClassifier
+
+    classifier = TumorClassifier.from_pretrained(None if args.model == "default" else args.model)
+    result = classifier.export_onnx(args.out, images=args.images, tolerance=args.tolerance, quantize=args.quantize)
+    print(result.summary())
+    return 0
+
+
 def _data_report(args: argparse.Namespace) -> int:
     from .data import describe_folder
 
@@ -144,6 +262,13 @@ def _data_report(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    # The entry point, not the library, sets these: before Gradio is imported, which reads
+    # its switch then. (The package's own import may have read huggingface_hub's already;
+    # Hub telemetry only rides on Hub downloads.)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     from .app import serve
 
     serve(model=args.model, host=args.host, port=args.port)
@@ -154,13 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tumor-classifier", description="Brain-tumor MRI classification. " + NOT_DIAGNOSTIC)
     commands = parser.add_subparsers(dest="command", required=True)
     model_help = "Model folder or Hub id (default: the model shipped with the package)."
+    backend_help = ("Inference engine: torch (default) or onnx (onnxruntime, pip install \"tumor-classifier[onnx]\"; "
+                    "the graph is the model folder's model.onnx or exported once into a cache). Heatmaps always use torch.")
 
     predict = commands.add_parser("predict", help="Classify images, optionally with heatmaps.")
-    predict.add_argument("images", nargs="+", help="Image files (JPEG, PNG, TIFF, BMP ...).")
+    predict.add_argument("images", nargs="+", help=f"Image files ({ACCEPTED_FORMATS_TEXT}) or volumes (.nii, .nii.gz, DICOM file or series folder).")
     predict.add_argument("--model", help=model_help)
-    predict.add_argument("--explain", choices=["auto", "gradcam", "integrated_gradients", "occlusion"], help="Attribution method.")
-    predict.add_argument("--out", help="Folder for the overlay PNGs (with --explain).")
+    predict.add_argument("--explain", nargs="?", const="auto", choices=["auto", "gradcam", "integrated_gradients", "occlusion"], help="Attribution method (bare --explain: auto).")
+    predict.add_argument("--out", help="Folder for the overlay PNGs (with --explain); for a volume also its probability-along-slices plot.")
     predict.add_argument("--json", action="store_true", help="One JSON object per line instead of a table.")
+    predict.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=backend_help)
+    predict.add_argument("--slices", action="store_true", help="Volumes: also print the per-slice probabilities.")
+    predict.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial", help="Volumes: the plane to cut (default axial).")
+    predict.add_argument("--series-uid", help="DICOM folders holding several series: the SeriesInstanceUID to read.")
+    predict.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based.")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="Evaluate on a labelled folder (Kaggle layout) or Hub data set; write a report.")
@@ -171,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--dedup", action="store_true", help="Require the near-duplicate-free evaluation (needs a training split).")
     dedup.add_argument("--no-dedup", action="store_true", help="Skip the near-duplicate-free evaluation.")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=backend_help)
     evaluate.set_defaults(handler=_evaluate)
 
     ensemble = commands.add_parser("ensemble", help="Combine train_hf.py model folders into one calibrated ensemble folder with its report.")
@@ -178,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--out", required=True, help="The ensemble folder to write.")
     ensemble.add_argument("--data", help="The data the members trained on (default: the folder their train_config.json names).")
     ensemble.set_defaults(handler=_ensemble)
+
+    export = commands.add_parser("export", help="Export a model (an ensemble as one graph) to ONNX, verified against torch.")
+    export.add_argument("--format", choices=["onnx"], required=True, help="Export format (onnx: model.onnx, opset 20, dynamic batch).")
+    export.add_argument("model", metavar="MODEL", help="Model folder or Hub id; 'default' for the shipped model.")
+    export.add_argument("out", metavar="OUT", help="Folder to write model.onnx, onnx_config.json and preprocessor_config.json to "
+                        "(the model folder itself, for from_pretrained(..., backend='onnx') with no export step).")
+    export.add_argument("--images", nargs="+", help="Real images to verify the graph on (default: the package's four examples).")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="Largest accepted probability difference against torch.")
+    export.add_argument("--quantize", action="store_true", help="Also write model.int8.onnx (dynamic int8 MatMul/Gemm) with its agreement.")
+    export.set_defaults(handler=_export)
 
     report = commands.add_parser("data-report", help="Class counts, image modes and sizes, train/test duplicates.")
     report.add_argument("directory")
@@ -195,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tumor-classifier`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # Loading a model would print a "Loading weights" bar per file; a command prints its
+    # results. Process-wide switches like this one belong to entry points, not the library.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     if getattr(args, "out", None) and getattr(args, "explain", "x") is None and args.command == "predict":
         print("note: --out is used with --explain; no overlays are written without it.", file=sys.stderr)
     try:

@@ -17,7 +17,7 @@ import io
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -35,6 +35,8 @@ NO_TUMOR = "notumor"
 #: Label of images known to show a tumour of unknown type (e.g. Br35H): the training loss
 #: asks only that the tumour classes together be probable.
 ANY_TUMOR = -1
+#: The class name ``TumorClassifier.fit`` reads as :data:`ANY_TUMOR` ("a tumour, type unknown").
+ANY_TUMOR_NAME = "tumor_type_unknown"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 #: pHash Hamming distance at or below which two images count as near duplicates.
 NEAR_DUPLICATE_DISTANCE = 4
@@ -327,7 +329,6 @@ class DuplicateReport:
     distances: np.ndarray
     nearest: np.ndarray
     threshold: int = NEAR_DUPLICATE_DISTANCE
-    unreadable: list[int] = field(default_factory=list)
 
     @property
     def exact_queries(self) -> list[int]:
