@@ -7,7 +7,7 @@ switch methods freely:
 * ``(n, h, w)`` float32 in ``[0, 1]``, ``h, w`` equal to the input's;
 * positive evidence only (what raises the target logit), channels summed;
 * zero outside the head (``head_only=True``, the default): the head mask of the model
-  input (:func:`tumor_classifier.preprocessing.head_mask`) is applied before
+  input (:func:`tumor_classifier.augmentation.head_mask`) is applied before
   normalisation, so a map never points at the background;
 * each map min-max normalised on its own, so maps are comparable in *shape* but not in
   absolute strength across images; an all-zero (or constant) map stays all zero.
@@ -90,7 +90,7 @@ and the model's state. Hooks ignore forward passes of other threads (e.g. a conc
 ``predict``).
 
 This module imports nothing of the package except :mod:`tumor_classifier.exceptions` and
-:func:`tumor_classifier.preprocessing.head_mask` (which imports only the exceptions), so
+:func:`tumor_classifier.augmentation.head_mask` (that module imports nothing of the package), so
 it can be used (and tested) on any model; ensembles are recognised by their ``members``.
 The overlay of a map on its scan, and its legend, live in :mod:`tumor_classifier.visualization`.
 """
@@ -100,7 +100,6 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -109,7 +108,8 @@ import torch
 import torch.nn.functional as F
 
 from .exceptions import InvalidArgumentError, InvalidImageError
-from .preprocessing import head_mask
+from .locking import PerObjectLocks
+from .augmentation import head_mask
 from .visualization import overlay  # its home until 2026-11-30; kept importable from here
 
 
@@ -428,18 +428,8 @@ def attribution_layer(model: torch.nn.Module, stage: int = -1) -> torch.nn.Modul
     )
 
 
-#: One re-entrant lock per model, created under ``_LOCKS_GUARD``; weak keys, so a model
-#: that is garbage collected takes its lock with it.
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: torch.nn.Module) -> threading.RLock:
-    with _LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
+#: One re-entrant lock per model (weak keys: it goes with the model).
+_model_lock = PerObjectLocks()
 
 
 @contextlib.contextmanager
@@ -601,7 +591,7 @@ def _token_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def _head_masks(pixel_values: torch.Tensor) -> torch.Tensor:
     """Float masks ``(n, h, w)``: 1 on the head of each model input, 0 elsewhere.
 
-    :func:`~tumor_classifier.preprocessing.head_mask` compares pixels with levels taken
+    :func:`~tumor_classifier.augmentation.head_mask` compares pixels with levels taken
     from the image's own quantiles and maximum, so it gives the same mask for any
     increasing affine map of the intensities: the mean over channels of the normalised
     input (``(x - mean_c) / std_c`` of a grey scan repeated on the channels) is one, and

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,11 +29,14 @@ from .visualization import overlay
 from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
 from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
 from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
+from .locking import PerObjectLocks
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
 from .model_folder import load_image_classifier
 from .models import create_model
-from .preprocessing import AugmentationConfig, MRIPreprocessor, PreparedImage, load_image
+from .augmentation import AugmentationConfig
+from .decoding import load_image
+from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import DecodedImage, MRICheck, decode
 from .quality import ImageQuality
 from .verdict import Verdict, decide_verdict
@@ -50,17 +52,7 @@ _LAZY_LOAD_LOCK = threading.Lock()
 #: for the length of their passes, so a forward pass of another thread meanwhile would run
 #: through those hooks. Decoding, the MRI check and overlays stay outside, so a large
 #: upload never holds up other callers' passes (the web app relies on this).
-_PASS_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_PASS_LOCKS_GUARD = threading.Lock()
-
-
-def _model_passes(model: torch.nn.Module) -> threading.RLock:
-    """The lock that serialises the passes through ``model`` (see ``_PASS_LOCKS``)."""
-    with _PASS_LOCKS_GUARD:
-        lock = _PASS_LOCKS.get(model)
-        if lock is None:
-            lock = _PASS_LOCKS[model] = threading.RLock()
-        return lock
+_model_passes = PerObjectLocks()
 #: Folder of the model that ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 #: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
