@@ -117,3 +117,13 @@ def test_the_command_loads_the_shipped_model_quietly(tmp_path):
     assert "glioma.jpg" in done.stdout
     assert "Loading weights" not in done.stderr and "%|" not in done.stderr, done.stderr
     assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_serve_without_the_app_extra_says_what_to_install():
+    """Gradio is made unimportable in a fresh interpreter (None in sys.modules is how
+    Python marks a module that must not be imported); the command names the extra."""
+    code = "import sys; sys.modules['gradio'] = None; from tumor_classifier.cli import main; sys.exit(main(['serve']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert 'pip install "tumor-classifier[app]"' in done.stderr
+    assert "Traceback" not in done.stderr

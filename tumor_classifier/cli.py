@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import NO_TUMOR
-from .exceptions import TumorClassifierError
-from .preprocessing import ACCEPTED_FORMATS_TEXT
+from .exceptions import MissingDependencyError, TumorClassifierError
+from .decoding import ACCEPTED_FORMATS_TEXT
 
 NOT_DIAGNOSTIC = "Research use only: not a medical device, not for diagnosis."
 
@@ -269,7 +269,15 @@ def _serve(args: argparse.Namespace) -> int:
     # Hub telemetry only rides on Hub downloads.)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    from .app import serve
+    try:
+        from .app import serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in ("gradio", "fastapi", "uvicorn", "starlette", "pydantic"):
+            raise
+        raise MissingDependencyError(
+            f"`tumor-classifier serve` needs the app's packages ({error.name} is not installed): "
+            'pip install "tumor-classifier[app]"'
+        ) from None
 
     serve(model=args.model, host=args.host, port=args.port)
     return 0
