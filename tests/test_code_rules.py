@@ -7,6 +7,8 @@
 * The library writes no environment variable: only entry points do (space/app.py, the
   CLI's ``serve``), so importing ``tumor_classifier.app`` changes nothing process-wide.
 * Argument errors are ``ValueError`` too, so ``except ValueError`` catches them.
+* Imports flow one way below preprocessing: the decoder imports only the exceptions, the
+  augmentation nothing of the package; preprocessing re-exports what moved out of it.
 """
 
 from __future__ import annotations
@@ -112,3 +114,32 @@ def test_no_bare_base_class_for_argument_errors_in_checked_modules():
             and "did not start" not in ast.unparse(node.exc)
         ]
         assert not bare, f"{name} raises the bare TumorClassifierError on lines {bare}"
+
+
+def _package_imports(name: str) -> set[str]:
+    """The package modules ``tumor_classifier/<name>.py`` imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(_tree(ROOT / "tumor_classifier" / f"{name}.py")):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
+    return found
+
+
+def test_the_decoder_and_the_augmentation_sit_below_preprocessing():
+    assert _package_imports("decoding") == {"exceptions"}
+    assert _package_imports("augmentation") == set()
+    assert {"decoding", "augmentation"} <= _package_imports("preprocessing")
+
+
+def test_names_that_left_preprocessing_still_import_from_it():
+    from tumor_classifier import augmentation, decoding, preprocessing
+
+    moved = [
+        (decoding, ["ACCEPTED_FORMATS_TEXT", "ACCEPTED_INPUTS", "DECODED_FORMATS", "MAX_DECODED_SIDE", "MAX_FILE_BYTES",
+                    "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE", "load_image", "read_header"]),
+        (augmentation, ["AugmentationConfig", "BatchAugmenter", "head_mask", "HEAD_MASK_THRESHOLD", "HEAD_MASK_OPENING",
+                        "HEAD_MASK_CLOSING", "HEAD_MASK_GRID"]),
+    ]
+    for home, names in moved:
+        for name in names:
+            assert getattr(preprocessing, name) is getattr(home, name), f"preprocessing.{name} is not {home.__name__}.{name}"

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tumor_classifier import InvalidImageError, load_image
-from tumor_classifier import preprocessing
+from tumor_classifier import decoding
 from tumor_classifier.preprocessing import MAX_DECODED_SIDE, MAX_FILE_BYTES, MAX_IMAGE_SIDE
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is in the test extra")
@@ -224,7 +224,7 @@ def test_a_file_over_the_byte_limit_is_refused_and_never_read_whole(places, monk
     if procfs.exists():
         with pytest.raises(InvalidImageError, match="not an image in a format"):
             load_image(procfs)
-    monkeypatch.setattr(preprocessing, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(decoding, "MAX_FILE_BYTES", 1000)  # the decoder reads its own global
     (places["folder"] / "big.png").write_bytes(_encode(_scan(256), "PNG", compress_level=0))
     with pytest.raises(InvalidImageError, match="bytes; files up to 1000 bytes are accepted"):
         load_image(places["folder"] / "big.png")
@@ -282,7 +282,7 @@ def test_reduction_is_the_same_for_every_input_kind():
     # A palette image with transparency, reduced strip by strip, equals reducing the whole.
     palette = Image.fromarray(rng.integers(0, 256, (2100, 2300), dtype=np.uint8)).convert("P")
     palette.info["transparency"] = 7
-    whole = preprocessing._pil_to_gray(palette).reduce(2)
+    whole = decoding._pil_to_gray(palette).reduce(2)
     np.testing.assert_array_equal(np.asarray(load_image(palette)), np.asarray(whole))
     # A thin strip keeps a short side of at least MIN_IMAGE_SIDE.
     assert load_image(np.zeros((8, 8000), dtype=np.uint8)).size == (8000, 8)
@@ -457,7 +457,7 @@ def check_decoder(source) -> None:
     except InvalidImageError:
         return
     assert isinstance(gray, Image.Image) and gray.mode == "L"
-    assert min(gray.size) >= preprocessing.MIN_IMAGE_SIDE and max(gray.size) <= MAX_IMAGE_SIDE
+    assert min(gray.size) >= decoding.MIN_IMAGE_SIDE and max(gray.size) <= MAX_IMAGE_SIDE
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from .exceptions import (
     UnknownBackboneError,
 )
 from .models import create_model, list_backbones
-from .preprocessing import MRIPreprocessor, load_image
+from .decoding import load_image
+from .preprocessing import MRIPreprocessor
 from .quality import assess_image
 
 __version__ = "0.1.0"

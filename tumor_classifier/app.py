@@ -66,13 +66,13 @@ from .classifier import Explanation, TumorClassifier  # noqa: E402
 from .data import NO_TUMOR  # noqa: E402
 from .exceptions import InvalidArgumentError, InvalidImageError, TumorClassifierError  # noqa: E402
 from .mri_check import DecodedImage, decode  # noqa: E402
-from .preprocessing import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, read_header  # noqa: E402
+from .decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, read_header  # noqa: E402
 from .verdict import NOT_BRAIN_MRI  # noqa: E402
 from .visualization import DEFAULT_COLORMAP, overlay  # noqa: E402
 from .reports import DISCLAIMER  # noqa: E402
 
 #: Image formats the app accepts (PIL format names), and how the UI names them: the
-#: package's one list (:data:`~tumor_classifier.preprocessing.DECODED_FORMATS`), the same
+#: package's one list (:data:`~tumor_classifier.decoding.DECODED_FORMATS`), the same
 #: as the library's and the CLI's.
 ACCEPTED_FORMATS = DECODED_FORMATS
 ACCEPTED_TEXT = ACCEPTED_FORMATS_TEXT

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .decoding import load_image
 from .exceptions import InvalidDatasetError, InvalidImageError
-from .preprocessing import load_image
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

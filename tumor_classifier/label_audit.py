@@ -39,8 +39,8 @@ from .data import (
     fingerprint,
     to_binary_label,
 )
+from .decoding import load_image
 from .exceptions import InvalidDatasetError
-from .preprocessing import load_image
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -416,7 +416,7 @@ def class_attribution(classifier: "TumorClassifier", image: Any, target: str, me
     import torch
 
     from .attributions import METHODS, compute_attributions
-    from .preprocessing import load_image
+    from .decoding import load_image
 
     classifier._check_fitted()
     classes = [str(c) for c in classifier.classes_]
@@ -564,7 +564,7 @@ def score_image(
         TumorClassifierError: ``box.label`` is not a class of the classifier.
         InvalidImageError: The image cannot be read.
     """
-    from .preprocessing import load_image
+    from .decoding import load_image
 
     classifier._check_fitted()
     gray = load_image(image)

@@ -39,8 +39,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from .decoding import MAX_DECODED_SIDE, MAX_FILE_BYTES, _describe, _open_header, _read_file, load_image
 from .exceptions import InvalidImageError, ModelLoadError
-from .preprocessing import MAX_DECODED_SIDE, MAX_FILE_BYTES, _describe, _open_header, _read_file, load_image, prepare_image
+from .preprocessing import prepare_image
 from .quality import colourfulness, measure_gray
 
 #: The shipped check.
@@ -87,7 +88,7 @@ class DecodedImage:
     """One input, decoded once: what the classifier sees and what the colour features need.
 
     Attributes:
-        gray: "L" PIL image from :func:`~tumor_classifier.preprocessing.load_image`.
+        gray: "L" PIL image from :func:`~tumor_classifier.decoding.load_image`.
         rgb: uint8 array (h, w, 3), the original colours at most 128 px a side; ``None``
             for inputs stored as gray (their colourfulness is 0).
     """
@@ -125,7 +126,7 @@ def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
     Files and bytes are read and opened by the decoder's own pieces (``stat`` first, bounded
     reads, its formats and size limits from the header); an image up to
     ``MAX_DECODED_SIDE`` is decoded once and handed, opened, to
-    :func:`~tumor_classifier.preprocessing.load_image` (its grayscale conversion and EXIF
+    :func:`~tumor_classifier.decoding.load_image` (its grayscale conversion and EXIF
     orientation), its colours kept beside. A larger one is decoded reduced by
     ``load_image`` and its colours read from a small draft. Whatever cannot be read gets
     ``load_image``'s error, so messages read as everywhere else.

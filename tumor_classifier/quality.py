@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .preprocessing import head_bounding_box, load_image
+from .decoding import load_image
+from .preprocessing import head_bounding_box
 
 #: Thresholds, chosen to pass every slice of the shared training data with room to spare.
 MAX_COLOURFULNESS = 0.15
@@ -54,7 +55,7 @@ def colourfulness(source: Any) -> float:
     """Mean channel spread on the [0, 1] scale (0 for gray content).
 
     Args:
-        source: An input as :func:`~tumor_classifier.preprocessing.load_image` accepts, or
+        source: An input as :func:`~tumor_classifier.decoding.load_image` accepts, or
             an RGB(A) array (H, W, C), uint8 or float in [0, 1].
 
     Returns:
@@ -97,7 +98,7 @@ def measure_gray(gray: Image.Image) -> dict[str, float]:
     """The gray-level measurements behind the rules (on a copy at most 256 px a side).
 
     Args:
-        gray: "L" PIL image, as :func:`~tumor_classifier.preprocessing.load_image` returns.
+        gray: "L" PIL image, as :func:`~tumor_classifier.decoding.load_image` returns.
 
     Returns:
         ``dark_fraction`` (share of pixels under 10% of the bright level, the 99.5th
@@ -124,7 +125,7 @@ def assess_image(source: Any, gray: Image.Image | None = None) -> ImageQuality:
     """Checks whether one input looks like a brain MRI slice.
 
     Args:
-        source: Any input :func:`~tumor_classifier.preprocessing.load_image` accepts.
+        source: Any input :func:`~tumor_classifier.decoding.load_image` accepts.
         gray: The input already decoded by ``load_image``, to skip decoding it again.
 
     Returns:

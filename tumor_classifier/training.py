@@ -30,6 +30,7 @@ from PIL import Image
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
+from .augmentation import AugmentationConfig, BatchAugmenter
 from .data import (
     ANY_TUMOR,
     BINARY_CLASS_NAMES,
@@ -47,7 +48,7 @@ from .label_audit import apply_label_audit_to_dataset, read_label_audit
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
 from .models import create_model
-from .preprocessing import PREPROCESSING_VERSION, AugmentationConfig, BatchAugmenter, MRIPreprocessor
+from .preprocessing import PREPROCESSING_VERSION, MRIPreprocessor
 
 if TYPE_CHECKING:
     from datasets import Dataset
