@@ -14,8 +14,8 @@ truncated_jpeg  the first half of a Testing JPEG                             400
 not_image       a text file                                                  415
 empty           0 bytes                                                      400
 ico             a Windows icon (an image format the app does not take)       415
-wrong_field     a good slice in the multipart field ``image``, not ``file``  422
-bad_method      a good slice with ``method=sobel``                           422
+wrong_field     a good slice in the multipart field ``image``, not ``file``  400
+bad_method      a good slice with ``method=sobel``                           400
 too_large       21 MB of random bytes (over the 20 MB limit)                 413
 ==============  ===========================================================  ========
 
@@ -67,8 +67,8 @@ KINDS = {
     "not_image": (0.04, 415),
     "empty": (0.03, 400),
     "ico": (0.03, 415),
-    "wrong_field": (0.03, 422),
-    "bad_method": (0.02, 422),
+    "wrong_field": (0.03, 400),
+    "bad_method": (0.02, 400),
     "too_large": (0.02, 413),
 }
 

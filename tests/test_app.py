@@ -295,9 +295,9 @@ def _chunked_multipart(size: int):
 @pytest.mark.parametrize(
     "request_kwargs, status",
     [
-        ({}, 422),  # no body at all
-        ({"json": {"file": "scan.jpg"}}, 422),  # JSON instead of multipart
-        ({"files": {"image": ("scan.jpg", b"\xff\xd8")}}, 422),  # wrong field name
+        ({}, 400),  # no body at all
+        ({"json": {"file": "scan.jpg"}}, 400),  # JSON instead of multipart
+        ({"files": {"image": ("scan.jpg", b"\xff\xd8")}}, 400),  # wrong field name
         ({"data": b"--x\r\nnonsense", "headers": {"Content-Type": "multipart/form-data; boundary=y"}}, 400),
         ({"files": {"file": ("a.jpg", b"\x00" * (UPLOAD_LIMIT + 1))}}, 413),
         ({"files": {"file": ("a.jpg", b"\x00" * 2 * UPLOAD_LIMIT)}}, 413),
@@ -323,17 +323,33 @@ def test_rest_keep_alive_client_survives_a_too_large_upload(server, one_per_clas
             assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.parametrize("params", [{"method": "astrology"}, {"opacity": 2}, {"overlay": "perhaps"}])
-def test_rest_bad_options_are_4xx(server, one_per_class, params):
+@pytest.mark.parametrize(
+    "params, named",
+    [({"method": "astrology"}, ["method", "astrology", "hirescam", "gradcam"]), ({"opacity": 2}, ["opacity"]), ({"overlay": "perhaps"}, ["overlay"])],
+)
+def test_rest_bad_options_are_400_with_a_sentence(server, one_per_class, params, named):
     response = requests.post(server.url + REST, params=params, files={"file": one_per_class[0].read_bytes()}, timeout=60)
-    assert 400 <= response.status_code < 500 and "detail" in response.json()
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and all(word in detail for word in named), detail
+
+
+def test_rest_missing_file_says_which_field(server):
+    response = requests.post(server.url + REST, files={"image": ("scan.jpg", b"\xff\xd8")}, timeout=60)
+    assert response.status_code == 400 and "`file`" in response.json()["detail"]
+
+
+def test_rest_other_http_methods_are_405(server):
+    response = requests.get(server.url + REST, timeout=60)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert "POST" in response.json()["detail"]
 
 
 def test_rest_route_is_in_the_openapi_schema(server):
     schema = requests.get(server.url + "openapi.json", timeout=30).json()
     route = schema["paths"]["/api/v1/predict"]["post"]
     assert "multipart/form-data" in route["requestBody"]["content"]
-    assert {"200", "400", "413", "415", "422"} <= set(route["responses"])
+    assert {"200", "400", "413", "415"} <= set(route["responses"])
     answer = schema["components"]["schemas"]["PredictionResponse"]["properties"]
     assert {"class", "probabilities", "tumor_probability", "not_brain_mri", "overlay_png_base64"} <= set(answer)
 

@@ -56,6 +56,7 @@ from typing import Any, Literal, Sequence  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -64,9 +65,9 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from .attributions import METHODS  # noqa: E402
 from .classifier import Explanation, TumorClassifier  # noqa: E402
 from .data import NO_TUMOR  # noqa: E402
+from .decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, read_header  # noqa: E402
 from .exceptions import InvalidArgumentError, InvalidImageError, TumorClassifierError  # noqa: E402
 from .mri_check import DecodedImage, decode  # noqa: E402
-from .decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, read_header  # noqa: E402
 from .verdict import NOT_BRAIN_MRI  # noqa: E402
 from .visualization import DEFAULT_COLORMAP, overlay  # noqa: E402
 from .reports import DISCLAIMER  # noqa: E402
@@ -785,6 +786,20 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _validation_message(error: RequestValidationError) -> str:
+    """FastAPI's validation errors as one sentence: which parameter, what was wrong, what is accepted."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query"))
+        message = str(item.get("msg", "invalid"))
+        if item.get("type") == "missing" and where == "file":
+            message = f"no image: send it as the multipart field `file` ({ACCEPTED_TEXT})"
+        elif item.get("type") == "literal_error":
+            message = f"got {item.get('input')!r}; accepted: {', '.join(('auto', *METHODS))}"
+        parts.append(f"{where or 'request'}: {message}")
+    return "Bad request: " + "; ".join(parts) + "."
+
+
 def build_app(
     classifier: TumorClassifier,
     *,
@@ -836,8 +851,8 @@ def build_app(
     )
     def predict_endpoint(
         file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}."),
-        method: Literal["auto", "gradcam", "integrated_gradients", "occlusion"] = Query(
-            "auto", description="Heatmap method; auto picks the one that suits the model (Grad-CAM for ConvNeXt)."
+        method: Literal[("auto", *METHODS)] = Query(  # type: ignore[valid-type]
+            "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (HiResCAM for the shipped EfficientNet-Lite)."
         ),
         opacity: float = Query(DEFAULT_OPACITY, ge=0.0, le=1.0, description="Largest heatmap opacity on the scan."),
         overlay: bool = Query(False, description="Also return the heatmap on the scan as a base64 PNG."),
@@ -857,6 +872,16 @@ def build_app(
         except TumorClassifierError as error:
             raise HTTPException(400, str(error)) from None
         return report_to_json(report, include_overlay=overlay)
+
+    @api.exception_handler(RequestValidationError)
+    async def bad_request(_request: Any, error: RequestValidationError) -> JSONResponse:
+        # FastAPI answers 422 with a pydantic list; the documented answer is 400 with a sentence.
+        return JSONResponse({"detail": _validation_message(error)}, status_code=400)
+
+    @api.api_route("/api/v1/predict", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def wrong_method() -> JSONResponse:
+        # Without this route the Gradio app mounted at "/" would answer 404.
+        return JSONResponse({"detail": "Send the slice with POST (multipart field `file`)."}, status_code=405, headers={"Allow": "POST"})
 
     api.add_middleware(_Guard, path="/api/v1/predict", max_bytes=max_upload_bytes)
     demo = build_demo(classifier, batch=batch, max_batch_size=max_batch_size)
