@@ -258,3 +258,17 @@ def test_test_time_augmentation_averages_the_mirror_image(fitted_classifier, tes
     # Re-preparing an already prepared image can move the crop by a pixel: small tolerance.
     np.testing.assert_allclose(with_tta.predict_proba(paths), (plain + mirrored) / 2, atol=0.02)
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the check is not vacuous
+
+
+def test_loading_and_saving_a_model_print_no_progress_bars(tmp_path, capfd):
+    """A library call that loads or saves a model is silent (transformers would print a
+    "Loading weights" / "Writing model shards" bar per file)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    clf = TumorClassifier.from_pretrained()
+    clf.save_pretrained(tmp_path / "copy")
+    TumorClassifier.from_pretrained(tmp_path / "copy")
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err, captured.err
+    assert transformers_logging.is_progress_bar_enabled()  # the caller's setting is left as it was

@@ -32,7 +32,7 @@ from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError,
 from .locking import PerObjectLocks
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
-from .model_folder import load_image_classifier
+from .model_folder import load_image_classifier, quiet_weights
 from .models import create_model
 from .augmentation import AugmentationConfig
 from .decoding import load_image
@@ -494,7 +494,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)
         for path in stale:
             path.unlink(missing_ok=True)
-        self.model_.save_pretrained(directory)
+        with quiet_weights():
+            self.model_.save_pretrained(directory)
         self.preprocessor_.save_pretrained(directory)
         return directory
 

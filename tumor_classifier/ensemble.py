@@ -48,7 +48,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .exceptions import InvalidArgumentError, ModelLoadError, TumorClassifierError
-from .model_folder import load_image_classifier, read_json_limited, resolve_inside
+from .model_folder import load_image_classifier, quiet_weights, read_json_limited, resolve_inside
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
 #: The file that marks a folder as an ensemble.
@@ -174,7 +174,8 @@ class EnsembleForImageClassification(torch.nn.Module):
         for name, member in zip(names, self.members):
             # A copy, so the caller's model keeps computing in its own dtype.
             stored = copy.deepcopy(member).to(dtype=dtype)
-            stored.save_pretrained(members_dir / name)
+            with quiet_weights():
+                stored.save_pretrained(members_dir / name)
         manifest = {"format": ENSEMBLE_FORMAT, "members": names, "temperature": self.temperature, "combine": "mean_logits"}
         (directory / ENSEMBLE_CONFIG_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         return directory

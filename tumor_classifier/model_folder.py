@@ -27,12 +27,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -322,6 +323,24 @@ def resolve_inside(folder: str | os.PathLike, relative: str | os.PathLike, *, wh
     return target
 
 
+@contextlib.contextmanager
+def quiet_weights() -> Iterator[None]:
+    """Without transformers' "Loading weights" / "Writing model shards" progress bars.
+
+    Loading a model should be silent. The switch is process-wide in transformers, so it is
+    turned back on afterwards only if it was on before.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
     """Checks a single-model folder and loads it: safetensors only, float32, eval mode.
 
@@ -345,9 +364,10 @@ def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
     except Exception as error:  # transformers raises many types for a bad config
         raise ModelLoadError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from error
     try:
-        model = AutoModelForImageClassification.from_pretrained(
-            folder, config=config, dtype=torch.float32, use_safetensors=True, local_files_only=True
-        )
+        with quiet_weights():
+            model = AutoModelForImageClassification.from_pretrained(
+                folder, config=config, dtype=torch.float32, use_safetensors=True, local_files_only=True
+            )
     except Exception as error:
         raise ModelLoadError(
             f"Could not load {folder / WEIGHTS_NAME} with {config_path}: {type(error).__name__}: {error}"
