@@ -38,7 +38,6 @@ import argparse
 import io
 import os
 import random
-import socket
 import struct
 import subprocess
 import sys
@@ -51,13 +50,12 @@ import numpy as np
 import requests
 from PIL import Image
 
+from load_app import start_server  # the same child-process app start as the load benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri" / "Testing"
-SERVER_CODE = (
-    "import sys\n"
-    "from tumor_classifier.app import serve\n"
-    "serve(model=sys.argv[1] or None, host='127.0.0.1', port=int(sys.argv[2]))\n"
-)
+#: The app's default Gradio batch (tumor_classifier.app.MAX_BATCH_SIZE); REST requests are not batched.
+MAX_BATCH_SIZE = 8
 #: kind -> (share of the requests, expected HTTP status)
 KINDS = {
     "good": (0.70, 200),
@@ -124,39 +122,11 @@ def make_requests(total: int, seed: int, data: Path = DATA) -> list[tuple[str, s
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _status_mib(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def start_server(model: str | None, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="1")
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVER_CODE, model or "", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with status {process.returncode}:\n{process.stderr.read()[-3000:]}")
-        try:
-            if requests.get(url + "openapi.json", timeout=2).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"the app did not answer on {url} within {timeout:.0f} s")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -222,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     planned = make_requests(args.requests, args.seed, args.data)
     print("starting the app ...", file=sys.stderr, flush=True)
-    process, url = start_server(args.model, args.start_timeout)
+    process, url = start_server(args.model, batch=True, max_batch_size=MAX_BATCH_SIZE, timeout=args.start_timeout)
     print(f"app up on {url}", file=sys.stderr, flush=True)
     samples: list[float] = []
     stop = threading.Event()

@@ -382,6 +382,16 @@ def _nifti_raw(image: Any, what: str, time_point: int | None) -> _Raw:
     return _Raw(data, np.asarray(image.affine, dtype=np.float64), what, notes=notes)
 
 
+def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
+    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
+    if time_point is None:
+        raise InvalidVolumeError(
+            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}."
+        )
+    if not 0 <= time_point < count:
+        raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {count} time points (0..{count - 1}).")
+
+
 def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_first: bool, notes: list[str] | None = None) -> np.ndarray:
     """Checks the dimensions and values of voxels; picks a time point of a 4-D one."""
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
@@ -390,13 +400,10 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         data = data[..., 0]
     if data.ndim == 4:
         count = data.shape[-1] if not slices_first else data.shape[0]
-        if time_point is None:
-            raise InvalidVolumeError(
-                f"{what} is 4-D, shape {data.shape}: {count} time points or channels. Choose one with "
-                f"time_point=0..{count - 1} (--time-point on the command line); a 3-D volume is accepted as it is."
-            )
-        if not 0 <= time_point < count:
-            raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {count} time points (0..{count - 1}).")
+        _check_time_point(
+            time_point, count, what, f"{what} is 4-D, shape {data.shape}: {count} time points or channels",
+            "; a 3-D volume is accepted as it is",
+        )
         data = data[..., time_point] if not slices_first else data[time_point]
         if notes is not None:
             notes.append(f"4-D volume: time point {time_point} of {count} read.")
@@ -613,13 +620,7 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
         )
     repeats = counts.pop()
     if repeats > 1:
-        if time_point is None:
-            raise InvalidVolumeError(
-                f"{what} is a 4-D series: {len(groups)} slice positions x {repeats} time points. Choose one with "
-                f"time_point=0..{repeats - 1} (--time-point on the command line)."
-            )
-        if not 0 <= time_point < repeats:
-            raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {repeats} time points (0..{repeats - 1}).")
+        _check_time_point(time_point, repeats, what, f"{what} is a 4-D series: {len(groups)} slice positions x {repeats} time points")
         chosen = [g[time_point] for g in groups]
         notes.append(f"4-D series: time point {time_point} of {repeats} read.")
     else:
