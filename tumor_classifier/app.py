@@ -65,9 +65,8 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from .attributions import METHODS  # noqa: E402
 from .classifier import Explanation, TumorClassifier  # noqa: E402
 from .data import NO_TUMOR  # noqa: E402
-from .decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, read_header  # noqa: E402
+from .decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, DecodedImage, decode, read_header  # noqa: E402
 from .exceptions import InvalidArgumentError, InvalidImageError, TumorClassifierError  # noqa: E402
-from .mri_check import DecodedImage, decode  # noqa: E402
 from .verdict import NOT_BRAIN_MRI  # noqa: E402
 from .visualization import DEFAULT_COLORMAP, overlay  # noqa: E402
 from .reports import DISCLAIMER  # noqa: E402
@@ -135,7 +134,7 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         max_bytes: Largest accepted file size.
 
     Returns:
-        The decoded :class:`~tumor_classifier.mri_check.DecodedImage` for paths and bytes;
+        The decoded :class:`~tumor_classifier.decoding.DecodedImage` for paths and bytes;
         ``source`` itself otherwise.
 
     Raises:

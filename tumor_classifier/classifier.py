@@ -35,9 +35,9 @@ from .metrics import fit_temperature, tumor_probability
 from .model_folder import load_image_classifier, quiet_weights
 from .models import create_model
 from .augmentation import AugmentationConfig
-from .decoding import load_image
+from .decoding import DecodedImage, decode, load_image
 from .preprocessing import MRIPreprocessor, PreparedImage
-from .mri_check import DecodedImage, MRICheck, decode
+from .mri_check import MRICheck
 from .quality import ImageQuality
 from .verdict import Verdict, decide_verdict
 

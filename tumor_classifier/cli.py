@@ -45,7 +45,7 @@ def _figure(explanation):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .mri_check import decode
+    from .decoding import decode
 
     classifier = _load(args.model, args.backend)
     volumes = [path for path in args.images if _is_volume(path)]

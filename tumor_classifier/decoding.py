@@ -8,7 +8,9 @@ mode. This module owns what the package accepts (:data:`ACCEPTED_INPUTS`,
 on hostile input (:data:`MAX_IMAGE_SIDE`, :data:`MIN_IMAGE_SIDE`,
 :data:`MAX_DECODED_SIDE`, :data:`MAX_FILE_BYTES`), the header reader
 :func:`read_header` for callers with their own limits, and the conversions of every PIL
-mode and numpy dtype to grey levels.
+mode and numpy dtype to grey levels. :func:`decode` reads an input once into a
+:class:`DecodedImage`, the grey image plus a small copy of its colours, which the learned
+brain-MRI check needs and the grey image hides.
 
 It imports nothing of the package but :mod:`tumor_classifier.exceptions`; cropping,
 resizing and normalising are :mod:`tumor_classifier.preprocessing`'s.
@@ -23,6 +25,7 @@ import math
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -601,3 +604,113 @@ def _decode(source: str | os.PathLike | bytes | bytearray, what: str) -> Image.I
                 f"The {what} is corrupt or truncated ({type(error).__name__}: {error}); accepted: {ACCEPTED_INPUTS}."
             ) from None
     return gray.transpose(orientation) if orientation is not None else gray
+
+
+# ------------------------------------------------ one decode: grey image and colours
+
+#: Side of the colour thumbnail :func:`decode` keeps beside the grey image.
+_RGB_THUMBNAIL = 128
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One input, decoded once: what the classifier sees and what the colour features need.
+
+    Attributes:
+        gray: "L" PIL image from :func:`~tumor_classifier.decoding.load_image`.
+        rgb: uint8 array (h, w, 3), the original colours at most 128 px a side; ``None``
+            for inputs stored as gray (their colourfulness is 0).
+    """
+
+    gray: Image.Image
+    rgb: np.ndarray | None
+
+
+def _rgb_thumbnail(image: Image.Image) -> np.ndarray | None:
+    if image.mode in _GRAY_MODES:
+        return None
+    if image.mode in ("RGBA", "P", "PA", "RGBa"):
+        # As load_image does: transparency is composited on black.
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    small = image.convert("RGB")
+    small.thumbnail((_RGB_THUMBNAIL, _RGB_THUMBNAIL))
+    return np.asarray(small)
+
+
+def _array_rgb(array: np.ndarray) -> np.ndarray | None:
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        return None
+    rgb = array[..., :3]
+    if rgb.dtype != np.uint8:
+        values = np.nan_to_num(rgb.astype(np.float64))
+        low, high = float(values.min()), float(values.max())
+        rgb = np.zeros(values.shape, np.uint8) if high <= low else np.round((values - low) / (high - low) * 255).astype(np.uint8)
+    return _rgb_thumbnail(Image.fromarray(np.ascontiguousarray(rgb), mode="RGB"))
+
+
+def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
+    """Decodes one input once into its grayscale image and a small copy of its colours.
+
+    Files and bytes are read and opened by the decoder's own pieces (``stat`` first, bounded
+    reads, its formats and size limits from the header); an image up to
+    ``MAX_DECODED_SIDE`` is decoded once and handed, opened, to
+    :func:`~tumor_classifier.decoding.load_image` (its grayscale conversion and EXIF
+    orientation), its colours kept beside. A larger one is decoded reduced by
+    ``load_image`` and its colours read from a small draft. Whatever cannot be read gets
+    ``load_image``'s error, so messages read as everywhere else.
+
+    Args:
+        source: What ``load_image`` accepts: a path, bytes, a PIL image, a numpy array
+            (H, W) or (H, W, C), or a ``datasets`` image dict; a :class:`DecodedImage`
+            is returned as it is.
+        gray: The input already decoded by ``load_image``, if the caller has it; then
+            only the colours are read (from a file, at reduced JPEG resolution).
+
+    Returns:
+        The :class:`DecodedImage`.
+
+    Raises:
+        InvalidImageError: The input cannot be read as an image (see ``load_image``).
+    """
+    if isinstance(source, DecodedImage):
+        return source
+    if isinstance(source, dict) and ("bytes" in source or "path" in source):
+        source = source.get("bytes") or source.get("path")
+    if isinstance(source, np.ndarray):
+        return DecodedImage(gray if gray is not None else load_image(source), _array_rgb(source))
+    if isinstance(source, Image.Image):
+        return DecodedImage(gray if gray is not None else load_image(source), _rgb_thumbnail(source))
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        return DecodedImage(gray if gray is not None else load_image(source), None)
+    what = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        data = _read_file(source, what)  # stat first, bounded chunks: the decoder's own reader
+    elif 0 < len(source) <= MAX_FILE_BYTES:
+        data = bytes(source)
+    else:
+        return DecodedImage(load_image(source), None)  # empty or too large: load_image says so
+    if not data:
+        return DecodedImage(load_image(data), None)
+    # The decoder's header check: its formats only, sizes checked before decoding, no
+    # process-wide PIL limit involved.
+    opened = _open_header(data, what)
+    with opened:
+        try:
+            if gray is None and max(opened.size) <= MAX_DECODED_SIDE:
+                # Decoded once: load_image on the opened image does what it does on the
+                # bytes when no reduction is needed, and the colours come from the same pixels.
+                opened.load()
+                gray = load_image(opened)
+            else:
+                gray = gray if gray is not None else load_image(data)  # reduced while decoding
+                opened.draft("RGB", (_RGB_THUMBNAIL * 2, _RGB_THUMBNAIL * 2))  # JPEG: decode small
+                opened.load()
+            rgb = _rgb_thumbnail(opened)
+        except Exception:  # noqa: BLE001 - PIL raises anything on hostile bytes; load_image names it
+            if gray is not None:
+                return DecodedImage(gray, None)
+            load_image(data if isinstance(source, (bytes, bytearray)) else source)
+            raise  # load_image accepted what PIL could not decode: should not happen
+    return DecodedImage(gray, rgb)

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .decoding import MAX_DECODED_SIDE, MAX_FILE_BYTES, _describe, _open_header, _read_file, load_image
+from .decoding import DecodedImage, decode  # noqa: F401 - DecodedImage: importable from here as before
 from .exceptions import InvalidImageError, ModelLoadError
 from .preprocessing import prepare_image
 from .quality import colourfulness, measure_gray
@@ -76,116 +76,6 @@ _HAND_REASONS = {
 COLOUR_SPREAD = 0.1
 #: Images per backbone forward pass (bounds memory on large inputs).
 BATCH_SIZE = 32
-_RGB_THUMBNAIL = 128
-_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """One input, decoded once: what the classifier sees and what the colour features need.
-
-    Attributes:
-        gray: "L" PIL image from :func:`~tumor_classifier.decoding.load_image`.
-        rgb: uint8 array (h, w, 3), the original colours at most 128 px a side; ``None``
-            for inputs stored as gray (their colourfulness is 0).
-    """
-
-    gray: Image.Image
-    rgb: np.ndarray | None
-
-
-def _rgb_thumbnail(image: Image.Image) -> np.ndarray | None:
-    if image.mode in _GRAY_MODES:
-        return None
-    if image.mode in ("RGBA", "P", "PA", "RGBa"):
-        # As load_image does: transparency is composited on black.
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    small = image.convert("RGB")
-    small.thumbnail((_RGB_THUMBNAIL, _RGB_THUMBNAIL))
-    return np.asarray(small)
-
-
-def _array_rgb(array: np.ndarray) -> np.ndarray | None:
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        return None
-    rgb = array[..., :3]
-    if rgb.dtype != np.uint8:
-        values = np.nan_to_num(rgb.astype(np.float64))
-        low, high = float(values.min()), float(values.max())
-        rgb = np.zeros(values.shape, np.uint8) if high <= low else np.round((values - low) / (high - low) * 255).astype(np.uint8)
-    return _rgb_thumbnail(Image.fromarray(np.ascontiguousarray(rgb), mode="RGB"))
-
-
-def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
-    """Decodes one input once into its grayscale image and a small copy of its colours.
-
-    Files and bytes are read and opened by the decoder's own pieces (``stat`` first, bounded
-    reads, its formats and size limits from the header); an image up to
-    ``MAX_DECODED_SIDE`` is decoded once and handed, opened, to
-    :func:`~tumor_classifier.decoding.load_image` (its grayscale conversion and EXIF
-    orientation), its colours kept beside. A larger one is decoded reduced by
-    ``load_image`` and its colours read from a small draft. Whatever cannot be read gets
-    ``load_image``'s error, so messages read as everywhere else.
-
-    Args:
-        source: What ``load_image`` accepts: a path, bytes, a PIL image, a numpy array
-            (H, W) or (H, W, C), or a ``datasets`` image dict; a :class:`DecodedImage`
-            is returned as it is.
-        gray: The input already decoded by ``load_image``, if the caller has it; then
-            only the colours are read (from a file, at reduced JPEG resolution).
-
-    Returns:
-        The :class:`DecodedImage`.
-
-    Raises:
-        InvalidImageError: The input cannot be read as an image (see ``load_image``).
-    """
-    if isinstance(source, DecodedImage):
-        return source
-    if isinstance(source, dict) and ("bytes" in source or "path" in source):
-        source = source.get("bytes") or source.get("path")
-    if isinstance(source, np.ndarray):
-        return DecodedImage(gray if gray is not None else load_image(source), _array_rgb(source))
-    if isinstance(source, Image.Image):
-        return DecodedImage(gray if gray is not None else load_image(source), _rgb_thumbnail(source))
-    if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
-        return DecodedImage(gray if gray is not None else load_image(source), None)
-    what = _describe(source)
-    if isinstance(source, (str, os.PathLike)):
-        data = _read_file(source, what)  # stat first, bounded chunks: the decoder's own reader
-    elif 0 < len(source) <= MAX_FILE_BYTES:
-        data = bytes(source)
-    else:
-        return DecodedImage(load_image(source), None)  # empty or too large: load_image says so
-    if not data:
-        return DecodedImage(load_image(data), None)
-    # The decoder's header check: its formats only, sizes checked before decoding, no
-    # process-wide PIL limit involved.
-    opened = _open_header(data, what)
-    with opened:
-        try:
-            if gray is None and max(opened.size) <= MAX_DECODED_SIDE:
-                # Decoded once: load_image on the opened image does what it does on the
-                # bytes when no reduction is needed, and the colours come from the same pixels.
-                opened.load()
-                gray = load_image(opened)
-            else:
-                gray = gray if gray is not None else load_image(data)  # reduced while decoding
-                opened.draft("RGB", (_RGB_THUMBNAIL * 2, _RGB_THUMBNAIL * 2))  # JPEG: decode small
-                opened.load()
-            rgb = _rgb_thumbnail(opened)
-        except Exception:  # noqa: BLE001 - PIL raises anything on hostile bytes; load_image names it
-            if gray is not None:
-                return DecodedImage(gray, None)
-            load_image(data if isinstance(source, (bytes, bytearray)) else source)
-            raise  # load_image accepted what PIL could not decode: should not happen
-    return DecodedImage(gray, rgb)
-
-
 def hand_features(image: DecodedImage) -> np.ndarray:
     """The transparent features of one decoded image, in the order of :data:`HAND_FEATURES`.
 
