@@ -82,6 +82,17 @@ def test_pretrained_efficientnet_installs_offline_and_round_trips(tmp_path):
     assert not torch.equal(scratch.efficientnet._blocks[3]._depthwise_conv.weight, model.efficientnet._blocks[3]._depthwise_conv.weight)
 
 
+def test_an_efficientnet_checkpoint_is_fine_tuned_at_the_size_and_dropout_asked_for(tmp_path):
+    """Its "same" padding is computed for the input side: a 64 px folder fine-tuned at 96 px
+    must be rebuilt for 96 px, with the run's dropout, and keep its weights."""
+    create_model("efficientnet_lite0", from_scratch=True, image_size=64).save_pretrained(tmp_path / "small")
+    bigger = create_model("efficientnet_lite0", from_scratch=False, checkpoint=str(tmp_path / "small"), image_size=96, dropout=0.3)
+    assert bigger.config.image_size == 96 and bigger.config.dropout_rate == 0.3
+    assert bigger.efficientnet._global_params.image_size == 96 and bigger.efficientnet._global_params.dropout_rate == 0.3
+    small = create_model("efficientnet_lite0", from_scratch=False, checkpoint=str(tmp_path / "small"), image_size=64)
+    torch.testing.assert_close(bigger.efficientnet._blocks[5]._depthwise_conv.weight, small.efficientnet._blocks[5]._depthwise_conv.weight)
+
+
 def test_one_channel_efficientnet_folds_the_pretrained_stem_exactly():
     from tumor_classifier.efficientnet import EfficientNetLiteForImageClassification
 

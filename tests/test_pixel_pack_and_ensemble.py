@@ -23,7 +23,9 @@ from tumor_classifier.training import (
     collate_pixels,
     make_ensemble,
     prepare_pixels,
+    TimeLimitCallback,
     read_pixel_pack,
+    write_pixel_pack,
 )
 
 
@@ -70,6 +72,25 @@ def test_training_from_a_pack_reads_no_image(packs, tmp_path):
     assert result.metrics["training"]["global_steps"] == 1
     assert (output / "log_history.json").is_file()
     assert TumorClassifier.from_pretrained(output).predict_proba(np.zeros((64, 64), np.uint8)).shape == (1, 4)
+
+
+def test_a_pack_without_its_test_split_trains_until_the_time_limit_and_writes_its_card(packs, tmp_path):
+    """The GPU path: Testing left out of the pack (to travel light), a wall-clock limit
+    that ends training early; the run still calibrates, saves and writes its card."""
+    lossless, _ = packs
+    pack = read_pixel_pack(lossless)
+    del pack.arrays["test"]
+    pack.test_clean = None
+    light = write_pixel_pack(tmp_path / "no-test.npz", pack)
+    output = tmp_path / "model"
+    result = train_hf.main(_args(tmp_path / "no-such-folder", output, "--num_train_epochs", "50", "--max_train_minutes", "0.0001",
+                                 "--pixel_pack", str(light), "--save_strategy", "no", "--load_best_model_at_end", "false"))  # fmt: skip
+    assert result.metrics["training"]["global_steps"] == 1  # stopped after its first step, not after 50 epochs
+    assert "test" not in result.metrics and result.metrics["calibration"]["temperature"] > 0
+    card = (output / "README.md").read_text()
+    assert "Per class on the validation split" in card and (output / "confusion_matrix.png").is_file()
+    with pytest.raises(TumorClassifierError, match="max_train_minutes must be positive"):
+        TimeLimitCallback(0)
 
 
 def test_a_pack_made_with_other_settings_is_refused(packs, tmp_path):

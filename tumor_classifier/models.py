@@ -290,6 +290,8 @@ def create_model(
         extra = {"drop_path_rate": dropout} if spec.name == "convnext" else {}
         if spec.name == "vit":
             extra = {"hidden_dropout_prob": dropout, "image_size": image_size}
+        if spec.model_class.config_class.model_type == "efficientnet_lite":  # its "same" padding is computed for the input side
+            extra = {"dropout_rate": dropout, "image_size": image_size}
         try:
             model = AutoModelForImageClassification.from_pretrained(
                 source,

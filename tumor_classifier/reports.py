@@ -57,7 +57,8 @@ def write_model_card(
     directory = Path(directory)
     if log_history:
         plot_training_curves(log_history, directory)
-    plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, directory / "confusion_matrix.png", "Test confusion matrix")
+    shown = "test" if "test" in metrics else "validation"  # a pack without its test split trains too
+    plot_confusion_matrix(metrics[shown]["confusion_matrix"], class_names, directory / "confusion_matrix.png", f"{shown.capitalize()} confusion matrix")
     if reliability:
         plot_reliability(reliability, directory / "reliability.png")
     sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates") if k in metrics}
@@ -128,9 +129,9 @@ clf.predict(["scan.jpg"]), clf.predict_proba(["scan.jpg"])
 with no near duplicate (pHash Hamming distance <= 4) in the training data: the full test split
 overlaps training ({duplicates.get('byte_identical', '?')} byte-identical images), so its accuracy is inflated.
 
-Per class on the test split:
+Per class on the {shown} split:
 
-{per_class_table(metrics['test'])}
+{per_class_table(metrics[shown])}
 
 Calibration: temperature {calibration.get('temperature', 1.0):.3f} fitted on validation and applied
 {applied}; validation ECE {calibration.get('validation_ece_before', float('nan')):.4f} before, {calibration.get('validation_ece_after', float('nan')):.4f} after.

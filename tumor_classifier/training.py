@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
 from .augmentation import AugmentationConfig, BatchAugmenter
@@ -441,6 +442,31 @@ class MRITrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric that picks the best model."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: batches carry prepared pixels."})
     dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory (useless on CPU)."})
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Stop training after this many minutes (wall clock) and finish the run as usual: "
+                  "calibrate, evaluate, save. For a lent machine with a fixed budget."},
+    )
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Ends training once ``minutes`` of wall clock have passed since it began; the run
+    then calibrates, evaluates and saves as after its last epoch."""
+
+    def __init__(self, minutes: float):
+        if not minutes > 0:
+            raise InvalidArgumentError(f"max_train_minutes must be positive; got {minutes!r}.")
+        self.seconds = 60.0 * minutes
+        self.started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.started is not None and time.monotonic() - self.started > self.seconds:
+            logger.warning("max_train_minutes reached after %d steps (epoch %.2f): training stops here.", state.global_step, state.epoch or 0)
+            control.should_training_stop = True
+        return control
 
 
 # -- the run -----------------------------------------------------------------------
@@ -461,6 +487,8 @@ def build_trainer(
     callbacks = []
     if early_stopping_patience and eval_set is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    if getattr(args, "max_train_minutes", None):
+        callbacks.append(TimeLimitCallback(args.max_train_minutes))
     augmenter = BatchAugmenter(augmentation or AugmentationConfig(), seed=args.seed + args.process_index)
     id2label = getattr(getattr(model, "config", None), "id2label", None)
     names = list(class_names or (id2label.values() if id2label else CLASS_NAMES))
