@@ -100,6 +100,27 @@ def test_unreadable_input_names_the_image(fitted_classifier, test_images, tmp_pa
         fitted_classifier.explain(test_images[0][0], method="saliency")
 
 
+@pytest.mark.parametrize(
+    "X, words",
+    [
+        (np.zeros((5,)), ["1-D numpy array of shape (5,)", "(n, H, W)", "(H, W)"]),
+        (np.zeros((2, 2, 2, 2, 2)), ["5-D numpy array of shape (2, 2, 2, 2, 2)", "(n, H, W, C)"]),
+        (np.float64(0.5), ["numpy float64 scalar (0.5)", "accepted"]),
+        (7, ["object of type int", "accepted"]),
+        (None, ["Cannot read None", "accepted"]),
+        ([], ["the sequence is empty", "a list of them"]),
+    ],
+    ids=["1-D array", "5-D array", "numpy scalar", "int", "None", "empty list"],
+)
+def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier, X, words):
+    # A 1-D array used to be read as five float64 "images": the message named float64, not the array.
+    with pytest.raises(InvalidImageError) as info:
+        fitted_classifier.predict(X)
+    for word in words:
+        assert word in str(info.value)
+    assert "Image 0" not in str(info.value)
+
+
 def test_save_and_load_give_equal_probabilities(fitted_classifier, test_images, tmp_path):
     folder = fitted_classifier.save_pretrained(tmp_path / "model")
     assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= {p.name for p in folder.iterdir()}

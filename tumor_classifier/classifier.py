@@ -35,7 +35,7 @@ from .metrics import fit_temperature, tumor_probability
 from .model_folder import load_image_classifier, quiet_weights
 from .models import create_model
 from .augmentation import AugmentationConfig
-from .decoding import DecodedImage, decode, load_image
+from .decoding import DecodedImage, as_image_list, decode, load_image
 from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import MRICheck
 from .quality import ImageQuality
@@ -100,34 +100,18 @@ class Explanation:
     verdict: Verdict
 
 
-def _is_single_image(X: Any) -> bool:
-    if isinstance(X, (str, os.PathLike, bytes, bytearray, Image.Image, dict, DecodedImage)):
-        return True
-    if isinstance(X, np.ndarray):
-        return X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (1, 3, 4))
-    return False
-
-
 def _as_sources(X: Any) -> list[Any]:
     """One image or a sequence (list, array stack, ``datasets.Dataset``) -> list of images."""
-    if _is_single_image(X):
-        return [X]
     if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
         from .data import image_sources
 
         if "image" not in X.column_names:
-            raise InvalidImageError(f"The data set has no 'image' column; columns: {X.column_names}.")
+            raise InvalidImageError(
+                f"The data set has no 'image' column (columns: {', '.join(X.column_names)}); "
+                "pass a datasets.Dataset with an 'image' column, or the images themselves."
+            )
         return image_sources(X)
-    try:
-        sources = list(X)
-    except TypeError:
-        raise InvalidImageError(
-            f"Cannot read {type(X).__name__} as images; pass one image (path, bytes, PIL image, "
-            "numpy array) or a sequence of them, or a datasets.Dataset with an 'image' column."
-        ) from None
-    if not sources:
-        raise InvalidImageError("No images given: the sequence is empty.")
-    return sources
+    return as_image_list(X)
 
 
 class TumorClassifier(ClassifierMixin, BaseEstimator):
