@@ -121,6 +121,27 @@ def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier,
     assert "Image 0" not in str(info.value)
 
 
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_fit_shows_one_progress_bar_or_nothing(train_images, capfd, one_torch_thread, verbose):
+    paths, labels = train_images
+    clf = TumorClassifier(
+        "convnext", image_size=32, epochs=2, batch_size=8, augment=False, validation_size=0.25,
+        config_overrides=TINY_CONVNEXT, verbose=verbose,
+    )
+    capfd.readouterr()
+    clf.fit(paths[:12], labels[:12])
+    out, err = capfd.readouterr()
+    if not verbose:
+        assert (out, err) == ("", "")
+        return
+    assert out == ""  # the Trainer's PrinterCallback printed {'train_runtime': ...} here
+    assert "train_runtime" not in err and "{'" not in err
+    bar = err.replace("\r", "\n").splitlines()
+    assert all(line.startswith("fit:") for line in bar if line.strip()), err
+    # 9 training images (3 held out to calibrate) in batches of 8: 2 steps an epoch.
+    assert "4/4" in bar[-1] and "epoch 2.00/2" in bar[-1] and "loss " in bar[-1], bar[-1]
+
+
 def test_save_and_load_give_equal_probabilities(fitted_classifier, test_images, tmp_path):
     folder = fitted_classifier.save_pretrained(tmp_path / "model")
     assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= {p.name for p in folder.iterdir()}

@@ -145,6 +145,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             image (brains are nearly left-right symmetric); twice the inference cost.
         random_state: Seed of training and of the validation split.
         config_overrides: Extra model config attributes for a from-scratch model.
+        verbose: 1 shows one progress bar while :meth:`fit` trains (steps, epoch, loss,
+            on stderr); 0 prints nothing.
 
     Attributes:
         classes_: ndarray of class names, the column order of :meth:`predict_proba`.
@@ -174,6 +176,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         test_time_augmentation: bool = False,
         random_state: int = 0,
         config_overrides: dict[str, Any] | None = None,
+        verbose: int = 1,
     ):
         self.backbone = backbone
         self.from_scratch = from_scratch
@@ -193,10 +196,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self.test_time_augmentation = test_time_augmentation
         self.random_state = random_state
         self.config_overrides = config_overrides
+        self.verbose = verbose
 
     # -- fitting and loading -------------------------------------------------------
     def fit(self, X: Any, y: Sequence[str] | None = None) -> "TumorClassifier":
         """Trains a new model on images ``X`` with class names ``y``.
+
+        Shows one progress bar on stderr (steps, epoch, loss) and prints nothing else;
+        ``verbose=0`` turns the bar off.
 
         Args:
             X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
@@ -214,6 +221,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         from sklearn.model_selection import train_test_split
 
+        from .progress import show_progress
         from .training import (
             MRITrainingArguments,
             PixelDataset,
@@ -278,7 +286,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 load_best_model_at_end=False,
                 seed=self.random_state,
                 disable_tqdm=True,
-                logging_strategy="no",
+                # Logged losses feed the progress bar only (see progress.show_progress).
+                logging_strategy="steps" if self.verbose else "no",
+                logging_steps=1,
             )
             trainer = build_trainer(
                 model,
@@ -289,6 +299,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
                 loss_function=make_loss_function(label_smoothing=self.label_smoothing, tumor_columns=tumor_columns),
             )
+            show_progress(trainer, self.verbose)
             trainer.train()
             val_idx = val_idx[labels[val_idx] != ANY_TUMOR]  # the temperature needs a class per image
             if val_idx.size:
