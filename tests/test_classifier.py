@@ -2,6 +2,7 @@
 
 import copy
 import io
+import socket
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from conftest import TINY_CONVNEXT
-from tumor_classifier import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
+from tumor_classifier import HubUploadError, InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
 
 
 def test_init_stores_parameters_and_clone_works():
@@ -270,6 +271,44 @@ def test_push_to_hub_then_from_pretrained_in_a_fresh_cache(fitted_classifier, te
     np.testing.assert_array_equal(pulled.predict_proba(test_images[0]), fitted_classifier.predict_proba(test_images[0]))
     with pytest.raises(ModelLoadError, match="org/missing"):
         TumorClassifier.from_pretrained("org/missing")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again: nothing listens there
+
+
+def test_push_to_hub_without_a_reachable_hub_fails_before_writing(fitted_classifier, tmp_path, monkeypatch):
+    from hub_server import point_hub_at
+
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    point_hub_at(monkeypatch, endpoint, tmp_path / "cache")
+    saved = []
+    monkeypatch.setattr(fitted_classifier, "save_pretrained", lambda folder: saved.append(folder))
+    with pytest.raises(HubUploadError) as info:
+        fitted_classifier.push_to_hub("org/tumor-tiny")
+    message = str(info.value)
+    assert endpoint in message and "nothing was written or uploaded" in message and "network" in message, message
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, TumorClassifierError)
+    assert saved == []  # it used to write the shards, then raise a bare ConnectError
+
+
+def test_push_to_hub_offline_or_refused_says_what_failed(fitted_classifier, hub_env, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    served = len(hub_env.server.state.requests)
+    with pytest.raises(HubUploadError, match="offline mode is on \\(HF_HUB_OFFLINE\\)"):
+        fitted_classifier.push_to_hub("org/tumor-tiny")
+    assert len(hub_env.server.state.requests) == served
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN")  # the stand-in refuses writes without a token, as the Hub does
+    monkeypatch.setenv("HF_HOME", str(hub_env.cache_dir / "home"))  # and no stored token either
+    with pytest.raises(HubUploadError, match=f"Could not create the repository org/tumor-tiny on the Hugging Face Hub at {hub_env.base_url}") as info:
+        fitted_classifier.push_to_hub("org/tumor-tiny")
+    assert "401" in str(info.value)
+    assert ("model", "org/tumor-tiny") not in hub_env.server.state.repos
 
 
 def _repo_files(repos, repo_id):

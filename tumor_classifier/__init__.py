@@ -13,6 +13,7 @@ from .classifier import Explanation, TumorClassifier
 from .data import BINARY_CLASS_NAMES, CLASS_NAMES, describe_folder, find_duplicates, load_mri_dataset
 from .ensemble import EnsembleForImageClassification, build_ensemble
 from .exceptions import (
+    HubUploadError,
     InvalidArgumentError,
     InvalidDatasetError,
     InvalidImageError,
@@ -34,6 +35,7 @@ __all__ = [
     "CLASS_NAMES",
     "EnsembleForImageClassification",
     "Explanation",
+    "HubUploadError",
     "InvalidArgumentError",
     "InvalidDatasetError",
     "InvalidImageError",

@@ -497,13 +497,21 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str = "Upload TumorClassifier") -> str:
         """Saves into a temporary folder and uploads it (with a model card) to the Hub.
 
+        The connection to the Hub's endpoint (``HF_ENDPOINT``) is checked before anything
+        is written.
+
         Returns:
             The URL of the commit.
+
+        Raises:
+            HubUploadError: The Hub cannot be reached (nothing is written then), or it
+                refused the repository or the upload; the message says which.
         """
-        from .hub import push_folder_to_hub
+        from .hub import check_hub_reachable, push_folder_to_hub
         from .reports import DISCLAIMER
 
         self._check_fitted()
+        check_hub_reachable()
         with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
             self.save_pretrained(folder)
             source_card = self.model_folder_ / "README.md" if self.model_folder_ else None

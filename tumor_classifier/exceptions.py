@@ -51,3 +51,8 @@ class MissingDependencyError(TumorClassifierError, ImportError):
 
 class ExportError(TumorClassifierError, RuntimeError):
     """An export (e.g. to ONNX) failed or its result did not match the source model."""
+
+
+class HubUploadError(TumorClassifierError, ConnectionError):
+    """An upload to the Hugging Face Hub failed: the endpoint is unreachable, offline mode is on,
+    or the Hub refused the request; the message names the endpoint and what failed."""
