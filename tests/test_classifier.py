@@ -2,6 +2,7 @@
 
 import copy
 import io
+import socket
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from conftest import TINY_CONVNEXT
-from tumor_classifier import InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
+from tumor_classifier import HubUploadError, InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
 
 
 def test_init_stores_parameters_and_clone_works():
@@ -98,6 +99,48 @@ def test_unreadable_input_names_the_image(fitted_classifier, test_images, tmp_pa
         fitted_classifier.predict([])
     with pytest.raises(TumorClassifierError, match="gradcam"):
         fitted_classifier.explain(test_images[0][0], method="saliency")
+
+
+@pytest.mark.parametrize(
+    "X, words",
+    [
+        (np.zeros((5,)), ["1-D numpy array of shape (5,)", "(n, H, W)", "(H, W)"]),
+        (np.zeros((2, 2, 2, 2, 2)), ["5-D numpy array of shape (2, 2, 2, 2, 2)", "(n, H, W, C)"]),
+        (np.float64(0.5), ["numpy float64 scalar (0.5)", "accepted"]),
+        (7, ["object of type int", "accepted"]),
+        (None, ["Cannot read None", "accepted"]),
+        ([], ["the sequence is empty", "a list of them"]),
+    ],
+    ids=["1-D array", "5-D array", "numpy scalar", "int", "None", "empty list"],
+)
+def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier, X, words):
+    # A 1-D array used to be read as five float64 "images": the message named float64, not the array.
+    with pytest.raises(InvalidImageError) as info:
+        fitted_classifier.predict(X)
+    for word in words:
+        assert word in str(info.value)
+    assert "Image 0" not in str(info.value)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_fit_shows_one_progress_bar_or_nothing(train_images, capfd, one_torch_thread, verbose):
+    paths, labels = train_images
+    clf = TumorClassifier(
+        "convnext", image_size=32, epochs=2, batch_size=8, augment=False, validation_size=0.25,
+        config_overrides=TINY_CONVNEXT, verbose=verbose,
+    )
+    capfd.readouterr()
+    clf.fit(paths[:12], labels[:12])
+    out, err = capfd.readouterr()
+    if not verbose:
+        assert (out, err) == ("", "")
+        return
+    assert out == ""  # the Trainer's PrinterCallback printed {'train_runtime': ...} here
+    assert "train_runtime" not in err and "{'" not in err
+    bar = err.replace("\r", "\n").splitlines()
+    assert all(line.startswith("fit:") for line in bar if line.strip()), err
+    # 9 training images (3 held out to calibrate) in batches of 8: 2 steps an epoch.
+    assert "4/4" in bar[-1] and "epoch 2.00/2" in bar[-1] and "loss " in bar[-1], bar[-1]
 
 
 def test_save_and_load_give_equal_probabilities(fitted_classifier, test_images, tmp_path):
@@ -228,6 +271,44 @@ def test_push_to_hub_then_from_pretrained_in_a_fresh_cache(fitted_classifier, te
     np.testing.assert_array_equal(pulled.predict_proba(test_images[0]), fitted_classifier.predict_proba(test_images[0]))
     with pytest.raises(ModelLoadError, match="org/missing"):
         TumorClassifier.from_pretrained("org/missing")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again: nothing listens there
+
+
+def test_push_to_hub_without_a_reachable_hub_fails_before_writing(fitted_classifier, tmp_path, monkeypatch):
+    from hub_server import point_hub_at
+
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    point_hub_at(monkeypatch, endpoint, tmp_path / "cache")
+    saved = []
+    monkeypatch.setattr(fitted_classifier, "save_pretrained", lambda folder: saved.append(folder))
+    with pytest.raises(HubUploadError) as info:
+        fitted_classifier.push_to_hub("org/tumor-tiny")
+    message = str(info.value)
+    assert endpoint in message and "nothing was written or uploaded" in message and "network" in message, message
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, TumorClassifierError)
+    assert saved == []  # it used to write the shards, then raise a bare ConnectError
+
+
+def test_push_to_hub_offline_or_refused_says_what_failed(fitted_classifier, hub_env, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    served = len(hub_env.server.state.requests)
+    with pytest.raises(HubUploadError, match="offline mode is on \\(HF_HUB_OFFLINE\\)"):
+        fitted_classifier.push_to_hub("org/tumor-tiny")
+    assert len(hub_env.server.state.requests) == served
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN")  # the stand-in refuses writes without a token, as the Hub does
+    monkeypatch.setenv("HF_HOME", str(hub_env.cache_dir / "home"))  # and no stored token either
+    with pytest.raises(HubUploadError, match=f"Could not create the repository org/tumor-tiny on the Hugging Face Hub at {hub_env.base_url}") as info:
+        fitted_classifier.push_to_hub("org/tumor-tiny")
+    assert "401" in str(info.value)
+    assert ("model", "org/tumor-tiny") not in hub_env.server.state.repos
 
 
 def _repo_files(repos, repo_id):

@@ -171,13 +171,16 @@ BAD_INPUTS = [
     ("float array with -inf", np.where(np.eye(16) > 0, -np.inf, 1.0), ["NaN or infinite"]),
     ("float array with NaN", np.where(np.eye(16) > 0, np.nan, 1.0).astype(np.float32), ["NaN or infinite"]),
     ("long double beyond float64", np.full((16, 16), np.longdouble(10) ** 400), ["beyond the float64 range"]),
-    ("1-D array", np.zeros(100), ["shape (100,)", "(H, W)"]),
-    ("5-D array", np.zeros((2, 2, 2, 2, 2)), ["shape (2, 2, 2, 2, 2)"]),
+    ("0 bytes, said as such", b"", ["The image data (0 bytes) is empty", "expected a file path"]),
+    ("12 bytes of text", b"hello world!", ["The image data (12 bytes) is not an image in a format", "accepted"]),
+    ("1-D array", np.zeros(100), ["a 1-D numpy array of shape (100,)", "(H, W)"]),
+    ("5-D array", np.zeros((2, 2, 2, 2, 2)), ["a 5-D numpy array of shape (2, 2, 2, 2, 2)"]),
+    ("numpy scalar", np.float64(1.5), ["a numpy float64 scalar (1.5)", "accepted"]),
     ("array of 0x0", np.zeros((0, 0)), ["0x0", "at least 8 pixels"]),
     ("array of 9000x8", np.zeros((9000, 8), dtype=np.uint8), ["8x9000", "up to 8192 pixels a side"]),
-    ("complex array", np.zeros((16, 16), dtype=np.complex64), ["dtype complex64"]),
-    ("object array", np.zeros((16, 16), dtype=object), ["dtype object"]),
-    ("not an image type", 12345, ["object of type int", "accepted"]),
+    ("complex array", np.zeros((16, 16), dtype=np.complex64), ["dtype complex64", "accepted: numeric"]),
+    ("object array", np.zeros((16, 16), dtype=object), ["dtype object", "accepted: numeric"]),
+    ("not an image type", 12345, ["an object of type int", "accepted"]),
 ]
 _ROWS = [row for row in BAD_INPUTS if row[2] is not None]
 

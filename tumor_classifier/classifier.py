@@ -35,7 +35,7 @@ from .metrics import fit_temperature, tumor_probability
 from .model_folder import load_image_classifier, quiet_weights
 from .models import create_model
 from .augmentation import AugmentationConfig
-from .decoding import DecodedImage, decode, load_image
+from .decoding import DecodedImage, as_image_list, decode, load_image
 from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import MRICheck
 from .quality import ImageQuality
@@ -100,34 +100,18 @@ class Explanation:
     verdict: Verdict
 
 
-def _is_single_image(X: Any) -> bool:
-    if isinstance(X, (str, os.PathLike, bytes, bytearray, Image.Image, dict, DecodedImage)):
-        return True
-    if isinstance(X, np.ndarray):
-        return X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (1, 3, 4))
-    return False
-
-
 def _as_sources(X: Any) -> list[Any]:
     """One image or a sequence (list, array stack, ``datasets.Dataset``) -> list of images."""
-    if _is_single_image(X):
-        return [X]
     if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
         from .data import image_sources
 
         if "image" not in X.column_names:
-            raise InvalidImageError(f"The data set has no 'image' column; columns: {X.column_names}.")
+            raise InvalidImageError(
+                f"The data set has no 'image' column (columns: {', '.join(X.column_names)}); "
+                "pass a datasets.Dataset with an 'image' column, or the images themselves."
+            )
         return image_sources(X)
-    try:
-        sources = list(X)
-    except TypeError:
-        raise InvalidImageError(
-            f"Cannot read {type(X).__name__} as images; pass one image (path, bytes, PIL image, "
-            "numpy array) or a sequence of them, or a datasets.Dataset with an 'image' column."
-        ) from None
-    if not sources:
-        raise InvalidImageError("No images given: the sequence is empty.")
-    return sources
+    return as_image_list(X)
 
 
 class TumorClassifier(ClassifierMixin, BaseEstimator):
@@ -161,6 +145,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             image (brains are nearly left-right symmetric); twice the inference cost.
         random_state: Seed of training and of the validation split.
         config_overrides: Extra model config attributes for a from-scratch model.
+        verbose: 1 shows one progress bar while :meth:`fit` trains (steps, epoch, loss,
+            on stderr); 0 prints nothing.
 
     Attributes:
         classes_: ndarray of class names, the column order of :meth:`predict_proba`.
@@ -190,6 +176,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         test_time_augmentation: bool = False,
         random_state: int = 0,
         config_overrides: dict[str, Any] | None = None,
+        verbose: int = 1,
     ):
         self.backbone = backbone
         self.from_scratch = from_scratch
@@ -209,10 +196,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self.test_time_augmentation = test_time_augmentation
         self.random_state = random_state
         self.config_overrides = config_overrides
+        self.verbose = verbose
 
     # -- fitting and loading -------------------------------------------------------
     def fit(self, X: Any, y: Sequence[str] | None = None) -> "TumorClassifier":
         """Trains a new model on images ``X`` with class names ``y``.
+
+        Shows one progress bar on stderr (steps, epoch, loss) and prints nothing else;
+        ``verbose=0`` turns the bar off.
 
         Args:
             X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
@@ -230,6 +221,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         from sklearn.model_selection import train_test_split
 
+        from .progress import show_progress
         from .training import (
             MRITrainingArguments,
             PixelDataset,
@@ -294,7 +286,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 load_best_model_at_end=False,
                 seed=self.random_state,
                 disable_tqdm=True,
-                logging_strategy="no",
+                # Logged losses feed the progress bar only (see progress.show_progress).
+                logging_strategy="steps" if self.verbose else "no",
+                logging_steps=1,
             )
             trainer = build_trainer(
                 model,
@@ -305,6 +299,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
                 loss_function=make_loss_function(label_smoothing=self.label_smoothing, tumor_columns=tumor_columns),
             )
+            show_progress(trainer, self.verbose)
             trainer.train()
             val_idx = val_idx[labels[val_idx] != ANY_TUMOR]  # the temperature needs a class per image
             if val_idx.size:
@@ -502,13 +497,21 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str = "Upload TumorClassifier") -> str:
         """Saves into a temporary folder and uploads it (with a model card) to the Hub.
 
+        The connection to the Hub's endpoint (``HF_ENDPOINT``) is checked before anything
+        is written.
+
         Returns:
             The URL of the commit.
+
+        Raises:
+            HubUploadError: The Hub cannot be reached (nothing is written then), or it
+                refused the repository or the upload; the message says which.
         """
-        from .hub import push_folder_to_hub
+        from .hub import check_hub_reachable, push_folder_to_hub
         from .reports import DISCLAIMER
 
         self._check_fitted()
+        check_hub_reachable()
         with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
             self.save_pretrained(folder)
             source_card = self.model_folder_ / "README.md" if self.model_folder_ else None

@@ -74,6 +74,15 @@ _ORIENTATION = {
 _INTENSITY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+def _kind(source: Any) -> str:
+    """An object that is no image, for messages: ``"a numpy float64 scalar (0.5)"``."""
+    if isinstance(source, np.generic):
+        return f"a numpy {source.dtype} scalar ({str(source)[:40]})"
+    if source is None:
+        return "None"
+    return f"an object of type {type(source).__name__}"
+
+
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         try:
@@ -123,7 +132,10 @@ def _intensity_window(blocks: Iterable[np.ndarray], what: str) -> tuple[float, f
     for block in blocks:
         dtype = block.dtype
         if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-            raise InvalidImageError(f"Cannot read an array of dtype {dtype} as an image; accepted: {ACCEPTED_INPUTS}.")
+            raise InvalidImageError(
+                f"Cannot read the {what} as an image: dtype {dtype} holds no intensities; accepted: numeric "
+                f"(integer, float or bool) arrays, or {ACCEPTED_INPUTS}."
+            )
         if block.size == 0:
             continue
         if np.issubdtype(dtype, np.floating) and not np.isfinite(block).all():
@@ -260,7 +272,8 @@ def _array_to_gray(array: np.ndarray, what: str = "numpy array") -> Image.Image:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
         raise InvalidImageError(
-            f"Cannot read a numpy array of shape {array.shape} as an image; accepted: {ACCEPTED_INPUTS}."
+            f"Cannot read a {array.ndim}-D numpy array of shape {array.shape} as an image; "
+            f"accepted: {ACCEPTED_INPUTS}."
         )
     height, width = array.shape[:2]
     _check_size((width, height), what)  # before any conversion allocates memory
@@ -334,7 +347,7 @@ def load_image(source: Any) -> Image.Image:
         return gray.transpose(orientation) if orientation is not None else gray
     if isinstance(source, (str, os.PathLike, bytes, bytearray)):
         return _decode(source, what)
-    raise InvalidImageError(f"Cannot read an {what} as an image; accepted: {ACCEPTED_INPUTS}.")
+    raise InvalidImageError(f"Cannot read {_kind(source)} as an image; accepted: {ACCEPTED_INPUTS}.")
 
 
 def _check_size(size: tuple[int, int], what: str) -> None:
@@ -714,3 +727,43 @@ def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
             load_image(data if isinstance(source, (bytes, bytearray)) else source)
             raise  # load_image accepted what PIL could not decode: should not happen
     return DecodedImage(gray, rgb)
+
+
+#: What a sequence of images may be, for messages.
+ACCEPTED_SEQUENCES = (
+    "one image (a path, bytes, a PIL image, or a numpy array (H, W) or (H, W, C) with C in 1, 3, 4), "
+    "a list of them, or a numpy stack (n, H, W) or (n, H, W, C)"
+)
+
+
+def is_single_image(source: Any) -> bool:
+    """Whether ``source`` is one image rather than a sequence of them."""
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, Image.Image, dict, DecodedImage)):
+        return True
+    if isinstance(source, np.ndarray):
+        return source.ndim == 2 or (source.ndim == 3 and source.shape[-1] in (1, 3, 4))
+    return False
+
+
+def as_image_list(images: Any) -> list[Any]:
+    """One image or a sequence of images -> a non-empty list of images.
+
+    Raises:
+        InvalidImageError: Neither one image nor a sequence of them (a number, a 1-D or
+            5-D numeric array ...), or an empty sequence; the message says what was given.
+    """
+    if is_single_image(images):
+        return [images]
+    if isinstance(images, np.ndarray) and images.dtype != object and images.ndim not in (3, 4):
+        raise InvalidImageError(
+            f"Cannot read a {images.ndim}-D numpy array of shape {images.shape} as images; accepted: {ACCEPTED_SEQUENCES}."
+        )
+    if isinstance(images, (np.generic, int, float, complex)) or images is None:
+        raise InvalidImageError(f"Cannot read {_kind(images)} as images; accepted: {ACCEPTED_SEQUENCES}.")
+    try:
+        sources = list(images)
+    except TypeError:
+        raise InvalidImageError(f"Cannot read {_kind(images)} as images; accepted: {ACCEPTED_SEQUENCES}.") from None
+    if not sources:
+        raise InvalidImageError(f"No images given: the sequence is empty; accepted: {ACCEPTED_SEQUENCES}.")
+    return sources

@@ -1,6 +1,12 @@
-"""One error hierarchy for the package. Imports nothing of ours."""
+"""One error hierarchy for the package. Imports nothing of ours.
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+:class:`NotFittedError` also subclasses scikit-learn's, whose import costs about two
+seconds (scikit-learn imports SciPy and pandas): the class is built on first access
+(PEP 562 ``__getattr__``), so the command line and ``import tumor_classifier`` do
+without it.
+"""
+
+from typing import Any
 
 
 class TumorClassifierError(Exception):
@@ -33,10 +39,6 @@ class UnknownBackboneError(TumorClassifierError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class NotFittedError(TumorClassifierError, _SklearnNotFittedError):
-    """An inference method was called before `fit` or `from_pretrained`."""
-
-
 class ModelLoadError(TumorClassifierError, OSError):
     """A model folder or Hub repository could not be loaded."""
 
@@ -51,3 +53,25 @@ class MissingDependencyError(TumorClassifierError, ImportError):
 
 class ExportError(TumorClassifierError, RuntimeError):
     """An export (e.g. to ONNX) failed or its result did not match the source model."""
+
+
+class HubUploadError(TumorClassifierError, ConnectionError):
+    """An upload to the Hugging Face Hub failed: the endpoint is unreachable, offline mode is on,
+    or the Hub refused the request; the message names the endpoint and what failed."""
+
+
+def _not_fitted_error() -> type:
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    class NotFittedError(TumorClassifierError, SklearnNotFittedError):
+        """An inference method was called before `fit` or `from_pretrained`."""
+
+    NotFittedError.__module__, NotFittedError.__qualname__ = __name__, "NotFittedError"  # pickles by name
+    return NotFittedError
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NotFittedError":
+        globals()[name] = value = _not_fitted_error()  # built once: one class for every caller
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .ensemble import ENSEMBLE_CONFIG_NAME, is_ensemble_folder
-from .exceptions import ModelLoadError
+from .exceptions import HubUploadError, ModelLoadError
 
 #: Files of a model folder that are never uploaded (Trainer checkpoints, optimizer state).
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "run-*", "run-*/**", "*.bin", "*.pt", "*.pth", "runs/**", "*.tmp*"]
@@ -14,6 +14,38 @@ IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "run-*", "run-*/**", "*.bi
 def is_model_folder(path: str | Path) -> bool:
     """A saved single model (``config.json``) or ensemble (``ensemble.json``)."""
     return (Path(path) / "config.json").is_file() or is_ensemble_folder(path)
+
+
+def check_hub_reachable(timeout: float = 10.0) -> str:
+    """Checks that huggingface_hub's endpoint answers, before anything is written or uploaded.
+
+    The endpoint is huggingface_hub's (``https://huggingface.co``, or ``HF_ENDPOINT``);
+    any HTTP answer counts as reachable, since only the network is checked here.
+
+    Returns:
+        The endpoint URL.
+
+    Raises:
+        HubUploadError: Offline mode (``HF_HUB_OFFLINE``) is on, or the endpoint cannot be
+            reached (no network, DNS failure, nothing listening, timeout).
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = constants.ENDPOINT
+    if constants.is_offline_mode():
+        raise HubUploadError(
+            f"Cannot upload to the Hugging Face Hub ({endpoint}): offline mode is on (HF_HUB_OFFLINE). "
+            "Unset HF_HUB_OFFLINE to upload; nothing was written or uploaded."
+        )
+    try:
+        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+    except Exception as error:  # noqa: BLE001 - the HTTP library (httpx or httpx2) and its errors vary with huggingface_hub
+        raise HubUploadError(
+            f"Cannot reach the Hugging Face Hub at {endpoint} ({type(error).__name__}: {error}); nothing was "
+            "written or uploaded. Check the network connection, or HF_ENDPOINT if you use a mirror."
+        ) from error
+    return endpoint
 
 
 def push_folder_to_hub(
@@ -31,6 +63,11 @@ def push_folder_to_hub(
 
     Returns:
         The URL of the commit.
+
+    Raises:
+        ModelLoadError: ``folder`` is not a saved model folder.
+        HubUploadError: The Hub cannot be reached (checked first, see
+            :func:`check_hub_reachable`) or refused the repository or the upload.
     """
     from huggingface_hub import HfApi
 
@@ -39,13 +76,21 @@ def push_folder_to_hub(
         raise ModelLoadError(
             f"{folder} is not a saved model folder (no config.json nor {ENSEMBLE_CONFIG_NAME}); save_pretrained it first."
         )
+    endpoint = check_hub_reachable()
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message,
-        ignore_patterns=IGNORE_PATTERNS,
-        repo_type="model",
-    )
+    step = f"create the repository {repo_id}"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        step = f"upload {folder} to {repo_id}"
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
+            ignore_patterns=IGNORE_PATTERNS,
+            repo_type="model",
+        )
+    except Exception as error:  # noqa: BLE001 - HTTP, auth and validation errors of huggingface_hub and its HTTP library
+        raise HubUploadError(
+            f"Could not {step} on the Hugging Face Hub at {endpoint} ({type(error).__name__}: {error})."
+        ) from error
     return str(getattr(info, "commit_url", info))

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .decoding import DecodedImage, decode  # noqa: F401 - DecodedImage: importable from here as before
+from .decoding import DecodedImage, as_image_list, decode  # noqa: F401 - DecodedImage: importable from here as before
 from .exceptions import InvalidImageError, ModelLoadError
 from .preprocessing import prepare_image
 from .quality import colourfulness, measure_gray
@@ -486,7 +486,7 @@ class MRICheck:
     @staticmethod
     def decode_all(images: Any, grays: Sequence[Image.Image] | None = None) -> list[DecodedImage]:
         """Decodes inputs once each (see :func:`decode`); :class:`DecodedImage` pass through."""
-        sources = _as_list(images)
+        sources = as_image_list(images)
         if grays is not None and len(grays) != len(sources):
             raise InvalidImageError(f"Got {len(sources)} images but {len(grays)} decoded grays; pass one per image.")
         return [
@@ -584,20 +584,3 @@ class MRICheck:
                     sentences.append(template.format(value=value, percent=100 * value))
             out.append(sentences)
         return out
-
-
-def _as_list(images: Any) -> list[Any]:
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image, DecodedImage, dict)):
-        return [images]
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] in (1, 3, 4)):
-        return [images]
-    try:
-        sources = list(images)
-    except TypeError:
-        raise InvalidImageError(
-            f"Cannot read {type(images).__name__} as images; pass one image (path, bytes, PIL image, numpy "
-            "array) or a sequence of them."
-        ) from None
-    if not sources:
-        raise InvalidImageError("No images given: the sequence is empty.")
-    return sources

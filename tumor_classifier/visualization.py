@@ -82,7 +82,7 @@ def _scale01(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.float64)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise InvalidImageError(f"Cannot read an array of dtype {array.dtype} as an image.")
+        raise InvalidImageError(f"Cannot read an array of dtype {array.dtype} as an image; accepted: numeric (integer, float or bool) arrays.")
     values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(values.min()), float(values.max())
     if high <= low:

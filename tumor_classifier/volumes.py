@@ -415,7 +415,7 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
             "A single 2-D slice goes through TumorClassifier.predict instead."
         )
     if 0 in data.shape:
-        raise InvalidVolumeError(f"{what} is empty: shape {data.shape}.")
+        raise InvalidVolumeError(f"{what} is empty (shape {data.shape}); a volume needs at least one voxel along each of its 3 axes.")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise InvalidVolumeError(
