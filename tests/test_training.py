@@ -120,6 +120,23 @@ def test_two_processes_with_torchrun(data_dir, tmp_path):
     assert "model written to" in completed.stdout
 
 
+def test_push_to_hub_without_a_reachable_hub_fails_before_training(data_dir, tmp_path, monkeypatch):
+    import socket
+
+    from hub_server import point_hub_at
+
+    from tumor_classifier import HubUploadError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed again: nothing listens there
+    point_hub_at(monkeypatch, endpoint, tmp_path / "cache")
+    output = tmp_path / "model"
+    with pytest.raises(HubUploadError, match="nothing was written or uploaded"):
+        train_hf.main(_args(data_dir, output, "--max_steps", "1", "--push_to_hub", "--hub_model_id", "org/tiny"))
+    assert not output.exists()  # refused before the first step, not after the training
+
+
 def test_focal_loss_reduces_to_cross_entropy_and_weights_apply():
     logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
     labels = torch.tensor([0, 3])

@@ -641,6 +641,10 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     # The finished folder is uploaded once at the end; the Trainer would otherwise push
     # every checkpoint and replace our model card with its own.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    if push_to_hub and training_args.process_index == 0:
+        from .hub import check_hub_reachable
+
+        check_hub_reachable()  # before hours of training, not after
     preprocessor = MRIPreprocessor(
         size=model_args.image_size, crop_to_head=data_args.crop_to_head, skull_strip=data_args.skull_strip
     )
