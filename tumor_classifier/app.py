@@ -5,8 +5,9 @@ Layout of the served app (``build_app``)::
     /                   the Gradio UI (upload a slice, verdict, probabilities, heatmap)
     /gradio_api/...     Gradio's own routes; the named endpoint ``/predict`` is batched
     /api/v1/predict     plain REST: multipart field ``file`` in, JSON out
-    /openapi.json       the REST schema (the interactive /docs page is off: it loads
-                        its scripts from a CDN, and the app makes no outside request)
+    /openapi.json       the REST schema
+    /docs               the REST schema as a self-contained page (:mod:`.rest_docs`;
+                        FastAPI's Swagger UI would load its scripts from a CDN)
 
 Layers, so tests and the REST route use the same code as the UI:
 
@@ -55,9 +56,9 @@ from typing import Any, Literal, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # noqa: E402
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
@@ -70,6 +71,7 @@ from .exceptions import InvalidArgumentError, InvalidImageError, TumorClassifier
 from .verdict import NOT_BRAIN_MRI  # noqa: E402
 from .visualization import DEFAULT_COLORMAP, overlay  # noqa: E402
 from .reports import DISCLAIMER  # noqa: E402
+from .rest_docs import docs_html  # noqa: E402
 
 #: Image formats the app accepts (PIL format names), and how the UI names them: the
 #: package's one list (:data:`~tumor_classifier.decoding.DECODED_FORMATS`), the same
@@ -799,6 +801,17 @@ def _validation_message(error: RequestValidationError) -> str:
     return "Bad request: " + "; ".join(parts) + "."
 
 
+async def _one_file_per_request(request: Request) -> None:
+    """Refuses a request with several ``file`` fields (FastAPI would silently keep one).
+
+    One slice per request keeps one answer per request; a client sends several slices
+    as several requests (they are batched on the server all the same).
+    """
+    files = (await request.form()).getlist("file")  # the form FastAPI parsed already (cached)
+    if len(files) > 1:
+        raise HTTPException(400, f"Got {len(files)} `file` fields; send one slice per request ({ACCEPTED_TEXT}), and one request per slice.")
+
+
 def build_app(
     classifier: TumorClassifier,
     *,
@@ -833,23 +846,28 @@ def build_app(
             "Brain-tumor MRI slice classifier (glioma, meningioma, pituitary tumor, no tumor) "
             "with attribution heatmaps. The web UI is at `/`. " + DISCLAIMER
         ),
-        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: /docs is rest_docs' page
         redoc_url=None,
     )
+
+    @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html(api.openapi()))
 
     @api.post(
         "/api/v1/predict",
         response_model=PredictionResponse,
         responses={
-            400: {"model": ErrorResponse, "description": "Empty, corrupt or oversized (pixels) image, or a bad option."},
+            400: {"model": ErrorResponse, "description": "Empty, corrupt or oversized (pixels) image, more than one `file` field, or a bad option."},
             413: {"model": ErrorResponse, "description": f"Upload larger than {_megabytes(max_upload_bytes)}."},
             415: {"model": ErrorResponse, "description": f"Not an image, or not {ACCEPTED_TEXT}."},
         },
         summary="Classify one brain MRI slice",
         tags=["prediction"],
+        dependencies=[Depends(_one_file_per_request)],
     )
     def predict_endpoint(
-        file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}."),
+        file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}; one per request."),
         method: Literal[("auto", *METHODS)] = Query(  # type: ignore[valid-type]
             "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (HiResCAM for the shipped EfficientNet-Lite)."
         ),
@@ -928,7 +946,7 @@ def serve(
     import uvicorn
 
     app = build_app(load_classifier(model), batch=batch, max_batch_size=max_batch_size)
-    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, schema: /openapi.json)", flush=True)
+    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
