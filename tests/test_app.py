@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import re
+import string
 import struct
 import zlib
 from pathlib import Path
@@ -223,6 +225,18 @@ def test_gradio_client_predict(client, confident_classifier, one_per_class):
     assert verdict.startswith("### ") and tumor.endswith("%")
 
 
+def test_the_api_page_names_parameters_and_outputs_for_people(server, client, confident_classifier, one_per_class):
+    """What "Use via API" and gradio_client show: the function's parameter names and the
+    components' labels (not `payloads` or `value_12`), and a call by those names works."""
+    endpoint = requests.get(server.url + "gradio_api/info", timeout=30).json()["named_endpoints"]["/predict"]
+    assert [p["parameter_name"] for p in endpoint["parameters"]] == ["scan", "method", "opacity"]
+    assert [r["label"] for r in endpoint["returns"]] == ["Verdict", "Class probabilities", "Heatmap on the scan", "Tumor probability (any type)"]
+    assert "brain MRI slice" in endpoint["description"]
+    path = one_per_class[1]
+    _, label, _, _ = client.predict(scan=handle_file(str(path)), method="gradcam", opacity=0.3, api_name="/predict")
+    assert label["label"] == confident_classifier.predict(str(path))[0]
+
+
 def test_gradio_client_concurrent_requests_each_get_their_own_answer(client, confident_classifier, one_per_class):
     paths = [str(p) for p in one_per_class] * 2
     jobs = [client.submit(handle_file(p), "gradcam", 0.45, api_name="/predict") for p in paths]
@@ -343,6 +357,43 @@ def test_rest_other_http_methods_are_405(server):
     response = requests.get(server.url + REST, timeout=60)
     assert response.status_code == 405 and response.headers["allow"] == "POST"
     assert "POST" in response.json()["detail"]
+
+
+def test_rest_two_file_fields_are_400_with_a_sentence(server, one_per_class):
+    files = [("file", ("a.jpg", one_per_class[0].read_bytes())), ("file", ("b.jpg", one_per_class[1].read_bytes()))]
+    response = requests.post(server.url + REST, files=files, timeout=60)
+    assert response.status_code == 400, response.text
+    assert "Got 2 `file` fields; send one slice per request" in response.json()["detail"]
+
+
+def test_rest_docs_page_is_served_and_self_contained(server):
+    response = requests.get(server.url + "docs", timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for words in ("POST /api/v1/predict", "<code>method</code>", "<code>opacity</code>", "<code>overlay</code>", "<code>file</code> (required)",
+                  "one per request", "PredictionResponse", "tumor_probability", "415"):
+        assert words in page, words
+    # Nothing the browser would fetch: no script, no stylesheet link, no image; the only link is the schema.
+    assert "<script" not in page.lower() and "<link" not in page.lower() and "<img" not in page.lower()
+    assert re.findall(r"(?:src|href)=['\"]([^'\"]*)", page) == ["/openapi.json"]
+    assert requests.get(server.url + "openapi.json", timeout=30).json()["paths"]["/api/v1/predict"]
+
+
+def test_the_themes_fonts_have_every_latin_letter(server):
+    """Each font file the page's theme declares draws all of A-Z, a-z: Gradio 6.31's own
+    Source Sans Pro weight-600 file has only "A" and "B", which made the title and the
+    Analyze button start with a letter from another font."""
+    from fontTools.ttLib import TTFont
+
+    css = requests.get(server.url + "theme.css", timeout=30).text
+    urls = re.findall(r"url\(['\"]?([^'\")]+\.woff2)", css)
+    assert any("SourceSansPro" in url for url in urls), css[:500]
+    for url in urls:
+        response = requests.get(server.url + url.lstrip("/"), timeout=30)
+        assert response.status_code == 200, url
+        glyphs = TTFont(io.BytesIO(response.content)).getBestCmap()
+        missing = [letter for letter in string.ascii_letters if ord(letter) not in glyphs]
+        assert not missing, f"{url} lacks {''.join(missing)}"
 
 
 def test_rest_route_is_in_the_openapi_schema(server):

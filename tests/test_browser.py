@@ -1,9 +1,10 @@
 """The app in a real browser: Debian's chromium driven by Playwright.
 
 Upload a slice, click Analyze, read the label and see the heatmap; click an example;
-upload a corrupt file and read the error. Every request the page makes is checked: one to
-any address but 127.0.0.1 is blocked and fails the test. A screenshot of the page after a
-prediction is written to a temporary folder; the test prints its path.
+upload bad files and read the one message each gets; open the REST docs page. Every
+request a page makes is checked: one to any address but 127.0.0.1 is blocked and fails
+the test. Screenshots (after a prediction, after each bad upload, of /docs) are written
+to temporary folders; the tests print their paths (``pytest -s``).
 
 Skips only when chromium is not installed (``.ci/run`` installs it with apt-get).
 Playwright's own browser download is never used (it needs the network).
@@ -58,7 +59,7 @@ def browser():
         chromium.close()
 
 
-def _guarded_page(browser, url: str):
+def _guarded_page(browser, url: str, ready: str = "#scan input[type=file]"):
     """A page on ``url`` whose requests off 127.0.0.1 are blocked and listed in ``outside``."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     outside: list[str] = []
@@ -75,7 +76,7 @@ def _guarded_page(browser, url: str):
     page.on("websocket", lambda ws: None if urlsplit(ws.url).hostname == "127.0.0.1" else outside.append(ws.url))
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
-    page.wait_for_selector("#scan input[type=file]", state="attached")
+    page.wait_for_selector(ready, state="attached")
     return context, page, outside
 
 
@@ -135,6 +136,10 @@ def test_upload_click_and_read_the_verdict(page, confident_classifier, data_dir,
     page.locator("#method label", has_text="Integrated Gradients").click()
     page.wait_for_function("(old) => document.querySelector('#heatmap img').src !== old", arg=drawn, timeout=60_000)
     assert _wait_for_result(page) == expected
+    # The title and Analyze are drawn with the theme's bold face, which has every letter
+    # (see test_app.test_the_themes_fonts_have_every_latin_letter).
+    bold = page.evaluate("() => [...document.fonts].filter(f => f.family.includes('Source Sans Pro') && f.weight === '700').map(f => f.status)")
+    assert bold == ["loaded"]
     screenshot = tmp_path / "app-after-prediction.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
@@ -149,19 +154,51 @@ def test_click_an_example(page, confident_classifier):
     page.wait_for_selector("#scan img")
 
 
-def test_a_corrupt_upload_shows_an_error(page, data_dir, tmp_path):
+BAD_UPLOADS = {
+    "broken-scan.jpg": "'broken-scan.jpg' looks like a JPEG image but is corrupt or truncated",
+    "notes.jpg": "'notes.jpg' is not an image this app can read",
+    "empty.jpg": "'empty.jpg' is empty (0 bytes)",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_UPLOADS))
+def test_a_bad_upload_says_what_is_wrong_once(page, data_dir, tmp_path, name):
     jpeg = sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0].read_bytes()
-    corrupt = tmp_path / "broken-scan.jpg"
-    corrupt.write_bytes(jpeg[: len(jpeg) // 2])
-    page.set_input_files("#scan input[type=file]", str(corrupt))
-    toast = page.get_by_text("'broken-scan.jpg' looks like a JPEG image but is corrupt or truncated")
-    toast.first.wait_for()
-    # Analyze on the same file says it again; the page and the server stay usable.
-    page.click("#analyze")
-    page.wait_for_function("() => document.body.innerText.split('corrupt or truncated').length > 2")
-    _upload(page, sorted((data_dir / "Testing" / "notumor").glob("*.jpg"))[0])
+    contents = {"broken-scan.jpg": jpeg[: len(jpeg) // 2], "notes.jpg": b"This is a text file, not an image.\n" * 20, "empty.jpg": b""}
+    bad = tmp_path / name
+    bad.write_bytes(contents[name])
+    page.set_input_files("#scan input[type=file]", str(bad))
+    page.wait_for_function("(words) => document.querySelector('#verdict').innerText.includes(words)", arg=BAD_UPLOADS[name])
+    page.wait_for_timeout(1000)  # a second message (a toast, a repeat) would show up by now
+    body = page.inner_text("body")
+    # One message, saying what was wrong and what is accepted; no toast, no "Error" badges.
+    assert body.count(BAD_UPLOADS[name]) == 1, body
+    assert body.count("Upload a brain MRI slice as JPEG, PNG, TIFF, BMP, GIF or WebP") == 1, body
+    assert "Error" not in body, body
+    assert page.locator(".toast-body").count() == 0
+    # The upload box is empty again (its preview would be a broken image); Analyze waits for a usable scan.
+    assert page.locator("#scan img").count() == 0
+    assert page.is_disabled("#analyze")
+    screenshot = tmp_path / f"app-after-bad-upload-{bad.stem}.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot of the page after the bad upload {name}: {screenshot}")
+    # A good file afterwards works as usual.
+    good = sorted((data_dir / "Testing" / "notumor").glob("*.jpg"))[0]
+    _upload(page, good)
     page.click("#analyze")
     _wait_for_result(page)
+    assert BAD_UPLOADS[name] not in page.inner_text("body")
+
+
+def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_path):
+    context, page, outside = _guarded_page(browser, app_url + "docs", ready="h1")
+    assert "POST /api/v1/predict" in page.inner_text("body")
+    screenshot = tmp_path / "rest-docs.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot of /docs: {screenshot}")
+    page.wait_for_timeout(300)
+    context.close()
+    assert outside == []
 
 
 def test_the_request_guard_catches_outside_requests(browser, app_url):

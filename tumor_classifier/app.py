@@ -5,8 +5,9 @@ Layout of the served app (``build_app``)::
     /                   the Gradio UI (upload a slice, verdict, probabilities, heatmap)
     /gradio_api/...     Gradio's own routes; the named endpoint ``/predict`` is batched
     /api/v1/predict     plain REST: multipart field ``file`` in, JSON out
-    /openapi.json       the REST schema (the interactive /docs page is off: it loads
-                        its scripts from a CDN, and the app makes no outside request)
+    /openapi.json       the REST schema
+    /docs               the REST schema as a self-contained page (:mod:`.rest_docs`;
+                        FastAPI's Swagger UI would load its scripts from a CDN)
 
 Layers, so tests and the REST route use the same code as the UI:
 
@@ -55,9 +56,9 @@ from typing import Any, Literal, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # noqa: E402
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
 from gradio.components.label import LabelData  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
@@ -70,6 +71,7 @@ from .exceptions import InvalidArgumentError, InvalidImageError, TumorClassifier
 from .verdict import NOT_BRAIN_MRI  # noqa: E402
 from .visualization import DEFAULT_COLORMAP, overlay  # noqa: E402
 from .reports import DISCLAIMER  # noqa: E402
+from .rest_docs import docs_html  # noqa: E402
 
 #: Image formats the app accepts (PIL format names), and how the UI names them: the
 #: package's one list (:data:`~tumor_classifier.decoding.DECODED_FORMATS`), the same
@@ -500,13 +502,22 @@ def _verdict_label(**kwargs: Any) -> gr.Label:
 
 
 def _on_new_scan(payload: Any):
-    """Clears the previous results when a file arrives, and says at once if it cannot be used."""
-    if payload is not None:
+    """Clears the previous results when a file arrives, and says at once if it cannot be used.
+
+    A bad file is said once, in the verdict panel (no toast, which Analyze would repeat);
+    the upload box is emptied (its preview would be a broken image) and Analyze is off
+    until a usable scan arrives.
+
+    Returns:
+        ``(verdict, label, heatmap, tumor probability, state, scan, Analyze button)``.
+    """
+    message, usable, scan = "", payload is not None, gr.skip()
+    if usable:
         try:
             check_scan(_upload_source(payload))
         except TumorClassifierError as error:
-            raise _ui_error(error) from None
-    return "", None, None, "", None
+            message, usable, scan = f"### Cannot analyze this image\n{error}", False, None
+    return message, None, None, "", None, scan, gr.Button(interactive=usable)
 
 
 def _reblend(state: dict[str, Any] | None, opacity: float):
@@ -523,8 +534,9 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     "gradcam", 0.45, api_name="/predict")``) returns ``(verdict Markdown, label dict,
     overlay image path, tumor probability text)``. Concurrent requests are batched
     (``batch=True``, at most ``max_batch_size``); a bad upload fails alone (see
-    :func:`predict_scans`). In the page, an upload is also checked as soon as it arrives,
-    so a bad file is reported before anyone clicks Analyze.
+    :func:`predict_scans`). In the page, an upload is checked as soon as it arrives: a bad
+    file is reported once, in the verdict panel, and Analyze stays off until a usable scan
+    is uploaded (:func:`_on_new_scan`).
 
     Args:
         classifier: A fitted :class:`TumorClassifier`.
@@ -537,9 +549,13 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     if max_batch_size < 1:
         raise InvalidArgumentError(f"max_batch_size must be at least 1; got {max_batch_size}.")
 
-    def run(payloads, methods, opacities):
+    def run(scan, method, opacity):
+        """Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."""
+        # Batched: each argument is a list, one entry per request. The parameters are named
+        # for one call, as the API page and gradio_client show them (docstring: its text).
+        scans, methods, opacities = scan, method, opacity
         try:
-            images = [_upload_source(payload) for payload in payloads]
+            images = [_upload_source(payload) for payload in scans]
         except TumorClassifierError as error:
             raise _ui_error(error) from None
         results, inputs = _analyze_each(images, methods, opacities, classifier)
@@ -556,8 +572,9 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         columns = [list(column) for column in zip(*map(_ui_outputs, results))]
         return (*columns, states)
 
-    def run_one(image, method, opacity):
-        return tuple(output[0] for output in run([image], [method], [opacity]))
+    def run_one(scan, method, opacity):
+        """Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."""
+        return tuple(output[0] for output in run([scan], [method], [opacity]))
 
     def rerun_with_method(image, method, opacity, state):
         # A new method re-draws the heatmap of the scan on show; before any result
@@ -585,7 +602,8 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                 )
                 method = gr.Radio(list(METHOD_CHOICES), value=_default_method(classifier), label="Heatmap method", elem_id="method")
                 opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity", elem_id="opacity")
-                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                # Off until a usable scan is uploaded (see _on_new_scan); an example turns it on.
+                button = gr.Button("Analyze", variant="primary", elem_id="analyze", interactive=False)
                 examples = gr.Examples(
                     [[str(path)] for path in example_paths()],
                     inputs=[image],
@@ -595,7 +613,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                     elem_id="examples",
                 )
             with gr.Column():
-                verdict = gr.Markdown(elem_id="verdict")
+                verdict = gr.Markdown(label="Verdict", elem_id="verdict")
                 label = _verdict_label(label="Class probabilities", elem_id="probabilities")
                 tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
                 heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
@@ -603,9 +621,11 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         state = gr.State()
         outputs = [verdict, label, heatmap, tumor, state]
         button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", **event_options)
+        examples.load_input_event.then(lambda: gr.Button(interactive=True), outputs=button, api_visibility="private", show_progress="hidden")
         examples.load_input_event.then(inputs=[image, method, opacity], outputs=outputs, api_visibility="private", **event_options)
-        image.upload(_on_new_scan, inputs=image, outputs=outputs, preprocess=False, api_visibility="private", show_progress="hidden")
-        image.clear(lambda: _on_new_scan(None), outputs=outputs, api_visibility="private", show_progress="hidden")
+        checked = dict(outputs=[*outputs, image, button], api_visibility="private", show_progress="hidden")
+        image.upload(_on_new_scan, inputs=image, preprocess=False, **checked)
+        image.clear(lambda: _on_new_scan(None), **checked)
         opacity.change(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         method.change(
             rerun_with_method,
@@ -637,6 +657,21 @@ def _legend_html() -> str:
         f'<span>no evidence</span><div role="img" aria-label="colour bar" style="{bar}"></div><span>strongest</span></div>'
         '<div style="font-size: 0.9em;">Where the model found evidence for the class it names; '
         "the scan shows through where it found none. Not a map of the tumour's extent.</div>"
+    )
+
+
+def _theme() -> gr.themes.Base:
+    """Gradio's default theme, with bold text drawn from complete font files.
+
+    Gradio 6.31 ships ``SourceSansPro-SemiBold.woff2`` (and IBM Plex Mono's) as a subset
+    of a few dozen glyphs: of the Latin letters, only "A" and "B". Text at weight 600 (the
+    title, buttons) drew those two from it and every other letter from a fallback font, so
+    "Brain" and "Analyze" began with a lighter letter. Declaring weights 400 and 700 (full
+    files, shipped too) makes the browser draw weight 600 from the 700 face.
+    """
+    return gr.themes.Default(
+        font=[gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=[gr.themes.LocalFont("IBM Plex Mono", weights=(400, 700)), "ui-monospace", "Consolas", "monospace"],
     )
 
 
@@ -799,6 +834,17 @@ def _validation_message(error: RequestValidationError) -> str:
     return "Bad request: " + "; ".join(parts) + "."
 
 
+async def _one_file_per_request(request: Request) -> None:
+    """Refuses a request with several ``file`` fields (FastAPI would silently keep one).
+
+    One slice per request keeps one answer per request; a client sends several slices
+    as several requests (they are batched on the server all the same).
+    """
+    files = (await request.form()).getlist("file")  # the form FastAPI parsed already (cached)
+    if len(files) > 1:
+        raise HTTPException(400, f"Got {len(files)} `file` fields; send one slice per request ({ACCEPTED_TEXT}), and one request per slice.")
+
+
 def build_app(
     classifier: TumorClassifier,
     *,
@@ -833,23 +879,28 @@ def build_app(
             "Brain-tumor MRI slice classifier (glioma, meningioma, pituitary tumor, no tumor) "
             "with attribution heatmaps. The web UI is at `/`. " + DISCLAIMER
         ),
-        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: /docs is rest_docs' page
         redoc_url=None,
     )
+
+    @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html(api.openapi()))
 
     @api.post(
         "/api/v1/predict",
         response_model=PredictionResponse,
         responses={
-            400: {"model": ErrorResponse, "description": "Empty, corrupt or oversized (pixels) image, or a bad option."},
+            400: {"model": ErrorResponse, "description": "Empty, corrupt or oversized (pixels) image, more than one `file` field, or a bad option."},
             413: {"model": ErrorResponse, "description": f"Upload larger than {_megabytes(max_upload_bytes)}."},
             415: {"model": ErrorResponse, "description": f"Not an image, or not {ACCEPTED_TEXT}."},
         },
         summary="Classify one brain MRI slice",
         tags=["prediction"],
+        dependencies=[Depends(_one_file_per_request)],
     )
     def predict_endpoint(
-        file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}."),
+        file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}; one per request."),
         method: Literal[("auto", *METHODS)] = Query(  # type: ignore[valid-type]
             "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (HiResCAM for the shipped EfficientNet-Lite)."
         ),
@@ -888,6 +939,7 @@ def build_app(
         api,
         demo,
         path="/",
+        theme=_theme(),
         allowed_paths=[str(EXAMPLES_DIR)],
         max_file_size=max_upload_bytes,
         footer_links=["api", "settings"],
@@ -928,7 +980,7 @@ def serve(
     import uvicorn
 
     app = build_app(load_classifier(model), batch=batch, max_batch_size=max_batch_size)
-    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, schema: /openapi.json)", flush=True)
+    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
