@@ -14,7 +14,7 @@ from train_runs import REPO, tiny_run_args as _args  # also puts the repository 
 import train_hf  # noqa: E402
 
 from tumor_classifier import TumorClassifier  # noqa: E402
-from tumor_classifier.training import class_weights, make_loss_function  # noqa: E402
+from tumor_classifier.losses import class_weights, make_loss_function  # noqa: E402
 
 MODEL_FILES = {
     "model.safetensors",

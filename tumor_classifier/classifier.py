@@ -222,15 +222,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.model_selection import train_test_split
 
         from .progress import show_progress
-        from .training import (
-            MRITrainingArguments,
-            PixelDataset,
-            build_trainer,
-            fold_temperature,
-            make_loss_function,
-            predict_logits,
-            tumor_columns_of,
-        )
+        from .losses import make_loss_function, tumor_columns_of
+        from .pixels import PixelDataset
+        from .training import build_trainer, fold_temperature, predict_logits
+        from .training_arguments import MRITrainingArguments
 
         sources = _as_sources(X)
         if y is None:
