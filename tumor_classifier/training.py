@@ -1,7 +1,7 @@
 """Training through the Hugging Face ``Trainer``: the trainer, the run, ensembles of runs.
 
 ``train_hf.py`` and :meth:`TumorClassifier.fit` both go through :func:`build_trainer`,
-so there is one training loop. The input pipeline is built for two CPU cores and carries to a GPU:
+so there is one training loop, and build their model and loss with :mod:`tumor_classifier.recipe`. The input pipeline is built for two CPU cores and carries to a GPU:
 images are prepared once as uint8 (:mod:`tumor_classifier.pixels`; the run's splits come from
 :mod:`tumor_classifier.training_data`), and augmentation and
 normalisation run on whole batches as tensors on the model's device (:class:`MRITrainer`).
@@ -29,7 +29,6 @@ from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
-from .models import create_model
 from .pixels import (
     DEFAULT_CACHE,
     PIXEL_PACK_FORMAT,
@@ -42,6 +41,7 @@ from .pixels import (
     write_pixel_pack,
 )
 from .preprocessing import MRIPreprocessor
+from .recipe import create_run_model, make_run_loss
 from .training_arguments import DataArguments, ModelArguments, MRITrainingArguments
 from .training_data import duplicate_check, joined_dataset, load_pack, load_splits
 
@@ -217,26 +217,13 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         return TrainingResult(path, {"pixel_pack": {name: len(labels) for name, (_, labels) in arrays.items()}})
     sets = {name: PixelDataset(*arrays[name]) for name in arrays}
 
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else None
-
     def make_model(trial=None):
-        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else model_args.dropout
-        return create_model(
-            model_args.backbone,
-            class_names=class_names,
-            from_scratch=model_args.from_scratch,
-            checkpoint=model_args.checkpoint,
-            image_size=model_args.image_size,
-            dropout=dropout,
-            config_overrides=overrides,
-        )
+        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
+        return create_run_model(model_args, class_names, dropout=dropout)
 
-    weights = class_weights(arrays["train"][1], len(class_names))
-    loss = make_loss_function(model_args.loss, weights=weights, label_smoothing=model_args.label_smoothing,
-                              focal_gamma=model_args.focal_gamma, tumor_columns=tumor_columns_of(class_names))
     common = dict(
         augmentation=data_args.augmentation(),
-        loss_function=loss,
+        loss_function=make_run_loss(model_args, class_names, arrays["train"][1]),
         early_stopping_patience=model_args.early_stopping_patience,
         class_names=class_names,
     )

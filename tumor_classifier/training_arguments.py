@@ -15,6 +15,11 @@ from .losses import LOSSES
 from .pixels import DEFAULT_CACHE
 
 
+def _augmentation_field(name: str, help_text: str):
+    """A ``DataArguments`` field whose default is :class:`AugmentationConfig`'s, the one copy of them."""
+    return field(default=getattr(AugmentationConfig(), name), metadata={"help": f"Augmentation: {help_text}"})
+
+
 @dataclass
 class DataArguments:
     """Where the images come from and how they are prepared and augmented."""
@@ -53,20 +58,20 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images (for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation and test images."})
-    rotation: float = field(default=15.0, metadata={"help": "Augmentation: largest rotation in degrees."})
-    zoom: float = field(default=0.15, metadata={"help": "Augmentation: largest relative zoom."})
-    shift: float = field(default=0.1, metadata={"help": "Augmentation: largest shift, fraction of the side."})
-    hflip: float = field(default=0.5, metadata={"help": "Augmentation: probability of a left-right flip."})
-    vflip: float = field(default=0.0, metadata={"help": "Augmentation: probability of an up-down flip."})
-    contrast: float = field(default=0.2, metadata={"help": "Augmentation: largest relative contrast change."})
-    brightness: float = field(default=0.1, metadata={"help": "Augmentation: largest brightness offset (0-1 scale)."})
-    gamma: float = field(default=0.3, metadata={"help": "Augmentation: largest log2 gamma change."})
-    noise: float = field(default=0.03, metadata={"help": "Augmentation: largest Gaussian noise sigma (0-1 scale)."})
-    blur: float = field(default=0.2, metadata={"help": "Augmentation: probability of a light blur."})
-    invert: float = field(default=0.0, metadata={"help": "Augmentation: probability of a contrast inversion inside the head."})
-    bezier: float = field(default=0.0, metadata={"help": "Augmentation: probability of a random Bezier intensity curve."})
-    bezier_nonmonotone: float = field(default=0.0, metadata={"help": "Augmentation: share of the Bezier curves that are non-monotone."})
-    gin: float = field(default=0.0, metadata={"help": "Augmentation: probability of a random shallow conv net (GIN) blended in."})
+    rotation: float = _augmentation_field("rotation", "largest rotation in degrees.")
+    zoom: float = _augmentation_field("zoom", "largest relative zoom.")
+    shift: float = _augmentation_field("shift", "largest shift, fraction of the side.")
+    hflip: float = _augmentation_field("hflip", "probability of a left-right flip.")
+    vflip: float = _augmentation_field("vflip", "probability of an up-down flip.")
+    contrast: float = _augmentation_field("contrast", "largest relative contrast change.")
+    brightness: float = _augmentation_field("brightness", "largest brightness offset (0-1 scale).")
+    gamma: float = _augmentation_field("gamma", "largest log2 gamma change.")
+    noise: float = _augmentation_field("noise", "largest Gaussian noise sigma (0-1 scale).")
+    blur: float = _augmentation_field("blur", "probability of a light blur.")
+    invert: float = _augmentation_field("invert", "probability of a contrast inversion inside the head.")
+    bezier: float = _augmentation_field("bezier", "probability of a random Bezier intensity curve.")
+    bezier_nonmonotone: float = _augmentation_field("bezier_nonmonotone", "share of the Bezier curves that are non-monotone.")
+    gin: float = _augmentation_field("gin", "probability of a random shallow conv net (GIN) blended in.")
 
     def augmentation(self) -> AugmentationConfig:
         return AugmentationConfig(**{k: getattr(self, k) for k in AugmentationConfig.__dataclass_fields__})
