@@ -20,7 +20,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from tumor_classifier.training import DataArguments, ModelArguments, MRITrainingArguments, run_training
+from tumor_classifier.training import run_training
+from tumor_classifier.training_arguments import DataArguments, ModelArguments, MRITrainingArguments
 
 
 def main(argv: list[str] | None = None):

@@ -25,15 +25,10 @@ from transformers import TrainerCallback
 
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import AugmentationConfig, BatchAugmenter, MRIPreprocessor
-from tumor_classifier.training import (
-    MRITrainingArguments,
-    PixelDataset,
-    build_trainer,
-    collate_pixels,
-    make_loss_function,
-    pixels_to_values,
-    prepare_pixels,
-)
+from tumor_classifier.losses import make_loss_function
+from tumor_classifier.pixels import PixelDataset, collate_pixels, pixels_to_values, prepare_pixels
+from tumor_classifier.training import build_trainer
+from tumor_classifier.training_arguments import MRITrainingArguments
 
 WARMUP = 2
 

@@ -505,7 +505,7 @@ def test_maps_are_zero_outside_the_head(models, name, method):
 def test_the_head_mask_follows_the_model_input_whatever_its_normalisation(models):
     grey, pixel_values = _head_scans()
     # The mask of the normalised input is the mask of the grey scan (levels are relative).
-    from tumor_classifier.attributions import _head_masks
+    from tumor_classifier.attributions.maps import _head_masks
 
     np.testing.assert_array_equal(_head_masks(pixel_values).numpy(), head_mask(grey)[:, 0].float().numpy())
     np.testing.assert_array_equal(_head_masks(pixel_values * 3.0 + 7.0).numpy(), _head_masks(pixel_values).numpy())

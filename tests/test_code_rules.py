@@ -143,3 +143,26 @@ def test_names_that_left_preprocessing_still_import_from_it():
     for home, names in moved:
         for name in names:
             assert getattr(preprocessing, name) is getattr(home, name), f"preprocessing.{name} is not {home.__name__}.{name}"
+
+
+def test_the_attributions_package_imports_only_downward():
+    """Its modules import, of the package, only modules that import nothing of it back; inside it, no circles."""
+    package = ROOT / "tumor_classifier" / "attributions"
+    allowed_outside = {"exceptions", "locking", "augmentation", "visualization"}
+    inside: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        outside, siblings = set(), set()
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                outside.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                siblings.add(node.module.split(".")[0])
+        assert outside <= allowed_outside, f"attributions/{path.name} imports {sorted(outside - allowed_outside)}"
+        inside[path.stem] = siblings
+    assert "visualization" not in _package_imports("visualization") and "attributions" not in _package_imports("visualization")
+    order: list[str] = []
+    while len(order) < len(inside):  # a topological order exists only without circles
+        ready = [name for name, needs in inside.items() if name not in order and needs <= set(order)]
+        assert ready, f"circular imports among {sorted(set(inside) - set(order))}"
+        order.extend(sorted(ready))
+    assert order[-1] == "__init__"

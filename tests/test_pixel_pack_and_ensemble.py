@@ -16,17 +16,9 @@ import train_hf  # noqa: E402
 from tumor_classifier import CLASS_NAMES, TumorClassifier, TumorClassifierError, find_duplicates
 from tumor_classifier.data import image_sources, load_mri_dataset
 from tumor_classifier.preprocessing import MRIPreprocessor
-from tumor_classifier.training import (
-    MRITrainingArguments,
-    PixelDataset,
-    build_trainer,
-    collate_pixels,
-    make_ensemble,
-    prepare_pixels,
-    TimeLimitCallback,
-    read_pixel_pack,
-    write_pixel_pack,
-)
+from tumor_classifier.pixels import PixelDataset, collate_pixels, prepare_pixels, read_pixel_pack, write_pixel_pack
+from tumor_classifier.training import TimeLimitCallback, build_trainer, make_ensemble
+from tumor_classifier.training_arguments import MRITrainingArguments
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from train_runs import REPO, tiny_run_args as _args  # also puts the repository 
 import train_hf  # noqa: E402
 
 from tumor_classifier import TumorClassifier  # noqa: E402
-from tumor_classifier.training import class_weights, make_loss_function  # noqa: E402
+from tumor_classifier.losses import class_weights, make_loss_function  # noqa: E402
 
 MODEL_FILES = {
     "model.safetensors",
@@ -151,3 +151,32 @@ def test_focal_loss_reduces_to_cross_entropy_and_weights_apply():
     weighted = make_loss_function("weighted_cross_entropy", weights=weights)(outputs, labels)
     manual = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
     torch.testing.assert_close(weighted, manual)
+
+
+def test_train_hf_and_fit_share_one_copy_of_the_augmentation_defaults():
+    from tumor_classifier.augmentation import AugmentationConfig
+    from tumor_classifier.training_arguments import DataArguments
+
+    assert DataArguments().augmentation() == AugmentationConfig()
+    assert DataArguments(rotation=3.0).augmentation().rotation == 3.0
+
+
+def test_the_recipe_builds_the_same_model_from_json_or_dict_overrides():
+    from tumor_classifier.data import CLASS_NAMES
+    from tumor_classifier.recipe import create_run_model, make_run_loss
+    from tumor_classifier.training_arguments import ModelArguments
+
+    overrides = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}
+    base = dict(backbone="convnext", from_scratch=True, image_size=32)
+    as_json = create_run_model(ModelArguments(**base, config_overrides=json.dumps(overrides)), CLASS_NAMES)
+    as_dict = create_run_model(ModelArguments(**base, config_overrides=overrides), CLASS_NAMES)
+    assert as_json.config.hidden_sizes == as_dict.config.hidden_sizes == overrides["hidden_sizes"]
+    assert create_run_model(ModelArguments(**base, config_overrides=overrides), CLASS_NAMES, dropout=0.3).config.drop_path_rate == 0.3
+    # The class weights come from the labelled images only: "tumour, type unknown" (-1) is not a class.
+    loss = make_run_loss(ModelArguments(loss="weighted_cross_entropy", label_smoothing=0.0), CLASS_NAMES, np.array([0, 0, 1, 2, 3, -1]))
+    logits, labels = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]), torch.tensor([0, 1])
+    weights = class_weights(np.array([0, 0, 1, 2, 3]), len(CLASS_NAMES))
+    assert weights[0] < weights[1]  # class 0 is twice as frequent
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    np.testing.assert_allclose(float(loss({"logits": logits}, labels)), float(expected), rtol=1e-6)
+    assert not np.isclose(float(expected), float(torch.nn.functional.cross_entropy(logits, labels)))

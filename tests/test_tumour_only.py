@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import TINY_CONVNEXT
 from tumor_classifier.data import ANY_TUMOR, fingerprint, group_split, load_tumour_only_images, near_duplicate_groups
 from tumor_classifier.exceptions import InvalidDatasetError, TumorClassifierError
-from tumor_classifier.training import compute_eval_metrics, make_loss_function, tumor_columns_of
+from tumor_classifier.losses import compute_eval_metrics, make_loss_function, tumor_columns_of
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

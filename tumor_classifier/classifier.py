@@ -33,7 +33,6 @@ from .locking import PerObjectLocks
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
 from .model_folder import load_image_classifier, quiet_weights
-from .models import create_model
 from .augmentation import AugmentationConfig
 from .decoding import DecodedImage, as_image_list, decode, load_image
 from .preprocessing import MRIPreprocessor, PreparedImage
@@ -205,6 +204,22 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Shows one progress bar on stderr (steps, epoch, loss) and prints nothing else;
         ``verbose=0`` turns the bar off.
 
+        The recipe is ``train_hf.py``'s (:func:`~tumor_classifier.training.run_training`):
+        the same Trainer (:func:`~tumor_classifier.training.build_trainer`), the model from
+        :func:`~tumor_classifier.recipe.create_run_model` and the loss from
+        :func:`~tumor_classifier.recipe.make_run_loss`, given a
+        :class:`~tumor_classifier.training_arguments.ModelArguments` built from this
+        estimator's parameters; what fit has no parameter for takes ``ModelArguments``'
+        defaults (``loss="cross_entropy"``, ``focal_gamma=2.0``; class weights are computed
+        as in a run and used only by the weighted and focal losses). ``augment=True`` uses
+        :class:`~tumor_classifier.augmentation.AugmentationConfig`'s defaults, the ones
+        ``train_hf.py``'s ``DataArguments`` also take. fit's own defaults differ where an
+        estimator on a list of images needs it: ``from_scratch=True`` (``train_hf.py``
+        fine-tunes the Hub checkpoint by default, which needs the network), ``epochs=10``,
+        ``batch_size=32``, no checkpoints or early stopping, and the validation images
+        are a stratified scikit-learn split of ``X`` (``train_hf.py`` carves them from the
+        training folder).
+
         Args:
             X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
                 ``label`` (``ClassLabel``) columns, in which case ``y`` may be omitted.
@@ -222,15 +237,11 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.model_selection import train_test_split
 
         from .progress import show_progress
-        from .training import (
-            MRITrainingArguments,
-            PixelDataset,
-            build_trainer,
-            fold_temperature,
-            make_loss_function,
-            predict_logits,
-            tumor_columns_of,
-        )
+        from .losses import tumor_columns_of
+        from .pixels import PixelDataset
+        from .recipe import create_run_model, make_run_loss
+        from .training import build_trainer, fold_temperature, predict_logits
+        from .training_arguments import ModelArguments, MRITrainingArguments
 
         sources = _as_sources(X)
         if y is None:
@@ -245,10 +256,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         classes = np.unique(y[~tumour_only])
         if classes.size < 2:
             raise InvalidArgumentError(f"fit needs at least two classes; got {list(classes)}.")
-        tumor_columns = None
         if tumour_only.any():
-            tumor_columns = tumor_columns_of(list(classes))
-            if NO_TUMOR not in classes or not tumor_columns:
+            if NO_TUMOR not in classes or not tumor_columns_of(list(classes)):
                 raise InvalidArgumentError(
                     f"Images labelled {ANY_TUMOR_NAME!r} need a '{NO_TUMOR}' class and at least one tumour "
                     f"class among the other labels; got {list(classes)}."
@@ -264,15 +273,17 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             )
         else:
             train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
-        model = create_model(
-            self.backbone,
-            class_names=list(classes),
+        # run_training's recipe (model, loss); ModelArguments' defaults fill what fit has no parameter for.
+        recipe = ModelArguments(
+            backbone=self.backbone,
             from_scratch=self.from_scratch,
             checkpoint=self.checkpoint,
             image_size=self.image_size,
             dropout=self.dropout,
+            label_smoothing=self.label_smoothing,
             config_overrides=self.config_overrides,
         )
+        model = create_run_model(recipe, list(classes))
         with tempfile.TemporaryDirectory(prefix="tumor-classifier-fit-") as workdir:
             args = MRITrainingArguments(
                 output_dir=workdir,
@@ -297,7 +308,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 None,
                 args,
                 augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
-                loss_function=make_loss_function(label_smoothing=self.label_smoothing, tumor_columns=tumor_columns),
+                loss_function=make_run_loss(recipe, list(classes), labels[train_idx]),
             )
             show_progress(trainer, self.verbose)
             trainer.train()

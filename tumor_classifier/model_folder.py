@@ -356,6 +356,8 @@ def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
     """
     from transformers import AutoConfig, AutoModelForImageClassification
 
+    from . import efficientnet  # noqa: F401 - registers EfficientNet-Lite with these Auto classes
+
     folder = Path(path)
     check_model_folder(folder)
     config_path = folder / CONFIG_NAME

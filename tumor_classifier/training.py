@@ -1,330 +1,60 @@
-"""Training through the Hugging Face ``Trainer``: caches, batches, losses, the run itself.
+"""Training through the Hugging Face ``Trainer``: the trainer, the run, ensembles of runs.
 
 ``train_hf.py`` and :meth:`TumorClassifier.fit` both go through :func:`build_trainer`,
-so there is one training loop. The input pipeline is built for two CPU cores and carries to a GPU: every
-image is decoded, turned grayscale, cropped, padded and resized once
-(:func:`prepare_pixels`, cached on disk as uint8), batches travel as uint8, and
-augmentation and normalisation run on whole batches as tensors on the model's device
-(:class:`MRITrainer`). A pixel pack (:func:`write_pixel_pack`) holds the prepared
-splits in one compressed file, so a machine without the images or ``datasets`` (a
-lent GPU) trains the same model from it.
+so there is one training loop, and build their model and loss with :mod:`tumor_classifier.recipe`. The input pipeline is built for two CPU cores and carries to a GPU:
+images are prepared once as uint8 (:mod:`tumor_classifier.pixels`; the run's splits come from
+:mod:`tumor_classifier.training_data`), and augmentation and
+normalisation run on whole batches as tensors on the model's device (:class:`MRITrainer`).
+Losses and validation metrics live in :mod:`tumor_classifier.losses`, the run's argument
+dataclasses in :mod:`tumor_classifier.training_arguments`; their names stay importable
+from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import logging
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import EvalPrediction
 
 from .augmentation import AugmentationConfig, BatchAugmenter
-from .data import (
-    ANY_TUMOR,
-    BINARY_CLASS_NAMES,
-    CLASS_NAMES,
-    NO_TUMOR,
-    find_duplicates,
-    fingerprint,
-    group_split,
-    image_sources,
-    load_mri_dataset,
-    load_tumour_only_images,
-    near_duplicate_groups,
-)
-from .label_audit import apply_label_audit_to_dataset, read_label_audit
+from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR
 from .exceptions import InvalidArgumentError, TumorClassifierError
+from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
-from .models import create_model
-from .preprocessing import PREPROCESSING_VERSION, MRIPreprocessor
+from .pixels import (
+    DEFAULT_CACHE,
+    PIXEL_PACK_FORMAT,
+    PixelDataset,
+    PixelPack,
+    collate_pixels,
+    pixels_to_values,
+    prepare_pixels,
+    read_pixel_pack,
+    write_pixel_pack,
+)
+from .preprocessing import MRIPreprocessor
+from .recipe import create_run_model, make_run_loss
+from .training_arguments import DataArguments, ModelArguments, MRITrainingArguments
+from .training_data import duplicate_check, joined_dataset, load_pack, load_splits
 
-if TYPE_CHECKING:
-    from datasets import Dataset
+#: Names that lived here before the split and stay importable from here.
+__all__ = [
+    "DEFAULT_CACHE", "LOSSES", "PIXEL_PACK_FORMAT", "DataArguments", "ModelArguments", "MRITrainingArguments",
+    "MRITrainer", "PixelDataset", "PixelPack", "TimeLimitCallback", "TrainingResult", "build_trainer",
+    "class_weights", "collate_pixels", "compute_eval_metrics", "fold_temperature", "make_ensemble",
+    "make_loss_function", "pixels_to_values", "predict_logits", "prepare_pixels", "read_pixel_pack",
+    "run_training", "tumor_columns_of", "write_pixel_pack",
+]
 
 logger = logging.getLogger(__name__)
-LOSSES = ("cross_entropy", "weighted_cross_entropy", "focal")
-DEFAULT_CACHE = Path(os.environ.get("TUMOR_CLASSIFIER_CACHE", Path.home() / ".cache" / "tumor_classifier"))
-
-
-# -- pixels ------------------------------------------------------------------------
-def _split_key(split: "Dataset", preprocessor: MRIPreprocessor) -> str:
-    # The code version is part of the key: a change to the preprocessing must not reuse
-    # pixels prepared by the old code.
-    digest = hashlib.sha256(f"{PREPROCESSING_VERSION}:{json.dumps(asdict(preprocessor), sort_keys=True)}".encode())
-    if "path" in split.column_names:
-        for path in split["path"]:
-            stat = os.stat(path)
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    else:
-        digest.update(split._fingerprint.encode())
-    digest.update(str(len(split)).encode())
-    return digest.hexdigest()[:20]
-
-
-def prepare_pixels(
-    split: "Dataset", preprocessor: MRIPreprocessor, cache_dir: str | Path | None = DEFAULT_CACHE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes and prepares every image of a split once, caching the result.
-
-    Args:
-        split: A split of :func:`load_mri_dataset` (``image`` and ``label`` columns).
-        preprocessor: The settings (size, crop, skull stripping) to prepare with.
-        cache_dir: Folder for ``.npz`` caches keyed by the files and settings; ``None``
-            disables caching.
-
-    Returns:
-        ``(pixels, labels)``: uint8 (n, size, size) and int64 (n,).
-    """
-    labels = np.asarray(split["label"], dtype=np.int64)
-    path = Path(cache_dir) / f"pixels-{_split_key(split, preprocessor)}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        with np.load(path) as cached:
-            return cached["pixels"], labels
-    sources = image_sources(split)
-    pixels = np.empty((len(sources), preprocessor.size, preprocessor.size), dtype=np.uint8)
-    for index, source in enumerate(sources):
-        pixels[index] = preprocessor.prepare_array(source)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(temporary, pixels=pixels)
-        os.replace(temporary, path)  # atomic, so concurrent processes never read half a file
-    return pixels, labels
-
-
-PIXEL_PACK_FORMAT = "tumor-classifier-pixel-pack/1"
-
-
-@dataclass
-class PixelPack:
-    """Prepared splits in one file: what a machine needs to train without the images.
-
-    Attributes:
-        arrays: Split name -> ``(pixels, labels)``, uint8 (n, size, size) and int64 (n,).
-        preprocessor: The settings the pixels were prepared with.
-        class_names: Label index -> class name.
-        test_clean: Indices of test images with no near duplicate in train/validation
-            (the duplicate check needs the original files, so it runs where they are).
-        duplicates: The duplicate check's summary.
-        source: The data folder the pack was made from.
-        jpeg_quality: ``None`` for lossless PNG images, else the JPEG quality.
-    """
-
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
-    preprocessor: MRIPreprocessor
-    class_names: list[str]
-    test_clean: np.ndarray | None = None
-    duplicates: dict[str, int] | None = None
-    source: str = ""
-    jpeg_quality: int | None = None
-
-
-def write_pixel_pack(path: str | Path, pack: PixelPack, jpeg_quality: int | None = None) -> Path:
-    """Writes a pack as one ``.npz``, each image as PNG (lossless) or, with
-    ``jpeg_quality``, as JPEG: 128 px head crops take about 9 KB as PNG and 6.7 KB as
-    JPEG at quality 95 (mean error under one grey level), which is what lets the whole
-    data set travel to a lent GPU machine beside the code (64 MiB there)."""
-    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
-        raise InvalidArgumentError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}.")
-    fields: dict[str, np.ndarray] = {
-        "format": np.array(PIXEL_PACK_FORMAT),
-        "preprocessor": np.array(json.dumps(asdict(pack.preprocessor))),
-        "class_names": np.array(list(pack.class_names)),
-        "meta": np.array(json.dumps({"duplicates": pack.duplicates, "source": pack.source, "jpeg_quality": jpeg_quality})),
-    }
-    for name, (pixels, labels) in pack.arrays.items():
-        encoded = []
-        for image in pixels:
-            buffer = io.BytesIO()
-            if jpeg_quality is None:
-                Image.fromarray(image).save(buffer, format="PNG", optimize=True)
-            else:
-                Image.fromarray(image).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
-            encoded.append(buffer.getvalue())
-        fields[f"{name}_images"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        fields[f"{name}_offsets"] = np.cumsum([0] + [len(data) for data in encoded]).astype(np.int64)
-        fields[f"{name}_labels"] = np.asarray(labels, dtype=np.int64)
-    if pack.test_clean is not None:
-        fields["test_clean"] = np.asarray(pack.test_clean, dtype=np.int64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:  # a file object: np.savez would append ".npz" to a str path
-        np.savez(handle, **fields)
-    return path
-
-
-def read_pixel_pack(path: str | Path) -> PixelPack:
-    """Reads a pack written by :func:`write_pixel_pack`.
-
-    Raises:
-        TumorClassifierError: The file is missing or not a pixel pack.
-    """
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise TumorClassifierError(f"Cannot read the pixel pack {path}: {error}") from error
-    with data:
-        if "format" not in data.files or str(data["format"]) != PIXEL_PACK_FORMAT:
-            raise TumorClassifierError(f"{path} is not a pixel pack written by --write_pixel_pack ({PIXEL_PACK_FORMAT}).")
-        arrays = {}
-        for name in (key[: -len("_labels")] for key in data.files if key.endswith("_labels")):
-            blob, offsets = data[f"{name}_images"].tobytes(), data[f"{name}_offsets"]
-            pixels = [np.asarray(Image.open(io.BytesIO(blob[a:b]))) for a, b in zip(offsets[:-1], offsets[1:])]
-            arrays[name] = (np.stack(pixels) if pixels else np.empty((0, 0, 0), np.uint8), data[f"{name}_labels"])
-        meta = json.loads(str(data["meta"]))
-        return PixelPack(
-            arrays=arrays,
-            preprocessor=MRIPreprocessor(**json.loads(str(data["preprocessor"]))),
-            class_names=[str(name) for name in data["class_names"]],
-            test_clean=data["test_clean"] if "test_clean" in data.files else None,
-            duplicates=meta.get("duplicates"),
-            source=meta.get("source", ""),
-            jpeg_quality=meta.get("jpeg_quality"),
-        )
-
-
-class PixelDataset(torch.utils.data.Dataset):
-    """Prepared uint8 images and their labels, as the Trainer's data set."""
-
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray | None = None):
-        self.pixels = torch.from_numpy(np.ascontiguousarray(pixels))
-        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return self.pixels.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = {"pixels": self.pixels[index]}
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
-        return item
-
-
-def collate_pixels(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stacks prepared uint8 images (and labels); :class:`MRITrainer` turns them into
-    ``pixel_values`` on the model's device."""
-    out = {"pixels": torch.stack([item["pixels"] for item in items])}
-    if "labels" in items[0]:
-        out["labels"] = torch.stack([item["labels"] for item in items])
-    return out
-
-
-def pixels_to_values(pixels: torch.Tensor, preprocessor: MRIPreprocessor, augmenter: BatchAugmenter | None = None) -> torch.Tensor:
-    """uint8 (n, size, size) -> (augmented) normalised ``pixel_values``, on the pixels' device."""
-    batch = pixels.float().div_(255.0).unsqueeze(1)
-    if augmenter is not None:
-        batch = augmenter(batch)
-    return preprocessor.normalize(batch)
-
-
-# -- losses and metrics ------------------------------------------------------------
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, normalised to mean 1."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = counts.sum() / np.maximum(counts, 1) / num_classes
-    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
-
-
-def make_loss_function(
-    kind: str = "cross_entropy",
-    *,
-    weights: torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
-    focal_gamma: float = 2.0,
-    tumor_columns: Sequence[int] | None = None,
-) -> Callable:
-    """A ``compute_loss_func`` for the Trainer.
-
-    Images labelled :data:`~tumor_classifier.data.ANY_TUMOR` (-1: "a tumour, type
-    unknown", e.g. Br35H) get the partial-label loss ``-log(sum of the tumour classes'
-    probabilities)``: the model is told "not notumor" and nothing about the type. The
-    batch loss is the mean over all images of their own terms.
-
-    Args:
-        kind: ``"cross_entropy"``, ``"weighted_cross_entropy"`` (needs ``weights``) or
-            ``"focal"`` (Lin et al. 2017; ``weights`` act as its alpha if given), for the
-            images with a class label.
-        weights: float (k,) class weights.
-        label_smoothing: Label smoothing of the cross-entropy terms.
-        focal_gamma: Focusing parameter of the focal loss.
-        tumor_columns: Logit columns of the tumour classes; needed when a batch holds
-            ANY_TUMOR labels.
-
-    Raises:
-        TumorClassifierError: Unknown kind, or weighted loss without weights.
-    """
-    if kind not in LOSSES:
-        raise InvalidArgumentError(f"Unknown loss {kind!r}; choose one of {', '.join(LOSSES)}.")
-    if kind == "weighted_cross_entropy" and weights is None:
-        raise InvalidArgumentError("weighted_cross_entropy needs class weights.")
-    use_weights = weights if kind != "cross_entropy" else None
-    tumor_index = None if tumor_columns is None else torch.as_tensor(list(tumor_columns), dtype=torch.long)
-
-    def labelled_terms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-image loss of images with a class label, shape (m,)."""
-        w = None if use_weights is None else use_weights.to(logits.device)
-        ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
-        if kind == "focal":
-            p_true = F.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1).exp()
-            ce = (1 - p_true) ** focal_gamma * ce
-        return ce if w is None else ce * w[labels]
-
-    def loss_function(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        logits = logits.float()
-        unknown = labels == ANY_TUMOR
-        if not bool(unknown.any()):
-            if kind == "cross_entropy" or (kind == "weighted_cross_entropy" and use_weights is None):
-                return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-            if kind == "weighted_cross_entropy":
-                return F.cross_entropy(logits, labels, weight=use_weights.to(logits.device), label_smoothing=label_smoothing)
-            return labelled_terms(logits, labels).mean()
-        if tumor_index is None:
-            raise InvalidArgumentError("Images labelled 'tumour, type unknown' need the loss's tumor_columns.")
-        log_p = F.log_softmax(logits, dim=-1)
-        partial = -torch.logsumexp(log_p[unknown][:, tumor_index.to(logits.device)], dim=-1)
-        known = labelled_terms(logits[~unknown], labels[~unknown]) if bool((~unknown).any()) else logits.new_zeros(0)
-        return (known.sum() + partial.sum()) / labels.shape[0]
-
-    return loss_function
-
-
-def tumor_columns_of(class_names: Sequence[str]) -> list[int]:
-    """Indices of the tumour classes (every class but notumor)."""
-    return [i for i, name in enumerate(class_names) if name != NO_TUMOR]
-
-
-def compute_eval_metrics(prediction: EvalPrediction, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
-    """Trainer metrics on validation: accuracy and macro F1 (scikit-learn) of the images
-    with a class label and, when the validation set holds ANY_TUMOR images, their
-    sensitivity (``tumour_only_sensitivity``: share not called notumor)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    predicted = np.asarray(logits).argmax(axis=-1)
-    labels = np.asarray(prediction.label_ids)
-    known = labels >= 0
-    metrics = {}
-    if known.any():
-        metrics["accuracy"] = float(accuracy_score(labels[known], predicted[known]))
-        metrics["f1_macro"] = float(f1_score(labels[known], predicted[known], average="macro"))
-    unknown = labels == ANY_TUMOR
-    if unknown.any():
-        metrics["tumour_only_sensitivity"] = float(np.mean(predicted[unknown] != list(class_names).index(NO_TUMOR)))
-    return metrics
 
 
 class MRITrainer(Trainer):
@@ -344,109 +74,6 @@ class MRITrainer(Trainer):
             augmenter = self.augmenter if self.model.training else None
             inputs["pixel_values"] = pixels_to_values(inputs.pop("pixels"), self.preprocessor, augmenter)
         return inputs
-
-
-# -- arguments ---------------------------------------------------------------------
-@dataclass
-class DataArguments:
-    """Where the images come from and how they are prepared and augmented."""
-
-    data_dir: str = field(
-        default="../shared/data/brain-tumor-mri",
-        metadata={"help": "Folder in the Kaggle layout (Training/<class>/, Testing/<class>/), an image folder, or a Hub data set id."},
-    )
-    binary: bool = field(default=False, metadata={"help": "Train tumor / no tumor instead of the four classes."})
-    validation_size: float = field(default=0.1, metadata={"help": "Fraction of train carved out (stratified) as validation."})
-    split_seed: int = field(default=42, metadata={"help": "Seed of the train / validation carving."})
-    crop_to_head: bool = field(default=True, metadata={"help": "Crop each image to the head's bounding box."})
-    skull_strip: bool = field(default=False, metadata={"help": "Apply the skull-stripping heuristic (see preprocessing.strip_skull)."})
-    pixel_cache_dir: str | None = field(default=str(DEFAULT_CACHE), metadata={"help": "Cache of prepared images; empty to disable."})
-    pixel_pack: str | None = field(
-        default=None,
-        metadata={"help": "Train from a pack written by --write_pixel_pack instead of data_dir (no images or `datasets` needed, e.g. on a lent GPU)."},
-    )
-    write_pixel_pack: str | None = field(
-        default=None,
-        metadata={"help": "Prepare train / validation / test and the duplicate check, write them to this .npz pack, and stop."},
-    )
-    pixel_pack_jpeg_quality: int | None = field(
-        default=None, metadata={"help": "Store the pack's images as JPEG of this quality (smaller) instead of lossless PNG."}
-    )
-    label_audit: str | None = field(
-        default=None,
-        metadata={"help": "CSV of training files to exclude or relabel (configs/label_audit.csv; see tumor_classifier.label_audit)."},
-    )
-    tumour_only_dirs: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Folders of images that all show a tumour of unknown type (e.g. br35h-tumor); trained with the partial-label loss."},
-    )
-    tumour_only_validation_size: float = field(
-        default=0.2, metadata={"help": "Share of the tumour-only images held out for validation, split by near-duplicate group."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images (for quick runs)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation and test images."})
-    rotation: float = field(default=15.0, metadata={"help": "Augmentation: largest rotation in degrees."})
-    zoom: float = field(default=0.15, metadata={"help": "Augmentation: largest relative zoom."})
-    shift: float = field(default=0.1, metadata={"help": "Augmentation: largest shift, fraction of the side."})
-    hflip: float = field(default=0.5, metadata={"help": "Augmentation: probability of a left-right flip."})
-    vflip: float = field(default=0.0, metadata={"help": "Augmentation: probability of an up-down flip."})
-    contrast: float = field(default=0.2, metadata={"help": "Augmentation: largest relative contrast change."})
-    brightness: float = field(default=0.1, metadata={"help": "Augmentation: largest brightness offset (0-1 scale)."})
-    gamma: float = field(default=0.3, metadata={"help": "Augmentation: largest log2 gamma change."})
-    noise: float = field(default=0.03, metadata={"help": "Augmentation: largest Gaussian noise sigma (0-1 scale)."})
-    blur: float = field(default=0.2, metadata={"help": "Augmentation: probability of a light blur."})
-    invert: float = field(default=0.0, metadata={"help": "Augmentation: probability of a contrast inversion inside the head."})
-    bezier: float = field(default=0.0, metadata={"help": "Augmentation: probability of a random Bezier intensity curve."})
-    bezier_nonmonotone: float = field(default=0.0, metadata={"help": "Augmentation: share of the Bezier curves that are non-monotone."})
-    gin: float = field(default=0.0, metadata={"help": "Augmentation: probability of a random shallow conv net (GIN) blended in."})
-
-    def augmentation(self) -> AugmentationConfig:
-        return AugmentationConfig(**{k: getattr(self, k) for k in AugmentationConfig.__dataclass_fields__})
-
-
-@dataclass
-class ModelArguments:
-    """Which network, how big, and how it learns."""
-
-    backbone: str = field(default="convnext", metadata={"help": "Backbone from the registry: convnext, vit, resnet."})
-    from_scratch: bool = field(default=False, metadata={"help": "Random init of the CPU-sized preset instead of the Hub checkpoint."})
-    checkpoint: str | None = field(default=None, metadata={"help": "Hub id or folder to fine-tune instead of the registry default."})
-    image_size: int = field(default=224, metadata={"help": "Input side in pixels."})
-    dropout: float = field(default=0.1, metadata={"help": "Drop path (ConvNeXt) or hidden dropout (ViT)."})
-    loss: str = field(default="cross_entropy", metadata={"help": f"One of {', '.join(LOSSES)}."})
-    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss gamma."})
-    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing."})
-    calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on validation and fold it into the head."})
-    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without improvement."})
-    hp_search_trials: int = field(default=0, metadata={"help": "Run an Optuna search of this many trials first (learning rate, batch size, dropout, weight decay)."})
-    config_overrides: str | None = field(default=None, metadata={"help": "JSON of extra config attributes for a from-scratch model."})
-
-
-@dataclass
-class MRITrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with defaults that suit MRI training on CPUs."""
-
-    output_dir: str = field(default="runs/model", metadata={"help": "Model folder (checkpoints go below it)."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
-    num_train_epochs: float = field(default=30.0, metadata={"help": "Epochs."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Training batch size per process."})
-    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per process."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps, or a fraction of all steps."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
-    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
-    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best validation checkpoint."})
-    metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric that picks the best model."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: batches carry prepared pixels."})
-    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory (useless on CPU)."})
-    max_train_minutes: float | None = field(
-        default=None,
-        metadata={"help": "Stop training after this many minutes (wall clock) and finish the run as usual: "
-                  "calibrate, evaluate, save. For a lent machine with a fixed budget."},
-    )
 
 
 class TimeLimitCallback(TrainerCallback):
@@ -547,85 +174,11 @@ class TrainingResult:
     best_hyperparameters: dict[str, Any] | None = None
 
 
-def _load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, training_args: TrainingArguments | None = None):
-    """The data set's splits (``datasets``) and their prepared pixels."""
-    data = load_mri_dataset(
-        data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed
-    )
-    if data_args.label_audit:
-        entries = read_label_audit(data_args.label_audit)
-        for name in ("train", "validation"):  # both carved from the training folder; never test
-            data[name] = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir)
-    if data_args.max_train_samples:
-        data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
-    if data_args.max_eval_samples:
-        for split in ("validation", "test"):
-            count = min(data_args.max_eval_samples, len(data[split]))
-            data[split] = data[split].shuffle(seed=data_args.split_seed).select(range(count))
-    cache = data_args.pixel_cache_dir or None
-    first = training_args.main_process_first(desc="preparing pixels") if training_args else contextlib.nullcontext()
-    with first:
-        arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
-        if data_args.tumour_only_dirs:
-            arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
-    return data, arrays
-
-
-def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The tumour-only images (label ANY_TUMOR), split train / validation by near-duplicate
-    group: a slice re-saved at several sizes lies wholly on one side, so validation
-    sensitivity is not inflated by copies of training images."""
-    from datasets import Dataset
-    from datasets import Image as ImageFeature
-
-    paths = load_tumour_only_images(data_args.tumour_only_dirs)
-    groups = near_duplicate_groups([fingerprint(path).phash for path in paths])
-    parts = group_split(groups, data_args.tumour_only_validation_size, data_args.split_seed)
-    arrays = {}
-    for name, indices in zip(("train_tumour_only", "validation_tumour_only"), parts):
-        chosen = [paths[i] for i in indices]
-        split = Dataset.from_dict({"image": chosen, "path": chosen, "label": [ANY_TUMOR] * len(chosen)})
-        arrays[name] = prepare_pixels(split.cast_column("image", ImageFeature()), preprocessor, cache)
-    logger.info("tumour-only images: %d in %d near-duplicate groups; %d train, %d validation",
-                len(paths), groups.max() + 1, len(parts[0]), len(parts[1]))
-    return arrays
-
-
-def _joined(arrays: dict[str, tuple[np.ndarray, np.ndarray]], *names: str) -> "PixelDataset":
-    """One data set of the named splits that exist (e.g. Kaggle train + tumour-only train)."""
-    present = [arrays[name] for name in names if name in arrays]
-    return PixelDataset(np.concatenate([p for p, _ in present]), np.concatenate([y for _, y in present]))
-
-
-def _load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_names: Sequence[str]) -> PixelPack:
-    """A pixel pack, checked against this run's settings, cut to the sample limits."""
-    pack = read_pixel_pack(data_args.pixel_pack)
-    if asdict(pack.preprocessor) != asdict(preprocessor):
-        raise InvalidArgumentError(
-            f"The pixel pack {data_args.pixel_pack} was prepared with {asdict(pack.preprocessor)}, "
-            f"but this run asks for {asdict(preprocessor)}; write a new pack with these settings."
-        )
-    if list(pack.class_names) != list(class_names):
-        raise InvalidArgumentError(f"The pixel pack holds classes {pack.class_names}, this run trains {list(class_names)}.")
-    rng = np.random.default_rng(data_args.split_seed)
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
-    for name, limit in limits.items():
-        if limit and name in pack.arrays and limit < len(pack.arrays[name][1]):
-            keep = np.sort(rng.permutation(len(pack.arrays[name][1]))[:limit])
-            pack.arrays[name] = tuple(array[keep] for array in pack.arrays[name])
-            if name == "test":
-                pack.test_clean = None  # indices of the full split no longer apply
-    return pack
-
 
 def _reliability(val_logits: np.ndarray, val_labels: np.ndarray, temperature: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Validation probabilities before and after calibration, for the reliability diagram."""
     return {"before": (softmax(val_logits), val_labels), "after": (softmax(val_logits, temperature), val_labels)}
 
-
-def _duplicate_check(data) -> Any:
-    references = image_sources(data["train"]) + image_sources(data["validation"])
-    return find_duplicates(references, image_sources(data["test"]))
 
 
 def run_training(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> TrainingResult:
@@ -651,46 +204,33 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     if data_args.pixel_pack and data_args.write_pixel_pack:
         raise InvalidArgumentError("--write_pixel_pack makes a pack from data_dir; it cannot be combined with --pixel_pack.")
     if data_args.pixel_pack:
-        data, pack = None, _load_pack(data_args, preprocessor, class_names)
+        data, pack = None, load_pack(data_args, preprocessor, class_names)
         arrays = pack.arrays
     else:
-        data, arrays = _load_splits(data_args, preprocessor, training_args)
+        data, arrays = load_splits(data_args, preprocessor, training_args)
     if data_args.write_pixel_pack:
         path = Path(data_args.write_pixel_pack)
         if training_args.process_index == 0:
-            duplicates = _duplicate_check(data)
+            duplicates = duplicate_check(data)
             pack = PixelPack(arrays, preprocessor, list(class_names), duplicates.clean_queries, duplicates.summary(), str(data_args.data_dir))
             write_pixel_pack(path, pack, jpeg_quality=data_args.pixel_pack_jpeg_quality)
         return TrainingResult(path, {"pixel_pack": {name: len(labels) for name, (_, labels) in arrays.items()}})
     sets = {name: PixelDataset(*arrays[name]) for name in arrays}
 
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else None
-
     def make_model(trial=None):
-        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else model_args.dropout
-        return create_model(
-            model_args.backbone,
-            class_names=class_names,
-            from_scratch=model_args.from_scratch,
-            checkpoint=model_args.checkpoint,
-            image_size=model_args.image_size,
-            dropout=dropout,
-            config_overrides=overrides,
-        )
+        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
+        return create_run_model(model_args, class_names, dropout=dropout)
 
-    weights = class_weights(arrays["train"][1], len(class_names))
-    loss = make_loss_function(model_args.loss, weights=weights, label_smoothing=model_args.label_smoothing,
-                              focal_gamma=model_args.focal_gamma, tumor_columns=tumor_columns_of(class_names))
     common = dict(
         augmentation=data_args.augmentation(),
-        loss_function=loss,
+        loss_function=make_run_loss(model_args, class_names, arrays["train"][1]),
         early_stopping_patience=model_args.early_stopping_patience,
         class_names=class_names,
     )
     # The Trainer trains on Kaggle train plus the tumour-only train images, and evaluates
     # on both validation parts (accuracy on the first, sensitivity on the second).
-    train_set = _joined(arrays, "train", "train_tumour_only")
-    eval_set = _joined(arrays, "validation", "validation_tumour_only")
+    train_set = joined_dataset(arrays, "train", "train_tumour_only")
+    eval_set = joined_dataset(arrays, "validation", "validation_tumour_only")
     best = None
     if model_args.hp_search_trials > 0:
         searcher = build_trainer(None, preprocessor, train_set, eval_set, training_args, model_init=make_model, **common)
@@ -740,7 +280,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             if data is None:
                 clean, summary = pack.test_clean, pack.duplicates
             else:
-                duplicates = _duplicate_check(data)
+                duplicates = duplicate_check(data)
                 clean, summary = duplicates.clean_queries, duplicates.summary()
             if clean is not None:
                 metrics["test_without_near_duplicates"] = classification_metrics(arrays["test"][1][clean], test_proba[clean], class_names)
@@ -833,7 +373,7 @@ def make_ensemble(
         data_dir=data_dir or configs[0]["data"]["data_dir"], binary=binary, validation_size=validation_size,
         split_seed=split_seed, pixel_cache_dir=pixel_cache_dir,
     )  # fmt: skip
-    data, arrays = _load_splits(data_args, preprocessor)
+    data, arrays = load_splits(data_args, preprocessor)
     class_names = list(ensemble.config.id2label[i] for i in range(len(ensemble.config.id2label)))
     (val_pixels, val_labels), (test_pixels, test_labels) = arrays["validation"], arrays["test"]
 
@@ -841,7 +381,7 @@ def make_ensemble(
     temperature = fit_temperature(val_logits, val_labels)
     ensemble.temperature = temperature * ensemble.temperature
     test_proba = softmax(_batched_logits(ensemble, test_pixels, preprocessor))
-    duplicates = _duplicate_check(data)
+    duplicates = duplicate_check(data)
     clean = duplicates.clean_queries
     trained = [  # what train_hf.py recorded of each member's run
         json.loads((folder / "metrics.json").read_text()).get("training", {}) if (folder / "metrics.json").is_file() else {}

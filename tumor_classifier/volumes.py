@@ -34,6 +34,11 @@ empty or constant volume, NaN or infinite values, a folder with several series a
 no modality: a head CT in NIfTI reads fine here, and the not-a-brain-MRI check of
 :func:`tumor_classifier.volume_prediction.predict_volume` has to catch it.
 
+This module holds the entry points (:func:`load_volume`, :func:`read_raw`) and BraTS
+cases; the readers live in :mod:`tumor_classifier.volume_formats` (sniffing, NIfTI, the
+shared checks) and :mod:`tumor_classifier.dicom`, orientation, window and head slices in
+:mod:`tumor_classifier.volume_slices`.
+
 Example:
     >>> volume = load_volume("scan.nii.gz")                       # doctest: +SKIP
     >>> volume.slices.shape, volume.plane                          # doctest: +SKIP
@@ -45,7 +50,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from dataclasses import dataclass, field
@@ -54,28 +58,33 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .exceptions import InvalidDatasetError, InvalidVolumeError, MissingDependencyError
+from .dicom import _dicom_files_raw, _dicom_folder_raw
+from .exceptions import InvalidDatasetError, InvalidVolumeError
+from .volume_formats import (
+    _KIND_WORDS,
+    ACCEPTED_VOLUMES,
+    MAX_VOXELS,
+    MRI_MODALITIES,
+    _check_array,
+    _nifti_raw,
+    _Raw,
+    _require,
+    sniff,
+)
+from .volume_slices import PLANES, WINDOW_PERCENTILES, apply_window, cut, head_slices, robust_window
 
-#: Planes :func:`load_volume` can cut a volume in.
-PLANES = ("axial", "coronal", "sagittal")
-#: The percentiles of the intensity window (low of all voxels, high of the head's).
-WINDOW_PERCENTILES = (0.5, 99.5)
-#: Largest volume read, in voxels (before a time point is chosen): 1024 x 1024 x 1024.
-MAX_VOXELS = 1024**3
-#: DICOM modalities read as MRI.
-MRI_MODALITIES = ("MR",)
+# Reading lives in volume_formats (sniffing, NIfTI) and dicom, slice geometry and
+# intensities in volume_slices; their public names stay importable from here.
+__all__ = [
+    "ACCEPTED_VOLUMES", "BRATS_ALIASES", "BRATS_SEQUENCES", "MAX_VOXELS", "MRI_MODALITIES", "PLANES",
+    "WINDOW_PERCENTILES", "BratsCase", "Volume", "apply_window", "brats_slice_dataset", "cut",
+    "find_brats_files", "head_slices", "iter_brats_slices", "load_brats_case", "load_volume", "read_raw",
+    "robust_window", "sniff",
+]
+
 #: BraTS 2023 sequence names, and the 2021 names they replace.
 BRATS_SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
 BRATS_ALIASES = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
-
-ACCEPTED_VOLUMES = (
-    "a NIfTI file (.nii, .nii.gz), a DICOM file (single slice or enhanced multi-frame), a folder holding "
-    "one DICOM series (or several, with series_uid), a nibabel image, or a numpy array (n_slices, H, W)"
-)
-
-# Axis letters of RAS+ after canonicalisation: 0 = x (left -> right), 1 = y (posterior ->
-# anterior), 2 = z (inferior -> superior).
-_SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
 @dataclass
@@ -110,31 +119,6 @@ class Volume:
 
     def __len__(self) -> int:
         return int(self.slices.shape[0])
-
-
-@dataclass
-class _Raw:
-    """Voxels (x, y, z) in float32 with a RAS+ affine (voxel index -> mm), before cutting."""
-
-    data: np.ndarray
-    affine: np.ndarray | None
-    source: str
-    modality: str | None = None
-    series_uid: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _require(module: str):
-    """Imports nibabel or pydicom, or says how to install them (the ``[volumes]`` extra)."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(
-            f"Reading volumes needs {module}, which is not installed: pip install 'tumor-classifier[volumes]' "
-            "(nibabel and pydicom)."
-        ) from None
 
 
 # ----------------------------------------------------------------------------- public
@@ -224,446 +208,6 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
     if kind == "dicom":
         return _dicom_files_raw([path], path.name, None, time_point, single_file=True)
     raise InvalidVolumeError(f"{path.name} is {_KIND_WORDS.get(kind, kind)}, not a volume; accepted: {ACCEPTED_VOLUMES}.")
-
-
-def cut(data: np.ndarray, affine: np.ndarray, plane: str = "axial") -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Turns voxels to RAS+ and cuts them into display slices of one plane.
-
-    Args:
-        data: float array (x, y, z) with ``affine`` mapping voxel indices to mm.
-        affine: float (4, 4).
-        plane: ``axial``, ``coronal`` or ``sagittal``.
-
-    Returns:
-        ``(slices, spacing)``: float32 (n, H, W) as described in the module docstring,
-        and ``(between slices, pixel, pixel)`` in mm.
-    """
-    nib = _require("nibabel")
-
-    ornt = nib.orientations.io_orientation(affine)
-    data = nib.orientations.apply_orientation(data, ornt)
-    input_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    zooms = np.empty(3)
-    zooms[ornt[:, 0].astype(int)] = input_zooms  # input axis i became output axis ornt[i, 0]
-    if plane == "axial":  # rows: anterior at the top; columns: patient right on the left
-        slices = data[::-1, ::-1, :].transpose(2, 1, 0)
-        row_mm, col_mm = zooms[1], zooms[0]
-    elif plane == "coronal":  # rows: superior at the top; columns: patient right on the left
-        slices = data[::-1, :, ::-1].transpose(1, 2, 0)
-        row_mm, col_mm = zooms[2], zooms[0]
-    else:  # sagittal, rows: superior at the top; columns: anterior on the left
-        slices = data[:, ::-1, ::-1].transpose(0, 2, 1)
-        row_mm, col_mm = zooms[2], zooms[1]
-    slices = np.ascontiguousarray(slices, dtype=np.float32)
-    pixel = float(min(row_mm, col_mm))
-    if abs(row_mm - col_mm) > 0.01 * pixel:
-        slices = _resample_in_plane(slices, row_mm / pixel, col_mm / pixel)
-    return slices, (float(zooms[_SLICE_AXIS[plane]]), pixel, pixel)
-
-
-def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES, what: str = "volume") -> tuple[float, float]:
-    """The intensity window of a volume: see the module docstring.
-
-    Raises:
-        InvalidVolumeError: The volume is constant (nothing to show).
-    """
-    flat = data.reshape(-1)
-    if flat.size > 4_000_000:  # percentiles of a strided sample: the same to a grey level
-        flat = flat[:: flat.size // 2_000_000]
-    minimum = float(flat.min())
-    head = flat[flat > minimum]
-    if head.size == 0:
-        raise InvalidVolumeError(
-            f"The {what} is empty: every voxel is {minimum:g}. A volume needs some signal to classify."
-        )
-    low = float(np.percentile(flat, percentiles[0]))
-    high = float(np.percentile(head, percentiles[1]))
-    if high <= low:
-        high = float(head.max())
-    return low, high
-
-
-def apply_window(data: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Maps ``[low, high]`` linearly to uint8 0-255 (clipped): uint8 array of ``data``'s shape."""
-    low, high = window
-    scaled = (data.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def head_slices(slices: np.ndarray, min_fraction: float = 0.25, threshold: float = 0.1) -> np.ndarray:
-    """Which slices are inside the head: enough bright pixels, relative to the fullest slice.
-
-    A pixel is head when it exceeds ``threshold`` of the volume's bright level (the
-    99.5th percentile of its non-zero pixels). A slice counts when its head area is at
-    least ``min_fraction`` of the largest slice's; the caps of the head (a few bright
-    pixels at the top or bottom) and empty slices do not.
-
-    Args:
-        slices: uint8 (n, H, W).
-        min_fraction: Share of the largest head area a slice must reach.
-        threshold: Share of the bright level that counts as head.
-
-    Returns:
-        bool array (n,).
-    """
-    nonzero = slices[slices > 0]
-    if nonzero.size == 0:
-        return np.zeros(len(slices), dtype=bool)
-    bright = float(np.percentile(nonzero, 99.5))
-    area = (slices > threshold * bright).reshape(len(slices), -1).sum(axis=1)
-    return area >= max(1, min_fraction * area.max())
-
-
-# ----------------------------------------------------------------------------- sniffing
-
-_KIND_WORDS = {
-    "nifti": "NIfTI",
-    "nifti-gz": "gzip-compressed NIfTI",
-    "dicom": "DICOM",
-    "gzip": "a gzip file that is not NIfTI",
-    "empty": "an empty file (0 bytes)",
-    "other": "not NIfTI nor DICOM",
-}
-
-
-def sniff(path: Path) -> str:
-    """What a file holds, from its first bytes: ``nifti``, ``nifti-gz``, ``dicom``, ``gzip``, ``empty`` or ``other``."""
-    with open(path, "rb") as handle:
-        head = handle.read(352)
-    if not head:
-        return "empty"
-    if head[:2] == b"\x1f\x8b":
-        try:
-            with gzip.open(path, "rb") as handle:
-                inner = handle.read(352)
-        except (OSError, EOFError):
-            return "gzip"
-        return "nifti-gz" if _is_nifti(inner) else "gzip"
-    if _is_nifti(head):
-        return "nifti"
-    if head[128:132] == b"DICM":
-        return "dicom"
-    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and _looks_like_bare_dicom(path):
-        return "dicom"  # old files without the 128-byte preamble
-    return "other"
-
-
-def _is_nifti(head: bytes) -> bool:
-    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return True
-    return len(head) >= 8 and head[4:8] in (b"n+2\x00", b"ni2\x00")
-
-
-def _looks_like_bare_dicom(path: Path) -> bool:
-    pydicom = _require("pydicom")
-
-    try:
-        pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["Modality", "SOPClassUID"])
-        return True
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not DICOM
-        return False
-
-
-# ----------------------------------------------------------------------------- NIfTI
-
-
-def _nifti_raw(image: Any, what: str, time_point: int | None) -> _Raw:
-    shape = tuple(int(s) for s in image.shape)
-    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        raise InvalidVolumeError(f"{what} has shape {shape}: more than {MAX_VOXELS} voxels, too large to read.")
-    try:
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:  # noqa: BLE001 - truncated or damaged data
-        raise InvalidVolumeError(f"The voxels of {what} could not be read ({type(error).__name__}: {error}).") from None
-    if data.dtype.names is not None or np.iscomplexobj(data):
-        raise InvalidVolumeError(f"{what} holds {data.dtype} voxels (RGB or complex); a volume of real intensities is accepted.")
-    notes: list[str] = []
-    data = _check_array(data, what, time_point, slices_first=False, notes=notes)
-    return _Raw(data, np.asarray(image.affine, dtype=np.float64), what, notes=notes)
-
-
-def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
-    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
-    if time_point is None:
-        raise InvalidVolumeError(
-            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}."
-        )
-    if not 0 <= time_point < count:
-        raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {count} time points (0..{count - 1}).")
-
-
-def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_first: bool, notes: list[str] | None = None) -> np.ndarray:
-    """Checks the dimensions and values of voxels; picks a time point of a 4-D one."""
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
-        raise InvalidVolumeError(f"{what} holds {data.dtype} values; a volume of real intensities is accepted.")
-    while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
-        data = data[..., 0]
-    if data.ndim == 4:
-        count = data.shape[-1] if not slices_first else data.shape[0]
-        _check_time_point(
-            time_point, count, what, f"{what} is 4-D, shape {data.shape}: {count} time points or channels",
-            "; a 3-D volume is accepted as it is",
-        )
-        data = data[..., time_point] if not slices_first else data[time_point]
-        if notes is not None:
-            notes.append(f"4-D volume: time point {time_point} of {count} read.")
-    elif time_point not in (None, 0):
-        raise InvalidVolumeError(f"time_point={time_point} was given but {what} is {data.ndim}-D with no time axis.")
-    if data.ndim != 3:
-        raise InvalidVolumeError(
-            f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). "
-            "A single 2-D slice goes through TumorClassifier.predict instead."
-        )
-    if 0 in data.shape:
-        raise InvalidVolumeError(f"{what} is empty (shape {data.shape}); a volume needs at least one voxel along each of its 3 axes.")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise InvalidVolumeError(
-            f"{what} holds {bad} NaN or infinite voxel(s); only finite intensities can be windowed to grey levels. "
-            "Replace them first (for example with numpy.nan_to_num)."
-        )
-    return data.astype(np.float32, copy=False)
-
-
-def _resample_in_plane(slices: np.ndarray, row_factor: float, col_factor: float) -> np.ndarray:
-    """Bilinear resampling of each slice so pixels become square (factors >= 1 enlarge)."""
-    import torch
-    import torch.nn.functional as F
-
-    n, height, width = slices.shape
-    size = (max(1, int(round(height * row_factor))), max(1, int(round(width * col_factor))))
-    tensor = torch.from_numpy(np.ascontiguousarray(slices))[:, None]
-    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-
-
-# ----------------------------------------------------------------------------- DICOM
-
-
-@dataclass
-class _Frame:
-    """One 2-D frame of a DICOM series, its geometry and where its pixels are."""
-
-    path: Path
-    frame: int | None  # index in a multi-frame file
-    position: np.ndarray | None  # ImagePositionPatient, mm (LPS)
-    orientation: np.ndarray | None  # ImageOrientationPatient (6,)
-    spacing: tuple[float, float] | None  # PixelSpacing (row, column) mm
-    order: tuple  # time / instance keys that order frames sharing a position
-    rescale: tuple[float, float]  # slope, intercept
-    shape: tuple[int, int]
-
-
-def _dicom_folder_raw(folder: Path, series_uid: str | None, time_point: int | None) -> _Raw:
-    pydicom = _require("pydicom")
-
-    series: dict[str, list[Path]] = {}
-    described: dict[str, str] = {}
-    skipped = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.name.upper() == "DICOMDIR" or sniff(path) != "dicom":
-            skipped += 1
-            continue
-        try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-        except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
-            skipped += 1
-            continue
-        if "PixelData" not in header and "SeriesInstanceUID" not in header:
-            skipped += 1
-            continue
-        uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
-        series.setdefault(uid, []).append(path)
-        described.setdefault(
-            uid,
-            f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
-            f"'{header.get('SeriesDescription', '')}'",
-        )
-    if not series:
-        raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
-    if series_uid is None and len(series) > 1:
-        listing = "; ".join(f"{described[uid]}, {len(paths)} files)" for uid, paths in sorted(series.items()))
-        raise InvalidVolumeError(
-            f"The folder {folder} holds {len(series)} DICOM series; choose one with series_uid= "
-            f"(--series-uid on the command line). Series found: {listing}."
-        )
-    if series_uid is not None and series_uid not in series:
-        raise InvalidVolumeError(f"The folder {folder} has no series {series_uid!r}; series found: {', '.join(sorted(series))}.")
-    uid = series_uid or next(iter(series))
-    return _dicom_files_raw(series[uid], str(folder), uid, time_point, single_file=False)
-
-
-def _float(value: Any, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
-    """The frames of one file, classic or enhanced multi-frame, with their geometry."""
-    count = int(_float(dataset.get("NumberOfFrames", 1), 1))
-    shape = (int(dataset.Rows), int(dataset.Columns))
-    shared = dataset.get("SharedFunctionalGroupsSequence")
-    shared = shared[0] if shared else None
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-
-    def group(item: Any, name: str, attribute: str):
-        for source in (item, shared):
-            if source is not None and name in source and source[name].value:
-                value = source[name].value[0].get(attribute)
-                if value is not None:
-                    return value
-        return None
-
-    frames = []
-    for index in range(count):
-        item = per_frame[index] if per_frame and index < len(per_frame) else None
-        if count > 1 or item is not None:
-            position = group(item, "PlanePositionSequence", "ImagePositionPatient") or (dataset.get("ImagePositionPatient") if count == 1 else None)
-            orientation = group(item, "PlaneOrientationSequence", "ImageOrientationPatient") or dataset.get("ImageOrientationPatient")
-            spacing = group(item, "PixelMeasuresSequence", "PixelSpacing") or dataset.get("PixelSpacing")
-            slope = group(item, "PixelValueTransformationSequence", "RescaleSlope")
-            intercept = group(item, "PixelValueTransformationSequence", "RescaleIntercept")
-            temporal = group(item, "FrameContentSequence", "TemporalPositionIndex")
-            stack = group(item, "FrameContentSequence", "InStackPositionNumber")
-        else:
-            position = dataset.get("ImagePositionPatient")
-            orientation = dataset.get("ImageOrientationPatient")
-            spacing = dataset.get("PixelSpacing")
-            slope, intercept, temporal, stack = None, None, None, None
-        slope = _float(slope if slope is not None else dataset.get("RescaleSlope", 1), 1.0)
-        intercept = _float(intercept if intercept is not None else dataset.get("RescaleIntercept", 0), 0.0)
-        temporal = temporal if temporal is not None else dataset.get("TemporalPositionIdentifier")
-        order = (
-            _float(temporal, 0.0),
-            _float(dataset.get("TriggerTime"), 0.0),
-            str(dataset.get("AcquisitionTime", "")),
-            _float(dataset.get("InstanceNumber"), 0.0),
-            _float(stack, 0.0),
-            index,
-        )
-        frames.append(
-            _Frame(
-                path,
-                index if count > 1 else None,
-                np.asarray([float(v) for v in position]) if position is not None else None,
-                np.asarray([float(v) for v in orientation]) if orientation is not None else None,
-                (float(spacing[0]), float(spacing[1])) if spacing is not None else None,
-                order,
-                (slope, intercept),
-                shape,
-            )
-        )
-    return frames
-
-
-def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_point: int | None, *, single_file: bool) -> _Raw:
-    pydicom = _require("pydicom")
-
-    frames: list[_Frame] = []
-    modality = None
-    datasets: dict[Path, Any] = {}
-    for path in paths:
-        try:
-            dataset = pydicom.dcmread(str(path), force=True)
-        except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on damaged files
-            raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
-        this_modality = str(dataset.get("Modality", "")).upper() or None
-        if this_modality is not None and this_modality not in MRI_MODALITIES:
-            raise InvalidVolumeError(
-                f"{path.name} is a {this_modality} image (DICOM Modality {this_modality!r}), not MRI; this model was "
-                "trained on brain MRI slices only and gives no tumour type for other modalities. Accepted: DICOM "
-                f"with Modality {' or '.join(MRI_MODALITIES)}."
-            )
-        modality = modality or this_modality
-        if "PixelData" not in dataset:
-            raise InvalidVolumeError(f"{path.name} is DICOM without pixel data (a report, structure set ...), not an image.")
-        if int(dataset.get("SamplesPerPixel", 1)) != 1:
-            raise InvalidVolumeError(
-                f"{path.name} holds colour pixels ({dataset.get('PhotometricInterpretation', '?')}); MRI series are "
-                "grayscale (SamplesPerPixel 1)."
-            )
-        uid = uid or (str(dataset.SeriesInstanceUID) if "SeriesInstanceUID" in dataset else None)
-        datasets[path] = dataset
-        frames.extend(_frames_of(path, dataset))
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise InvalidVolumeError(f"The series in {what} mixes image sizes {sorted(shapes)}; one series has one size.")
-    notes: list[str] = []
-    geometry = all(f.position is not None and f.orientation is not None for f in frames)
-    if geometry:
-        orientations = np.stack([f.orientation for f in frames])
-        if np.abs(orientations - orientations[0]).max() > 1e-3:
-            raise InvalidVolumeError(
-                f"The series in {what} mixes slice orientations (a localiser with several planes?); one volume has one."
-            )
-        row_cos, col_cos = orientations[0][:3], orientations[0][3:]
-        normal = np.cross(row_cos, col_cos)
-        distance = np.array([float(f.position @ normal) for f in frames])
-        ordered = sorted(range(len(frames)), key=lambda i: (round(distance[i], 2), frames[i].order))
-    else:
-        ordered = list(range(len(frames)))  # stored order: nothing says better
-        notes.append("No slice positions in the DICOM header: frames kept in stored order.")
-    # Group frames that share a position: more than one per position is a 4-D series.
-    if geometry:
-        keys = [round(distance[i], 2) for i in ordered]
-        positions = sorted(set(keys))
-        groups = [[i for i, k in zip(ordered, keys) if k == p] for p in positions]
-    else:
-        groups = [[i] for i in ordered]
-    counts = {len(g) for g in groups}
-    if len(counts) > 1:
-        raise InvalidVolumeError(
-            f"The series in {what} has {len(positions)} slice positions holding between {min(counts)} and {max(counts)} "
-            "images each; a volume (or a 4-D series) has the same number at every position. Is a slice missing, or "
-            "are two series mixed?"
-        )
-    repeats = counts.pop()
-    if repeats > 1:
-        _check_time_point(time_point, repeats, what, f"{what} is a 4-D series: {len(groups)} slice positions x {repeats} time points")
-        chosen = [g[time_point] for g in groups]
-        notes.append(f"4-D series: time point {time_point} of {repeats} read.")
-    else:
-        if time_point not in (None, 0):
-            raise InvalidVolumeError(f"time_point={time_point} was given but {what} has one image per slice position.")
-        chosen = [g[0] for g in groups]
-    pixels = []
-    cache: dict[Path, np.ndarray] = {}
-    for index in chosen:
-        frame = frames[index]
-        if frame.path not in cache:
-            try:
-                cache[frame.path] = datasets[frame.path].pixel_array
-            except Exception as error:  # noqa: BLE001 - missing codecs, truncated data
-                raise InvalidVolumeError(
-                    f"The pixels of {frame.path.name} could not be decoded ({type(error).__name__}: {error})."
-                ) from None
-        array = cache[frame.path]
-        plane = array[frame.frame] if frame.frame is not None else array
-        slope, intercept = frame.rescale
-        pixels.append(plane.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    stack = np.stack(pixels)  # (k, rows, columns)
-    if not np.isfinite(stack).all():
-        raise InvalidVolumeError(f"{what} holds NaN or infinite pixel values; only finite intensities can be windowed.")
-    data = stack.transpose(2, 1, 0)  # (columns, rows, k): voxel (i, j, k) as DICOM indexes it
-    if not geometry:
-        return _Raw(np.ascontiguousarray(data), None, what, modality, uid, notes)
-    first = frames[chosen[0]]
-    row_mm, col_mm = first.spacing if first.spacing is not None else (1.0, 1.0)
-    if first.spacing is None:
-        notes.append("No PixelSpacing in the DICOM header: 1 mm pixels assumed.")
-    if len(chosen) > 1:
-        step = (frames[chosen[-1]].position - first.position) / (len(chosen) - 1)
-    else:
-        thickness = _float(datasets[first.path].get("SpacingBetweenSlices", datasets[first.path].get("SliceThickness", 1.0)), 1.0)
-        step = np.cross(first.orientation[:3], first.orientation[3:]) * thickness
-    lps = np.eye(4)
-    lps[:3, 0] = first.orientation[:3] * col_mm  # along a row: the column index i
-    lps[:3, 1] = first.orientation[3:] * row_mm  # down a column: the row index j
-    lps[:3, 2] = step
-    lps[:3, 3] = first.position
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS -> RAS
-    return _Raw(np.ascontiguousarray(data), affine, what, modality, uid, notes)
 
 
 # ----------------------------------------------------------------------------- BraTS

@@ -1,0 +1,339 @@
+"""The dispatcher: :func:`compute_attributions` checks its arguments, picks the method
+(``"auto"``: :func:`default_method`), runs it under the model's attribution state and
+returns masked, normalised maps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..exceptions import InvalidArgumentError, InvalidImageError
+from .cam import _CAM_SPECS, CAM_METHODS, _cam, _cam_groups
+from .gradients import _SMOOTHGRAD_SPECS, _integrated_gradients, _smoothgrad
+from .layers import _model_type
+from .logits import LogitsModel, _ContrastModel, _unwrap
+from .maps import _display, _head_masks, _normalise
+from .occlusion import _occlusion
+from .state import _attribution_state, _autograd_ready
+
+#: Every method :func:`compute_attributions` accepts (besides ``"auto"``).
+METHODS = ("gradcam", "integrated_gradients", "occlusion", *CAM_METHODS[1:], *_SMOOTHGRAD_SPECS)
+
+
+def default_method(model: torch.nn.Module) -> str:
+    """The method ``"auto"`` resolves to for ``model``.
+
+    * EfficientNet-Lite -> ``"hirescam"`` (on the stride-16 stage). Rule: the best
+      pointing game (then mass in box) among the methods that cost at most about 3x
+      ``predict``. Evidence: 60 tumour slices with boxes (the first 20 per class of
+      ``../shared/data/tumour-boxes``; head-masked maps; one CPU thread) on the shipped
+      EfficientNet-Lite0 (ImageNet-pretrained, fine-tuned at 128 px; commit of
+      2026-11-30). Pointing game (all / glioma / meningioma / pituitary), mass in box,
+      and explain time with predict at 22-100 ms on a loaded machine:
+
+      ==========================  =====  =====  =====  =====  ======  =========
+      hirescam                    51.7   40     80     35     15.9 %  ~1x
+      hirescam ``versus=notumor`` 46.7   45     80     15     14.4 %  ~1x
+      gradcam                     35.0   50     55      0      8.0 %  ~3x
+      gradcam ``versus=notumor``  38.3   55     60      0      8.3 %  ~1x
+      gradcam_fine                28.3    5     35     45      8.5 %  ~2.5x
+      gradcam_plusplus            23.3   10     40     20      8.5 %  ~1x
+      integrated_gradients, 4     48.3   30     95     20     13.1 %  ~23x
+      ==========================  =====  =====  =====  =====  ======  =========
+
+      The head's centre points at the tumour in 40 % of these slices: HiResCAM beats
+      that model-free baseline, Grad-CAM does not. On all 600 slices
+      (``benchmarks/localisation.py --threads 1``): hirescam 46.5 % (41.0 / 70.5 /
+      28.0), mass in box 13.3 %, 3.8x ``predict`` with the overlay; gradcam 29.3 %
+      (2.8x); gradcam_fine 24.5 %; gradcam_plusplus 14.5 %; the head's centre 31.2 %.
+      Pituitary boxes are small and every method misses most of them.
+    * ConvNeXt (one model or an ensemble), ResNet -> ``"gradcam"``. On the fine-tuned
+      ConvNeXt shipped before (40-80-160-320, 128 px; commit 277909b), 60 slices: every
+      method within the budget peaked on the scalp and skull (gradcam 5.0 %,
+      gradcam_fine 6.7 %, gradcam_multiscale 5.0 %, hirescam 3.3 %, gradcam_plusplus
+      8.3 % pointing game); only Integrated Gradients beat the head's centre (46.7 %
+      with 32 steps, 51.7 % with 4, at 39x and 8x ``predict``). Their pointing games do
+      not differ beyond chance, so the cheapest is kept (the only one computed in the
+      prediction's own pass). On the ensemble of four such ConvNeXt before it: gradcam
+      5.0 %, gradcam_fine 13.3 %, gradcam_multiscale 20.0 %.
+    * ViT -> ``"integrated_gradients"``. Evidence: 18 tiny ViTs (32 px, patch 4, 2
+      blocks, seeds 0-9 / 0-7) trained for 60 steps to tell noise with a bright 8 px
+      square from noise without (half of them with a bright bar in *every* image as a
+      skull-like distractor), scored by the share of map mass inside the square divided
+      by the square's area share (1.0 = chance, 16 = perfect). Grad-CAM (on the tokens the
+      last block reads, see :func:`attribution_layer`) was below chance for 2 of 18
+      models (0.07x, 0.6x) and near zero (< 0.5x) on its worst image for 4 of 18: the
+      sign of a patch token's weight x activation is unstable in a ViT, and the ReLU then
+      keeps the wrong tokens. Integrated Gradients was below chance only for the one
+      model that had not learned the task (accuracy 0.89, Grad-CAM failed there too),
+      with mean 6-13x elsewhere, and had the higher mean on 11 of 18. Hooking the
+      block's input before its LayerNorm instead was worse still. Both methods passed the
+      model-randomisation check (map correlation with an untrained model's <= 0.25).
+      IG costs ``n_steps`` (32) forward/backward passes against Grad-CAM's one, which is
+      acceptable for single-image explanations. Occlusion localised best on ViTs but
+      needs ~700 passes at 224 px, too slow for a default.
+    * Anything else -> ``"integrated_gradients"``, which needs no knowledge of the
+      architecture (the Grad-CAM family needs a layer, see :func:`attribution_layer`).
+    * An ensemble -> the choice for its members' backbone (Integrated Gradients if the
+      members mix backbones).
+
+    Args:
+        model: The classification model (optionally wrapped in :class:`LogitsModel`).
+
+    Returns:
+        One of :data:`METHODS`.
+    """
+    model_type = _model_type(model)
+    if model_type == "efficientnet_lite":
+        return "hirescam"
+    if model_type in ("convnext", "resnet"):
+        return "gradcam"
+    return "integrated_gradients"  # ViT (evidence above) and any other model
+
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"`{name}` must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _check_pixel_values(pixel_values: Any) -> torch.Tensor:
+    if not isinstance(pixel_values, torch.Tensor):
+        raise InvalidImageError(
+            f"pixel_values must be a torch.Tensor (n, C, h, w), got {type(pixel_values).__name__}."
+        )
+    if pixel_values.ndim != 4 or 0 in pixel_values.shape:
+        raise InvalidImageError(
+            f"pixel_values must have shape (n, C, h, w) with no empty dimension, got "
+            f"{tuple(pixel_values.shape)}."
+        )
+    if not pixel_values.is_floating_point():
+        raise InvalidImageError(
+            f"pixel_values must be a float tensor (normalised as the model takes it), got "
+            f"{pixel_values.dtype}."
+        )
+    if not torch.isfinite(pixel_values).all():
+        raise InvalidImageError("pixel_values contains NaN or infinite values.")
+    return pixel_values
+
+
+def _check_target(target: Any, n: int, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    try:
+        tensor = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InvalidArgumentError(f"target must be class indices, got {target!r}.") from error
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise InvalidArgumentError(f"target must hold integer class indices, got {tensor.dtype}.")
+    if tensor.ndim == 0:  # one class for every image is a convenient shorthand
+        tensor = tensor.expand(n)
+    if tensor.shape != (n,):
+        raise InvalidArgumentError(
+            f"target must have shape ({n},) to match pixel_values, got {tuple(tensor.shape)}."
+        )
+    num_labels = getattr(getattr(_unwrap(model), "config", None), "num_labels", None)
+    upper = num_labels if isinstance(num_labels, int) and num_labels > 0 else None
+    if (tensor < 0).any() or (upper is not None and (tensor >= upper).any()):
+        raise InvalidArgumentError(
+            f"target holds class indices {tensor.tolist()} outside [0, {upper or 'num_classes'})."
+        )
+    return tensor.to(device=device, dtype=torch.long)
+
+
+def _check_baseline(baseline: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Expands ``baseline`` (None, scalar, (C,), (1, C, 1, 1), ... ) to ``pixel_values``' shape."""
+    if baseline is None:
+        baseline = 0.0
+    try:
+        tensor = torch.as_tensor(baseline, dtype=pixel_values.dtype, device=pixel_values.device)
+        if tensor.ndim == 1 and tensor.numel() == pixel_values.shape[1] != 1:
+            tensor = tensor.view(1, -1, 1, 1)  # one value per channel, e.g. normalised black
+        return tensor.expand_as(pixel_values)
+    except (TypeError, ValueError, RuntimeError) as error:
+        got = tuple(getattr(baseline, "shape", ())) or type(baseline).__name__
+        raise InvalidArgumentError(
+            f"baseline must be a scalar or a tensor broadcastable to pixel_values "
+            f"{tuple(pixel_values.shape)} (typically (1, C, 1, 1)), got {got}."
+        ) from error
+
+
+
+def _non_negative_number(name: str, value: Any, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(value) and value >= 0 and (upper is None or value <= upper)
+    ):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise InvalidArgumentError(f"`{name}` must be a finite number >= 0{bound}, got {value!r}.")
+    return float(value)
+
+
+def compute_attributions(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    target: torch.Tensor | Sequence[int] | int | None,
+    method: str = "gradcam",
+    *,
+    internal_batch_size: int = 16,
+    n_steps: int = 32,
+    baseline: torch.Tensor | float | None = None,
+    occlusion_window: int = 16,
+    occlusion_stride: int = 8,
+    layer: torch.nn.Module | Sequence[Any] | None = None,
+    head_only: bool = True,
+    n_samples: int = 16,
+    noise_level: float = 0.15,
+    clip_percentile: float = 99.0,
+    smoothing_sigma: float = 2.0,
+    seed: int = 0,
+    versus: int | None = None,
+    return_logits: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Attribution maps of ``target`` for each image, one ``[0, 1]`` map per image.
+
+    The model comes back in the train/eval mode and with the ``requires_grad`` flags it
+    had, no hook stays attached, and no parameter ``.grad`` is touched. Calls on one
+    model from several threads run one after another (a per-model lock), so each gets
+    the maps a single-threaded call would.
+
+    Ensembles (a module with a ``members`` ModuleList, e.g.
+    :class:`~tumor_classifier.ensemble.EnsembleForImageClassification`): SmoothGrad,
+    Integrated Gradients and Occlusion attribute the ensemble's logits. The Grad-CAM
+    family runs one forward pass of the ensemble (so ``target=None`` is the *ensemble's*
+    predicted class and ``return_logits`` gives the ensemble's logits), computes each
+    member's raw map (ReLU of the gradient-weighted activations of its layer, before any
+    normalisation) from the gradient of the ensemble's target logit, and averages these
+    raw maps per stage. The ensemble's logit is the mean of the members' logits over a
+    positive temperature, so each member's raw map is its own map times the same positive
+    constant: a member whose logit reacts more strongly to its features weighs more, as
+    it does in the ensemble's decision. ``gradcam_multiscale`` then masks, scales and
+    combines the stages' member-averaged maps.
+
+    Args:
+        model: A Hugging Face ``ConvNextForImageClassification``,
+            ``ViTForImageClassification``, ``ResNetForImageClassification`` or
+            EfficientNet-Lite, an ensemble of them, or any ``nn.Module`` whose
+            ``forward(pixel_values)`` returns logits or an output with ``.logits`` (the
+            Grad-CAM family on such a model needs ``layer``).
+        pixel_values: Float tensor ``(n, C, h, w)`` exactly as the model takes it (already
+            normalised), on the model's device.
+        target: Class index to explain per image: int tensor / sequence ``(n,)``, or one
+            int for all images. ``None`` (Grad-CAM family only, :data:`CAM_METHODS`): the
+            predicted class, taken from the same forward pass, so explaining a prediction
+            costs one forward and one backward pass in all.
+        method: One of :data:`METHODS`, or ``"auto"`` for :func:`default_method`.
+        internal_batch_size: Most model inputs per forward pass (images for the Grad-CAM
+            family, interpolation steps x images for IG, noisy copies for SmoothGrad,
+            occluded copies x images for Occlusion); bounds memory.
+        n_steps: Integrated Gradients interpolation steps (Gauss-Legendre).
+        baseline: The "absence of signal" input for IG and Occlusion, in the model's
+            *normalised* space: a scalar, a ``(C,)`` / ``(1, C, 1, 1)`` tensor, or anything
+            broadcastable to ``pixel_values``. Default 0, which is the dataset *mean* after
+            mean/std normalisation, not black. This module does not know the normalisation,
+            so the caller should pass the normalised black value,
+            ``(0 - mean) / std`` per channel, as a ``(1, C, 1, 1)`` tensor.
+        occlusion_window: Side in pixels of the occluding square (clipped to the image).
+        occlusion_stride: Step in pixels between occluding squares (clipped to the window).
+        layer: Module(s) the Grad-CAM family hooks; default :func:`attribution_layer` of
+            each stage the method reads. A module, or a list / tuple / ``nn.ModuleList`` of
+            modules whose raw maps are averaged (what an ensemble's layer is); for several
+            stages, a list of such lists, one per stage. Outputs must be
+            ``(n, C, h', w')`` or tokens ``(n, T, D)``.
+        head_only: Zero every map outside the head mask of its input (see the module
+            docstring), before normalisation. An input where no head is found keeps its map.
+        n_samples: SmoothGrad: noisy copies per image.
+        noise_level: SmoothGrad: noise standard deviation as a fraction of the image's
+            value range (max - min); Smilkov et al. recommend 0.1 to 0.2.
+        clip_percentile: SmoothGrad display: values above this percentile (over the head,
+            in ``[0, 100]``; 100 keeps all) are clipped to it.
+        smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none).
+        seed: SmoothGrad: seed of the noise (maps are repeatable).
+        versus: A class index to explain against (every method): the map of class ``c``
+            then shows the evidence for ``logit_c - logit_versus``, what makes the image
+            ``c`` rather than ``versus``, instead of everything that raises ``logit_c``
+            (including what all classes share). Images whose target *is* ``versus`` get
+            the map of their own logit. ``None``: plain logits.
+        return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
+            the Grad-CAM family's own forward pass, or one extra pass for the other methods).
+
+    Returns:
+        Float32 array ``(n, h, w)`` in ``[0, 1]``, each map min-max normalised on its own;
+        positive evidence only (ReLU of the CAM maps, positive part of the channel-summed
+        IG / Occlusion attribution, the SmoothGrad magnitude); a map without positive
+        evidence is all zero. With ``return_logits`` a tuple ``(maps, logits)``.
+
+    Raises:
+        InvalidArgumentError: (a ``ValueError``) Unknown method, unknown model type for the Grad-CAM family, a
+            bad ``target``, ``baseline``, ``layer`` or size argument.
+        InvalidImageError: ``pixel_values`` is not a finite float ``(n, C, h, w)`` tensor.
+
+    Example:
+        >>> maps = compute_attributions(model, pixel_values, None, "gradcam_fine")  # doctest: +SKIP
+        >>> maps.shape, float(maps.max())                                          # doctest: +SKIP
+        ((1, 128, 128), 1.0)
+    """
+    if method == "auto":
+        method = default_method(model)
+    if method not in METHODS:
+        raise InvalidArgumentError(
+            f"Unknown attribution method {method!r}; accepted methods are "
+            f"{', '.join(METHODS)} (or 'auto')."
+        )
+    pixel_values = _check_pixel_values(pixel_values)
+    batch_size = _positive_int("internal_batch_size", internal_batch_size)
+    n_steps = _positive_int("n_steps", n_steps)
+    window = _positive_int("occlusion_window", occlusion_window)
+    stride = _positive_int("occlusion_stride", occlusion_stride)
+    n_samples = _positive_int("n_samples", n_samples)
+    noise_level = _non_negative_number("noise_level", noise_level)
+    clip_percentile = _non_negative_number("clip_percentile", clip_percentile, upper=100.0)
+    smoothing_sigma = _non_negative_number("smoothing_sigma", smoothing_sigma)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidArgumentError(f"`seed` must be an integer, got {seed!r}.")
+    spec = _CAM_SPECS.get(method)
+    if target is None and spec is None:
+        raise InvalidArgumentError(
+            f"target=None (the predicted class) is supported for the CAM methods only "
+            f"({', '.join(_CAM_SPECS)}), not {method!r}."
+        )
+    if target is not None:
+        target = _check_target(target, pixel_values.shape[0], model, pixel_values.device)
+    if versus is not None:
+        versus = int(_check_target(versus, 1, model, pixel_values.device)[0])
+    groups = _cam_groups(model, spec, layer) if spec is not None else []
+    logits_model = LogitsModel(model)
+
+    with _attribution_state(model):
+        # Tensors made under the caller's `torch.inference_mode()` cannot enter autograd;
+        # a copy made here (outside inference mode) can.
+        pixel_values = _autograd_ready(pixel_values)
+        target = None if target is None else _autograd_ready(target)
+        heads = _head_masks(pixel_values) if head_only else None
+        logits = None
+        if spec is not None:
+            maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads, versus)
+        else:
+            explained = logits_model if versus is None else _ContrastModel(logits_model, versus)
+            if method in _SMOOTHGRAD_SPECS:
+                maps = _smoothgrad(explained, pixel_values, target, batch_size, n_samples, noise_level, int(seed),
+                                   **_SMOOTHGRAD_SPECS[method])
+                if heads is not None:
+                    maps = maps * heads  # before clipping: the percentile is the head's
+                maps = _display(maps, heads, clip_percentile, smoothing_sigma)
+            else:
+                base = _autograd_ready(_check_baseline(baseline, pixel_values))
+                if method == "integrated_gradients":
+                    maps = _integrated_gradients(explained, pixel_values, target, base, batch_size, n_steps)
+                else:
+                    maps = _occlusion(explained, pixel_values, target, base, batch_size, window, stride)
+            if return_logits:
+                with torch.no_grad():
+                    logits = torch.cat([logits_model(pixel_values[i : i + batch_size]) for i in range(0, pixel_values.shape[0], batch_size)])
+        if heads is not None:
+            maps = maps * heads.to(maps.device)
+    if return_logits:
+        return _normalise(maps), logits.detach().float().cpu().numpy()
+    return _normalise(maps)

@@ -1,0 +1,80 @@
+"""Post-processing of raw maps: the head mask, percentile clipping and blur, min-max normalisation.
+
+Shared by every method, so a map means the same whatever produced it (see the package
+docstring for the format).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..augmentation import head_mask
+
+
+def _normalise(maps: torch.Tensor) -> np.ndarray:
+    """Per-map min-max to ``[0, 1]``; a map with no spread (e.g. all zero) becomes all zero."""
+    maps = torch.nan_to_num(maps.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).cpu()
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    spread = flat.max(dim=1, keepdim=True).values - low
+    # A constant map says nothing about *where* the evidence is; zero keeps the overlay
+    # showing the plain scan instead of one flat colour.
+    scaled = torch.where(spread > 0, (flat - low) / spread.clamp_min(1e-30), torch.zeros_like(flat))
+    return scaled.clamp_(0.0, 1.0).reshape(maps.shape).numpy().astype(np.float32, copy=False)
+
+
+
+def _head_masks(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Float masks ``(n, h, w)``: 1 on the head of each model input, 0 elsewhere.
+
+    :func:`~tumor_classifier.augmentation.head_mask` compares pixels with levels taken
+    from the image's own quantiles and maximum, so it gives the same mask for any
+    increasing affine map of the intensities: the mean over channels of the normalised
+    input (``(x - mean_c) / std_c`` of a grey scan repeated on the channels) is one, and
+    this module need not know the normalisation. An image where no head is found (no
+    contrast) gets an all-one mask: its map is left as it is rather than blanked.
+    """
+    grey = pixel_values.detach().float().mean(dim=1, keepdim=True)
+    masks = head_mask(grey)[:, 0]
+    found = masks.flatten(1).any(dim=1)
+    return (masks | ~found[:, None, None]).float()
+
+
+
+def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(n, h, w)`` maps, ``sigma`` in pixels (0: unchanged)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-offsets.pow(2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    images = maps[:, None]
+    images = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    images = F.conv2d(F.pad(images, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return images[:, 0]
+
+
+def _display(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float, sigma: float) -> torch.Tensor:
+    """Pixel-level maps made readable: clipped at their ``percentile`` (within the head), then blurred.
+
+    Clipping first: the few largest gradients (often single pixels) would otherwise get
+    the whole colour scale. Blurring after clipping turns the clipped plateau into a peak
+    where the strongest pixels lie densest, so the maximum is not just the first pixel
+    of a plateau.
+    """
+    maps = maps.float()
+    if percentile < 100:
+        clipped = []
+        for index, single in enumerate(maps):
+            inside = single if heads is None else single[heads[index] > 0]
+            if inside.numel():
+                ceiling = torch.quantile(inside.flatten(), percentile / 100.0)
+                single = torch.minimum(single, ceiling)
+            clipped.append(single)
+        maps = torch.stack(clipped)
+    return _gaussian_blur(maps, sigma)

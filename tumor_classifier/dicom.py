@@ -1,0 +1,245 @@
+"""DICOM series in, raw voxels out: one file (single slice or enhanced multi-frame) or a folder.
+
+Slices are sorted by their position along the slice normal (``ImagePositionPatient``),
+never by file name or instance number; a folder with several series needs
+``series_uid``; a ``Modality`` other than MR is refused. See
+:mod:`tumor_classifier.volumes` for what happens to the voxels next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .exceptions import InvalidVolumeError
+from .volume_formats import ACCEPTED_VOLUMES, MRI_MODALITIES, _check_time_point, _Raw, _require, sniff
+
+
+@dataclass
+class _Frame:
+    """One 2-D frame of a DICOM series, its geometry and where its pixels are."""
+
+    path: Path
+    frame: int | None  # index in a multi-frame file
+    position: np.ndarray | None  # ImagePositionPatient, mm (LPS)
+    orientation: np.ndarray | None  # ImageOrientationPatient (6,)
+    spacing: tuple[float, float] | None  # PixelSpacing (row, column) mm
+    order: tuple  # time / instance keys that order frames sharing a position
+    rescale: tuple[float, float]  # slope, intercept
+    shape: tuple[int, int]
+
+
+def _dicom_folder_raw(folder: Path, series_uid: str | None, time_point: int | None) -> _Raw:
+    pydicom = _require("pydicom")
+
+    series: dict[str, list[Path]] = {}
+    described: dict[str, str] = {}
+    skipped = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.upper() == "DICOMDIR" or sniff(path) != "dicom":
+            skipped += 1
+            continue
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
+            skipped += 1
+            continue
+        if "PixelData" not in header and "SeriesInstanceUID" not in header:
+            skipped += 1
+            continue
+        uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+        series.setdefault(uid, []).append(path)
+        described.setdefault(
+            uid,
+            f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
+            f"'{header.get('SeriesDescription', '')}'",
+        )
+    if not series:
+        raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
+    if series_uid is None and len(series) > 1:
+        listing = "; ".join(f"{described[uid]}, {len(paths)} files)" for uid, paths in sorted(series.items()))
+        raise InvalidVolumeError(
+            f"The folder {folder} holds {len(series)} DICOM series; choose one with series_uid= "
+            f"(--series-uid on the command line). Series found: {listing}."
+        )
+    if series_uid is not None and series_uid not in series:
+        raise InvalidVolumeError(f"The folder {folder} has no series {series_uid!r}; series found: {', '.join(sorted(series))}.")
+    uid = series_uid or next(iter(series))
+    return _dicom_files_raw(series[uid], str(folder), uid, time_point, single_file=False)
+
+
+def _float(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
+    """The frames of one file, classic or enhanced multi-frame, with their geometry."""
+    count = int(_float(dataset.get("NumberOfFrames", 1), 1))
+    shape = (int(dataset.Rows), int(dataset.Columns))
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    shared = shared[0] if shared else None
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+
+    def group(item: Any, name: str, attribute: str):
+        for source in (item, shared):
+            if source is not None and name in source and source[name].value:
+                value = source[name].value[0].get(attribute)
+                if value is not None:
+                    return value
+        return None
+
+    frames = []
+    for index in range(count):
+        item = per_frame[index] if per_frame and index < len(per_frame) else None
+        if count > 1 or item is not None:
+            position = group(item, "PlanePositionSequence", "ImagePositionPatient") or (dataset.get("ImagePositionPatient") if count == 1 else None)
+            orientation = group(item, "PlaneOrientationSequence", "ImageOrientationPatient") or dataset.get("ImageOrientationPatient")
+            spacing = group(item, "PixelMeasuresSequence", "PixelSpacing") or dataset.get("PixelSpacing")
+            slope = group(item, "PixelValueTransformationSequence", "RescaleSlope")
+            intercept = group(item, "PixelValueTransformationSequence", "RescaleIntercept")
+            temporal = group(item, "FrameContentSequence", "TemporalPositionIndex")
+            stack = group(item, "FrameContentSequence", "InStackPositionNumber")
+        else:
+            position = dataset.get("ImagePositionPatient")
+            orientation = dataset.get("ImageOrientationPatient")
+            spacing = dataset.get("PixelSpacing")
+            slope, intercept, temporal, stack = None, None, None, None
+        slope = _float(slope if slope is not None else dataset.get("RescaleSlope", 1), 1.0)
+        intercept = _float(intercept if intercept is not None else dataset.get("RescaleIntercept", 0), 0.0)
+        temporal = temporal if temporal is not None else dataset.get("TemporalPositionIdentifier")
+        order = (
+            _float(temporal, 0.0),
+            _float(dataset.get("TriggerTime"), 0.0),
+            str(dataset.get("AcquisitionTime", "")),
+            _float(dataset.get("InstanceNumber"), 0.0),
+            _float(stack, 0.0),
+            index,
+        )
+        frames.append(
+            _Frame(
+                path,
+                index if count > 1 else None,
+                np.asarray([float(v) for v in position]) if position is not None else None,
+                np.asarray([float(v) for v in orientation]) if orientation is not None else None,
+                (float(spacing[0]), float(spacing[1])) if spacing is not None else None,
+                order,
+                (slope, intercept),
+                shape,
+            )
+        )
+    return frames
+
+
+def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_point: int | None, *, single_file: bool) -> _Raw:
+    pydicom = _require("pydicom")
+
+    frames: list[_Frame] = []
+    modality = None
+    datasets: dict[Path, Any] = {}
+    for path in paths:
+        try:
+            dataset = pydicom.dcmread(str(path), force=True)
+        except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+            raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
+        this_modality = str(dataset.get("Modality", "")).upper() or None
+        if this_modality is not None and this_modality not in MRI_MODALITIES:
+            raise InvalidVolumeError(
+                f"{path.name} is a {this_modality} image (DICOM Modality {this_modality!r}), not MRI; this model was "
+                "trained on brain MRI slices only and gives no tumour type for other modalities. Accepted: DICOM "
+                f"with Modality {' or '.join(MRI_MODALITIES)}."
+            )
+        modality = modality or this_modality
+        if "PixelData" not in dataset:
+            raise InvalidVolumeError(f"{path.name} is DICOM without pixel data (a report, structure set ...), not an image.")
+        if int(dataset.get("SamplesPerPixel", 1)) != 1:
+            raise InvalidVolumeError(
+                f"{path.name} holds colour pixels ({dataset.get('PhotometricInterpretation', '?')}); MRI series are "
+                "grayscale (SamplesPerPixel 1)."
+            )
+        uid = uid or (str(dataset.SeriesInstanceUID) if "SeriesInstanceUID" in dataset else None)
+        datasets[path] = dataset
+        frames.extend(_frames_of(path, dataset))
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise InvalidVolumeError(f"The series in {what} mixes image sizes {sorted(shapes)}; one series has one size.")
+    notes: list[str] = []
+    geometry = all(f.position is not None and f.orientation is not None for f in frames)
+    if geometry:
+        orientations = np.stack([f.orientation for f in frames])
+        if np.abs(orientations - orientations[0]).max() > 1e-3:
+            raise InvalidVolumeError(
+                f"The series in {what} mixes slice orientations (a localiser with several planes?); one volume has one."
+            )
+        row_cos, col_cos = orientations[0][:3], orientations[0][3:]
+        normal = np.cross(row_cos, col_cos)
+        distance = np.array([float(f.position @ normal) for f in frames])
+        ordered = sorted(range(len(frames)), key=lambda i: (round(distance[i], 2), frames[i].order))
+    else:
+        ordered = list(range(len(frames)))  # stored order: nothing says better
+        notes.append("No slice positions in the DICOM header: frames kept in stored order.")
+    # Group frames that share a position: more than one per position is a 4-D series.
+    if geometry:
+        keys = [round(distance[i], 2) for i in ordered]
+        positions = sorted(set(keys))
+        groups = [[i for i, k in zip(ordered, keys) if k == p] for p in positions]
+    else:
+        groups = [[i] for i in ordered]
+    counts = {len(g) for g in groups}
+    if len(counts) > 1:
+        raise InvalidVolumeError(
+            f"The series in {what} has {len(positions)} slice positions holding between {min(counts)} and {max(counts)} "
+            "images each; a volume (or a 4-D series) has the same number at every position. Is a slice missing, or "
+            "are two series mixed?"
+        )
+    repeats = counts.pop()
+    if repeats > 1:
+        _check_time_point(time_point, repeats, what, f"{what} is a 4-D series: {len(groups)} slice positions x {repeats} time points")
+        chosen = [g[time_point] for g in groups]
+        notes.append(f"4-D series: time point {time_point} of {repeats} read.")
+    else:
+        if time_point not in (None, 0):
+            raise InvalidVolumeError(f"time_point={time_point} was given but {what} has one image per slice position.")
+        chosen = [g[0] for g in groups]
+    pixels = []
+    cache: dict[Path, np.ndarray] = {}
+    for index in chosen:
+        frame = frames[index]
+        if frame.path not in cache:
+            try:
+                cache[frame.path] = datasets[frame.path].pixel_array
+            except Exception as error:  # noqa: BLE001 - missing codecs, truncated data
+                raise InvalidVolumeError(
+                    f"The pixels of {frame.path.name} could not be decoded ({type(error).__name__}: {error})."
+                ) from None
+        array = cache[frame.path]
+        plane = array[frame.frame] if frame.frame is not None else array
+        slope, intercept = frame.rescale
+        pixels.append(plane.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+    stack = np.stack(pixels)  # (k, rows, columns)
+    if not np.isfinite(stack).all():
+        raise InvalidVolumeError(f"{what} holds NaN or infinite pixel values; only finite intensities can be windowed.")
+    data = stack.transpose(2, 1, 0)  # (columns, rows, k): voxel (i, j, k) as DICOM indexes it
+    if not geometry:
+        return _Raw(np.ascontiguousarray(data), None, what, modality, uid, notes)
+    first = frames[chosen[0]]
+    row_mm, col_mm = first.spacing if first.spacing is not None else (1.0, 1.0)
+    if first.spacing is None:
+        notes.append("No PixelSpacing in the DICOM header: 1 mm pixels assumed.")
+    if len(chosen) > 1:
+        step = (frames[chosen[-1]].position - first.position) / (len(chosen) - 1)
+    else:
+        thickness = _float(datasets[first.path].get("SpacingBetweenSlices", datasets[first.path].get("SliceThickness", 1.0)), 1.0)
+        step = np.cross(first.orientation[:3], first.orientation[3:]) * thickness
+    lps = np.eye(4)
+    lps[:3, 0] = first.orientation[:3] * col_mm  # along a row: the column index i
+    lps[:3, 1] = first.orientation[3:] * row_mm  # down a column: the row index j
+    lps[:3, 2] = step
+    lps[:3, 3] = first.position
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS -> RAS
+    return _Raw(np.ascontiguousarray(data), affine, what, modality, uid, notes)

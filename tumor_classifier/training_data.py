@@ -1,0 +1,110 @@
+"""The data a training run reads: the splits as prepared pixels, from the images or a pixel pack.
+
+:func:`load_splits` carves train / validation from the data folder (with the label audit
+and the sample limits applied) and adds the tumour-only images split by near-duplicate
+group; :func:`load_pack` reads the same splits from a pixel pack instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict
+from typing import Any, Sequence
+
+import numpy as np
+from transformers import TrainingArguments
+
+from .data import (
+    ANY_TUMOR,
+    find_duplicates,
+    fingerprint,
+    group_split,
+    image_sources,
+    load_mri_dataset,
+    load_tumour_only_images,
+    near_duplicate_groups,
+)
+from .exceptions import InvalidArgumentError
+from .label_audit import apply_label_audit_to_dataset, read_label_audit
+from .pixels import PixelDataset, PixelPack, prepare_pixels, read_pixel_pack
+from .preprocessing import MRIPreprocessor
+from .training_arguments import DataArguments
+
+logger = logging.getLogger(__name__)
+
+
+def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, training_args: TrainingArguments | None = None):
+    """The data set's splits (``datasets``) and their prepared pixels."""
+    data = load_mri_dataset(
+        data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed
+    )
+    if data_args.label_audit:
+        entries = read_label_audit(data_args.label_audit)
+        for name in ("train", "validation"):  # both carved from the training folder; never test
+            data[name] = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir)
+    if data_args.max_train_samples:
+        data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
+    if data_args.max_eval_samples:
+        for split in ("validation", "test"):
+            count = min(data_args.max_eval_samples, len(data[split]))
+            data[split] = data[split].shuffle(seed=data_args.split_seed).select(range(count))
+    cache = data_args.pixel_cache_dir or None
+    first = training_args.main_process_first(desc="preparing pixels") if training_args else contextlib.nullcontext()
+    with first:
+        arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
+        if data_args.tumour_only_dirs:
+            arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
+    return data, arrays
+
+
+def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The tumour-only images (label ANY_TUMOR), split train / validation by near-duplicate
+    group: a slice re-saved at several sizes lies wholly on one side, so validation
+    sensitivity is not inflated by copies of training images."""
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    paths = load_tumour_only_images(data_args.tumour_only_dirs)
+    groups = near_duplicate_groups([fingerprint(path).phash for path in paths])
+    parts = group_split(groups, data_args.tumour_only_validation_size, data_args.split_seed)
+    arrays = {}
+    for name, indices in zip(("train_tumour_only", "validation_tumour_only"), parts):
+        chosen = [paths[i] for i in indices]
+        split = Dataset.from_dict({"image": chosen, "path": chosen, "label": [ANY_TUMOR] * len(chosen)})
+        arrays[name] = prepare_pixels(split.cast_column("image", ImageFeature()), preprocessor, cache)
+    logger.info("tumour-only images: %d in %d near-duplicate groups; %d train, %d validation",
+                len(paths), groups.max() + 1, len(parts[0]), len(parts[1]))
+    return arrays
+
+
+def joined_dataset(arrays: dict[str, tuple[np.ndarray, np.ndarray]], *names: str) -> "PixelDataset":
+    """One data set of the named splits that exist (e.g. Kaggle train + tumour-only train)."""
+    present = [arrays[name] for name in names if name in arrays]
+    return PixelDataset(np.concatenate([p for p, _ in present]), np.concatenate([y for _, y in present]))
+
+
+def load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_names: Sequence[str]) -> PixelPack:
+    """A pixel pack, checked against this run's settings, cut to the sample limits."""
+    pack = read_pixel_pack(data_args.pixel_pack)
+    if asdict(pack.preprocessor) != asdict(preprocessor):
+        raise InvalidArgumentError(
+            f"The pixel pack {data_args.pixel_pack} was prepared with {asdict(pack.preprocessor)}, "
+            f"but this run asks for {asdict(preprocessor)}; write a new pack with these settings."
+        )
+    if list(pack.class_names) != list(class_names):
+        raise InvalidArgumentError(f"The pixel pack holds classes {pack.class_names}, this run trains {list(class_names)}.")
+    rng = np.random.default_rng(data_args.split_seed)
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
+    for name, limit in limits.items():
+        if limit and name in pack.arrays and limit < len(pack.arrays[name][1]):
+            keep = np.sort(rng.permutation(len(pack.arrays[name][1]))[:limit])
+            pack.arrays[name] = tuple(array[keep] for array in pack.arrays[name])
+            if name == "test":
+                pack.test_clean = None  # indices of the full split no longer apply
+    return pack
+
+
+def duplicate_check(data) -> Any:
+    references = image_sources(data["train"]) + image_sources(data["validation"])
+    return find_duplicates(references, image_sources(data["test"]))

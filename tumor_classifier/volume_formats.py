@@ -1,0 +1,164 @@
+"""What a volume file is and its raw voxels: sniffing, NIfTI, the checks every reader shares.
+
+Readers return a :class:`_Raw` (voxels (x, y, z) float32 and a RAS+ affine, before any
+orientation or window); :mod:`tumor_classifier.dicom` reads DICOM into the same shape and
+:func:`tumor_classifier.volumes.read_raw` picks the reader. nibabel and pydicom are
+optional (the ``[volumes]`` extra) and imported on first use (:func:`_require`).
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exceptions import InvalidVolumeError, MissingDependencyError
+
+#: Largest volume read, in voxels (before a time point is chosen): 1024 x 1024 x 1024.
+MAX_VOXELS = 1024**3
+#: DICOM modalities read as MRI.
+MRI_MODALITIES = ("MR",)
+
+ACCEPTED_VOLUMES = (
+    "a NIfTI file (.nii, .nii.gz), a DICOM file (single slice or enhanced multi-frame), a folder holding "
+    "one DICOM series (or several, with series_uid), a nibabel image, or a numpy array (n_slices, H, W)"
+)
+
+
+@dataclass
+class _Raw:
+    """Voxels (x, y, z) in float32 with a RAS+ affine (voxel index -> mm), before cutting."""
+
+    data: np.ndarray
+    affine: np.ndarray | None
+    source: str
+    modality: str | None = None
+    series_uid: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _require(module: str):
+    """Imports nibabel or pydicom, or says how to install them (the ``[volumes]`` extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(
+            f"Reading volumes needs {module}, which is not installed: pip install 'tumor-classifier[volumes]' "
+            "(nibabel and pydicom)."
+        ) from None
+
+
+# ----------------------------------------------------------------------------- sniffing
+
+_KIND_WORDS = {
+    "nifti": "NIfTI",
+    "nifti-gz": "gzip-compressed NIfTI",
+    "dicom": "DICOM",
+    "gzip": "a gzip file that is not NIfTI",
+    "empty": "an empty file (0 bytes)",
+    "other": "not NIfTI nor DICOM",
+}
+
+
+def sniff(path: Path) -> str:
+    """What a file holds, from its first bytes: ``nifti``, ``nifti-gz``, ``dicom``, ``gzip``, ``empty`` or ``other``."""
+    with open(path, "rb") as handle:
+        head = handle.read(352)
+    if not head:
+        return "empty"
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as handle:
+                inner = handle.read(352)
+        except (OSError, EOFError):
+            return "gzip"
+        return "nifti-gz" if _is_nifti(inner) else "gzip"
+    if _is_nifti(head):
+        return "nifti"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and _looks_like_bare_dicom(path):
+        return "dicom"  # old files without the 128-byte preamble
+    return "other"
+
+
+def _is_nifti(head: bytes) -> bool:
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return True
+    return len(head) >= 8 and head[4:8] in (b"n+2\x00", b"ni2\x00")
+
+
+def _looks_like_bare_dicom(path: Path) -> bool:
+    pydicom = _require("pydicom")
+
+    try:
+        pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["Modality", "SOPClassUID"])
+        return True
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not DICOM
+        return False
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+def _nifti_raw(image: Any, what: str, time_point: int | None) -> _Raw:
+    shape = tuple(int(s) for s in image.shape)
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise InvalidVolumeError(f"{what} has shape {shape}: more than {MAX_VOXELS} voxels, too large to read.")
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # noqa: BLE001 - truncated or damaged data
+        raise InvalidVolumeError(f"The voxels of {what} could not be read ({type(error).__name__}: {error}).") from None
+    if data.dtype.names is not None or np.iscomplexobj(data):
+        raise InvalidVolumeError(f"{what} holds {data.dtype} voxels (RGB or complex); a volume of real intensities is accepted.")
+    notes: list[str] = []
+    data = _check_array(data, what, time_point, slices_first=False, notes=notes)
+    return _Raw(data, np.asarray(image.affine, dtype=np.float64), what, notes=notes)
+
+
+def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
+    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
+    if time_point is None:
+        raise InvalidVolumeError(
+            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}."
+        )
+    if not 0 <= time_point < count:
+        raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {count} time points (0..{count - 1}).")
+
+
+def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_first: bool, notes: list[str] | None = None) -> np.ndarray:
+    """Checks the dimensions and values of voxels; picks a time point of a 4-D one."""
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
+        raise InvalidVolumeError(f"{what} holds {data.dtype} values; a volume of real intensities is accepted.")
+    while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
+        data = data[..., 0]
+    if data.ndim == 4:
+        count = data.shape[-1] if not slices_first else data.shape[0]
+        _check_time_point(
+            time_point, count, what, f"{what} is 4-D, shape {data.shape}: {count} time points or channels",
+            "; a 3-D volume is accepted as it is",
+        )
+        data = data[..., time_point] if not slices_first else data[time_point]
+        if notes is not None:
+            notes.append(f"4-D volume: time point {time_point} of {count} read.")
+    elif time_point not in (None, 0):
+        raise InvalidVolumeError(f"time_point={time_point} was given but {what} is {data.ndim}-D with no time axis.")
+    if data.ndim != 3:
+        raise InvalidVolumeError(
+            f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). "
+            "A single 2-D slice goes through TumorClassifier.predict instead."
+        )
+    if 0 in data.shape:
+        raise InvalidVolumeError(f"{what} is empty (shape {data.shape}); a volume needs at least one voxel along each of its 3 axes.")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise InvalidVolumeError(
+            f"{what} holds {bad} NaN or infinite voxel(s); only finite intensities can be windowed to grey levels. "
+            "Replace them first (for example with numpy.nan_to_num)."
+        )
+    return data.astype(np.float32, copy=False)

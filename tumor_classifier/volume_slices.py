@@ -1,0 +1,121 @@
+"""From voxels to display slices: orientation and plane, square pixels, the intensity window, head slices.
+
+No file is read here: the functions take voxels (and their affine) from
+:mod:`tumor_classifier.volume_formats` / :mod:`tumor_classifier.dicom`, as
+:func:`tumor_classifier.volumes.load_volume` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .exceptions import InvalidVolumeError
+from .volume_formats import _require
+
+#: Planes :func:`load_volume` can cut a volume in.
+PLANES = ("axial", "coronal", "sagittal")
+#: The percentiles of the intensity window (low of all voxels, high of the head's).
+WINDOW_PERCENTILES = (0.5, 99.5)
+
+# Axis letters of RAS+ after canonicalisation: 0 = x (left -> right), 1 = y (posterior ->
+# anterior), 2 = z (inferior -> superior).
+_SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def cut(data: np.ndarray, affine: np.ndarray, plane: str = "axial") -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Turns voxels to RAS+ and cuts them into display slices of one plane.
+
+    Args:
+        data: float array (x, y, z) with ``affine`` mapping voxel indices to mm.
+        affine: float (4, 4).
+        plane: ``axial``, ``coronal`` or ``sagittal``.
+
+    Returns:
+        ``(slices, spacing)``: float32 (n, H, W) as the :mod:`tumor_classifier.volumes` docstring describes,
+        and ``(between slices, pixel, pixel)`` in mm.
+    """
+    nib = _require("nibabel")
+
+    ornt = nib.orientations.io_orientation(affine)
+    data = nib.orientations.apply_orientation(data, ornt)
+    input_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = np.empty(3)
+    zooms[ornt[:, 0].astype(int)] = input_zooms  # input axis i became output axis ornt[i, 0]
+    if plane == "axial":  # rows: anterior at the top; columns: patient right on the left
+        slices = data[::-1, ::-1, :].transpose(2, 1, 0)
+        row_mm, col_mm = zooms[1], zooms[0]
+    elif plane == "coronal":  # rows: superior at the top; columns: patient right on the left
+        slices = data[::-1, :, ::-1].transpose(1, 2, 0)
+        row_mm, col_mm = zooms[2], zooms[0]
+    else:  # sagittal, rows: superior at the top; columns: anterior on the left
+        slices = data[:, ::-1, ::-1].transpose(0, 2, 1)
+        row_mm, col_mm = zooms[2], zooms[1]
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    pixel = float(min(row_mm, col_mm))
+    if abs(row_mm - col_mm) > 0.01 * pixel:
+        slices = _resample_in_plane(slices, row_mm / pixel, col_mm / pixel)
+    return slices, (float(zooms[_SLICE_AXIS[plane]]), pixel, pixel)
+
+
+def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES, what: str = "volume") -> tuple[float, float]:
+    """The intensity window of a volume: see the :mod:`tumor_classifier.volumes` docstring.
+
+    Raises:
+        InvalidVolumeError: The volume is constant (nothing to show).
+    """
+    flat = data.reshape(-1)
+    if flat.size > 4_000_000:  # percentiles of a strided sample: the same to a grey level
+        flat = flat[:: flat.size // 2_000_000]
+    minimum = float(flat.min())
+    head = flat[flat > minimum]
+    if head.size == 0:
+        raise InvalidVolumeError(
+            f"The {what} is empty: every voxel is {minimum:g}. A volume needs some signal to classify."
+        )
+    low = float(np.percentile(flat, percentiles[0]))
+    high = float(np.percentile(head, percentiles[1]))
+    if high <= low:
+        high = float(head.max())
+    return low, high
+
+
+def apply_window(data: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Maps ``[low, high]`` linearly to uint8 0-255 (clipped): uint8 array of ``data``'s shape."""
+    low, high = window
+    scaled = (data.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def head_slices(slices: np.ndarray, min_fraction: float = 0.25, threshold: float = 0.1) -> np.ndarray:
+    """Which slices are inside the head: enough bright pixels, relative to the fullest slice.
+
+    A pixel is head when it exceeds ``threshold`` of the volume's bright level (the
+    99.5th percentile of its non-zero pixels). A slice counts when its head area is at
+    least ``min_fraction`` of the largest slice's; the caps of the head (a few bright
+    pixels at the top or bottom) and empty slices do not.
+
+    Args:
+        slices: uint8 (n, H, W).
+        min_fraction: Share of the largest head area a slice must reach.
+        threshold: Share of the bright level that counts as head.
+
+    Returns:
+        bool array (n,).
+    """
+    nonzero = slices[slices > 0]
+    if nonzero.size == 0:
+        return np.zeros(len(slices), dtype=bool)
+    bright = float(np.percentile(nonzero, 99.5))
+    area = (slices > threshold * bright).reshape(len(slices), -1).sum(axis=1)
+    return area >= max(1, min_fraction * area.max())
+
+
+def _resample_in_plane(slices: np.ndarray, row_factor: float, col_factor: float) -> np.ndarray:
+    """Bilinear resampling of each slice so pixels become square (factors >= 1 enlarge)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, height, width = slices.shape
+    size = (max(1, int(round(height * row_factor))), max(1, int(round(width * col_factor))))
+    tensor = torch.from_numpy(np.ascontiguousarray(slices))[:, None]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
