@@ -90,8 +90,8 @@ LARGE_DECODES_AT_ONCE = 2
 _LARGE_DECODES = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
-    ("HiResCAM", "hirescam"),
     ("Grad-CAM", "gradcam"),
+    ("HiResCAM", "hirescam"),
     ("Integrated Gradients", "integrated_gradients"),
     ("Occlusion", "occlusion"),
 )
@@ -902,7 +902,7 @@ def build_app(
     def predict_endpoint(
         file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {_megabytes(max_upload_bytes)}; one per request."),
         method: Literal[("auto", *METHODS)] = Query(  # type: ignore[valid-type]
-            "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (HiResCAM for the shipped EfficientNet-Lite)."
+            "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (Grad-CAM for the shipped EfficientNet-Lite)."
         ),
         opacity: float = Query(DEFAULT_OPACITY, ge=0.0, le=1.0, description="Largest heatmap opacity on the scan."),
         overlay: bool = Query(False, description="Also return the heatmap on the scan as a base64 PNG."),
