@@ -61,15 +61,16 @@ def select_boxes(boxes: dict[str, Box], limit: int | None) -> list[Box]:
     return selected
 
 
-def run_method(clf, randomised, data: Path, boxes: list[Box], method: str, tolerance_px: int) -> list[ImageScore]:
-    """Scores every box for one method; the first image is explained once untimed (warm-up)."""
+def run_method(clf, randomised, data: Path, boxes: list[Box], method: str, tolerance_px: int, **options) -> list[ImageScore]:
+    """Scores every box for one method; the first image is explained once untimed (warm-up).
+    ``options`` go to ``explain`` (``n_samples``, ``n_steps``)."""
     first = data / boxes[0].file
-    clf.explain(first, method)  # lazy imports and first-call allocations stay out of the times
+    clf.explain(first, method, **options)  # lazy imports and first-call allocations stay out of the times
     clf.predict(first)
     scores = []
     start = time.perf_counter()
     for index, box in enumerate(boxes, start=1):
-        scores.append(score_image(clf, data / box.file, box, method, randomised=randomised, tolerance_px=tolerance_px))
+        scores.append(score_image(clf, data / box.file, box, method, randomised=randomised, tolerance_px=tolerance_px, **options))
         if index % 10 == 0 or index == len(boxes):
             print(f"  {method}: {index}/{len(boxes)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return scores
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the randomised model's weights.")
     parser.add_argument("--skip-randomisation", action="store_true", help="Skip the model-randomisation check.")
     parser.add_argument("--json", default=None, help="Write figures and per-image scores to this JSON file.")
+    parser.add_argument("--n-samples", type=int, default=None, help="SmoothGrad's noisy copies (default: explain's).")
+    parser.add_argument("--n-steps", type=int, default=None, help="Integrated Gradients' steps (default: explain's).")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}.")
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries, per_image = {}, {}
     for method in args.methods:
-        scores = run_method(clf, randomised, data, boxes, method, args.tolerance)
+        options = {k: v for k, v in (("n_samples", args.n_samples), ("n_steps", args.n_steps)) if v is not None}
+        scores = run_method(clf, randomised, data, boxes, method, args.tolerance, **options)
         summaries[method] = summarise(scores)
         per_image[method] = [_jsonable(s) for s in scores]
     print(format_tables(summaries))
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": str(data),
             "limit_per_class": args.limit,
             "threads": args.threads,
+            "options": {"n_samples": args.n_samples, "n_steps": args.n_steps},
             "tolerance_px": args.tolerance,
             "randomisation_seed": None if args.skip_randomisation else args.seed,
             "summary": {method: as_records(summary) for method, summary in summaries.items()},
