@@ -36,16 +36,8 @@ import torch
 
 from tumor_classifier import TumorClassifier
 from tumor_classifier.attributions import METHODS
-from tumor_classifier.localisation import (
-    POINTING_TOLERANCE_PX,
-    Box,
-    ImageScore,
-    as_records,
-    randomised_copy,
-    read_boxes,
-    score_image,
-    summarise,
-)
+from tumor_classifier.localisation import POINTING_TOLERANCE_PX, Box, read_boxes
+from tumor_classifier.localisation_runs import ImageScore, as_records, randomised_copy, score_image, summarise
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tumour-boxes"
 

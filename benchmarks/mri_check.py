@@ -560,7 +560,7 @@ def choose_C(table: Table, groups: np.ndarray, train: np.ndarray) -> tuple[float
 
 def testing_without_near_duplicates(table: Table) -> np.ndarray:
     """bool (n,): Kaggle Testing images with no Training image within pHash distance 4."""
-    from tumor_classifier.data import _hamming_matrix
+    from tumor_classifier.duplicates import _hamming_matrix
 
     test = np.flatnonzero(table.source == "kaggle_testing")
     train = table.phash[table.source == "kaggle_training"]

@@ -7,8 +7,8 @@
 * The library writes no environment variable: only entry points do (space/app.py, the
   CLI's ``serve``), so importing ``tumor_classifier.app`` changes nothing process-wide.
 * Argument errors are ``ValueError`` too, so ``except ValueError`` catches them.
-* Imports flow one way below preprocessing: the decoder imports only the exceptions, the
-  augmentation nothing of the package; preprocessing re-exports what moved out of it.
+* Imports flow one way below preprocessing: the decoder (decoding and its parts) imports
+  only the exceptions, the augmentation nothing of the package; preprocessing re-exports what moved out of it.
 """
 
 from __future__ import annotations
@@ -126,7 +126,10 @@ def _package_imports(name: str) -> set[str]:
 
 
 def test_the_decoder_and_the_augmentation_sit_below_preprocessing():
-    assert _package_imports("decoding") == {"exceptions"}
+    decoder = {"decoding", "encoded_images", "grey_levels"}  # decoding and the parts it re-exports
+    for name in decoder:
+        assert _package_imports(name) <= decoder | {"exceptions"}, f"{name} imports {_package_imports(name)}"
+    assert _package_imports("encoded_images") == {"exceptions"}
     assert _package_imports("augmentation") == set()
     assert {"decoding", "augmentation"} <= _package_imports("preprocessing")
 

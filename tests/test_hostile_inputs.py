@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tumor_classifier import InvalidImageError, load_image
-from tumor_classifier import decoding
+from tumor_classifier import decoding, encoded_images
 from tumor_classifier.preprocessing import MAX_DECODED_SIDE, MAX_FILE_BYTES, MAX_IMAGE_SIDE
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is in the test extra")
@@ -227,7 +227,7 @@ def test_a_file_over_the_byte_limit_is_refused_and_never_read_whole(places, monk
     if procfs.exists():
         with pytest.raises(InvalidImageError, match="not an image in a format"):
             load_image(procfs)
-    monkeypatch.setattr(decoding, "MAX_FILE_BYTES", 1000)  # the decoder reads its own global
+    monkeypatch.setattr(encoded_images, "MAX_FILE_BYTES", 1000)  # the reader reads its own global
     (places["folder"] / "big.png").write_bytes(_encode(_scan(256), "PNG", compress_level=0))
     with pytest.raises(InvalidImageError, match="bytes; files up to 1000 bytes are accepted"):
         load_image(places["folder"] / "big.png")

@@ -1,4 +1,4 @@
-"""Tests of tumor_classifier.localisation: scores with known answers, and one image end to end.
+"""Tests of tumor_classifier.localisation and localisation_runs: scores with known answers, one image end to end.
 
 The scores are checked on synthetic maps and boxes small enough to count by hand; the
 end-to-end tests run the benchmark's per-image step (and the script's ``main``) on the
@@ -18,20 +18,8 @@ import pytest
 from PIL import Image
 
 from tumor_classifier.exceptions import InvalidDatasetError, InvalidImageError, TumorClassifierError
-from tumor_classifier.localisation import (
-    Box,
-    ImageScore,
-    class_attribution,
-    head_mask,
-    mass_in_box,
-    mass_in_mask,
-    pointing_game,
-    randomised_copy,
-    rank_correlation,
-    read_boxes,
-    score_image,
-    summarise,
-)
+from tumor_classifier.localisation import Box, head_mask, mass_in_box, mass_in_mask, pointing_game, rank_correlation, read_boxes
+from tumor_classifier.localisation_runs import ImageScore, class_attribution, randomised_copy, score_image, summarise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -29,17 +29,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .data import (
-    BINARY_CLASS_NAMES,
-    CLASS_NAMES,
-    NEAR_DUPLICATE_DISTANCE,
-    ImageFingerprint,
-    _hamming_matrix,
-    canonical_class_name,
-    fingerprint,
-    to_binary_label,
-)
+from .data import BINARY_CLASS_NAMES, CLASS_NAMES, canonical_class_name, to_binary_label
 from .decoding import load_image
+from .duplicates import NEAR_DUPLICATE_DISTANCE, ImageFingerprint, _hamming_matrix, fingerprint
 from .exceptions import InvalidDatasetError
 
 if TYPE_CHECKING:
@@ -328,13 +320,13 @@ def mirror_fingerprints(sources: Sequence[Any]) -> tuple[list[ImageFingerprint],
     """Fingerprints of each image and of its left-right mirror image, decoding each once.
 
     The SHA-256 is of the grayscale pixels (so an "L" and an "RGB" copy of a slice match),
-    the pHash as :func:`~tumor_classifier.data.fingerprint` computes it.
+    the pHash as :func:`~tumor_classifier.duplicates.fingerprint` computes it.
 
     Args:
         sources: Image sources (paths, bytes, PIL images, arrays).
 
     Returns:
-        ``(plain, mirrored)``, each one :class:`~tumor_classifier.data.ImageFingerprint`
+        ``(plain, mirrored)``, each one :class:`~tumor_classifier.duplicates.ImageFingerprint`
         per source.
 
     Raises:
@@ -405,7 +397,7 @@ def find_cross_class_duplicates(
 
     Args:
         items: ``(image source, class name)`` pairs; sources as for
-            :func:`~tumor_classifier.data.fingerprint` (paths, bytes, PIL images, arrays).
+            :func:`~tumor_classifier.duplicates.fingerprint` (paths, bytes, PIL images, arrays).
             Mix splits (Training and Testing items) to find groups across them.
         threshold: pHash Hamming distance at or below which two images are near duplicates.
         mirror: Also match left-right mirror images.
