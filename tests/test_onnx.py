@@ -6,11 +6,15 @@ two-member ensemble, run by real onnxruntime sessions on the shipped MRI slices.
 
 import json
 import shutil
+import socket
+import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
 import pytest
+import requests
 
 from tumor_classifier import MRIPreprocessor, TumorClassifier
 from tumor_classifier.cli import main
@@ -143,3 +147,37 @@ def test_without_onnxruntime_the_error_says_what_to_install(saved_model, monkeyp
 def test_an_unknown_backend_is_refused(saved_model):
     with pytest.raises(ValueError, match="Unknown backend 'tensorrt'; choose one of torch, onnx"):
         TumorClassifier.from_pretrained(saved_model, backend="tensorrt")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_with_the_onnx_backend_answers_as_torch(model_with_graph, test_images):
+    """`tumor-classifier serve --backend onnx` in its own process, asked over real HTTP."""
+    folder, image = model_with_graph, test_images[0][0]
+    port = _free_port()
+    code = "import sys; from tumor_classifier.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "serve", "--model", str(folder), "--port", str(port), "--backend", "onnx"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.monotonic() + 300, None
+        while answer is None and server.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(image, "rb") as handle:
+                    answer = requests.post(f"http://127.0.0.1:{port}/api/v1/predict", files={"file": (image.name, handle, "image/jpeg")}, timeout=60)
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert answer is not None, f"the server did not answer (exit code {server.poll()})"
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    assert "onnx backend, heatmaps in torch" in out, (out, err)
+    body = answer.json()
+    expected = TumorClassifier.from_pretrained(folder).verdicts([image])[0]
+    assert body["class"] == expected.label
+    assert max(abs(body["probabilities"][c] - p) for c, p in expected.probabilities.items()) <= TOLERANCE
+    assert abs(body["mri_score"] - expected.mri_score) <= 1e-5 and body["not_brain_mri"] is (not expected.brain_mri)
