@@ -181,3 +181,19 @@ def test_serve_with_the_onnx_backend_answers_as_torch(model_with_graph, test_ima
     assert body["class"] == expected.label
     assert max(abs(body["probabilities"][c] - p) for c, p in expected.probabilities.items()) <= TOLERANCE
     assert abs(body["mri_score"] - expected.mri_score) <= 1e-5 and body["not_brain_mri"] is (not expected.brain_mri)
+
+
+def test_an_onnx_predict_imports_neither_transformers_nor_captum(model_with_graph, test_images):
+    """The command in a fresh interpreter, with both graphs already in the (test) cache."""
+    from tumor_classifier.mri_check import MRICheck
+
+    MRICheck.load().prepare_engine("onnx")  # the check's graph, exported once per test session
+    code = (
+        "import sys; from tumor_classifier.cli import main\n"
+        f"code = main(['predict', {str(test_images[0][0])!r}, '--model', {str(model_with_graph)!r}, '--backend', 'onnx', '--json'])\n"
+        "print(code, sorted(m for m in ('transformers', 'captum', 'huggingface_hub', 'onnx', 'onnxscript') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout
+    assert json.loads(done.stdout.splitlines()[0])["label"] in TumorClassifier.from_pretrained(model_with_graph).classes_.tolist() + ["not_brain_mri"]

@@ -27,13 +27,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .attributions import METHODS, compute_attributions, default_method
 from .visualization import overlay
 from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
-from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
 from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
 from .locking import PerObjectLocks
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
-from .model_folder import load_image_classifier, quiet_weights
-from .models import create_model
+# transformers (ensemble, models) is imported where a torch model is built or loaded:
+# the ONNX backend predicts without it.
+from .model_folder import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, is_ensemble_folder, load_image_classifier, quiet_weights
 from .augmentation import AugmentationConfig
 from .decoding import DecodedImage, as_image_list, decode, load_image
 from .preprocessing import MRIPreprocessor, PreparedImage
@@ -264,6 +264,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             )
         else:
             train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
+        from .models import create_model
+
         model = create_model(
             self.backbone,
             class_names=list(classes),
@@ -485,6 +487,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        from .ensemble import EnsembleForImageClassification
+
         if isinstance(self.model_, EnsembleForImageClassification):
             stale = [directory / "config.json", directory / "model.safetensors"]
         else:
@@ -823,6 +827,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _load_torch_model(folder: Path) -> torch.nn.Module:
     """The checked float32 model of a single-model or ensemble folder."""
+    from . import models  # noqa: F401 - registers this package's backbones with transformers' Auto classes
+    from .ensemble import EnsembleForImageClassification
+
     if is_ensemble_folder(folder):
         return EnsembleForImageClassification.from_pretrained(folder)
     return load_image_classifier(folder)  # float32, whatever the stored dtype

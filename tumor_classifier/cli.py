@@ -348,11 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tumor-classifier`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    # Loading a model would print a "Loading weights" bar per file; a command prints its
-    # results. Process-wide switches like this one belong to entry points, not the library.
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
+    # No transformers switch here: loading and saving a model are quiet already
+    # (model_folder.quiet_weights), and `predict --backend onnx` never imports transformers.
     if getattr(args, "out", None) and getattr(args, "explain", "x") is None and args.command == "predict":
         print("note: --out is used with --explain; no overlays are written without it.", file=sys.stderr)
     try:
