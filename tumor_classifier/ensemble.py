@@ -59,7 +59,7 @@ from .model_folder import (  # noqa: F401 - the folder names: importable from he
 )
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
-#: The file that marks a folder as an ensemble.
+#: The "format" an ensemble.json states (the file's name: model_folder.ENSEMBLE_CONFIG_NAME).
 ENSEMBLE_FORMAT = "tumor-classifier-ensemble"
 #: Most members an ``ensemble.json`` may list (the shipped model has 4).
 MAX_MEMBERS = 64
