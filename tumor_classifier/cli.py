@@ -9,6 +9,7 @@ Examples:
     tumor-classifier evaluate ../shared/data/brain-tumor-mri --out report/
     tumor-classifier data-report ../shared/data/brain-tumor-mri
     tumor-classifier serve --port 7860
+    tumor-classifier serve --backend onnx
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ def _serve(args: argparse.Namespace) -> int:
             'pip install "tumor-classifier[app]"'
         ) from None
 
-    serve(model=args.model, host=args.host, port=args.port)
+    serve(model=args.model, host=args.host, port=args.port, backend=args.backend)
     return 0
 
 
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help=model_help)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=backend_help)
     serve.set_defaults(handler=_serve)
     return parser
 
@@ -346,11 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tumor-classifier`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    # Loading a model would print a "Loading weights" bar per file; a command prints its
-    # results. Process-wide switches like this one belong to entry points, not the library.
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
+    # No transformers switch here: loading and saving a model are quiet already
+    # (model_folder.quiet_weights), and `predict --backend onnx` never imports transformers.
     if getattr(args, "out", None) and getattr(args, "explain", "x") is None and args.command == "predict":
         print("note: --out is used with --explain; no overlays are written without it.", file=sys.stderr)
     try:

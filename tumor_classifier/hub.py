@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .ensemble import ENSEMBLE_CONFIG_NAME, is_ensemble_folder
+from .model_folder import ENSEMBLE_CONFIG_NAME, is_ensemble_folder
 from .exceptions import HubUploadError, ModelLoadError
 
 #: Files of a model folder that are never uploaded (Trainer checkpoints, optimizer state).

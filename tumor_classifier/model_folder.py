@@ -39,6 +39,20 @@ import torch
 
 from .exceptions import ModelLoadError
 
+#: The file that makes a folder an ensemble (see :mod:`tumor_classifier.ensemble`).
+ENSEMBLE_CONFIG_NAME = "ensemble.json"
+#: Sub-folder of an ensemble folder holding one transformers folder per member.
+MEMBERS_DIR = "members"
+
+
+def is_ensemble_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``EnsembleForImageClassification.save_pretrained``.
+
+    Here rather than in :mod:`tumor_classifier.ensemble`, so that a caller which only
+    looks at a folder (the ONNX backend) does not import transformers.
+    """
+    return (Path(path) / ENSEMBLE_CONFIG_NAME).is_file()
+
 __all__ = [
     "check_model_folder",
     "check_safetensors",

@@ -67,7 +67,16 @@ from .onnx_backend import (
 from .model_folder import read_json_limited
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
-__all__ = ["OPSET", "OnnxExport", "cached_graph_dir", "export_onnx", "fresh_graph_dir", "model_fingerprint"]
+__all__ = [
+    "OPSET",
+    "OnnxExport",
+    "cached_graph_dir",
+    "export_onnx",
+    "fresh_graph_dir",
+    "model_fingerprint",
+    "require_exporter",
+    "run_exporter",
+]
 
 _LOGGER = logging.getLogger(__name__)
 #: ONNX opset of the exported graphs (torch 2.13's exporter default; onnxruntime >= 1.17 runs it).
@@ -131,7 +140,7 @@ class _LogitsGraph(torch.nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-def _require_exporter() -> None:
+def require_exporter() -> None:
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingDependencyError(
@@ -139,6 +148,41 @@ def _require_exporter() -> None:
             f"installed. Install them with {INSTALL_HINT}."
         )
     import_onnxruntime()
+
+
+def run_exporter(
+    module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, *, output_name: str, what: str
+) -> None:
+    """``torch.onnx.export`` of ``module(pixel_values)`` with a dynamic batch axis, opset :data:`OPSET`.
+
+    Args:
+        module: A module in eval mode taking one float32 tensor (batch, *input_shape).
+        input_shape: The input's shape without the batch axis.
+        path: The ``.onnx`` file to write (no external data files).
+        output_name: The graph output's name.
+        what: What is exported, for the error message.
+
+    Raises:
+        ExportError: The exporter failed.
+    """
+    device = next(module.parameters()).device
+    # Batch 2 in the example: with 1 the exporter may specialise the batch axis.
+    example = torch.zeros(2, *input_shape, device=device)
+    try:
+        torch.onnx.export(
+            module,
+            (example,),
+            path,
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+            verbose=False,
+        )
+    except Exception as error:  # the exporter raises many types
+        raise ExportError(f"torch.onnx.export failed for {what}: {type(error).__name__}: {error}") from error
 
 
 def model_fingerprint(folder: str | os.PathLike, preprocessor: MRIPreprocessor) -> str:
@@ -277,7 +321,7 @@ def export_onnx(
     Example:
         >>> export_onnx(clf.model_, clf.preprocessor_, "exported/")      # doctest: +SKIP
     """
-    _require_exporter()
+    require_exporter()
     directory = Path(directory)
     _check_preprocessing(directory, preprocessor)
     pixels = _verification_pixels(preprocessor, images)
@@ -305,23 +349,8 @@ def export_onnx(
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=directory) as staging:
         staging = Path(staging)
-        example = torch.zeros(2, preprocessor.num_channels, preprocessor.size, preprocessor.size, device=device)
-        try:
-            # Batch 2 in the example: with 1 the exporter may specialise the batch axis.
-            torch.onnx.export(
-                graph_module,
-                (example,),
-                staging / ONNX_MODEL_NAME,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}},
-                verbose=False,
-            )
-        except Exception as error:  # the exporter raises many types
-            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(error).__name__}: {error}") from error
+        run_exporter(graph_module, (preprocessor.num_channels, preprocessor.size, preprocessor.size), staging / ONNX_MODEL_NAME,
+                     output_name=OUTPUT_NAME, what=type(model).__name__)
         (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         graph = OnnxClassifier.load(staging, threads=torch.get_num_threads())
         difference = float(np.abs(_onnx_proba(graph, pixels, preprocessor) - reference[None]).max())
