@@ -91,6 +91,7 @@ _LARGE_DECODES = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
     ("Grad-CAM", "gradcam"),
+    ("SmoothGrad (slower, finer)", "smoothgrad"),
     ("HiResCAM", "hirescam"),
     ("Integrated Gradients", "integrated_gradients"),
     ("Occlusion", "occlusion"),

@@ -178,7 +178,7 @@ def compute_attributions(
     occlusion_stride: int = 8,
     layer: torch.nn.Module | Sequence[Any] | None = None,
     head_only: bool = True,
-    n_samples: int = 16,
+    n_samples: int = 4,
     noise_level: float = 0.15,
     clip_percentile: float = 99.0,
     smoothing_sigma: float = 2.0,
@@ -238,7 +238,8 @@ def compute_attributions(
             ``(n, C, h', w')`` or tokens ``(n, T, D)``.
         head_only: Zero every map outside the head mask of its input (see the module
             docstring), before normalisation. An input where no head is found keeps its map.
-        n_samples: SmoothGrad: noisy copies per image.
+        n_samples: SmoothGrad: noisy copies per image (4: on the shipped model 4 copies point
+            at the tumour box nearly as often as 16, at a quarter of the cost; see the package docstring).
         noise_level: SmoothGrad: noise standard deviation as a fraction of the image's
             value range (max - min); Smilkov et al. recommend 0.1 to 0.2.
         clip_percentile: SmoothGrad display: values above this percentile (over the head,
