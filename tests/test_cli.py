@@ -53,6 +53,16 @@ def test_predict_prints_a_table_and_writes_overlays(model_dir, test_images, tmp_
     assert (np.abs(pixels[-40:, :, 0] - pixels[-40:, :, 2]) > 40).any()  # the coloured bar at the bottom
 
 
+def test_predict_offers_every_attribution_method(model_dir, test_images, tmp_path, capsys):
+    from tumor_classifier.attributions import METHODS
+    from tumor_classifier.cli import EXPLAIN_METHODS
+
+    assert sorted(EXPLAIN_METHODS) == sorted(("auto", *METHODS))  # the README's main command and --explain agree
+    out = tmp_path / "overlays"
+    assert main(["predict", str(test_images[0][0]), "--model", str(model_dir), "--explain", "smoothgrad", "--out", str(out)]) == 0
+    assert len(list(out.glob("*_smoothgrad.png"))) == 1
+
+
 def test_predict_json_reports_readable_images_and_fails_for_the_rest(model_dir, test_images, tmp_path, capsys, fitted_classifier):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")

@@ -26,6 +26,10 @@ from .exceptions import MissingDependencyError, TumorClassifierError
 from .decoding import ACCEPTED_FORMATS_TEXT
 
 NOT_DIAGNOSTIC = "Research use only: not a medical device, not for diagnosis."
+#: ``attributions.METHODS`` and ``auto``, written out so that ``--help`` imports no torch
+#: (tests/test_cli.py checks that the two lists agree).
+EXPLAIN_METHODS = ("auto", "gradcam", "smoothgrad", "hirescam", "gradcam_fine", "gradcam_multiscale", "gradcam_plusplus",
+                   "integrated_gradients", "occlusion")
 
 
 def _load(model: str | None, backend: str = "torch"):
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="Classify images, optionally with heatmaps.")
     predict.add_argument("images", nargs="+", help=f"Image files ({ACCEPTED_FORMATS_TEXT}) or volumes (.nii, .nii.gz, DICOM file or series folder).")
     predict.add_argument("--model", help=model_help)
-    predict.add_argument("--explain", nargs="?", const="auto", choices=["auto", "gradcam", "integrated_gradients", "occlusion"], help="Attribution method (bare --explain: auto).")
+    predict.add_argument("--explain", nargs="?", const="auto", choices=EXPLAIN_METHODS, help="Attribution method (bare --explain: auto).")
     predict.add_argument("--out", help="Folder for the overlay PNGs (with --explain); for a volume also its probability-along-slices plot.")
     predict.add_argument("--json", action="store_true", help="One JSON object per line instead of a table.")
     predict.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=backend_help)
