@@ -409,7 +409,7 @@ def test_only_the_apps_own_files_are_served(server, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the web")
     package_source = Path(__import__("tumor_classifier").__file__)
-    for target in [secret, package_source, Path("/etc/passwd"), f"{EXAMPLES_DIR}/../app.py", "https://example.com/x.png"]:
+    for target in [secret, package_source, Path("/etc/passwd"), f"{EXAMPLES_DIR}/../cli.py", "https://example.com/x.png"]:
         response = requests.get(f"{server.url}gradio_api/file={target}", timeout=30)
         assert response.status_code in (403, 404), target
     example = example_paths()[0]

@@ -7,6 +7,8 @@
 * The library writes no environment variable: only entry points do (space/app.py, the
   CLI's ``serve``), so importing ``tumor_classifier.app`` changes nothing process-wide.
 * Argument errors are ``ValueError`` too, so ``except ValueError`` catches them.
+* The app package imports one way: uploads -> analysis -> ui, rest -> server -> __init__,
+  and none of its modules grows past about 450 lines.
 * Imports flow one way below preprocessing: the decoder (decoding and its parts) imports
   only the exceptions, the augmentation nothing of the package; preprocessing re-exports what moved out of it.
 """
@@ -105,10 +107,13 @@ def test_argument_errors_are_value_errors():
 
 def test_no_bare_base_class_for_argument_errors_in_checked_modules():
     """The modules converted so far raise InvalidArgumentError, not the bare base class, for bad arguments."""
-    for name in ("app.py", "models.py"):
+    checked = sorted((ROOT / "tumor_classifier" / "app").glob("*.py")) + [ROOT / "tumor_classifier" / "models.py"]
+    assert len(checked) > 1
+    for path in checked:
+        name = path.relative_to(ROOT / "tumor_classifier")
         bare = [
             node.lineno
-            for node in ast.walk(_tree(ROOT / "tumor_classifier" / name))
+            for node in ast.walk(_tree(path))
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
             and isinstance(node.exc.func, ast.Name) and node.exc.func.id == "TumorClassifierError"
             and "did not start" not in ast.unparse(node.exc)
@@ -169,3 +174,28 @@ def test_the_attributions_package_imports_only_downward():
         assert ready, f"circular imports among {sorted(set(inside) - set(order))}"
         order.extend(sorted(ready))
     assert order[-1] == "__init__"
+
+
+def test_the_app_package_imports_one_way_and_stays_small():
+    """uploads -> analysis -> ui, rest (rest_docs) -> server -> __init__: each module imports only those before it."""
+    package = ROOT / "tumor_classifier" / "app"
+    allowed = {
+        "uploads": set(),
+        "rest_docs": set(),
+        "analysis": {"uploads"},
+        "ui": {"uploads", "analysis"},
+        "rest": {"uploads", "analysis", "rest_docs"},
+        "server": {"uploads", "analysis", "ui", "rest"},
+        "__init__": {"uploads", "analysis", "ui", "rest", "server"},
+    }
+    modules = sorted(package.glob("*.py"))
+    assert {path.stem for path in modules} == set(allowed), "a new app module: place it in this order"
+    for path in modules:
+        siblings = {
+            node.module.split(".")[0]
+            for node in ast.walk(_tree(path))
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+        assert siblings <= allowed[path.stem], f"app/{path.name} imports {sorted(siblings - allowed[path.stem])}"
+        lines = len(path.read_text().splitlines())
+        assert lines <= 450, f"app/{path.name} has {lines} lines; split it by concern"

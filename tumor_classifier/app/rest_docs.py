@@ -5,7 +5,7 @@ CDN; the app makes no outside request and must work offline, so it serves this p
 instead: no script, no stylesheet, no image, nothing but the schema's own words.
 
 Example:
-    >>> from tumor_classifier.rest_docs import docs_html
+    >>> from tumor_classifier.app.rest_docs import docs_html
     >>> page = docs_html(app.openapi())       # doctest: +SKIP
 """
 

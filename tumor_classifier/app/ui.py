@@ -1,0 +1,234 @@
+"""The Gradio UI: the page, its events, the heatmap legend, the theme and the examples.
+
+The events call the functions of :mod:`.analysis`; uploads reach them undecoded and are
+checked by :mod:`.uploads`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.components.label import LabelData
+
+from ..attributions import METHODS
+from ..classifier import TumorClassifier
+from ..decoding import DecodedImage, decode
+from ..exceptions import InvalidArgumentError, TumorClassifierError
+from ..reports import DISCLAIMER
+from ..visualization import DEFAULT_COLORMAP, overlay
+from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, ScanReport, analyze_each, ui_error, ui_outputs
+from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
+
+#: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
+MAX_BATCH_SIZE = 8
+NOTICE = (
+    "**Research demo, not for diagnosis.** " + DISCLAIMER + " A heatmap shows what the model "
+    "looked at, not where a tumor is."
+)
+
+
+def _verdict_label(**kwargs: Any) -> gr.Label:
+    """A ``gr.Label`` that shows the headline it is given (``"Uncertain"`` ...).
+
+    A plain ``gr.Label`` always heads with the most probable class, which would show an
+    uncertain prediction as a confident tumor type. Values in Gradio's own label format,
+    ``{"label": ..., "confidences": [...]}``, are taken as they are; anything else is
+    handled as usual. (Wrapped on the instance rather than subclassed: Gradio writes a
+    ``.pyi`` file next to the module of every component subclass.)
+    """
+    label = gr.Label(**kwargs)
+    standard = label.postprocess
+
+    def postprocess(value):
+        if isinstance(value, dict) and isinstance(value.get("confidences"), list):
+            return LabelData(**value)
+        return standard(value)
+
+    label.postprocess = postprocess
+    return label
+
+
+def _on_new_scan(payload: Any):
+    """Clears the previous results when a file arrives, and says at once if it cannot be used.
+
+    A bad file is said once, in the verdict panel (no toast, which Analyze would repeat);
+    the upload box is emptied (its preview would be a broken image) and Analyze is off
+    until a usable scan arrives.
+
+    Returns:
+        ``(verdict, label, heatmap, tumor probability, state, scan, Analyze button)``.
+    """
+    message, usable, scan = "", payload is not None, gr.skip()
+    if usable:
+        try:
+            check_scan(upload_source(payload))
+        except TumorClassifierError as error:
+            message, usable, scan = f"### Cannot analyze this image\n{error}", False, None
+    return message, None, None, "", None, scan, gr.Button(interactive=usable)
+
+
+def _reblend(state: dict[str, Any] | None, opacity: float):
+    """Re-draws the heatmap at a new opacity without running the model again."""
+    if not state:
+        return gr.skip()
+    return overlay(state["scan"], state["attribution"], alpha=float(opacity))
+
+
+def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_size: int = MAX_BATCH_SIZE) -> gr.Blocks:
+    """The Gradio UI around ``classifier``.
+
+    The named endpoint ``predict`` (``gradio_client``: ``client.predict(handle_file(path),
+    "gradcam", 0.45, api_name="/predict")``) returns ``(verdict Markdown, label dict,
+    overlay image path, tumor probability text)``. Concurrent requests are batched
+    (``batch=True``, at most ``max_batch_size``); a bad upload fails alone (see
+    :func:`predict_scans`). In the page, an upload is checked as soon as it arrives: a bad
+    file is reported once, in the verdict panel, and Analyze stays off until a usable scan
+    is uploaded (:func:`_on_new_scan`).
+
+    Args:
+        classifier: A fitted :class:`TumorClassifier`.
+        batch: Batch concurrent requests (off only to measure what batching brings).
+        max_batch_size: Largest batch.
+
+    Returns:
+        The ``gr.Blocks``; serve it with :func:`build_app` (or ``demo.launch()``).
+    """
+    if max_batch_size < 1:
+        raise InvalidArgumentError(f"max_batch_size must be at least 1; got {max_batch_size}.")
+
+    def run(scan, method, opacity):
+        """Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."""
+        # Batched: each argument is a list, one entry per request. The parameters are named
+        # for one call, as the API page and gradio_client show them (docstring: its text).
+        scans, methods, opacities = scan, method, opacity
+        try:
+            images = [upload_source(payload) for payload in scans]
+        except TumorClassifierError as error:
+            raise ui_error(error) from None
+        results, inputs = analyze_each(images, methods, opacities, classifier)
+        if len(results) == 1 and not isinstance(results[0], ScanReport):
+            raise ui_error(results[0])
+        # The scan and its map stay with the session, so the opacity slider re-draws
+        # the heatmap without running the model.
+        states = [
+            {"scan": checked.gray if isinstance(checked, DecodedImage) else decode(checked).gray, "attribution": r.explanation.attribution}
+            if isinstance(r, ScanReport)
+            else None
+            for checked, r in zip(inputs, results)
+        ]
+        columns = [list(column) for column in zip(*map(ui_outputs, results))]
+        return (*columns, states)
+
+    def run_one(scan, method, opacity):
+        """Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."""
+        return tuple(output[0] for output in run([scan], [method], [opacity]))
+
+    def rerun_with_method(image, method, opacity, state):
+        # A new method re-draws the heatmap of the scan on show; before any result
+        # (nothing analysed yet, or a new upload) there is nothing to re-draw.
+        if not state or image is None:
+            return tuple(gr.skip() for _ in range(5))
+        return run_one(image, method, opacity)
+
+    fn = run if batch else run_one
+
+    # preprocess=False: the upload reaches `run` undecoded (see upload_source).
+    event_options = dict(fn=fn, batch=batch, max_batch_size=max_batch_size, concurrency_id="model", preprocess=False)
+
+    with gr.Blocks(title="Brain tumor MRI classifier", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown("# Brain tumor MRI classifier\nGlioma, meningioma, pituitary tumor or no tumor, from one MRI slice, with a heatmap of what the model looked at.")
+        gr.Markdown(NOTICE, elem_id="notice")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    label=f"MRI slice ({ACCEPTED_TEXT})",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    elem_id="scan",
+                    height=320,
+                )
+                method = gr.Radio(list(METHOD_CHOICES), value=_default_method(classifier), label="Heatmap method", elem_id="method")
+                opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity", elem_id="opacity")
+                # Off until a usable scan is uploaded (see _on_new_scan); an example turns it on.
+                button = gr.Button("Analyze", variant="primary", elem_id="analyze", interactive=False)
+                examples = gr.Examples(
+                    [[str(path)] for path in example_paths()],
+                    inputs=[image],
+                    label="Examples, one per class",
+                    example_labels=[path.stem for path in example_paths()],
+                    cache_examples=False,
+                    elem_id="examples",
+                )
+            with gr.Column():
+                verdict = gr.Markdown(label="Verdict", elem_id="verdict")
+                label = _verdict_label(label="Class probabilities", elem_id="probabilities")
+                tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
+                heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
+                gr.HTML(_legend_html(), elem_id="heatmap-legend")
+        state = gr.State()
+        outputs = [verdict, label, heatmap, tumor, state]
+        button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", **event_options)
+        examples.load_input_event.then(lambda: gr.Button(interactive=True), outputs=button, api_visibility="private", show_progress="hidden")
+        examples.load_input_event.then(inputs=[image, method, opacity], outputs=outputs, api_visibility="private", **event_options)
+        checked = dict(outputs=[*outputs, image, button], api_visibility="private", show_progress="hidden")
+        image.upload(_on_new_scan, inputs=image, preprocess=False, **checked)
+        image.clear(lambda: _on_new_scan(None), **checked)
+        opacity.change(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        method.change(
+            rerun_with_method,
+            inputs=[image, method, opacity, state],
+            outputs=outputs,
+            api_visibility="private",
+            concurrency_id="model",
+            preprocess=False,
+            trigger_mode="always_last",
+        )
+        gr.Markdown(f"Model: `{getattr(classifier, 'source_', 'in memory')}`; classes: {', '.join(map(str, classifier.classes_))}.")
+    demo.queue(max_size=256)
+    return demo
+
+
+def _legend_html() -> str:
+    """The heatmap's colour bar, drawn as :func:`overlay` draws evidence on a mid-grey scan."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[DEFAULT_COLORMAP]
+    stops = []
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        opacity = DEFAULT_OPACITY * value
+        rgb = [round(255 * ((1 - opacity) * 0.5 + opacity * c)) for c in cmap(value)[:3]]
+        stops.append(f"rgb({rgb[0]},{rgb[1]},{rgb[2]}) {value:.0%}")
+    bar = f"background: linear-gradient(to right, {', '.join(stops)}); height: 14px; flex: 1; border: 1px solid #444;"
+    return (
+        '<div style="display: flex; align-items: center; gap: 8px; font-size: 0.9em;">'
+        f'<span>no evidence</span><div role="img" aria-label="colour bar" style="{bar}"></div><span>strongest</span></div>'
+        '<div style="font-size: 0.9em;">Where the model found evidence for the class it names; '
+        "the scan shows through where it found none. Not a map of the tumour's extent.</div>"
+    )
+
+
+def theme() -> gr.themes.Base:
+    """Gradio's default theme, with bold text drawn from complete font files.
+
+    Gradio 6.31 ships ``SourceSansPro-SemiBold.woff2`` (and IBM Plex Mono's) as a subset
+    of a few dozen glyphs: of the Latin letters, only "A" and "B". Text at weight 600 (the
+    title, buttons) drew those two from it and every other letter from a fallback font, so
+    "Brain" and "Analyze" began with a lighter letter. Declaring weights 400 and 700 (full
+    files, shipped too) makes the browser draw weight 600 from the 700 face.
+    """
+    return gr.themes.Default(
+        font=[gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=[gr.themes.LocalFont("IBM Plex Mono", weights=(400, 700)), "ui-monospace", "Consolas", "monospace"],
+    )
+
+
+def _default_method(classifier: TumorClassifier) -> str:
+    method = getattr(classifier, "attribution_method_", "gradcam")
+    return method if method in METHODS else "gradcam"
+
+
+def example_paths() -> list[Path]:
+    """The example slices shipped with the package, one per class, sorted by class."""
+    return sorted(EXAMPLES_DIR.glob("*.jpg"))

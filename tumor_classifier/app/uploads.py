@@ -1,0 +1,184 @@
+"""Reading uploads: size and format limits, the one check every upload passes, Gradio's files.
+
+:func:`check_scan` turns an upload (path, bytes, PIL image, array) into what the
+classifier reads, or raises :class:`~tumor_classifier.InvalidImageError` with a message for
+people; :func:`upload_source` takes the file behind a raw Gradio payload, refusing any path
+outside Gradio's upload folder and :data:`EXAMPLES_DIR`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, DecodedImage, decode, read_header
+from ..exceptions import InvalidImageError
+
+#: Image formats the app accepts (PIL format names), and how the UI names them: the
+#: package's one list (:data:`~tumor_classifier.decoding.DECODED_FORMATS`), the same
+#: as the library's and the CLI's.
+ACCEPTED_FORMATS = DECODED_FORMATS
+ACCEPTED_TEXT = ACCEPTED_FORMATS_TEXT
+#: Largest upload, in bytes (Gradio's upload route and the REST route).
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Largest image side the app decodes. MRI slices are at most about 1024 px; the
+#: package's own limit (8192) is for files, the app keeps memory per request bounded.
+MAX_SCAN_SIDE = 4096
+#: Images above this many pixels (larger than any MRI slice, about 1448 x 1448) are
+#: decoded at most :data:`LARGE_DECODES_AT_ONCE` at a time, outside the model's lock.
+LARGE_SCAN_PIXELS = 2 * 1024 * 1024
+LARGE_DECODES_AT_ONCE = 2
+_LARGE_DECODES = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
+#: One image per class, shipped in the package so `tumor-classifier serve` has them.
+EXAMPLES_DIR = Path(__file__).parent.parent / "examples"
+
+
+class UploadTooLargeError(InvalidImageError):
+    """An upload above the byte limit (HTTP 413)."""
+
+
+class UnsupportedImageTypeError(InvalidImageError):
+    """A readable file that is not one of :data:`ACCEPTED_FORMATS` (HTTP 415)."""
+
+
+def megabytes(n: int) -> str:
+    """A byte count for messages: ``"20.0 MB"``."""
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+    """Checks one upload and returns what to hand to the classifier.
+
+    Paths and bytes are read and checked here, so that every bad upload gets one clear
+    message: missing, empty, too large (bytes or pixels), not an image, not one of
+    :data:`ACCEPTED_FORMATS`, or corrupt. A file is decoded here, once: the classifier
+    and the MRI check take the decoded image as it is. Decoded inputs (PIL images, numpy
+    arrays) are returned as they are; the classifier checks them.
+
+    Args:
+        source: A file path, raw bytes, a PIL image or a numpy array (H, W) / (H, W, C).
+        name: How to call the file in messages (default: the path's file name).
+        max_bytes: Largest accepted file size.
+
+    Returns:
+        The decoded :class:`~tumor_classifier.decoding.DecodedImage` for paths and bytes;
+        ``source`` itself otherwise.
+
+    Raises:
+        InvalidImageError: With a message that says what is wrong and what to upload
+            (:class:`UploadTooLargeError`, :class:`UnsupportedImageTypeError` for those two).
+    """
+    upload_hint = f"Upload a brain MRI slice as {ACCEPTED_TEXT}."
+    if source is None:
+        raise InvalidImageError(f"No image was given. {upload_hint}")
+    if isinstance(source, DecodedImage):  # checked and decoded already (the REST route)
+        return source
+    if isinstance(source, (Image.Image, np.ndarray)):
+        if isinstance(source, Image.Image):
+            width, height = source.size
+        else:
+            height, width = (tuple(source.shape[:2]) + (0, 0))[:2]
+        if max(width, height) > MAX_SCAN_SIDE:
+            raise InvalidImageError(f"The image is {width}x{height} pixels; images up to {MAX_SCAN_SIDE} pixels a side are accepted.")
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        what = f"The file {name or path.name!r}"
+        if not path.is_file():
+            raise InvalidImageError(f"{what} was not found on the server. {upload_hint}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UploadTooLargeError(f"{what} is {megabytes(size)}; files up to {megabytes(max_bytes)} are accepted.")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        what = f"The file {name!r}" if name else "The upload"
+        if len(data) > max_bytes:
+            raise UploadTooLargeError(f"{what} is {megabytes(len(data))}; files up to {megabytes(max_bytes)} are accepted.")
+    else:
+        raise InvalidImageError(f"Cannot read a {type(source).__name__} as an image. {upload_hint}")
+    if not data:
+        raise InvalidImageError(f"{what} is empty (0 bytes). {upload_hint}")
+    try:
+        # The header only, by the decoder's own reader: no pixel is decoded before the
+        # size is checked, and nothing process-wide (PIL's bomb limit, warning filters)
+        # is touched, so requests on several threads cannot disturb each other.
+        image_format, (width, height) = read_header(data)
+    except InvalidImageError:
+        raise UnsupportedImageTypeError(f"{what} is not an image this app can read. {upload_hint}") from None
+    if image_format not in ACCEPTED_FORMATS:
+        raise UnsupportedImageTypeError(f"{what} is a {image_format} image; this app accepts {ACCEPTED_TEXT}. {upload_hint}")
+    if max(width, height) > MAX_SCAN_SIDE:
+        raise InvalidImageError(f"{what} is {width}x{height} pixels; images up to {MAX_SCAN_SIDE} pixels a side are accepted.")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidImageError(f"{what} is {width}x{height} pixels; at least {MIN_IMAGE_SIDE} pixels a side are needed.")
+    # Large images decode a few at a time: each holds a full-resolution frame while it is
+    # reduced, so the number in flight bounds the app's memory (slices of MRI size never wait).
+    slot = _LARGE_DECODES if width * height > LARGE_SCAN_PIXELS else contextlib.nullcontext()
+    try:
+        with slot:
+            return decode(data)  # decode fully, once: truncated and corrupt files fail here, not in a batch
+    except InvalidImageError:
+        raise InvalidImageError(f"{what} looks like a {image_format} image but is corrupt or truncated, so it cannot be decoded. {upload_hint}") from None
+
+
+#: Said for every file path the app will not read: missing, outside Gradio's upload
+#: folder, a link, a directory, a device. One message, so an answer never tells which
+#: files exist on the server.
+UPLOAD_NOT_FOUND = "The uploaded file could not be found on the server; upload the image again."
+
+
+def _uploaded_file(path: Any) -> Path:
+    """``path`` if it is a regular file that Gradio received, inside its upload folder.
+
+    A client writes the ``path`` of a ``FileData`` payload itself, so it is checked here
+    and not trusted: resolved (``..``, links) and required to lie in Gradio's upload
+    folder or :data:`EXAMPLES_DIR`, and to be a regular file, checked without opening it
+    (a FIFO or a device would block or never end).
+
+    Raises:
+        InvalidImageError: :data:`UPLOAD_NOT_FOUND`, whatever the reason.
+    """
+    from gradio.utils import get_upload_folder
+
+    try:
+        resolved = Path(os.path.realpath(os.fspath(path)))
+        roots = [Path(os.path.realpath(get_upload_folder())), Path(os.path.realpath(EXAMPLES_DIR))]
+        inside = any(resolved != root and resolved.is_relative_to(root) for root in roots)
+        regular = inside and stat.S_ISREG(os.stat(resolved).st_mode)
+    except (OSError, TypeError, ValueError):
+        regular = False
+    if not regular:
+        raise InvalidImageError(UPLOAD_NOT_FOUND)
+    return resolved
+
+
+def upload_source(payload: Any) -> Any:
+    """The file behind a raw ``gr.Image`` payload (the event runs with ``preprocess=False``).
+
+    ``gr.Image`` would open every upload with PIL before the event runs, so a corrupt or
+    huge file would fail there with a generic error; the app takes the uploaded file's
+    path, checked by :func:`_uploaded_file`, and lets :func:`check_scan` say what is
+    wrong with its content. A pasted image may arrive as a data URL.
+    """
+    if isinstance(payload, (str, os.PathLike)):
+        return _uploaded_file(payload)
+    if isinstance(payload, dict):
+        if payload.get("path"):
+            return _uploaded_file(payload["path"])
+        url = payload.get("url") or ""
+        if url.startswith("data:") and "," in url:
+            try:
+                return base64.b64decode(url.split(",", 1)[1], validate=False)
+            except ValueError:
+                raise InvalidImageError("The pasted image could not be decoded.") from None
+        return None
+    return payload
