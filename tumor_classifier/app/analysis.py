@@ -26,8 +26,8 @@ from .uploads import check_scan
 
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
+    ("SmoothGrad", "smoothgrad"),
     ("Grad-CAM", "gradcam"),
-    ("SmoothGrad (slower, finer)", "smoothgrad"),
     ("HiResCAM", "hirescam"),
     ("Integrated Gradients", "integrated_gradients"),
     ("Occlusion", "occlusion"),

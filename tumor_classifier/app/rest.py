@@ -215,7 +215,7 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
     def predict_endpoint(
         file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {megabytes(max_upload_bytes)}; one per request."),
         method: Literal[("auto", *METHODS)] = Query(  # type: ignore[valid-type]
-            "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (Grad-CAM for the shipped EfficientNet-Lite)."
+            "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (SmoothGrad for the shipped EfficientNet-Lite)."
         ),
         opacity: float = Query(DEFAULT_OPACITY, ge=0.0, le=1.0, description="Largest heatmap opacity on the scan."),
         overlay: bool = Query(False, description="Also return the heatmap on the scan as a base64 PNG."),
