@@ -10,9 +10,7 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -27,46 +25,24 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .attributions import METHODS, compute_attributions, default_method
 from .visualization import overlay
 from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
-from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
-from .locking import PerObjectLocks
-from .hub import is_model_folder
+from .data import as_sources
+from .exceptions import InvalidArgumentError, InvalidImageError, NotFittedError, TumorClassifierError
 from .metrics import fit_temperature, tumor_probability
-# transformers (ensemble, models) is imported where a torch model is built or loaded:
-# the ONNX backend predicts without it.
-from .model_folder import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, is_ensemble_folder, load_image_classifier, quiet_weights
 from .augmentation import AugmentationConfig
-from .decoding import DecodedImage, as_image_list, decode, load_image
+from .decoding import DecodedImage, decode
+# transformers (ensemble, models) is imported where a torch model is built or loaded
+# (classifier_storage): the ONNX backend predicts without it.
+from . import classifier_storage
+from .classifier_storage import BACKENDS, DEFAULT_MODEL_DIR, load_pretrained  # noqa: F401 - importable from here as before
+from .inference import finite, model_passes, onnx_proba, pixel_values, torch_proba
+from .inference import model_passes as _model_passes  # noqa: F401 - the app's name for the lock
 from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import MRICheck
 from .quality import ImageQuality
 from .verdict import Verdict, decide_verdict
 
-#: Inference backends of :meth:`TumorClassifier.from_pretrained`.
-BACKENDS = ("torch", "onnx")
-#: What ``from_pretrained(..., backend="onnx")`` also downloads: a graph exported from the weights.
-_ONNX_FILES = ("model.onnx", "onnx_config.json")
 #: Serialises the first load of a lazily loaded torch model (``backend="onnx"``).
 _LAZY_LOAD_LOCK = threading.Lock()
-#: One re-entrant lock per torch model (weak keys: it goes with the model), held for the
-#: model's forward and backward passes only. Attribution methods hook the model's layers
-#: for the length of their passes, so a forward pass of another thread meanwhile would run
-#: through those hooks. Decoding, the MRI check and overlays stay outside, so a large
-#: upload never holds up other callers' passes (the web app relies on this).
-_model_passes = PerObjectLocks()
-#: Folder of the model that ships inside the package.
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-#: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
-#: (``ensemble.json`` and one transformers folder per member under ``members/``).
-_MODEL_FILES = [
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "README.md",
-    "metrics.json",
-    "*.png",
-    ENSEMBLE_CONFIG_NAME,
-    "members/*/*",
-]
 
 
 @dataclass
@@ -98,20 +74,6 @@ class Explanation:
     uncertain: bool
     quality: ImageQuality
     verdict: Verdict
-
-
-def _as_sources(X: Any) -> list[Any]:
-    """One image or a sequence (list, array stack, ``datasets.Dataset``) -> list of images."""
-    if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
-        from .data import image_sources
-
-        if "image" not in X.column_names:
-            raise InvalidImageError(
-                f"The data set has no 'image' column (columns: {', '.join(X.column_names)}); "
-                "pass a datasets.Dataset with an 'image' column, or the images themselves."
-            )
-        return image_sources(X)
-    return as_image_list(X)
 
 
 class TumorClassifier(ClassifierMixin, BaseEstimator):
@@ -244,7 +206,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         from .training import build_trainer, fold_temperature, predict_logits
         from .training_arguments import ModelArguments, MRITrainingArguments
 
-        sources = _as_sources(X)
+        sources = as_sources(X)
         if y is None:
             if not (hasattr(X, "features") and "label" in X.features):
                 raise InvalidArgumentError("fit needs y (class names), or a datasets.Dataset with a 'label' column.")
@@ -385,65 +347,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 (corrupt or pickle weights, a malformed config, an ensemble member outside
                 the folder); the message names the file and what is wrong.
         """
-        fixed = sorted(set(params) & {"image_size", "crop_to_head", "skull_strip", "backbone"})
-        if fixed:
-            raise InvalidArgumentError(
-                f"{', '.join(fixed)} of a trained model come from its saved preprocessing and cannot be changed "
-                "at load time; retrain with fit() or train_hf.py to change them."
-            )
-        if backend not in BACKENDS:
-            raise InvalidArgumentError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-        if backend == "onnx":
-            from .onnx_backend import import_onnxruntime
-
-            import_onnxruntime()  # the install hint before minutes of download or export
-        folder = _resolve_model_folder(
-            source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
-            extra_patterns=_ONNX_FILES if backend == "onnx" else (),
+        return load_pretrained(
+            cls, source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+            token=token, backend=backend, **params,
         )
-        graph_dir = None
-        try:
-            # Every file is checked before transformers reads it (see model_folder): the
-            # preprocessing first, then the config and safetensors weights; never pickles.
-            has_preprocessing = (Path(folder) / "preprocessor_config.json").is_file()
-            preprocessor = MRIPreprocessor.from_pretrained(folder) if has_preprocessing else None
-            if backend == "onnx" and preprocessor is not None:
-                from .onnx_export import fresh_graph_dir
-
-                graph_dir, _ = fresh_graph_dir(folder, preprocessor)
-            # With a fresh graph the torch model waits until explain() needs it.
-            model = _load_torch_model(Path(folder)) if graph_dir is None else None
-            if preprocessor is None:
-                preprocessor = MRIPreprocessor.from_hf_dict(
-                    {"size": getattr(model.config, "image_size", 224)},
-                    source=f"{Path(folder) / 'config.json'} (image_size; there is no preprocessor_config.json)",
-                )
-        except ModelLoadError:
-            raise  # already says which file or member failed
-        except (OSError, ValueError) as error:  # includes malformed JSON
-            raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
-        graph = None
-        if backend == "onnx":
-            from .onnx_backend import OnnxClassifier
-            from .onnx_export import cached_graph_dir, export_onnx, model_fingerprint
-
-            if graph_dir is None:
-                fingerprint = model_fingerprint(folder, preprocessor)
-                graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
-            graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
-            MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
-        backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
-        estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
-        estimator.set_params(**params)
-        if model is not None:
-            estimator._set_fitted(model, preprocessor, Path(folder))
-        else:
-            estimator.model_folder_, estimator.preprocessor_ = Path(folder), preprocessor
-            estimator.classes_ = np.asarray(graph.class_names, dtype=object)
-            estimator._load_torch_model = functools.partial(_load_torch_model, Path(folder))
-        estimator.backend_, estimator.onnx_model_ = backend, graph
-        estimator.source_ = str(source) if source is not None else "default"
-        return estimator
 
     def export_onnx(
         self, directory: str | os.PathLike, *, images: Any = None, tolerance: float | None = None, quantize: bool = False
@@ -472,15 +379,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Example:
             >>> TumorClassifier.from_pretrained().export_onnx("exported/")  # doctest: +SKIP
         """
-        from .onnx_export import DEFAULT_TOLERANCE, export_onnx, model_fingerprint
-
         self._check_fitted()
-        folder = self.model_folder_
-        fingerprint = model_fingerprint(folder, self.preprocessor_) if folder is not None else None
-        return export_onnx(
-            self.model_, self.preprocessor_, directory, images=None if images is None else _as_sources(images),
-            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, quantize=quantize, fingerprint=fingerprint,
-        )
+        return classifier_storage.export_onnx(self, directory, images=images, tolerance=tolerance, quantize=quantize)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Writes a folder that :meth:`from_pretrained` and plain transformers both load.
@@ -495,21 +395,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         files first, since ``from_pretrained`` would otherwise load the stale ensemble.
         """
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        from .ensemble import EnsembleForImageClassification
-
-        if isinstance(self.model_, EnsembleForImageClassification):
-            stale = [directory / "config.json", directory / "model.safetensors"]
-        else:
-            stale = [directory / ENSEMBLE_CONFIG_NAME]
-            shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)
-        for path in stale:
-            path.unlink(missing_ok=True)
-        with quiet_weights():
-            self.model_.save_pretrained(directory)
-        self.preprocessor_.save_pretrained(directory)
-        return directory
+        return classifier_storage.save_pretrained(self, directory)
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str = "Upload TumorClassifier") -> str:
         """Saves into a temporary folder and uploads it (with a model card) to the Hub.
@@ -524,20 +410,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             HubUploadError: The Hub cannot be reached (nothing is written then), or it
                 refused the repository or the upload; the message says which.
         """
-        from .hub import check_hub_reachable, push_folder_to_hub
-        from .reports import DISCLAIMER
-
         self._check_fitted()
-        check_hub_reachable()
-        with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
-            self.save_pretrained(folder)
-            source_card = self.model_folder_ / "README.md" if self.model_folder_ else None
-            card = source_card.read_text() if source_card and source_card.is_file() else (
-                "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
-                f"# Brain tumor MRI classifier\n\nClasses: {', '.join(self.classes_)}.\n\n> {DISCLAIMER}\n"
-            )
-            (Path(folder) / "README.md").write_text(card)
-            return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
+        return classifier_storage.push_to_hub(self, repo_id, token=token, private=private, commit_message=commit_message)
 
     # -- inference -----------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -558,7 +432,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         return images
 
     def _prepare(self, X: Any) -> list[PreparedImage]:
-        return [self.preprocessor_.prepare(d.gray) for d in self._decode(_as_sources(X))]
+        return [self.preprocessor_.prepare(d.gray) for d in self._decode(as_sources(X))]
 
     def is_brain_mri(self, X: Any) -> np.ndarray:
         """Whether each input is a brain MRI slice, by the learned check.
@@ -577,7 +451,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Raises:
             InvalidImageError: An input cannot be read as an image.
         """
-        return MRICheck.load().is_brain_mri(self._decode(_as_sources(X)), engine=self._check_engine())
+        return MRICheck.load().is_brain_mri(self._decode(as_sources(X)), engine=self._check_engine())
 
     def verdicts(self, X: Any) -> list[Verdict]:
         """The verdict of each input, without attributions (what the CLI prints).
@@ -594,7 +468,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             InvalidImageError: An input cannot be read as an image.
         """
         self._check_fitted()
-        decoded = self._decode(_as_sources(X))
+        decoded = self._decode(as_sources(X))
         return self._verdicts(decoded, self._proba([self.preprocessor_.prepare(d.gray) for d in decoded]))
 
     def _check_engine(self) -> str:
@@ -618,37 +492,13 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
     def _pixel_values(self, chunk: Sequence[PreparedImage]) -> torch.Tensor:
         """Normalised model input (n, C, size, size) on the model's device."""
-        batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-        return self.preprocessor_.normalize(batch).to(self.model_.device)
+        return pixel_values(self.preprocessor_, chunk, self.model_.device)
 
     def _proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
         """Batched forward passes; with ``test_time_augmentation`` also of the mirror images."""
         if getattr(self, "onnx_model_", None) is not None:
-            return self._onnx_proba(prepared)
-        outputs = []
-        with _model_passes(self.model_), torch.inference_mode():
-            for start in range(0, len(prepared), self.batch_size):
-                chunk = prepared[start : start + self.batch_size]
-                pixel_values = self._pixel_values(chunk)
-                proba = torch.softmax(_finite(self.model_(pixel_values=pixel_values).logits.float(), start), dim=-1)
-                if self.test_time_augmentation:
-                    mirrored = _finite(self.model_(pixel_values=pixel_values.flip(-1)).logits.float(), start)
-                    proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
-                outputs.append(proba.cpu().numpy())
-        return np.concatenate(outputs)
-
-    def _onnx_proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
-        """:meth:`_proba` through the ONNX graph: numpy in and out, no torch operation."""
-        graph, outputs = self.onnx_model_, []
-        pixels = np.stack([np.asarray(p.image) for p in prepared])
-        for start in range(0, len(pixels), self.batch_size):
-            pixel_values = graph.normalize(pixels[start : start + self.batch_size], self.preprocessor_.mean, self.preprocessor_.std)
-            proba = _softmax(_finite(graph.logits(pixel_values), start))
-            if self.test_time_augmentation:
-                mirrored = _finite(graph.logits(np.ascontiguousarray(pixel_values[..., ::-1])), start)
-                proba = (proba + _softmax(mirrored)) / 2
-            outputs.append(proba)
-        return np.concatenate(outputs)
+            return onnx_proba(self.onnx_model_, self.preprocessor_, prepared, self.batch_size, self.test_time_augmentation)
+        return torch_proba(self.model_, self.preprocessor_, prepared, self.batch_size, self.test_time_augmentation)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities.
@@ -685,7 +535,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             ``return_attributions`` a tuple ``(labels, maps)``.
         """
         self._check_fitted()
-        decoded = self._decode(_as_sources(X))
+        decoded = self._decode(as_sources(X))
         prepared = [self.preprocessor_.prepare(d.gray) for d in decoded]
         proba = self._proba(prepared)
         labels = np.asarray([v.label for v in self._verdicts(decoded, proba)], dtype=object)
@@ -724,7 +574,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         small_maps: list[np.ndarray] = []
         logits: list[np.ndarray] = []
         black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
-        with _model_passes(self.model_):
+        with model_passes(self.model_):
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start : start + self.batch_size]
                 pixel_values = self._pixel_values(chunk)
@@ -762,14 +612,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             and the app share.
         """
         self._check_fitted()
-        decoded = self._decode(_as_sources(X))
+        decoded = self._decode(as_sources(X))
         grays = [d.gray for d in decoded]
         prepared = [self.preprocessor_.prepare(gray) for gray in grays]
         method = self._resolve_method(method)
         if method == "gradcam" and not self.test_time_augmentation:
             # One forward + backward pass gives both the prediction and its Grad-CAM map.
             maps, logits = self._attributions(prepared, None, method, **options)
-            proba = torch.softmax(_finite(torch.from_numpy(logits).float(), 0), dim=-1).numpy()
+            proba = torch.softmax(finite(torch.from_numpy(logits).float(), 0), dim=-1).numpy()
         else:
             proba = self._proba(prepared)
             maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
@@ -815,67 +665,4 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         from .volume_prediction import predict_volume
 
         return predict_volume(self, volume, plane=plane, **options)
-
-
-def _finite(logits, first: int):
-    """``logits`` (n, k), a tensor or a numpy array, unchanged; a NaN or infinity would turn into NaN probabilities."""
-    bad = np.flatnonzero(~np.isfinite(logits.detach().cpu().numpy() if torch.is_tensor(logits) else logits).all(axis=-1))
-    if bad.size:
-        raise NonFiniteOutputError(
-            f"The model answered NaN or infinite logits for image {first + int(bad[0])} "
-            f"({bad.size} image(s) in this batch), so it has no probabilities to give. Its weights are "
-            "broken or overflow on this input; retrain or re-export the model."
-        )
-    return logits
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _load_torch_model(folder: Path) -> torch.nn.Module:
-    """The checked float32 model of a single-model or ensemble folder."""
-    from . import models  # noqa: F401 - registers this package's backbones with transformers' Auto classes
-    from .ensemble import EnsembleForImageClassification
-
-    if is_ensemble_folder(folder):
-        return EnsembleForImageClassification.from_pretrained(folder)
-    return load_image_classifier(folder)  # float32, whatever the stored dtype
-
-
-def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None, extra_patterns=()) -> Path:
-    if source is None:
-        if not is_model_folder(DEFAULT_MODEL_DIR):
-            raise ModelLoadError(
-                f"No default model is shipped in {DEFAULT_MODEL_DIR}; pass a model folder or Hub id."
-            )
-        return DEFAULT_MODEL_DIR
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not is_model_folder(path):
-            raise ModelLoadError(
-                f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
-                "save_pretrained, train_hf.py or build_ensemble."
-            )
-        return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                str(source),
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-                allow_patterns=_MODEL_FILES + list(extra_patterns),
-            )
-        )
-    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
-        ) from error
 
