@@ -11,69 +11,33 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .attributions import METHODS, compute_attributions, default_method
-from .visualization import overlay
-from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
-from .data import as_sources
-from .exceptions import InvalidArgumentError, InvalidImageError, NotFittedError, TumorClassifierError
-from .metrics import fit_temperature, tumor_probability
-from .augmentation import AugmentationConfig
+from .attributions import default_method
+from .data import NO_TUMOR, as_sources
+from .exceptions import InvalidImageError, NotFittedError, TumorClassifierError
+from .metrics import tumor_probability
 from .decoding import DecodedImage, decode
 # transformers (ensemble, models) is imported where a torch model is built or loaded
 # (classifier_storage): the ONNX backend predicts without it.
 from . import classifier_storage
-from .classifier_storage import BACKENDS, DEFAULT_MODEL_DIR, load_pretrained  # noqa: F401 - importable from here as before
-from .inference import finite, model_passes, onnx_proba, pixel_values, torch_proba
+from .classifier_storage import BACKENDS, DEFAULT_MODEL_DIR  # noqa: F401 - importable from here as before
+from . import explanations
+from .explanations import Explanation  # noqa: F401 - importable from here as before
+from .inference import onnx_proba, pixel_values, torch_proba
 from .inference import model_passes as _model_passes  # noqa: F401 - the app's name for the lock
 from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import MRICheck
-from .quality import ImageQuality
 from .verdict import Verdict, decide_verdict
 
 #: Serialises the first load of a lazily loaded torch model (``backend="onnx"``).
 _LAZY_LOAD_LOCK = threading.Lock()
-
-
-@dataclass
-class Explanation:
-    """One image's prediction with its attribution and its verdict.
-
-    Attributes:
-        label: What :meth:`TumorClassifier.predict` gives: the most probable class, or
-            ``"not_brain_mri"`` when the learned check flags the input.
-        probabilities: Class name -> probability, following ``classes_``.
-        tumor_probability: Probability of any tumor (``nan`` without a no-tumor class).
-        attribution: float32 (H, W) in [0, 1] over the input image's pixels.
-        overlay: RGB PIL image: the heatmap blended on the scan.
-        method: Attribution method used.
-        uncertain: The top probability is below the classifier's ``uncertainty_threshold``.
-        quality: The learned brain-MRI check (:mod:`tumor_classifier.mri_check`):
-            ``looks_like_mri``, the ``reasons`` it was flagged for, and its score
-            (``scores["mri_score"]`` in [0, 1]).
-        verdict: The :class:`~tumor_classifier.verdict.Verdict` (the one verdict policy:
-            not a brain MRI / uncertain / no tumor / tumor and its type).
-    """
-
-    label: str
-    probabilities: dict[str, float]
-    tumor_probability: float
-    attribution: np.ndarray
-    overlay: Image.Image
-    method: str
-    uncertain: bool
-    quality: ImageQuality
-    verdict: Verdict
 
 
 class TumorClassifier(ClassifierMixin, BaseEstimator):
@@ -167,21 +131,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Shows one progress bar on stderr (steps, epoch, loss) and prints nothing else;
         ``verbose=0`` turns the bar off.
 
-        The recipe is ``train_hf.py``'s (:func:`~tumor_classifier.training.run_training`):
-        the same Trainer (:func:`~tumor_classifier.training.build_trainer`), the model from
-        :func:`~tumor_classifier.recipe.create_run_model` and the loss from
-        :func:`~tumor_classifier.recipe.make_run_loss`, given a
-        :class:`~tumor_classifier.training_arguments.ModelArguments` built from this
-        estimator's parameters; what fit has no parameter for takes ``ModelArguments``'
-        defaults (``loss="cross_entropy"``, ``focal_gamma=2.0``; class weights are computed
-        as in a run and used only by the weighted and focal losses). ``augment=True`` uses
-        :class:`~tumor_classifier.augmentation.AugmentationConfig`'s defaults, the ones
-        ``train_hf.py``'s ``DataArguments`` also take. fit's own defaults differ where an
-        estimator on a list of images needs it: ``from_scratch=True`` (``train_hf.py``
-        fine-tunes the Hub checkpoint by default, which needs the network), ``epochs=10``,
-        ``batch_size=32``, no checkpoints or early stopping, and the validation images
-        are a stratified scikit-learn split of ``X`` (``train_hf.py`` carves them from the
-        training folder).
+        The recipe is ``train_hf.py``'s (the same Trainer, model and loss); where fit's
+        defaults differ and why is documented in :mod:`tumor_classifier.classifier_fit`.
 
         Args:
             X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
@@ -197,88 +148,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Returns:
             self.
         """
-        from sklearn.model_selection import train_test_split
+        from .classifier_fit import fit_model
 
-        from .progress import show_progress
-        from .losses import tumor_columns_of
-        from .pixels import PixelDataset
-        from .recipe import create_run_model, make_run_loss
-        from .training import build_trainer, fold_temperature, predict_logits
-        from .training_arguments import ModelArguments, MRITrainingArguments
-
-        sources = as_sources(X)
-        if y is None:
-            if not (hasattr(X, "features") and "label" in X.features):
-                raise InvalidArgumentError("fit needs y (class names), or a datasets.Dataset with a 'label' column.")
-            names = X.features["label"].names
-            y = [names[i] for i in X["label"]]
-        y = np.asarray([str(label) for label in y], dtype=object)
-        if len(y) != len(sources):
-            raise InvalidArgumentError(f"fit got {len(sources)} images but {len(y)} labels.")
-        tumour_only = y == ANY_TUMOR_NAME
-        classes = np.unique(y[~tumour_only])
-        if classes.size < 2:
-            raise InvalidArgumentError(f"fit needs at least two classes; got {list(classes)}.")
-        if tumour_only.any():
-            if NO_TUMOR not in classes or not tumor_columns_of(list(classes)):
-                raise InvalidArgumentError(
-                    f"Images labelled {ANY_TUMOR_NAME!r} need a '{NO_TUMOR}' class and at least one tumour "
-                    f"class among the other labels; got {list(classes)}."
-                )
-        preprocessor = MRIPreprocessor(size=self.image_size, crop_to_head=self.crop_to_head, skull_strip=self.skull_strip)
-        pixels = np.stack([preprocessor.prepare_array(source) for source in sources])
-        labels = np.where(tumour_only, ANY_TUMOR, np.searchsorted(classes, np.where(tumour_only, classes[0], y)))
-        counts = np.unique(labels, return_counts=True)[1]
-        n_val = int(round(self.validation_size * len(labels)))
-        if self.validation_size > 0 and n_val >= counts.size and counts.min() >= 2:
-            train_idx, val_idx = train_test_split(
-                np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=self.random_state
-            )
-        else:
-            train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
-        # run_training's recipe (model, loss); ModelArguments' defaults fill what fit has no parameter for.
-        recipe = ModelArguments(
-            backbone=self.backbone,
-            from_scratch=self.from_scratch,
-            checkpoint=self.checkpoint,
-            image_size=self.image_size,
-            dropout=self.dropout,
-            label_smoothing=self.label_smoothing,
-            config_overrides=self.config_overrides,
-        )
-        model = create_run_model(recipe, list(classes))
-        with tempfile.TemporaryDirectory(prefix="tumor-classifier-fit-") as workdir:
-            args = MRITrainingArguments(
-                output_dir=workdir,
-                num_train_epochs=self.epochs,
-                per_device_train_batch_size=self.batch_size,
-                per_device_eval_batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                weight_decay=self.weight_decay,
-                eval_strategy="no",
-                save_strategy="no",
-                load_best_model_at_end=False,
-                seed=self.random_state,
-                disable_tqdm=True,
-                # Logged losses feed the progress bar only (see progress.show_progress).
-                logging_strategy="steps" if self.verbose else "no",
-                logging_steps=1,
-            )
-            trainer = build_trainer(
-                model,
-                preprocessor,
-                PixelDataset(pixels[train_idx], labels[train_idx]),
-                None,
-                args,
-                augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
-                loss_function=make_run_loss(recipe, list(classes), labels[train_idx]),
-            )
-            show_progress(trainer, self.verbose)
-            trainer.train()
-            val_idx = val_idx[labels[val_idx] != ANY_TUMOR]  # the temperature needs a class per image
-            if val_idx.size:
-                logits = predict_logits(trainer, PixelDataset(pixels[val_idx], labels[val_idx]))
-                fold_temperature(model, fit_temperature(logits, labels[val_idx]))
+        model, preprocessor = fit_model(self, X, y)
         self._set_fitted(model, preprocessor)
         self.source_ = "fitted in memory"
         return self
@@ -347,7 +219,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 (corrupt or pickle weights, a malformed config, an ensemble member outside
                 the folder); the message names the file and what is wrong.
         """
-        return load_pretrained(
+        return classifier_storage.load_pretrained(
             cls, source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
             token=token, backend=backend, **params,
         )
@@ -554,41 +426,11 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             raise TumorClassifierError(f"tumor_probability needs a '{NO_TUMOR}' class; this model has {list(self.classes_)}.")
         return tumor_probability(self.predict_proba(X), self.classes_)
 
-    def _resolve_method(self, method: str) -> str:
-        method = self.attribution_method_ if method == "auto" else method
-        if method not in METHODS:
-            raise InvalidArgumentError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
-        return method
-
     def _attributions(
         self, prepared: Sequence[PreparedImage], targets: np.ndarray | None, method: str, **options: Any
-    ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Maps in each input's coordinates, and the logits (n, k) of the same passes.
-
-        ``targets=None`` explains the predicted class, found in Grad-CAM's own forward
-        pass, so predict-and-explain costs one forward and one backward pass; the logits
-        are returned then only (with ``targets`` given, ``None``: no extra forward pass
-        for logits nobody reads).
-        """
-        method = self._resolve_method(method)
-        small_maps: list[np.ndarray] = []
-        logits: list[np.ndarray] = []
-        black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
-        with model_passes(self.model_):
-            for start in range(0, len(prepared), self.batch_size):
-                chunk = prepared[start : start + self.batch_size]
-                pixel_values = self._pixel_values(chunk)
-                target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
-                if method in ("integrated_gradients", "occlusion"):
-                    options.setdefault("baseline", black)  # "absent" means a black image
-                result = compute_attributions(self.model_, pixel_values, target, method, return_logits=targets is None, **options)
-                if targets is None:
-                    result, chunk_logits = result
-                    logits.append(chunk_logits)
-                small_maps.extend(result)
-        # Back to each input's size outside the lock: its cost grows with the upload.
-        maps = [p.to_original(m) for p, m in zip(prepared, small_maps)]
-        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps], (np.concatenate(logits) if logits else None)
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """See :func:`~tumor_classifier.explanations.attributions`."""
+        return explanations.attributions(self, prepared, targets, method, **options)
 
     def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
         """Predicts and explains each image.
@@ -612,34 +454,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             and the app share.
         """
         self._check_fitted()
-        decoded = self._decode(as_sources(X))
-        grays = [d.gray for d in decoded]
-        prepared = [self.preprocessor_.prepare(gray) for gray in grays]
-        method = self._resolve_method(method)
-        if method == "gradcam" and not self.test_time_augmentation:
-            # One forward + backward pass gives both the prediction and its Grad-CAM map.
-            maps, logits = self._attributions(prepared, None, method, **options)
-            proba = torch.softmax(finite(torch.from_numpy(logits).float(), 0), dim=-1).numpy()
-        else:
-            proba = self._proba(prepared)
-            maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
-        tumor = tumor_probability(proba, self.classes_) if NO_TUMOR in self.classes_ else np.full(len(proba), np.nan)
-        explanations = []
-        for index, (gray, verdict) in enumerate(zip(grays, self._verdicts(decoded, proba))):
-            explanations.append(
-                Explanation(
-                    label=verdict.label,
-                    probabilities=verdict.probabilities,
-                    tumor_probability=float(tumor[index]),
-                    attribution=maps[index],
-                    overlay=overlay(gray, maps[index], alpha=alpha),
-                    method=method,
-                    uncertain=bool(proba[index].max() < self.uncertainty_threshold),
-                    quality=ImageQuality(verdict.brain_mri, list(verdict.reasons), {"mri_score": verdict.mri_score}),
-                    verdict=verdict,
-                )
-            )
-        return explanations
+        return explanations.explain(self, X, method, alpha=alpha, **options)
 
     def predict_volume(self, volume: Any, plane: str = "axial", **options: Any):
         """Classifies every slice of a volume inside the head and gives one verdict.
