@@ -10,108 +10,34 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .attributions import METHODS, compute_attributions, default_method
-from .visualization import overlay
-from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR
-from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError, NonFiniteOutputError, NotFittedError, TumorClassifierError
-from .locking import PerObjectLocks
-from .hub import is_model_folder
-from .metrics import fit_temperature, tumor_probability
-# transformers (ensemble, models) is imported where a torch model is built or loaded:
-# the ONNX backend predicts without it.
-from .model_folder import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, is_ensemble_folder, load_image_classifier, quiet_weights
-from .augmentation import AugmentationConfig
-from .decoding import DecodedImage, as_image_list, decode, load_image
+from .attributions import default_method
+from .data import NO_TUMOR, as_sources
+from .exceptions import InvalidImageError, NotFittedError, TumorClassifierError
+from .metrics import tumor_probability
+from .decoding import DecodedImage, decode
+# transformers (ensemble, models) is imported where a torch model is built or loaded
+# (classifier_storage): the ONNX backend predicts without it.
+from . import classifier_storage
+from .classifier_storage import BACKENDS, DEFAULT_MODEL_DIR  # noqa: F401 - importable from here as before
+from . import explanations
+from .explanations import Explanation  # noqa: F401 - importable from here as before
+from .inference import onnx_proba, pixel_values, torch_proba
+from .inference import model_passes as _model_passes  # noqa: F401 - the app's name for the lock
 from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import MRICheck
-from .quality import ImageQuality
 from .verdict import Verdict, decide_verdict
 
-#: Inference backends of :meth:`TumorClassifier.from_pretrained`.
-BACKENDS = ("torch", "onnx")
-#: What ``from_pretrained(..., backend="onnx")`` also downloads: a graph exported from the weights.
-_ONNX_FILES = ("model.onnx", "onnx_config.json")
 #: Serialises the first load of a lazily loaded torch model (``backend="onnx"``).
 _LAZY_LOAD_LOCK = threading.Lock()
-#: One re-entrant lock per torch model (weak keys: it goes with the model), held for the
-#: model's forward and backward passes only. Attribution methods hook the model's layers
-#: for the length of their passes, so a forward pass of another thread meanwhile would run
-#: through those hooks. Decoding, the MRI check and overlays stay outside, so a large
-#: upload never holds up other callers' passes (the web app relies on this).
-_model_passes = PerObjectLocks()
-#: Folder of the model that ships inside the package.
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-#: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
-#: (``ensemble.json`` and one transformers folder per member under ``members/``).
-_MODEL_FILES = [
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "README.md",
-    "metrics.json",
-    "*.png",
-    ENSEMBLE_CONFIG_NAME,
-    "members/*/*",
-]
-
-
-@dataclass
-class Explanation:
-    """One image's prediction with its attribution and its verdict.
-
-    Attributes:
-        label: What :meth:`TumorClassifier.predict` gives: the most probable class, or
-            ``"not_brain_mri"`` when the learned check flags the input.
-        probabilities: Class name -> probability, following ``classes_``.
-        tumor_probability: Probability of any tumor (``nan`` without a no-tumor class).
-        attribution: float32 (H, W) in [0, 1] over the input image's pixels.
-        overlay: RGB PIL image: the heatmap blended on the scan.
-        method: Attribution method used.
-        uncertain: The top probability is below the classifier's ``uncertainty_threshold``.
-        quality: The learned brain-MRI check (:mod:`tumor_classifier.mri_check`):
-            ``looks_like_mri``, the ``reasons`` it was flagged for, and its score
-            (``scores["mri_score"]`` in [0, 1]).
-        verdict: The :class:`~tumor_classifier.verdict.Verdict` (the one verdict policy:
-            not a brain MRI / uncertain / no tumor / tumor and its type).
-    """
-
-    label: str
-    probabilities: dict[str, float]
-    tumor_probability: float
-    attribution: np.ndarray
-    overlay: Image.Image
-    method: str
-    uncertain: bool
-    quality: ImageQuality
-    verdict: Verdict
-
-
-def _as_sources(X: Any) -> list[Any]:
-    """One image or a sequence (list, array stack, ``datasets.Dataset``) -> list of images."""
-    if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
-        from .data import image_sources
-
-        if "image" not in X.column_names:
-            raise InvalidImageError(
-                f"The data set has no 'image' column (columns: {', '.join(X.column_names)}); "
-                "pass a datasets.Dataset with an 'image' column, or the images themselves."
-            )
-        return image_sources(X)
-    return as_image_list(X)
 
 
 class TumorClassifier(ClassifierMixin, BaseEstimator):
@@ -205,21 +131,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Shows one progress bar on stderr (steps, epoch, loss) and prints nothing else;
         ``verbose=0`` turns the bar off.
 
-        The recipe is ``train_hf.py``'s (:func:`~tumor_classifier.training.run_training`):
-        the same Trainer (:func:`~tumor_classifier.training.build_trainer`), the model from
-        :func:`~tumor_classifier.recipe.create_run_model` and the loss from
-        :func:`~tumor_classifier.recipe.make_run_loss`, given a
-        :class:`~tumor_classifier.training_arguments.ModelArguments` built from this
-        estimator's parameters; what fit has no parameter for takes ``ModelArguments``'
-        defaults (``loss="cross_entropy"``, ``focal_gamma=2.0``; class weights are computed
-        as in a run and used only by the weighted and focal losses). ``augment=True`` uses
-        :class:`~tumor_classifier.augmentation.AugmentationConfig`'s defaults, the ones
-        ``train_hf.py``'s ``DataArguments`` also take. fit's own defaults differ where an
-        estimator on a list of images needs it: ``from_scratch=True`` (``train_hf.py``
-        fine-tunes the Hub checkpoint by default, which needs the network), ``epochs=10``,
-        ``batch_size=32``, no checkpoints or early stopping, and the validation images
-        are a stratified scikit-learn split of ``X`` (``train_hf.py`` carves them from the
-        training folder).
+        The recipe is ``train_hf.py``'s (the same Trainer, model and loss); where fit's
+        defaults differ and why is documented in :mod:`tumor_classifier.classifier_fit`.
 
         Args:
             X: Images (see :meth:`predict`), or a ``datasets.Dataset`` with ``image`` and
@@ -235,88 +148,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Returns:
             self.
         """
-        from sklearn.model_selection import train_test_split
+        from .classifier_fit import fit_model
 
-        from .progress import show_progress
-        from .losses import tumor_columns_of
-        from .pixels import PixelDataset
-        from .recipe import create_run_model, make_run_loss
-        from .training import build_trainer, fold_temperature, predict_logits
-        from .training_arguments import ModelArguments, MRITrainingArguments
-
-        sources = _as_sources(X)
-        if y is None:
-            if not (hasattr(X, "features") and "label" in X.features):
-                raise InvalidArgumentError("fit needs y (class names), or a datasets.Dataset with a 'label' column.")
-            names = X.features["label"].names
-            y = [names[i] for i in X["label"]]
-        y = np.asarray([str(label) for label in y], dtype=object)
-        if len(y) != len(sources):
-            raise InvalidArgumentError(f"fit got {len(sources)} images but {len(y)} labels.")
-        tumour_only = y == ANY_TUMOR_NAME
-        classes = np.unique(y[~tumour_only])
-        if classes.size < 2:
-            raise InvalidArgumentError(f"fit needs at least two classes; got {list(classes)}.")
-        if tumour_only.any():
-            if NO_TUMOR not in classes or not tumor_columns_of(list(classes)):
-                raise InvalidArgumentError(
-                    f"Images labelled {ANY_TUMOR_NAME!r} need a '{NO_TUMOR}' class and at least one tumour "
-                    f"class among the other labels; got {list(classes)}."
-                )
-        preprocessor = MRIPreprocessor(size=self.image_size, crop_to_head=self.crop_to_head, skull_strip=self.skull_strip)
-        pixels = np.stack([preprocessor.prepare_array(source) for source in sources])
-        labels = np.where(tumour_only, ANY_TUMOR, np.searchsorted(classes, np.where(tumour_only, classes[0], y)))
-        counts = np.unique(labels, return_counts=True)[1]
-        n_val = int(round(self.validation_size * len(labels)))
-        if self.validation_size > 0 and n_val >= counts.size and counts.min() >= 2:
-            train_idx, val_idx = train_test_split(
-                np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=self.random_state
-            )
-        else:
-            train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
-        # run_training's recipe (model, loss); ModelArguments' defaults fill what fit has no parameter for.
-        recipe = ModelArguments(
-            backbone=self.backbone,
-            from_scratch=self.from_scratch,
-            checkpoint=self.checkpoint,
-            image_size=self.image_size,
-            dropout=self.dropout,
-            label_smoothing=self.label_smoothing,
-            config_overrides=self.config_overrides,
-        )
-        model = create_run_model(recipe, list(classes))
-        with tempfile.TemporaryDirectory(prefix="tumor-classifier-fit-") as workdir:
-            args = MRITrainingArguments(
-                output_dir=workdir,
-                num_train_epochs=self.epochs,
-                per_device_train_batch_size=self.batch_size,
-                per_device_eval_batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                weight_decay=self.weight_decay,
-                eval_strategy="no",
-                save_strategy="no",
-                load_best_model_at_end=False,
-                seed=self.random_state,
-                disable_tqdm=True,
-                # Logged losses feed the progress bar only (see progress.show_progress).
-                logging_strategy="steps" if self.verbose else "no",
-                logging_steps=1,
-            )
-            trainer = build_trainer(
-                model,
-                preprocessor,
-                PixelDataset(pixels[train_idx], labels[train_idx]),
-                None,
-                args,
-                augmentation=AugmentationConfig() if self.augment else AugmentationConfig.none(),
-                loss_function=make_run_loss(recipe, list(classes), labels[train_idx]),
-            )
-            show_progress(trainer, self.verbose)
-            trainer.train()
-            val_idx = val_idx[labels[val_idx] != ANY_TUMOR]  # the temperature needs a class per image
-            if val_idx.size:
-                logits = predict_logits(trainer, PixelDataset(pixels[val_idx], labels[val_idx]))
-                fold_temperature(model, fit_temperature(logits, labels[val_idx]))
+        model, preprocessor = fit_model(self, X, y)
         self._set_fitted(model, preprocessor)
         self.source_ = "fitted in memory"
         return self
@@ -385,65 +219,10 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 (corrupt or pickle weights, a malformed config, an ensemble member outside
                 the folder); the message names the file and what is wrong.
         """
-        fixed = sorted(set(params) & {"image_size", "crop_to_head", "skull_strip", "backbone"})
-        if fixed:
-            raise InvalidArgumentError(
-                f"{', '.join(fixed)} of a trained model come from its saved preprocessing and cannot be changed "
-                "at load time; retrain with fit() or train_hf.py to change them."
-            )
-        if backend not in BACKENDS:
-            raise InvalidArgumentError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-        if backend == "onnx":
-            from .onnx_backend import import_onnxruntime
-
-            import_onnxruntime()  # the install hint before minutes of download or export
-        folder = _resolve_model_folder(
-            source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
-            extra_patterns=_ONNX_FILES if backend == "onnx" else (),
+        return classifier_storage.load_pretrained(
+            cls, source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+            token=token, backend=backend, **params,
         )
-        graph_dir = None
-        try:
-            # Every file is checked before transformers reads it (see model_folder): the
-            # preprocessing first, then the config and safetensors weights; never pickles.
-            has_preprocessing = (Path(folder) / "preprocessor_config.json").is_file()
-            preprocessor = MRIPreprocessor.from_pretrained(folder) if has_preprocessing else None
-            if backend == "onnx" and preprocessor is not None:
-                from .onnx_export import fresh_graph_dir
-
-                graph_dir, _ = fresh_graph_dir(folder, preprocessor)
-            # With a fresh graph the torch model waits until explain() needs it.
-            model = _load_torch_model(Path(folder)) if graph_dir is None else None
-            if preprocessor is None:
-                preprocessor = MRIPreprocessor.from_hf_dict(
-                    {"size": getattr(model.config, "image_size", 224)},
-                    source=f"{Path(folder) / 'config.json'} (image_size; there is no preprocessor_config.json)",
-                )
-        except ModelLoadError:
-            raise  # already says which file or member failed
-        except (OSError, ValueError) as error:  # includes malformed JSON
-            raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
-        graph = None
-        if backend == "onnx":
-            from .onnx_backend import OnnxClassifier
-            from .onnx_export import cached_graph_dir, export_onnx, model_fingerprint
-
-            if graph_dir is None:
-                fingerprint = model_fingerprint(folder, preprocessor)
-                graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
-            graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
-            MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
-        backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
-        estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
-        estimator.set_params(**params)
-        if model is not None:
-            estimator._set_fitted(model, preprocessor, Path(folder))
-        else:
-            estimator.model_folder_, estimator.preprocessor_ = Path(folder), preprocessor
-            estimator.classes_ = np.asarray(graph.class_names, dtype=object)
-            estimator._load_torch_model = functools.partial(_load_torch_model, Path(folder))
-        estimator.backend_, estimator.onnx_model_ = backend, graph
-        estimator.source_ = str(source) if source is not None else "default"
-        return estimator
 
     def export_onnx(
         self, directory: str | os.PathLike, *, images: Any = None, tolerance: float | None = None, quantize: bool = False
@@ -472,15 +251,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Example:
             >>> TumorClassifier.from_pretrained().export_onnx("exported/")  # doctest: +SKIP
         """
-        from .onnx_export import DEFAULT_TOLERANCE, export_onnx, model_fingerprint
-
         self._check_fitted()
-        folder = self.model_folder_
-        fingerprint = model_fingerprint(folder, self.preprocessor_) if folder is not None else None
-        return export_onnx(
-            self.model_, self.preprocessor_, directory, images=None if images is None else _as_sources(images),
-            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, quantize=quantize, fingerprint=fingerprint,
-        )
+        return classifier_storage.export_onnx(self, directory, images=images, tolerance=tolerance, quantize=quantize)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Writes a folder that :meth:`from_pretrained` and plain transformers both load.
@@ -495,21 +267,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         files first, since ``from_pretrained`` would otherwise load the stale ensemble.
         """
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        from .ensemble import EnsembleForImageClassification
-
-        if isinstance(self.model_, EnsembleForImageClassification):
-            stale = [directory / "config.json", directory / "model.safetensors"]
-        else:
-            stale = [directory / ENSEMBLE_CONFIG_NAME]
-            shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)
-        for path in stale:
-            path.unlink(missing_ok=True)
-        with quiet_weights():
-            self.model_.save_pretrained(directory)
-        self.preprocessor_.save_pretrained(directory)
-        return directory
+        return classifier_storage.save_pretrained(self, directory)
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str = "Upload TumorClassifier") -> str:
         """Saves into a temporary folder and uploads it (with a model card) to the Hub.
@@ -524,20 +282,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             HubUploadError: The Hub cannot be reached (nothing is written then), or it
                 refused the repository or the upload; the message says which.
         """
-        from .hub import check_hub_reachable, push_folder_to_hub
-        from .reports import DISCLAIMER
-
         self._check_fitted()
-        check_hub_reachable()
-        with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
-            self.save_pretrained(folder)
-            source_card = self.model_folder_ / "README.md" if self.model_folder_ else None
-            card = source_card.read_text() if source_card and source_card.is_file() else (
-                "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
-                f"# Brain tumor MRI classifier\n\nClasses: {', '.join(self.classes_)}.\n\n> {DISCLAIMER}\n"
-            )
-            (Path(folder) / "README.md").write_text(card)
-            return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
+        return classifier_storage.push_to_hub(self, repo_id, token=token, private=private, commit_message=commit_message)
 
     # -- inference -----------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -558,7 +304,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         return images
 
     def _prepare(self, X: Any) -> list[PreparedImage]:
-        return [self.preprocessor_.prepare(d.gray) for d in self._decode(_as_sources(X))]
+        return [self.preprocessor_.prepare(d.gray) for d in self._decode(as_sources(X))]
 
     def is_brain_mri(self, X: Any) -> np.ndarray:
         """Whether each input is a brain MRI slice, by the learned check.
@@ -577,7 +323,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Raises:
             InvalidImageError: An input cannot be read as an image.
         """
-        return MRICheck.load().is_brain_mri(self._decode(_as_sources(X)), engine=self._check_engine())
+        return MRICheck.load().is_brain_mri(self._decode(as_sources(X)), engine=self._check_engine())
 
     def verdicts(self, X: Any) -> list[Verdict]:
         """The verdict of each input, without attributions (what the CLI prints).
@@ -594,7 +340,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             InvalidImageError: An input cannot be read as an image.
         """
         self._check_fitted()
-        decoded = self._decode(_as_sources(X))
+        decoded = self._decode(as_sources(X))
         return self._verdicts(decoded, self._proba([self.preprocessor_.prepare(d.gray) for d in decoded]))
 
     def _check_engine(self) -> str:
@@ -618,37 +364,13 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
     def _pixel_values(self, chunk: Sequence[PreparedImage]) -> torch.Tensor:
         """Normalised model input (n, C, size, size) on the model's device."""
-        batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in chunk]))
-        return self.preprocessor_.normalize(batch).to(self.model_.device)
+        return pixel_values(self.preprocessor_, chunk, self.model_.device)
 
     def _proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
         """Batched forward passes; with ``test_time_augmentation`` also of the mirror images."""
         if getattr(self, "onnx_model_", None) is not None:
-            return self._onnx_proba(prepared)
-        outputs = []
-        with _model_passes(self.model_), torch.inference_mode():
-            for start in range(0, len(prepared), self.batch_size):
-                chunk = prepared[start : start + self.batch_size]
-                pixel_values = self._pixel_values(chunk)
-                proba = torch.softmax(_finite(self.model_(pixel_values=pixel_values).logits.float(), start), dim=-1)
-                if self.test_time_augmentation:
-                    mirrored = _finite(self.model_(pixel_values=pixel_values.flip(-1)).logits.float(), start)
-                    proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
-                outputs.append(proba.cpu().numpy())
-        return np.concatenate(outputs)
-
-    def _onnx_proba(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
-        """:meth:`_proba` through the ONNX graph: numpy in and out, no torch operation."""
-        graph, outputs = self.onnx_model_, []
-        pixels = np.stack([np.asarray(p.image) for p in prepared])
-        for start in range(0, len(pixels), self.batch_size):
-            pixel_values = graph.normalize(pixels[start : start + self.batch_size], self.preprocessor_.mean, self.preprocessor_.std)
-            proba = _softmax(_finite(graph.logits(pixel_values), start))
-            if self.test_time_augmentation:
-                mirrored = _finite(graph.logits(np.ascontiguousarray(pixel_values[..., ::-1])), start)
-                proba = (proba + _softmax(mirrored)) / 2
-            outputs.append(proba)
-        return np.concatenate(outputs)
+            return onnx_proba(self.onnx_model_, self.preprocessor_, prepared, self.batch_size, self.test_time_augmentation)
+        return torch_proba(self.model_, self.preprocessor_, prepared, self.batch_size, self.test_time_augmentation)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities.
@@ -685,7 +407,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             ``return_attributions`` a tuple ``(labels, maps)``.
         """
         self._check_fitted()
-        decoded = self._decode(_as_sources(X))
+        decoded = self._decode(as_sources(X))
         prepared = [self.preprocessor_.prepare(d.gray) for d in decoded]
         proba = self._proba(prepared)
         labels = np.asarray([v.label for v in self._verdicts(decoded, proba)], dtype=object)
@@ -704,41 +426,11 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             raise TumorClassifierError(f"tumor_probability needs a '{NO_TUMOR}' class; this model has {list(self.classes_)}.")
         return tumor_probability(self.predict_proba(X), self.classes_)
 
-    def _resolve_method(self, method: str) -> str:
-        method = self.attribution_method_ if method == "auto" else method
-        if method not in METHODS:
-            raise InvalidArgumentError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
-        return method
-
     def _attributions(
         self, prepared: Sequence[PreparedImage], targets: np.ndarray | None, method: str, **options: Any
-    ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Maps in each input's coordinates, and the logits (n, k) of the same passes.
-
-        ``targets=None`` explains the predicted class, found in Grad-CAM's own forward
-        pass, so predict-and-explain costs one forward and one backward pass; the logits
-        are returned then only (with ``targets`` given, ``None``: no extra forward pass
-        for logits nobody reads).
-        """
-        method = self._resolve_method(method)
-        small_maps: list[np.ndarray] = []
-        logits: list[np.ndarray] = []
-        black = (0.0 - self.preprocessor_.mean) / self.preprocessor_.std
-        with _model_passes(self.model_):
-            for start in range(0, len(prepared), self.batch_size):
-                chunk = prepared[start : start + self.batch_size]
-                pixel_values = self._pixel_values(chunk)
-                target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=self.model_.device)
-                if method in ("integrated_gradients", "occlusion"):
-                    options.setdefault("baseline", black)  # "absent" means a black image
-                result = compute_attributions(self.model_, pixel_values, target, method, return_logits=targets is None, **options)
-                if targets is None:
-                    result, chunk_logits = result
-                    logits.append(chunk_logits)
-                small_maps.extend(result)
-        # Back to each input's size outside the lock: its cost grows with the upload.
-        maps = [p.to_original(m) for p, m in zip(prepared, small_maps)]
-        return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps], (np.concatenate(logits) if logits else None)
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """See :func:`~tumor_classifier.explanations.attributions`."""
+        return explanations.attributions(self, prepared, targets, method, **options)
 
     def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
         """Predicts and explains each image.
@@ -762,34 +454,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             and the app share.
         """
         self._check_fitted()
-        decoded = self._decode(_as_sources(X))
-        grays = [d.gray for d in decoded]
-        prepared = [self.preprocessor_.prepare(gray) for gray in grays]
-        method = self._resolve_method(method)
-        if method == "gradcam" and not self.test_time_augmentation:
-            # One forward + backward pass gives both the prediction and its Grad-CAM map.
-            maps, logits = self._attributions(prepared, None, method, **options)
-            proba = torch.softmax(_finite(torch.from_numpy(logits).float(), 0), dim=-1).numpy()
-        else:
-            proba = self._proba(prepared)
-            maps, _ = self._attributions(prepared, proba.argmax(axis=1), method, **options)
-        tumor = tumor_probability(proba, self.classes_) if NO_TUMOR in self.classes_ else np.full(len(proba), np.nan)
-        explanations = []
-        for index, (gray, verdict) in enumerate(zip(grays, self._verdicts(decoded, proba))):
-            explanations.append(
-                Explanation(
-                    label=verdict.label,
-                    probabilities=verdict.probabilities,
-                    tumor_probability=float(tumor[index]),
-                    attribution=maps[index],
-                    overlay=overlay(gray, maps[index], alpha=alpha),
-                    method=method,
-                    uncertain=bool(proba[index].max() < self.uncertainty_threshold),
-                    quality=ImageQuality(verdict.brain_mri, list(verdict.reasons), {"mri_score": verdict.mri_score}),
-                    verdict=verdict,
-                )
-            )
-        return explanations
+        return explanations.explain(self, X, method, alpha=alpha, **options)
 
     def predict_volume(self, volume: Any, plane: str = "axial", **options: Any):
         """Classifies every slice of a volume inside the head and gives one verdict.
@@ -815,67 +480,4 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         from .volume_prediction import predict_volume
 
         return predict_volume(self, volume, plane=plane, **options)
-
-
-def _finite(logits, first: int):
-    """``logits`` (n, k), a tensor or a numpy array, unchanged; a NaN or infinity would turn into NaN probabilities."""
-    bad = np.flatnonzero(~np.isfinite(logits.detach().cpu().numpy() if torch.is_tensor(logits) else logits).all(axis=-1))
-    if bad.size:
-        raise NonFiniteOutputError(
-            f"The model answered NaN or infinite logits for image {first + int(bad[0])} "
-            f"({bad.size} image(s) in this batch), so it has no probabilities to give. Its weights are "
-            "broken or overflow on this input; retrain or re-export the model."
-        )
-    return logits
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _load_torch_model(folder: Path) -> torch.nn.Module:
-    """The checked float32 model of a single-model or ensemble folder."""
-    from . import models  # noqa: F401 - registers this package's backbones with transformers' Auto classes
-    from .ensemble import EnsembleForImageClassification
-
-    if is_ensemble_folder(folder):
-        return EnsembleForImageClassification.from_pretrained(folder)
-    return load_image_classifier(folder)  # float32, whatever the stored dtype
-
-
-def _resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None, extra_patterns=()) -> Path:
-    if source is None:
-        if not is_model_folder(DEFAULT_MODEL_DIR):
-            raise ModelLoadError(
-                f"No default model is shipped in {DEFAULT_MODEL_DIR}; pass a model folder or Hub id."
-            )
-        return DEFAULT_MODEL_DIR
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not is_model_folder(path):
-            raise ModelLoadError(
-                f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
-                "save_pretrained, train_hf.py or build_ensemble."
-            )
-        return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                str(source),
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-                allow_patterns=_MODEL_FILES + list(extra_patterns),
-            )
-        )
-    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
-        ) from error
 

@@ -32,6 +32,7 @@ from .duplicates import (  # noqa: F401 - the duplicate names are importable fro
     group_split,
     near_duplicate_groups,
 )
+from .decoding import as_image_list
 from .exceptions import InvalidDatasetError, InvalidImageError
 
 if TYPE_CHECKING:
@@ -282,6 +283,18 @@ def image_sources(split: "Dataset") -> list[Any]:
 
     raw = split.cast_column("image", Image(decode=False))["image"]
     return [item["path"] if item.get("bytes") is None else item for item in raw]
+
+
+def as_sources(X: Any) -> list[Any]:
+    """One image or a sequence (list, array stack, ``datasets.Dataset``) -> list of images."""
+    if hasattr(X, "column_names") and hasattr(X, "cast_column"):  # a datasets.Dataset
+        if "image" not in X.column_names:
+            raise InvalidImageError(
+                f"The data set has no 'image' column (columns: {', '.join(X.column_names)}); "
+                "pass a datasets.Dataset with an 'image' column, or the images themselves."
+            )
+        return image_sources(X)
+    return as_image_list(X)
 
 
 def load_image_folder(directory: str | os.PathLike, *, binary: bool = False) -> "Dataset":

@@ -41,8 +41,15 @@ from PIL import Image
 
 from .decoding import DecodedImage, as_image_list, decode  # noqa: F401 - DecodedImage: importable from here as before
 from .exceptions import InvalidArgumentError, InvalidImageError, ModelLoadError
-from .preprocessing import prepare_image
-from .quality import colourfulness, measure_gray
+from .mri_features import (  # noqa: F401 - importable from here as before
+    BATCH_SIZE,
+    COLOUR_SPREAD,
+    ENGINES,
+    HAND_FEATURES,
+    BackboneFeatures,
+    hand_features,
+)
+from .mri_scorer import LogisticScorer, Novelty, sigmoid  # noqa: F401 - importable from here as before
 
 #: The shipped check.
 DEFAULT_CHECK_DIR = Path(__file__).with_name("mri_check")
@@ -50,15 +57,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 #: Bumped when the meaning of a feature changes; a folder of another version is refused.
 FEATURE_VERSION = 1
-#: The transparent features, in the order they follow the backbone's features.
-HAND_FEATURES = (
-    "colourfulness",
-    "colour_fraction",
-    "dark_fraction",
-    "dark_border_fraction",
-    "head_fraction",
-    "contrast",
-)
 #: Sentences for :meth:`MRICheck.reasons`, said when a feature pulls the score down, by
 #: whether its value lies above or below the fitted images' mean.
 _HAND_REASONS = {
@@ -72,236 +70,7 @@ _HAND_REASONS = {
     ("contrast", "low"): "its contrast is low for an MRI slice (standard deviation {value:.2f})",
     ("contrast", "high"): "its contrast is high for an MRI slice (standard deviation {value:.2f})",
 }
-#: A pixel counts as clearly coloured when its channels spread by more than this ([0, 1] scale).
-COLOUR_SPREAD = 0.1
-#: Images per backbone forward pass (bounds memory on large inputs).
-BATCH_SIZE = 32
-#: Engines that can compute the backbone's features (see :class:`BackboneFeatures`).
-ENGINES = ("torch", "onnx")
-def hand_features(image: DecodedImage) -> np.ndarray:
-    """The transparent features of one decoded image, in the order of :data:`HAND_FEATURES`.
 
-    Returns:
-        float64 array (6,): colourfulness (see :func:`~tumor_classifier.quality.colourfulness`,
-        0 for gray inputs), the share of pixels whose channels spread by more than
-        :data:`COLOUR_SPREAD`, then :func:`~tumor_classifier.quality.measure_gray`'s four
-        values. All in [0, 1].
-    """
-    if image.rgb is None:
-        colour, coloured = 0.0, 0.0
-    else:
-        colour = colourfulness(image.rgb)
-        rgb = image.rgb.astype(np.int16)
-        coloured = float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOUR_SPREAD * 255).mean())
-    gray = measure_gray(image.gray)
-    values = {"colourfulness": colour, "colour_fraction": coloured, **gray}
-    return np.array([values[name] for name in HAND_FEATURES], dtype=np.float64)
-
-
-# --------------------------------------------------------------------------- backbone
-
-
-class BackboneFeatures:
-    """Pooled features of the frozen ImageNet EfficientNet-Lite0 on grayscale images.
-
-    The image is padded square (optionally cropped to the head first), resized to
-    ``image_size``, scaled to ``2x - 1`` (the network's ImageNet normalisation) and fed to
-    the network with its stem folded to one channel (exactly the repeated gray image on
-    three channels). The last feature map (1280 channels) is averaged over space.
-
-    The network is built on first use and shared by every thread: it stays in eval mode
-    and runs under ``torch.inference_mode``, so calls change no state. With
-    ``engine="onnx"`` the same network runs as an ONNX graph in onnxruntime
-    (:mod:`tumor_classifier.mri_check_onnx`: exported once into the package's ONNX cache
-    and verified against torch); only the engine differs: features within about 2e-5
-    (they lie in [0, 6]); on the 1311 Testing images the check's scores within 2.1e-6
-    and all 1311 decisions the same.
-
-    Args:
-        image_size: Input side in pixels.
-        crop_to_head: Crop to the head's bounding box before padding.
-        variant: EfficientNet-Lite variant whose ImageNet weights are installed.
-    """
-
-    dim = 1280
-
-    def __init__(self, image_size: int = 128, crop_to_head: bool = False, variant: str = "efficientnet-lite0"):
-        self.image_size = image_size
-        self.crop_to_head = crop_to_head
-        self.variant = variant
-        self._network = None
-        self._graph = None
-        # Reentrant: building the ONNX graph (under the lock) builds the torch network first.
-        self._lock = threading.RLock()
-
-    def network(self):
-        """The torch network (``efficientnet_lite_pytorch.EfficientNet``), built on first use."""
-        with self._lock:
-            if self._network is None:
-                from .efficientnet import EfficientNetLiteForImageClassification
-
-                model = EfficientNetLiteForImageClassification.from_imagenet(
-                    variant=self.variant, num_labels=1, image_size=self.image_size, num_channels=1
-                )
-                self._network = model.efficientnet.eval().requires_grad_(False)
-            return self._network
-
-    def graph(self):
-        """The :class:`~tumor_classifier.mri_check_onnx.FeatureGraph`, loaded (or exported) on first use.
-
-        Raises:
-            MissingDependencyError: The ``[onnx]`` extra is not installed.
-            ExportError: The export failed or did not match torch.
-        """
-        with self._lock:
-            if self._graph is None:
-                import torch
-
-                from .mri_check_onnx import load_feature_graph
-
-                self._graph = load_feature_graph(self, threads=torch.get_num_threads())
-            return self._graph
-
-    def pixels(self, grays: Sequence[Image.Image]) -> np.ndarray:
-        """float32 array (n, 1, S, S) in [-1, 1]: the network's input."""
-        prepared = [
-            np.asarray(prepare_image(gray, self.image_size, crop_to_head=self.crop_to_head).image, dtype=np.float32)
-            for gray in grays
-        ]
-        return (np.stack(prepared)[:, None] / 127.5 - 1.0).astype(np.float32)
-
-    def __call__(self, grays: Sequence[Image.Image], engine: str = "torch") -> np.ndarray:
-        """float32 array (n, 1280): the pooled features of each image.
-
-        Args:
-            grays: Grayscale PIL images.
-            engine: ``"torch"`` or ``"onnx"`` (see the class docstring).
-
-        Raises:
-            InvalidArgumentError: An unknown engine.
-        """
-        if engine not in ENGINES:
-            raise InvalidArgumentError(f"Unknown engine {engine!r} for the MRI check; choose one of {', '.join(ENGINES)}.")
-        out = np.empty((len(grays), self.dim), dtype=np.float32)
-        for start in range(0, len(grays), BATCH_SIZE):
-            pixels = self.pixels(grays[start : start + BATCH_SIZE])
-            out[start : start + len(pixels)] = self.graph().features(pixels) if engine == "onnx" else self._torch_features(pixels)
-        return out
-
-    def _torch_features(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
-        network = self.network()
-        with torch.inference_mode():
-            return network.extract_features(torch.from_numpy(pixels)).mean(dim=(2, 3)).numpy()
-
-
-# --------------------------------------------------------------------------- scorer
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    # exp of a non-positive number only: no overflow warning for large |z|.
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@dataclass
-class LogisticScorer:
-    """A fitted standardisation + binary logistic regression, scored in numpy.
-
-    ``score(X) = sigmoid(((X - mean) / scale) @ coef + intercept)``: scikit-learn's
-    ``StandardScaler`` then ``LogisticRegression().predict_proba(X)[:, 1]``.
-
-    Attributes:
-        mean: float64 array (d,).
-        scale: float64 array (d,), positive.
-        coef: float64 array (d,).
-        intercept: The bias.
-    """
-
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-
-    @classmethod
-    def from_sklearn(cls, scaler: Any, logistic: Any) -> "LogisticScorer":
-        """Copies a fitted ``StandardScaler`` and binary ``LogisticRegression``.
-
-        The probability returned by :meth:`score` is that of ``logistic.classes_[1]``.
-        """
-        if np.asarray(logistic.coef_).shape[0] != 1:
-            raise ValueError(f"A binary logistic regression is needed; got {len(logistic.classes_)} classes.")
-        mean = np.zeros(scaler.n_features_in_) if scaler.mean_ is None else scaler.mean_
-        scale = np.ones(scaler.n_features_in_) if scaler.scale_ is None else scaler.scale_
-        return cls(
-            np.asarray(mean, dtype=np.float64),
-            np.asarray(scale, dtype=np.float64),
-            np.asarray(logistic.coef_[0], dtype=np.float64),
-            float(np.asarray(logistic.intercept_).ravel()[0]),
-        )
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """float64 array (n,): the log-odds of the positive class."""
-        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
-
-    def score(self, X: np.ndarray) -> np.ndarray:
-        """float64 array (n,) in [0, 1]: the positive class's probability."""
-        return _sigmoid(self.decision_function(X))
-
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """float64 array (n, d): each feature's share of the log-odds (the intercept aside)."""
-        return (np.asarray(X, dtype=np.float64) - self.mean) / self.scale * self.coef
-
-
-@dataclass
-class Novelty:
-    """How unlike the fitted brain MRI slices an image looks, and the penalty beyond a limit.
-
-    A one-class measure beside the two-class logistic regression, for kinds of image the
-    regression never saw (its fit only separates the non-MRI kinds it was shown). On the
-    square roots of the pooled backbone features (which tames their skew), the distance
-    is the log of the squared residual outside the ``k`` leading principal directions of
-    the brain MRI slices of the fit::
-
-        distance(x) = log || (I - V^T V) (sqrt(x) - mean) ||^2
-
-    Images farther than ``limit`` (set on validation brain MRI) lose
-    ``weight * (distance - limit)`` log-odds.
-
-    Attributes:
-        mean: float64 array (1280,): mean of the square-rooted features of brain MRI.
-        components: float64 array (k, 1280), orthonormal rows: the principal directions.
-        limit: Distance up to which nothing is subtracted.
-        weight: Log-odds subtracted per unit of distance beyond ``limit``.
-    """
-
-    mean: np.ndarray
-    components: np.ndarray
-    limit: float = math.inf
-    weight: float = 0.0
-
-    @classmethod
-    def fit(cls, backbone: np.ndarray, k: int) -> "Novelty":
-        """The subspace of the ``k`` leading directions of brain MRI features (n, 1280); no limit yet."""
-        roots = np.sqrt(np.maximum(np.asarray(backbone, dtype=np.float64), 0.0))
-        mean = roots.mean(axis=0)
-        _, _, vt = np.linalg.svd(roots - mean, full_matrices=False)
-        return cls(mean, vt[:k].copy())
-
-    def distance(self, backbone: np.ndarray) -> np.ndarray:
-        """float64 array (n,): the distance of each row of backbone features (n, 1280)."""
-        centred = np.sqrt(np.maximum(np.asarray(backbone, dtype=np.float64), 0.0)) - self.mean
-        inside = centred @ self.components.T
-        residual = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", inside, inside)
-        return np.log(np.maximum(residual, 1e-12))
-
-    def penalty(self, backbone: np.ndarray) -> np.ndarray:
-        """float64 array (n,) >= 0: the log-odds to subtract."""
-        return self.weight * np.maximum(self.distance(backbone) - self.limit, 0.0)
-
-
-# --------------------------------------------------------------------------- the check
 
 
 _CACHE: dict[Path, "MRICheck"] = {}
@@ -576,7 +345,7 @@ class MRICheck:
         Raises:
             InvalidImageError: An input cannot be read as an image.
         """
-        return _sigmoid(self.log_odds(self.features(images, grays, engine=engine)))
+        return sigmoid(self.log_odds(self.features(images, grays, engine=engine)))
 
     def is_brain_mri(self, images: Any, grays: Sequence[Image.Image] | None = None, *, engine: str = "torch") -> np.ndarray:
         """bool array (n,): score at or above :attr:`threshold`. Arguments as :meth:`score`."""
@@ -593,7 +362,7 @@ class MRICheck:
             MRI when its score is at or above :attr:`threshold`.
         """
         X = self.features(images, grays, engine=engine)
-        return _sigmoid(self.log_odds(X)), self._reasons(X)
+        return sigmoid(self.log_odds(X)), self._reasons(X)
 
     def reasons(self, images: Any, grays: Sequence[Image.Image] | None = None, *, engine: str = "torch") -> list[list[str]]:
         """Why each input was flagged, for people: an empty list for an accepted input.
@@ -611,7 +380,7 @@ class MRICheck:
         return self._reasons(self.features(images, grays, engine=engine))
 
     def _reasons(self, X: np.ndarray) -> list[list[str]]:
-        scores = _sigmoid(self.log_odds(X))
+        scores = sigmoid(self.log_odds(X))
         hand = X[:, -len(HAND_FEATURES) :]
         contributions = self.scorer.contributions(X)[:, -len(HAND_FEATURES) :]
         beyond = (

@@ -48,7 +48,7 @@ from .model_folder import read_json_limited
 from .onnx_backend import INPUT_NAME, open_session
 
 if TYPE_CHECKING:
-    from .mri_check import BackboneFeatures
+    from .mri_features import BackboneFeatures
 
 __all__ = ["DEFAULT_TOLERANCE", "FeatureGraph", "export_feature_graph", "feature_fingerprint", "load_feature_graph"]
 
@@ -153,7 +153,7 @@ def export_feature_graph(
     """Exports the check's feature extractor to ``directory/features.onnx`` and verifies it.
 
     Args:
-        backbone: The check's :class:`~tumor_classifier.mri_check.BackboneFeatures`.
+        backbone: The check's :class:`~tumor_classifier.mri_features.BackboneFeatures`.
         directory: Target folder (created if missing).
         fingerprint: :func:`feature_fingerprint` of ``backbone``, stored beside the graph.
         tolerance: Largest accepted |ONNX - torch| of any feature.
@@ -214,7 +214,7 @@ def load_feature_graph(backbone: "BackboneFeatures", *, threads: int | None = No
     """The check's feature graph from the cache, exported there first if missing or stale.
 
     Args:
-        backbone: The check's :class:`~tumor_classifier.mri_check.BackboneFeatures`.
+        backbone: The check's :class:`~tumor_classifier.mri_features.BackboneFeatures`.
         threads: onnxruntime intra-op threads; ``None`` for its default.
 
     Raises:

@@ -1,0 +1,205 @@
+"""Where a :class:`~tumor_classifier.classifier.TumorClassifier`'s model lives: load, save, push, export.
+
+The model folder is resolved here (the shipped default, a local folder or a Hub id),
+its torch model or ONNX graph loaded, and a fitted classifier written back as a folder,
+uploaded to the Hub or exported to ONNX. ``TumorClassifier``'s methods of the same names
+delegate to these functions. transformers, onnxruntime and huggingface_hub are imported
+inside the functions that need them, so the ONNX backend predicts without transformers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import as_sources
+from .exceptions import InvalidArgumentError, ModelLoadError
+from .hub import is_model_folder
+from .model_folder import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, is_ensemble_folder, load_image_classifier, quiet_weights
+from .mri_check import MRICheck
+from .preprocessing import MRIPreprocessor
+
+#: Inference backends of :meth:`TumorClassifier.from_pretrained`.
+BACKENDS = ("torch", "onnx")
+#: What ``from_pretrained(..., backend="onnx")`` also downloads: a graph exported from the weights.
+ONNX_FILES = ("model.onnx", "onnx_config.json")
+#: Folder of the model that ships inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+#: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
+#: (``ensemble.json`` and one transformers folder per member under ``members/``).
+MODEL_FILES = [
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    "metrics.json",
+    "*.png",
+    ENSEMBLE_CONFIG_NAME,
+    "members/*/*",
+]
+
+
+def load_pretrained(
+    cls, source, *, revision=None, cache_dir=None, local_files_only=False, token=None, backend="torch", **params: Any
+):
+    """:meth:`TumorClassifier.from_pretrained` (documented there): a fitted ``cls`` instance."""
+    fixed = sorted(set(params) & {"image_size", "crop_to_head", "skull_strip", "backbone"})
+    if fixed:
+        raise InvalidArgumentError(
+            f"{', '.join(fixed)} of a trained model come from its saved preprocessing and cannot be changed "
+            "at load time; retrain with fit() or train_hf.py to change them."
+        )
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "onnx":
+        from .onnx_backend import import_onnxruntime
+
+        import_onnxruntime()  # the install hint before minutes of download or export
+    folder = resolve_model_folder(
+        source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
+        extra_patterns=ONNX_FILES if backend == "onnx" else (),
+    )
+    graph_dir = None
+    try:
+        # Every file is checked before transformers reads it (see model_folder): the
+        # preprocessing first, then the config and safetensors weights; never pickles.
+        has_preprocessing = (Path(folder) / "preprocessor_config.json").is_file()
+        preprocessor = MRIPreprocessor.from_pretrained(folder) if has_preprocessing else None
+        if backend == "onnx" and preprocessor is not None:
+            from .onnx_export import fresh_graph_dir
+
+            graph_dir, _ = fresh_graph_dir(folder, preprocessor)
+        # With a fresh graph the torch model waits until explain() needs it.
+        model = load_torch_model(Path(folder)) if graph_dir is None else None
+        if preprocessor is None:
+            preprocessor = MRIPreprocessor.from_hf_dict(
+                {"size": getattr(model.config, "image_size", 224)},
+                source=f"{Path(folder) / 'config.json'} (image_size; there is no preprocessor_config.json)",
+            )
+    except ModelLoadError:
+        raise  # already says which file or member failed
+    except (OSError, ValueError) as error:  # includes malformed JSON
+        raise ModelLoadError(f"Could not load the model in {folder}: {error}") from error
+    graph = None
+    if backend == "onnx":
+        from .onnx_backend import OnnxClassifier
+        from .onnx_export import cached_graph_dir, export_onnx, model_fingerprint
+
+        if graph_dir is None:
+            fingerprint = model_fingerprint(folder, preprocessor)
+            graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
+        graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+        MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
+    backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
+    estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
+    estimator.set_params(**params)
+    if model is not None:
+        estimator._set_fitted(model, preprocessor, Path(folder))
+    else:
+        estimator.model_folder_, estimator.preprocessor_ = Path(folder), preprocessor
+        estimator.classes_ = np.asarray(graph.class_names, dtype=object)
+        estimator._load_torch_model = functools.partial(load_torch_model, Path(folder))
+    estimator.backend_, estimator.onnx_model_ = backend, graph
+    estimator.source_ = str(source) if source is not None else "default"
+    return estimator
+
+
+def export_onnx(estimator, directory: str | os.PathLike, *, images: Any = None, tolerance: float | None = None, quantize: bool = False):
+    """:meth:`TumorClassifier.export_onnx` of a fitted ``estimator`` (documented there)."""
+    from .onnx_export import DEFAULT_TOLERANCE, export_onnx as export, model_fingerprint
+
+    folder = estimator.model_folder_
+    fingerprint = model_fingerprint(folder, estimator.preprocessor_) if folder is not None else None
+    return export(
+        estimator.model_, estimator.preprocessor_, directory, images=None if images is None else as_sources(images),
+        tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, quantize=quantize, fingerprint=fingerprint,
+    )
+
+
+def save_pretrained(estimator, directory: str | os.PathLike) -> Path:
+    """:meth:`TumorClassifier.save_pretrained` of a fitted ``estimator`` (documented there)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    from .ensemble import EnsembleForImageClassification
+
+    if isinstance(estimator.model_, EnsembleForImageClassification):
+        stale = [directory / "config.json", directory / "model.safetensors"]
+    else:
+        stale = [directory / ENSEMBLE_CONFIG_NAME]
+        shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    with quiet_weights():
+        estimator.model_.save_pretrained(directory)
+    estimator.preprocessor_.save_pretrained(directory)
+    return directory
+
+
+def push_to_hub(estimator, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str) -> str:
+    """:meth:`TumorClassifier.push_to_hub` of a fitted ``estimator`` (documented there)."""
+    from .hub import check_hub_reachable, push_folder_to_hub
+    from .reports import DISCLAIMER
+
+    check_hub_reachable()
+    with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
+        save_pretrained(estimator, folder)
+        source_card = estimator.model_folder_ / "README.md" if estimator.model_folder_ else None
+        card = source_card.read_text() if source_card and source_card.is_file() else (
+            "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
+            f"# Brain tumor MRI classifier\n\nClasses: {', '.join(estimator.classes_)}.\n\n> {DISCLAIMER}\n"
+        )
+        (Path(folder) / "README.md").write_text(card)
+        return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
+
+
+def load_torch_model(folder: Path) -> torch.nn.Module:
+    """The checked float32 model of a single-model or ensemble folder."""
+    from . import models  # noqa: F401 - registers this package's backbones with transformers' Auto classes
+    from .ensemble import EnsembleForImageClassification
+
+    if is_ensemble_folder(folder):
+        return EnsembleForImageClassification.from_pretrained(folder)
+    return load_image_classifier(folder)  # float32, whatever the stored dtype
+
+
+def resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_only=False, token=None, extra_patterns=()) -> Path:
+    """The folder of ``source``: the shipped default (``None``), a local folder, or a Hub snapshot."""
+    if source is None:
+        if not is_model_folder(DEFAULT_MODEL_DIR):
+            raise ModelLoadError(
+                f"No default model is shipped in {DEFAULT_MODEL_DIR}; pass a model folder or Hub id."
+            )
+        return DEFAULT_MODEL_DIR
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not is_model_folder(path):
+            raise ModelLoadError(
+                f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
+                "save_pretrained, train_hf.py or build_ensemble."
+            )
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                str(source),
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                allow_patterns=MODEL_FILES + list(extra_patterns),
+            )
+        )
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
+        ) from error
