@@ -28,6 +28,7 @@ from tumor_classifier.app import (
     EXAMPLES_DIR,
     INVALID_HEADLINE,
     MAX_SCAN_SIDE,
+    analyze_scans,
     build_app,
     build_demo,
     check_scan,
@@ -135,6 +136,22 @@ def test_every_method_and_the_opacity(confident_classifier, one_per_class):
         assert not np.array_equal(np.asarray(heatmap), scan)  # some colour on the scan
     _, _, invisible, _ = predict_scan(str(path), "gradcam", 0.0, classifier=confident_classifier)
     np.testing.assert_array_equal(np.asarray(invisible), scan)  # opacity 0: the scan itself
+
+
+def test_an_upload_is_decoded_once_per_request(confident_classifier, one_per_class, monkeypatch):
+    """check_scan decodes the upload; the classifier, the MRI check and the overlay take
+    that decoded image. Counted where encoded bytes are opened (spies around the real
+    functions): once for the upload, and never again."""
+    import tumor_classifier.decoding as decoding
+
+    opened = []
+    for name in ("_open_header", "_decode"):
+        real = getattr(decoding, name)
+        monkeypatch.setattr(decoding, name, lambda *args, _real=real, _name=name: opened.append(_name) or _real(*args))
+    for method in ("auto", "gradcam"):
+        opened.clear()
+        reports = analyze_scans([check_scan(one_per_class[0].read_bytes())], [method], [0.45], classifier=confident_classifier)
+        assert reports[0].explanation.attribution is not None and opened == ["_open_header"], (method, opened)
 
 
 def test_uncertain_prediction_names_no_type(fitted_classifier, one_per_class):
