@@ -9,14 +9,7 @@ One module per concern; imports flow one way (``uploads`` -> ``analysis`` -> ``u
     rest        POST /api/v1/predict: its JSON models, messages, upload guard (rest_docs: /docs)
     server      build_app, serve, start_in_background
 
-Layout of the served app (``build_app``)::
-
-    /                   the Gradio UI (upload a slice, verdict, probabilities, heatmap)
-    /gradio_api/...     Gradio's own routes; the named endpoint ``/predict`` is batched
-    /api/v1/predict     plain REST: multipart field ``file`` in, JSON out
-    /openapi.json       the REST schema
-    /docs               the REST schema as a self-contained page (:mod:`.rest_docs`;
-                        FastAPI's Swagger UI would load its scripts from a CDN)
+The routes of the served app (``build_app``) are listed in :mod:`.server`.
 
 Layers, so tests and the REST route use the same code as the UI:
 
