@@ -168,7 +168,7 @@ def export_feature_graph(
     """
     import torch
 
-    from .onnx_export import OPSET, require_exporter, run_exporter
+    from .onnx_export import OPSET, check_agreement, require_exporter, run_exporter
 
     require_exporter()
     directory = Path(directory)
@@ -196,12 +196,8 @@ def export_feature_graph(
         single = np.concatenate([graph.features(pixels[i : i + 1]) for i in range(len(pixels))])
         difference = float(max(np.abs(single - reference).max(), np.abs(graph.features(pixels) - reference).max()))
         _LOGGER.info("MRI check graph: max |feature difference| against torch %.2e on %d images", difference, len(pixels))
-        if not difference <= tolerance:  # also catches NaN
-            raise ExportError(
-                f"The MRI check's exported graph gives features that differ from torch's by {difference:.3g} on "
-                f"{len(pixels)} real images, above the tolerance {tolerance:g}; nothing was written to {directory}. "
-                "The exporter mistranslated an operation; use backend='torch' and report it."
-            )
+        check_agreement(difference, tolerance, compared="The MRI check's exported graph's features", n_images=len(pixels),
+                        directory=directory, advice="The exporter mistranslated an operation; use backend='torch' and report it.")
         config["verification"] = {"images": len(pixels), "max_feature_difference": difference, "tolerance": tolerance}
         (staging / FEATURES_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         # The graph first: a reader that finds the config finds a complete graph beside it.

@@ -185,6 +185,27 @@ def run_exporter(
         raise ExportError(f"torch.onnx.export failed for {what}: {type(error).__name__}: {error}") from error
 
 
+def check_agreement(difference: float, tolerance: float, *, compared: str, n_images: int, directory: Path, advice: str) -> None:
+    """Refuses an exported graph whose outputs differ from torch's by more than ``tolerance``.
+
+    Args:
+        difference: The largest absolute difference measured (NaN is refused too).
+        tolerance: The largest accepted.
+        compared: What was compared, as the subject of the message ("The exported graph's probabilities").
+        n_images: How many real images were compared.
+        directory: Where nothing was written.
+        advice: The sentence that says what to do.
+
+    Raises:
+        ExportError: Above the tolerance.
+    """
+    if not difference <= tolerance:  # also catches NaN
+        raise ExportError(
+            f"{compared} differ from torch's by {difference:.3g} on {n_images} real images, above the tolerance "
+            f"{tolerance:g}; nothing was written to {directory}. {advice}"
+        )
+
+
 def model_fingerprint(folder: str | os.PathLike, preprocessor: MRIPreprocessor) -> str:
     """SHA-256 over what decides a model folder's graph: its configs, weights and preprocessing.
 
@@ -355,12 +376,8 @@ def export_onnx(
         graph = OnnxClassifier.load(staging, threads=torch.get_num_threads())
         difference = float(np.abs(_onnx_proba(graph, pixels, preprocessor) - reference[None]).max())
         _LOGGER.info("ONNX export check: max |probability difference| against torch %.2e on %d real images", difference, len(pixels))
-        if not difference <= tolerance:  # also catches NaN
-            raise ExportError(
-                f"The exported graph's probabilities differ from the torch model's by {difference:.3g} on "
-                f"{len(pixels)} real images, above the tolerance {tolerance:g}; nothing was written to {directory}. "
-                "The exporter mistranslated an operation; report it with the model's config."
-            )
+        check_agreement(difference, tolerance, compared="The exported graph's probabilities", n_images=len(pixels),
+                        directory=directory, advice="The exporter mistranslated an operation; report it with the model's config.")
         config["verification"] = {"images": len(pixels), "max_probability_difference": difference, "tolerance": tolerance}
         int8 = {}
         if quantize:
