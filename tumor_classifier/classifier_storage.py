@@ -13,6 +13,7 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,22 @@ def push_to_hub(estimator, repo_id: str, *, token: str | None = None, private: b
         )
         (Path(folder) / "README.md").write_text(card)
         return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
+
+
+#: Serialises the first load of a deferred torch model (``backend="onnx"``).
+_DEFERRED_LOAD_LOCK = threading.Lock()
+
+
+def load_deferred_model(estimator) -> None:
+    """Loads the torch model an ONNX-backed ``estimator`` deferred, once, on first use (explain, save)."""
+    from .attributions import default_method
+
+    with _DEFERRED_LOAD_LOCK:
+        loader = estimator.__dict__.pop("_load_torch_model", None)
+        if loader is not None:
+            model = loader().eval()
+            estimator.attribution_method_ = default_method(model)
+            estimator.model_ = model
 
 
 def load_torch_model(folder: Path) -> torch.nn.Module:

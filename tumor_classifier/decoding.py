@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -250,6 +250,17 @@ ACCEPTED_SEQUENCES = (
     "one image (a path, bytes, a PIL image, or a numpy array (H, W) or (H, W, C) with C in 1, 3, 4), "
     "a list of them, or a numpy stack (n, H, W) or (n, H, W, C)"
 )
+
+
+def decode_each(sources: Sequence[Any]) -> list[DecodedImage]:
+    """:func:`decode` of each input, once; an error names the input's position."""
+    images = []
+    for index, source in enumerate(sources):
+        try:
+            images.append(decode(source))
+        except InvalidImageError as error:
+            raise InvalidImageError(f"Image {index}: {error}") from None
+    return images
 
 
 def is_single_image(source: Any) -> bool:

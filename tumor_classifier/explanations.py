@@ -15,6 +15,7 @@ from PIL import Image
 
 from .attributions import METHODS, compute_attributions
 from .data import NO_TUMOR, as_sources
+from .decoding import decode_each
 from .exceptions import InvalidArgumentError
 from .inference import finite, model_passes, pixel_values
 from .metrics import tumor_probability
@@ -97,7 +98,7 @@ def attributions(
 
 def explain(estimator, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
     """:meth:`TumorClassifier.explain` of a fitted ``estimator`` (documented there)."""
-    decoded = estimator._decode(as_sources(X))
+    decoded = decode_each(as_sources(X))
     grays = [d.gray for d in decoded]
     prepared = [estimator.preprocessor_.prepare(gray) for gray in grays]
     method = resolve_method(estimator, method)

@@ -9,7 +9,8 @@ A result is judged from three things, in this order:
 3. otherwise the most probable class: ``"no_tumor"`` for the no-tumor class, else
    ``"tumor"`` with its type (a binary model says "tumor" without a type).
 
-:func:`decide_verdict` is the only place this is decided; ``TumorClassifier.predict`` /
+:func:`decide_verdict` is the only place this is decided (:func:`judge_batch` runs the
+check on a batch and calls it); ``TumorClassifier.predict`` /
 ``explain``, the ``tumor-classifier`` command, the REST route and the Gradio app all call
 it, so one image gets the same verdict everywhere.
 
@@ -26,7 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
+import numpy as np
+
 from .data import NO_TUMOR
+from .decoding import DecodedImage
+from .mri_check import MRICheck
 
 #: What ``predict`` returns, and the verdict's kind, for an input that is not a brain MRI.
 NOT_BRAIN_MRI = "not_brain_mri"
@@ -153,3 +158,25 @@ def decide_verdict(
             **evidence,
         )
     return Verdict("tumor", label, label, label, f"Tumor detected: {label}", f"Probability of {label}: {format_probability(top)}.", **evidence)
+
+
+def judge_batch(
+    decoded: Sequence[DecodedImage], proba: np.ndarray, classes: Sequence[str], uncertainty_threshold: float, *, engine: str = "torch"
+) -> list[Verdict]:
+    """:func:`decide_verdict` for each decoded input and its probabilities; the MRI check runs once on the batch.
+
+    ``engine`` is the backend the check's backbone runs on (``torch`` or ``onnx``: the
+    classifier's own, so that one decision has one code path).
+    """
+    check = MRICheck.load()  # loaded once per process, shared by threads
+    scores, reasons = check.assess(decoded, engine=engine)
+    return [
+        decide_verdict(
+            dict(zip(classes, row)),
+            brain_mri=bool(score >= check.threshold),
+            uncertainty_threshold=uncertainty_threshold,
+            reasons=why,
+            mri_score=float(score),
+        )
+        for row, score, why in zip(proba, scores, reasons)
+    ]
