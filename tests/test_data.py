@@ -31,6 +31,26 @@ def test_kaggle_layout_gives_three_stratified_splits(data_dir):
     assert data["test"][0]["image"].size == (224, 224)
 
 
+def test_fit_carves_its_calibration_images_with_the_data_loaders_splitter(data_dir):
+    """carve_indices is the loader's validation carving: the same seed picks the same images."""
+    from tumor_classifier.data import ANY_TUMOR, carve_indices, list_image_files
+
+    data = load_mri_dataset(data_dir, validation_size=0.25, seed=1)
+    files = sorted(list(data["train"]["path"]) + list(data["validation"]["path"]))
+    # The loader carved from Training in list order; redo it from the labels alone.
+    training = [(path, CLASS_NAMES.index(label)) for path, label in list_image_files(data_dir / "Training")]
+    kept, carved = carve_indices([label for _, label in training], 0.25, seed=1)
+    assert sorted(training[i][0] for i in carved) == sorted(list(data["validation"]["path"]))
+    assert sorted(training[i][0] for i in np.concatenate([kept, carved])) == files
+    # Any labels, "type unknown" (-1) among them: stratified, at least one of each carved.
+    labels = np.array([0] * 6 + [1] * 6 + [ANY_TUMOR] * 4)
+    kept, carved = carve_indices(labels, 0.25, seed=0)
+    assert set(labels[carved]) == {0, 1, ANY_TUMOR} and set(labels[kept]) == {0, 1, ANY_TUMOR}
+    assert sorted(np.concatenate([kept, carved]).tolist()) == list(range(16))
+    with pytest.raises(InvalidDatasetError, match="Too few images"):
+        carve_indices([0, 1, 1], 0.5, seed=0)
+
+
 def test_binary_view_is_one_argument_away(data_dir):
     data = load_mri_dataset(data_dir, binary=True)
     assert data["test"].features["label"].names == ["notumor", "tumor"]

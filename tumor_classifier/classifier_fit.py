@@ -13,12 +13,13 @@ estimator's parameters; what fit has no parameter for takes ``ModelArguments``'
 defaults (``loss="cross_entropy"``, ``focal_gamma=2.0``; class weights are computed
 as in a run and used only by the weighted and focal losses). ``augment=True`` uses
 :class:`~tumor_classifier.augmentation.AugmentationConfig`'s defaults, the ones
-``train_hf.py``'s ``DataArguments`` also take. fit's own defaults differ where an
-estimator on a list of images needs it: ``from_scratch=True`` (``train_hf.py``
-fine-tunes the Hub checkpoint by default, which needs the network), ``epochs=10``,
-``batch_size=32``, no checkpoints or early stopping, and the validation images
-are a stratified scikit-learn split of ``X`` (``train_hf.py`` carves them from the
-training folder).
+``train_hf.py``'s ``DataArguments`` also take. The model defaults are the same
+(EfficientNet-Lite0 fine-tuned from the ImageNet weights installed with the package,
+224 px), and so is the splitter: the calibration images are carved from ``X`` by
+:func:`~tumor_classifier.data.carve_indices`, as ``train_hf.py``'s validation is
+carved from the training folder. fit's own defaults differ only where an estimator on
+a list of images needs it: ``epochs=10``, ``batch_size=32``, no checkpoints or early
+stopping.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .augmentation import AugmentationConfig
-from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR, as_sources
-from .exceptions import InvalidArgumentError
+from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR, as_sources, carve_indices
+from .exceptions import InvalidArgumentError, InvalidDatasetError
 from .metrics import fit_temperature
 from .preprocessing import MRIPreprocessor
 
@@ -40,8 +41,6 @@ def fit_model(estimator, X: Any, y: Sequence[str] | None) -> tuple[Any, MRIPrepr
 
     ``estimator`` supplies the parameters only; the caller sets the fitted state.
     """
-    from sklearn.model_selection import train_test_split
-
     from .progress import show_progress
     from .losses import tumor_columns_of
     from .pixels import PixelDataset
@@ -71,14 +70,12 @@ def fit_model(estimator, X: Any, y: Sequence[str] | None) -> tuple[Any, MRIPrepr
     preprocessor = MRIPreprocessor(size=estimator.image_size, crop_to_head=estimator.crop_to_head, skull_strip=estimator.skull_strip)
     pixels = np.stack([preprocessor.prepare_array(source) for source in sources])
     labels = np.where(tumour_only, ANY_TUMOR, np.searchsorted(classes, np.where(tumour_only, classes[0], y)))
-    counts = np.unique(labels, return_counts=True)[1]
-    n_val = int(round(estimator.validation_size * len(labels)))
-    if estimator.validation_size > 0 and n_val >= counts.size and counts.min() >= 2:
-        train_idx, val_idx = train_test_split(
-            np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=estimator.random_state
-        )
-    else:
-        train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
+    train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=int)
+    if estimator.validation_size > 0:
+        try:  # the data loader's splitter: a seed carves the same images as in train_hf.py
+            train_idx, val_idx = carve_indices(labels, estimator.validation_size, estimator.random_state)
+        except InvalidDatasetError:
+            pass  # too few images of some class to hold any out: no calibration, as documented
     # run_training's recipe (model, loss); ModelArguments' defaults fill what fit has no parameter for.
     recipe = ModelArguments(
         backbone=estimator.backbone,

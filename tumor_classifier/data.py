@@ -266,15 +266,34 @@ def load_mri_dataset(
 
 def _carve(split: "Dataset", fraction: float, seed: int, name: str) -> tuple["Dataset", "Dataset"]:
     """Splits off a stratified, seeded part with at least one image of each class."""
-    n_classes = len(set(split["label"]))
-    count = max(n_classes, int(np.ceil(fraction * len(split))))
-    if count >= len(split) - n_classes + 1:
+    kept, carved = carve_indices(split["label"], fraction, seed, name)
+    return split.select(kept), split.select(carved)
+
+
+def carve_indices(labels: Sequence[int], fraction: float, seed: int, name: str = "validation") -> tuple[np.ndarray, np.ndarray]:
+    """The one splitter of this package: positions kept and carved, stratified by label and seeded.
+
+    At least one of each label is carved. ``load_mri_dataset`` carves its validation and
+    test splits with it and ``TumorClassifier.fit`` its calibration images, so a seed
+    picks the same images either way (it is ``datasets``' stratified split, on positions).
+
+    Raises:
+        InvalidDatasetError: Too few images to leave one of each label on both sides.
+    """
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1]  # any labels (-1 too) -> 0..k-1, order kept
+    n_classes = int(codes.max()) + 1 if codes.size else 0
+    count = max(n_classes, int(np.ceil(fraction * len(codes))))
+    if count >= len(codes) - n_classes + 1:
         raise InvalidDatasetError(
-            f"Too few images ({len(split)}) to carve a stratified {name} split out of train; "
+            f"Too few images ({len(codes)}) to carve a stratified {name} split out of train; "
             f"add images or provide a {name} folder."
         )
-    carved = split.train_test_split(test_size=count, stratify_by_column="label", seed=seed)
-    return carved["train"], carved["test"]
+    features = Features({"label": ClassLabel(num_classes=n_classes), "position": Value("int64")})
+    table = Dataset.from_dict({"label": codes.tolist(), "position": list(range(len(codes)))}, features=features)
+    carved = table.train_test_split(test_size=count, stratify_by_column="label", seed=seed)
+    return np.asarray(carved["train"]["position"], dtype=int), np.asarray(carved["test"]["position"], dtype=int)
 
 
 def image_sources(split: "Dataset") -> list[Any]:
