@@ -110,7 +110,7 @@ def _fit_tiny_classifier(data: Path):
     torch.set_num_threads(1)
     paths = sorted((data / "Training").glob("*/*.jpg"))
     return TumorClassifier(
-        "convnext", image_size=64, epochs=5, batch_size=8, augment=False, random_state=0,
+        "convnext", from_scratch=True, image_size=64, epochs=5, batch_size=8, augment=False, random_state=0,
         config_overrides={"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]},
     ).fit(paths, [p.parent.name for p in paths])
 

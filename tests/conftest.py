@@ -70,6 +70,7 @@ def fitted_classifier(train_images):
     paths, labels = train_images
     clf = TumorClassifier(
         "convnext",
+        from_scratch=True,
         image_size=64,
         epochs=30,
         batch_size=8,

