@@ -76,7 +76,8 @@ from tumor_classifier.data import (  # noqa: E402
     near_duplicate_groups,
 )
 from tumor_classifier.label_audit import read_label_audit  # noqa: E402
-from tumor_classifier.stress import PLANES, SEQUENCES, STRESSES, estimate_plane, estimate_sequence  # noqa: E402
+from tumor_classifier.sequence_plane import PLANES, SEQUENCES, estimate_plane, estimate_sequence  # noqa: E402
+from tumor_classifier.stress import STRESSES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TUMOUR_CLASSES = tuple(name for name in CLASS_NAMES if name != NO_TUMOR)

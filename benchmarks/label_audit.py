@@ -44,14 +44,13 @@ import torch
 
 from tumor_classifier import TumorClassifier
 from tumor_classifier.data import find_split_dirs, list_image_files
-from tumor_classifier.label_audit import (
-    AUDIT_COLUMNS,
+from tumor_classifier.label_audit import AUDIT_COLUMNS, read_label_audit
+from tumor_classifier.label_suspects import (
     CrossClassGroup,
     DuplicatePair,
     find_cross_class_duplicates,
     find_near_duplicate_pairs,
     mirror_fingerprints,
-    read_label_audit,
 )
 
 BATCH_SIZE = 64

@@ -8,14 +8,8 @@ from PIL import Image
 
 from tumor_classifier.data import CLASS_NAMES
 from tumor_classifier.exceptions import InvalidDatasetError, TumorClassifierError
-from tumor_classifier.label_audit import (
-    AuditEntry,
-    apply_label_audit,
-    find_cross_class_duplicates,
-    find_near_duplicate_pairs,
-    mirror_fingerprints,
-    read_label_audit,
-)
+from tumor_classifier.label_audit import AuditEntry, apply_label_audit, read_label_audit
+from tumor_classifier.label_suspects import find_cross_class_duplicates, find_near_duplicate_pairs, mirror_fingerprints
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEADER = "file,action,new_label,reason\n"

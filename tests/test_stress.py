@@ -15,20 +15,8 @@ import pytest
 from tumor_classifier import load_image
 from tumor_classifier.exceptions import InvalidImageError
 from tumor_classifier.localisation import head_mask
-from tumor_classifier.stress import (
-    PLANES,
-    SEQUENCES,
-    STRESSES,
-    blur,
-    content_seed,
-    estimate_plane,
-    estimate_sequence,
-    gamma,
-    gaussian_noise,
-    invert_in_head,
-    plane_features,
-    sequence_features,
-)
+from tumor_classifier.sequence_plane import PLANES, SEQUENCES, estimate_plane, estimate_sequence, plane_features, sequence_features
+from tumor_classifier.stress import STRESSES, blur, content_seed, gamma, gaussian_noise, invert_in_head
 
 SHIPPED = sorted((Path(__file__).parent / "data" / "brain-tumor-mri" / "Testing").glob("*/*.jpg"))
 
