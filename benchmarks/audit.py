@@ -22,8 +22,8 @@ for our model and (with ``--peer``) the PyPI peer ``detect-tumor`` in the same r
   action); notumor specificity; tumour sensitivity.
 * **recall per estimated group**: tumour recall (not called ``notumor``) per class x
   sequence x plane, with the sequence and plane from
-  :func:`~tumor_classifier.stress.estimate_sequence` /
-  :func:`~tumor_classifier.stress.estimate_plane` (a heuristic: its agreement with
+  :func:`~tumor_classifier.sequence_plane.estimate_sequence` /
+  :func:`~tumor_classifier.sequence_plane.estimate_plane` (a heuristic: its agreement with
   by-eye labels is printed too), on Testing tumours and Br35H; notumor specificity per
   group on Testing.
 * **estimator agreement**: confusion matrices of the estimator against the by-eye
