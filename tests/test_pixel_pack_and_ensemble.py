@@ -166,3 +166,51 @@ def test_ensemble_command_prints_the_calibration_and_figures(members, data_dir, 
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "ensemble of 2 written to" in completed.stdout and "test_without_near_duplicates" in completed.stdout
     assert (Path(tmp_path) / "e" / "ensemble.json").is_file()
+
+
+def test_consistency_loss_is_jensen_shannon_between_two_views():
+    from tumor_classifier.losses import consistency_loss
+
+    same = torch.tensor([[2.0, -1.0, 0.5]])
+    assert float(consistency_loss(same, same)) == pytest.approx(0.0, abs=1e-7)
+    certain_a, certain_b = torch.tensor([[50.0, 0.0]]), torch.tensor([[0.0, 50.0]])
+    assert float(consistency_loss(certain_a, certain_b)) == pytest.approx(np.log(2.0), rel=1e-5)  # its bound
+    # p = (0.5, 0.5), q = (1, 0): m = (0.75, 0.25), JS = (KL(p|m) + KL(q|m)) / 2 = 0.215762 by hand.
+    half, one = torch.tensor([[0.0, 0.0]]), torch.tensor([[50.0, 0.0]])
+    assert float(consistency_loss(half, one)) == pytest.approx(0.215762, abs=1e-5)
+    assert float(consistency_loss(one, half)) == pytest.approx(float(consistency_loss(half, one)))  # symmetric
+
+
+def test_training_with_consistency_sees_two_augmented_views_and_adds_their_divergence(tmp_path):
+    """One real training step: the model gets rows i and n + i, two augmentations of image i,
+    and the loss is cross-entropy over both views plus weight x JS between them."""
+    from tumor_classifier.losses import consistency_loss, make_loss_function
+    from tumor_classifier.models import create_model
+
+    torch.manual_seed(0)
+    preprocessor = MRIPreprocessor(size=32)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3])
+    model = create_model("convnext", from_scratch=True, image_size=32, config_overrides={"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]})
+    args = MRITrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="no", save_strategy="no",
+                                load_best_model_at_end=False, per_device_train_batch_size=4, learning_rate=0.0)  # fmt: skip
+    trainer = build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args,
+                            loss_function=make_loss_function("cross_entropy"), consistency_weight=2.0)  # fmt: skip
+    seen = []
+    handle = model.register_forward_hook(lambda module, args_, kwargs, output: seen.append((kwargs["pixel_values"], output.logits)), with_kwargs=True)
+    batch = collate_pixels([{"pixels": torch.from_numpy(p), "labels": torch.tensor(y)} for p, y in zip(pixels, labels)])
+    model.train()
+    loss = trainer.training_step(model, batch)
+    handle.remove()
+    (values, logits), = seen
+    assert values.shape[0] == 8  # two views of each of the four images
+    assert not torch.allclose(values[:4], values[4:])  # drawn independently
+    expected = torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])) + 2.0 * consistency_loss(logits[:4], logits[4:])
+    expected = expected.detach()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(consistency_loss(logits[:4], logits[4:]).detach()) > 0
+    # Evaluation and prediction see each image once, unaugmented.
+    model.eval()
+    assert trainer.predict(PixelDataset(pixels, labels)).predictions.shape == (4, 4)
+    with pytest.raises(TumorClassifierError, match="consistency_weight must be 0"):
+        build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args, consistency_weight=-1.0)

@@ -6,6 +6,8 @@ The partial-label loss lets images labelled :data:`~tumor_classifier.data.ANY_TU
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Sequence
 
 import numpy as np
@@ -88,6 +90,21 @@ def make_loss_function(
         return (known.sum() + partial.sum()) / labels.shape[0]
 
     return loss_function
+
+
+def consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats) between the predictions of two views, averaged over images.
+
+    ``first`` and ``second`` are logits (n, k) of the same n images, each augmented
+    independently. Symmetric and bounded by ln 2: identical predictions give 0, two
+    certain and different ones ln 2. Training with it (``--consistency_weight``) asks
+    the model for the same answer whatever the intensity randomisation did to an image.
+    """
+    log_p, log_q = F.log_softmax(first.float(), dim=-1), F.log_softmax(second.float(), dim=-1)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(dim=-1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
 
 
 def tumor_columns_of(class_names: Sequence[str]) -> list[int]:

@@ -4,7 +4,8 @@
 so there is one training loop, and build their model and loss with :mod:`tumor_classifier.recipe`. The input pipeline is built for two CPU cores and carries to a GPU:
 images are prepared once as uint8 (:mod:`tumor_classifier.pixels`; the run's splits come from
 :mod:`tumor_classifier.training_data`), and augmentation and
-normalisation run on whole batches as tensors on the model's device (:class:`MRITrainer`).
+normalisation run on whole batches as tensors on the model's device
+(:class:`~tumor_classifier.mri_trainer.MRITrainer`).
 Losses and validation metrics live in :mod:`tumor_classifier.losses`, the run's argument
 dataclasses in :mod:`tumor_classifier.training_arguments`; their names stay importable
 from here.
@@ -15,19 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 
 from .augmentation import AugmentationConfig, BatchAugmenter
 from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
+from .mri_trainer import MRITrainer, TimeLimitCallback
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
 from .pixels import (
     DEFAULT_CACHE,
@@ -57,45 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class MRITrainer(Trainer):
-    """A ``Trainer`` whose batches arrive as uint8 pixels and become ``pixel_values``
-    on the model's device: augmented while the model trains, plain in evaluation and
-    prediction. On a GPU the augmentation then costs the host nothing."""
-
-    def __init__(self, *args: Any, preprocessor: MRIPreprocessor, augmenter: BatchAugmenter | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.preprocessor = preprocessor
-        self.augmenter = augmenter
-
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        inputs = super()._prepare_inputs(inputs)
-        if "pixels" in inputs:
-            inputs = dict(inputs)
-            augmenter = self.augmenter if self.model.training else None
-            inputs["pixel_values"] = pixels_to_values(inputs.pop("pixels"), self.preprocessor, augmenter)
-        return inputs
-
-
-class TimeLimitCallback(TrainerCallback):
-    """Ends training once ``minutes`` of wall clock have passed since it began; the run
-    then calibrates, evaluates and saves as after its last epoch."""
-
-    def __init__(self, minutes: float):
-        if not minutes > 0:
-            raise InvalidArgumentError(f"max_train_minutes must be positive; got {minutes!r}.")
-        self.seconds = 60.0 * minutes
-        self.started: float | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.started is not None and time.monotonic() - self.started > self.seconds:
-            logger.warning("max_train_minutes reached after %d steps (epoch %.2f): training stops here.", state.global_step, state.epoch or 0)
-            control.should_training_stop = True
-        return control
-
-
 # -- the run -----------------------------------------------------------------------
 def build_trainer(
     model: PreTrainedModel | None,
@@ -106,11 +68,14 @@ def build_trainer(
     *,
     augmentation: AugmentationConfig | None = None,
     loss_function: Callable | None = None,
+    consistency_weight: float = 0.0,
     early_stopping_patience: int | None = None,
     model_init: Callable | None = None,
     class_names: Sequence[str] | None = None,
 ) -> MRITrainer:
     """The one Trainer used by ``train_hf.py`` and ``TumorClassifier.fit``."""
+    if not consistency_weight >= 0:
+        raise InvalidArgumentError(f"consistency_weight must be 0 (off) or positive; got {consistency_weight!r}.")
     callbacks = []
     if early_stopping_patience and eval_set is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
@@ -128,6 +93,7 @@ def build_trainer(
         data_collator=collate_pixels,
         preprocessor=preprocessor,
         augmenter=augmenter,
+        consistency_weight=consistency_weight,
         compute_loss_func=loss_function,
         compute_metrics=lambda prediction: compute_eval_metrics(prediction, names),
         callbacks=callbacks,
@@ -224,6 +190,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     common = dict(
         augmentation=data_args.augmentation(),
         loss_function=make_run_loss(model_args, class_names, arrays["train"][1]),
+        consistency_weight=model_args.consistency_weight,
         early_stopping_patience=model_args.early_stopping_patience,
         class_names=class_names,
     )

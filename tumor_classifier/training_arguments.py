@@ -89,6 +89,11 @@ class ModelArguments:
     loss: str = field(default="cross_entropy", metadata={"help": f"One of {', '.join(LOSSES)}."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss gamma."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing."})
+    consistency_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the Jensen-Shannon consistency loss between two augmented views of each training "
+                  "image (0: off; doubles the compute per step)."},
+    )
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on validation and fold it into the head."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without improvement."})
     hp_search_trials: int = field(default=0, metadata={"help": "Run an Optuna search of this many trials first (learning rate, batch size, dropout, weight decay)."})
