@@ -13,6 +13,7 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from conftest import TINY_CONVNEXT
 from tumor_classifier import HubUploadError, InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
+from tumor_classifier.localisation_runs import randomised_copy
 
 
 def test_init_stores_parameters_and_clone_works():
@@ -203,8 +204,7 @@ def test_model_randomisation_changes_the_maps(fitted_classifier, test_images):
     """Adebayo et al. (2018): maps must depend on the learned weights."""
     paths = test_images[0]
     _, trained = fitted_classifier.predict(paths, return_attributions=True, method="gradcam")
-    randomised = clone(fitted_classifier)
-    randomised._set_fitted(_reinitialised(fitted_classifier.model_), fitted_classifier.preprocessor_)
+    randomised = randomised_copy(fitted_classifier, seed=123)
     _, random_maps = randomised.predict(paths, return_attributions=True, method="gradcam")
     correlations = []
     for a, b in zip(trained, random_maps):
@@ -214,17 +214,6 @@ def test_model_randomisation_changes_the_maps(fitted_classifier, test_images):
             correlations.append(np.corrcoef(a[inside], b[inside])[0, 1])
     assert len(correlations) >= 6
     assert np.median(correlations) < 0.5
-
-
-def _reinitialised(model):
-    import copy
-
-    torch.manual_seed(123)
-    fresh = copy.deepcopy(model)
-    for module in fresh.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return fresh.eval()
 
 
 def test_fit_accepts_a_datasets_dataset_and_other_label_names(data_dir):

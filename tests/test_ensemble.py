@@ -206,8 +206,7 @@ def test_classifier_save_then_load_keeps_the_ensemble(ensemble_classifier, test_
     np.testing.assert_array_equal(loaded.predict_proba(test_images[0]), ensemble_classifier.predict_proba(test_images[0]))
     assert loaded.preprocessor_ == ensemble_classifier.preprocessor_
     # A single model saved over the ensemble folder replaces it rather than hiding behind it.
-    single = TumorClassifier.from_pretrained(folder)
-    single._set_fitted(ensemble_classifier.model_.members[0], ensemble_classifier.preprocessor_)
+    single = TumorClassifier.from_pretrained(folder / "members" / "member-0")  # a member is a model folder of its own
     single.save_pretrained(folder)
     assert not (folder / "ensemble.json").exists() and not (folder / "members").exists()
     assert not isinstance(TumorClassifier.from_pretrained(folder).model_, EnsembleForImageClassification)

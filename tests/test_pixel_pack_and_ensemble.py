@@ -97,19 +97,28 @@ def test_a_pack_made_with_other_settings_is_refused(packs, tmp_path):
 
 
 def test_batches_are_augmented_while_training_only(tmp_path):
+    """What the model receives: augmented pixels in a training step, the plain ones in prediction."""
+    from tumor_classifier.losses import make_loss_function
+    from tumor_classifier.models import create_model
+
     preprocessor = MRIPreprocessor(size=32)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
-    model = torch.nn.Linear(1, 1)  # never called: only the input preparation is under test
-    args = MRITrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
-    trainer = build_trainer(model, preprocessor, PixelDataset(pixels), None, args)
-    batch = collate_pixels([{"pixels": torch.from_numpy(p)} for p in pixels])
+    labels = np.array([0, 1, 2, 3])
+    model = create_model("convnext", from_scratch=True, image_size=32, config_overrides={"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]})
+    args = MRITrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="no", save_strategy="no",
+                                load_best_model_at_end=False, per_device_train_batch_size=4, per_device_eval_batch_size=4)  # fmt: skip
+    trainer = build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args, loss_function=make_loss_function("cross_entropy"))
+    seen = []
+    model.register_forward_hook(lambda module, args_, kwargs, output: seen.append(kwargs["pixel_values"]), with_kwargs=True)
+    batch = collate_pixels([{"pixels": torch.from_numpy(p), "labels": torch.tensor(y)} for p, y in zip(pixels, labels)])
     assert batch["pixels"].dtype == torch.uint8  # what travels to the device
     plain = preprocessor.normalize(torch.from_numpy(pixels))
-    model.eval()
-    torch.testing.assert_close(trainer._prepare_inputs(dict(batch))["pixel_values"], plain)
     model.train()
-    augmented = trainer._prepare_inputs(dict(batch))["pixel_values"]
-    assert augmented.shape == plain.shape and not torch.allclose(augmented, plain)
+    trainer.training_step(model, batch)
+    assert seen[-1].shape == plain.shape and not torch.allclose(seen[-1], plain)
+    model.eval()
+    trainer.predict(PixelDataset(pixels, labels))
+    torch.testing.assert_close(seen[-1], plain)
 
 
 @pytest.fixture(scope="module")
