@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 
@@ -160,6 +161,7 @@ def slice_probabilities_figure(
     if shown_slice is not None:
         axis.axvline(shown_slice, color="black", linestyle=":", linewidth=1, label=f"shown slice {shown_slice}")
     axis.set(xlabel="slice", ylabel="P(tumour)", ylim=(-0.02, 1.02), xlim=(-0.5, max(values.size, 1) - 0.5), title=title)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # slices are whole numbers
     axis.legend(fontsize=7, loc="upper right")
     figure.tight_layout()
     return figure
