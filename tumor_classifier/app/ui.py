@@ -112,9 +112,10 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
     slider = gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False, label="Slice", elem_id="slice")
     with gr.Row():
         with gr.Column():
-            heatmap = gr.Image(label="Heatmap on the slice", type="pil", format="png", interactive=False, elem_id="slice-heatmap")
+            heatmap = gr.Image(label="Heatmap on the slice", type="pil", format="png", interactive=False, height=360, elem_id="slice-heatmap")
             caption = gr.Markdown(elem_id="slice-caption")
-        plot = gr.Plot(label="Tumor probability along the slices", format="png", elem_id="slice-plot")
+        # No label: the figure has its title, which a label badge would cover.
+        plot = gr.Plot(label="Tumor probability along the slices", show_label=False, format="png", elem_id="slice-plot")
     state = gr.State()
     outputs = [verdict, label, tumor, slider, heatmap, caption, plot, state]
     button.click(
