@@ -152,7 +152,9 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     (``batch=True``, at most ``max_batch_size``); a bad upload fails alone (see
     :func:`predict_scans`). In the page, an upload is checked as soon as it arrives: a bad
     file is reported once, in the verdict panel, and Analyze stays off until a usable scan
-    is uploaded (:func:`_on_new_scan`).
+    is uploaded (:func:`_on_new_scan`). The volume tab's named endpoint ``predict_volume``
+    (``client.predict(handle_file("scan.nii.gz"), "gradcam", api_name="/predict_volume")``)
+    is :func:`~.volume_analysis.predict_volume_upload` (see :func:`build_volume_tab`).
 
     Args:
         classifier: A fitted :class:`TumorClassifier`.

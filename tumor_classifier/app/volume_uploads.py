@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..exceptions import InvalidVolumeError
+from ..volume_formats import _require
 from .uploads import MAX_UPLOAD_BYTES, UploadTooLargeError, UnsupportedImageTypeError, megabytes
 
 #: What the app accepts as a volume, for messages and the page.
@@ -188,8 +189,7 @@ def _unpack_series(archive: Path, shown: str, folder: Path) -> Path:
 
 def _check_nifti_voxels(path: Path, shown: str) -> None:
     """Refuses a NIfTI whose header declares more than :data:`MAX_VOLUME_VOXELS` (no voxel is read)."""
-    import nibabel
-
+    nibabel = _require("nibabel")  # missing: MissingDependencyError says how to install it
     try:
         shape = tuple(int(n) for n in nibabel.load(str(path)).shape)  # the header only: nibabel reads voxels lazily
     except Exception as error:  # noqa: BLE001 - nibabel raises many kinds on damaged headers
@@ -199,9 +199,9 @@ def _check_nifti_voxels(path: Path, shown: str) -> None:
 
 def _check_dicom_headers(paths: list[Path], shown: str) -> None:
     """Refuses a zip with no DICOM or several series, and DICOM above :data:`MAX_VOLUME_VOXELS` (no pixel is read)."""
-    import pydicom
-
     from ..volumes import sniff
+
+    pydicom = _require("pydicom")
 
     total, series, others = 0, set(), 0
     for path in paths:
