@@ -238,6 +238,17 @@ def test_a_nifti_volume_gets_a_verdict_and_the_slider_moves_the_heatmap(page, co
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot of the volume tab after moving the slice slider: {screenshot}")
+    # A damaged zip: the project's message in the page, no traceback.
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    page.reload()  # a fresh page: the file box holds the NIfTI, and its input is gone until cleared
+    page.get_by_role("tab", name="Volume (NIfTI, DICOM)").click()
+    page.set_input_files("#volume input[type=file]", str(damaged))
+    page.wait_for_function("() => !document.querySelector('#analyze-volume').disabled")
+    page.click("#analyze-volume")
+    words = "The zip 'damaged.zip' is damaged or truncated"
+    page.wait_for_function("(words) => document.body.innerText.includes(words)", arg=words)
+    assert "Traceback" not in page.inner_text("body")
 
 
 def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_path):
