@@ -94,7 +94,7 @@ def check_volume(source: Any, *, name: str | None = None, max_bytes: int = MAX_U
         if path is None:
             path = _write_upload(data, Path(work))
         try:
-            return _read(path, shown, Path(work), max_bytes, hint)
+            return _read(path, shown, Path(work), hint)
         except InvalidVolumeError as error:
             # The library names the files it read; the private folder means nothing to people.
             message = str(error).replace(f"folder {work}{os.sep}series", f"zip {shown!r}").replace(f"{work}{os.sep}", "")
@@ -124,7 +124,8 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")[-80:] or "file"
 
 
-def _read(path: Path, shown: str, work: Path, max_bytes: int, hint: str):
+def _read(path: Path, shown: str, work: Path, hint: str):
+    """Checks the headers of a file (or a zip's members) against the limits, then reads it with the library."""
     from ..volumes import load_volume, sniff
 
     if zipfile.is_zipfile(path):
