@@ -35,9 +35,11 @@ from tumor_classifier.app import (
     example_paths,
     predict_scan,
     predict_scans,
+    predict_volume_upload,
     serve,
     start_in_background,
 )
+from tumor_classifier.app.ui import _reblend
 from tumor_classifier.preprocessing import load_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,6 +154,10 @@ def test_an_upload_is_decoded_once_per_request(confident_classifier, one_per_cla
         opened.clear()
         reports = analyze_scans([check_scan(one_per_class[0].read_bytes())], [method], [0.45], classifier=confident_classifier)
         assert reports[0].explanation.attribution is not None and opened == ["_open_header"], (method, opened)
+    # The function the page serves, state included (the grey scan kept for re-drawing).
+    opened.clear()
+    *_, states = predict_scans([one_per_class[0].read_bytes()], ["gradcam"], [0.45], classifier=confident_classifier)
+    assert states[0]["scan"].size == Image.open(one_per_class[0]).size and opened == ["_open_header"], opened
 
 
 def test_uncertain_prediction_names_no_type(fitted_classifier, one_per_class):
@@ -198,7 +204,7 @@ def test_the_app_accepts_every_format_the_library_reads(fmt):
 
 
 def test_a_bad_upload_in_a_batch_does_not_fail_the_others(confident_classifier, one_per_class, bad_files):
-    verdicts, labels, heatmaps, tumors = predict_scans(
+    verdicts, labels, heatmaps, tumors, states = predict_scans(
         [str(one_per_class[2]), str(bad_files["notes.txt"]), str(one_per_class[3])],
         ["gradcam", "gradcam", "occlusion"],
         [0.45, 0.45, 0.3],
@@ -208,6 +214,20 @@ def test_a_bad_upload_in_a_batch_does_not_fail_the_others(confident_classifier, 
     assert [labels[0]["label"], labels[2]["label"]] == list(expected)
     assert labels[1] == {"label": INVALID_HEADLINE, "confidences": []}
     assert "not an image this app can read" in verdicts[1] and heatmaps[1] is None and tumors[1] == "n/a"
+    assert states[1] is None
+    # The state the page keeps re-draws the same heatmap at the same opacity, without the model.
+    for heatmap, state, opacity in ((heatmaps[0], states[0], 0.45), (heatmaps[2], states[2], 0.3)):
+        np.testing.assert_array_equal(np.asarray(_reblend(state, opacity)), np.asarray(heatmap))
+
+
+def test_the_page_serves_the_tested_functions(confident_classifier):
+    """The events the page runs are predict_scans and predict_volume_upload themselves,
+    bound to the classifier and to Gradio's upload folder (issue 10: a closure that
+    re-implemented predict_scans was served untested)."""
+    served = {fn.api_name: fn.fn for fn in build_demo(confident_classifier).fns.values() if fn.api_name}
+    for name, function in (("predict", predict_scans), ("predict_volume", predict_volume_upload)):
+        assert served[name].func is function, name
+        assert served[name].keywords == {"classifier": confident_classifier, "uploads_only": True}, name
 
 
 def test_app_listens_on_localhost_by_default_and_phones_nobody(confident_classifier):

@@ -1,7 +1,8 @@
 """The app in a real browser: Debian's chromium driven by Playwright.
 
 Upload a slice, click Analyze, read the label and see the heatmap; click an example;
-upload bad files and read the one message each gets; open the REST docs page. Every
+upload bad files and read the one message each gets; upload a NIfTI volume, read its
+verdict and move the slice slider; open the REST docs page. Every
 request a page makes is checked: one to any address but 127.0.0.1 is blocked and fails
 the test. Screenshots (after a prediction, after each bad upload, of /docs) are written
 to temporary folders; the tests print their paths (``pytest -s``).
@@ -18,7 +19,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+import numpy as np
+
 from tumor_classifier.app import build_app, example_paths, start_in_background
+
+from volume_files import phantom, write_nifti
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -188,6 +193,62 @@ def test_a_bad_upload_says_what_is_wrong_once(page, data_dir, tmp_path, name):
     page.click("#analyze")
     _wait_for_result(page)
     assert BAD_UPLOADS[name] not in page.inner_text("body")
+
+
+def _loaded_src(page, selector: str, old: str | None = None) -> str:
+    """Waits for the image under ``selector`` to be loaded (and differ from ``old``); returns its src."""
+    page.wait_for_function(
+        "([selector, old]) => { const img = document.querySelector(selector + ' img');"
+        " return img !== null && img.complete && img.naturalWidth > 0 && img.src !== old; }",
+        arg=[selector, old],
+        timeout=60_000,
+    )
+    return page.get_attribute(f"{selector} img", "src")
+
+
+def test_a_nifti_volume_gets_a_verdict_and_the_slider_moves_the_heatmap(page, confident_classifier, tmp_path):
+    volume = write_nifti(tmp_path / "head.nii.gz", phantom((64, 64, 20)))  # 20 axial slices of 64 x 64
+    expected = confident_classifier.predict_volume(str(volume))
+    page.get_by_role("tab", name="Volume (NIfTI, DICOM)").click()
+    page.set_input_files("#volume input[type=file]", str(volume))
+    page.wait_for_function("() => !document.querySelector('#analyze-volume').disabled")
+    page.click("#analyze-volume")
+    title = "This does not look like a brain MRI volume" if not expected.looks_like_mri else (
+        f"Tumor detected: {expected.label}" if expected.tumour else "No tumor detected")
+    page.wait_for_function("(words) => document.querySelector('#volume-verdict').innerText.includes(words)", arg=title, timeout=60_000)
+    verdict = page.inner_text("#volume-verdict")
+    assert "not a medical device" in verdict and "20 axial slices of head.nii.gz" in verdict
+    assert page.inner_text("#volume-probabilities [data-testid=label-output-value]").strip().splitlines()[0] == (expected.label or "Not a brain MRI")
+    assert page.input_value("#volume-tumor-probability textarea, #volume-tumor-probability input")
+    key_src = _loaded_src(page, "#slice-heatmap")
+    _loaded_src(page, "#slice-plot")  # the probability-along-slices plot
+    assert page.input_value("#slice input[type=number]") == str(expected.key_slice)
+    assert page.inner_text("#slice-caption").startswith(f"Slice {expected.key_slice} of 0-19 (key slice)")
+    assert page.evaluate("() => document.querySelector('#slice-heatmap img').naturalWidth") == 64
+    # Another slice inside the head: its own heatmap, caption and plot marker.
+    other = next(int(i) for i in np.flatnonzero(expected.classified) if i != expected.key_slice)
+    plot_src = page.get_attribute("#slice-plot img", "src")
+    page.fill("#slice input[type=number]", str(other))
+    page.keyboard.press("Enter")
+    other_src = _loaded_src(page, "#slice-heatmap", key_src)
+    page.wait_for_function("(words) => document.querySelector('#slice-caption').innerText.startsWith(words)", arg=f"Slice {other} of 0-19:")
+    _loaded_src(page, "#slice-plot", plot_src)
+    assert other_src != key_src
+    screenshot = tmp_path / "app-volume-slider.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot of the volume tab after moving the slice slider: {screenshot}")
+    # A damaged zip: the project's message in the page, no traceback.
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    page.reload()  # a fresh page: the file box holds the NIfTI, and its input is gone until cleared
+    page.get_by_role("tab", name="Volume (NIfTI, DICOM)").click()
+    page.set_input_files("#volume input[type=file]", str(damaged))
+    page.wait_for_function("() => !document.querySelector('#analyze-volume').disabled")
+    page.click("#analyze-volume")
+    words = "The zip 'damaged.zip' is damaged or truncated"
+    page.wait_for_function("(words) => document.body.innerText.includes(words)", arg=words)
+    assert "Traceback" not in page.inner_text("body")
 
 
 def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_path):

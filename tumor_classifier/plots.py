@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 
@@ -125,6 +126,47 @@ def plot_reliability(
     return _save(figure, path)
 
 
+def slice_probabilities_figure(
+    tumour_probability: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    key_slice: int | None = None,
+    runs: Sequence[tuple[int, int]] = (),
+    shown_slice: int | None = None,
+    title: str = "Tumour probability along the slices",
+) -> Figure:
+    """Tumour probability per slice (NaN = not classified), the threshold, runs and key slice.
+
+    Args:
+        tumour_probability: float (n,), one value per slice in order; NaN for slices
+            that were not classified (a gap in the line).
+        threshold: Tumour probability a slice needs to count towards a run.
+        key_slice: Index of the key slice (a red line), or ``None``.
+        runs: ``(first, last)`` slice indices (inclusive) of the qualifying runs (shaded).
+        shown_slice: Index of the slice a viewer shows (a black dotted line), or ``None``.
+        title: Figure title.
+
+    Returns:
+        A standalone matplotlib ``Figure`` (7 x 3.2 inches); the CLI writes it with
+        :func:`plot_slice_probabilities`, the app shows it as it is.
+    """
+    values = np.asarray(tumour_probability, dtype=float)
+    figure, axis = _subplots(figsize=(7, 3.2))
+    axis.plot(np.arange(values.size), values, marker=".", markersize=3, linewidth=1, label="tumour probability")
+    axis.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    for index, (first, last) in enumerate(runs):
+        axis.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.15, label="tumour run" if index == 0 else None)
+    if key_slice is not None:
+        axis.axvline(key_slice, color="tab:red", linewidth=1, label=f"key slice {key_slice}")
+    if shown_slice is not None:
+        axis.axvline(shown_slice, color="black", linestyle=":", linewidth=1, label=f"shown slice {shown_slice}")
+    axis.set(xlabel="slice", ylabel="P(tumour)", ylim=(-0.02, 1.02), xlim=(-0.5, max(values.size, 1) - 0.5), title=title)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # slices are whole numbers
+    axis.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    return figure
+
+
 def plot_slice_probabilities(
     tumour_probability: np.ndarray,
     path: str | Path,
@@ -134,15 +176,6 @@ def plot_slice_probabilities(
     runs: Sequence[tuple[int, int]] = (),
     title: str = "Tumour probability along the slices",
 ) -> Path:
-    """Tumour probability per slice (NaN = not classified), the threshold, runs and key slice."""
-    values = np.asarray(tumour_probability, dtype=float)
-    figure, axis = _subplots(figsize=(7, 3.2))
-    axis.plot(np.arange(values.size), values, marker=".", markersize=3, linewidth=1, label="tumour probability")
-    axis.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    for index, (first, last) in enumerate(runs):
-        axis.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.15, label="tumour run" if index == 0 else None)
-    if key_slice is not None:
-        axis.axvline(key_slice, color="tab:red", linewidth=1, label=f"key slice {key_slice}")
-    axis.set(xlabel="slice", ylabel="P(tumour)", ylim=(-0.02, 1.02), xlim=(-0.5, max(values.size, 1) - 0.5), title=title)
-    axis.legend(fontsize=7, loc="upper right")
+    """Writes :func:`slice_probabilities_figure` as a PNG at ``path`` and returns the path."""
+    figure = slice_probabilities_figure(tumour_probability, threshold=threshold, key_slice=key_slice, runs=runs, title=title)
     return _save(figure, path)

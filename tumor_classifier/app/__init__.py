@@ -3,11 +3,13 @@
 One module per concern; imports flow one way (``uploads`` -> ``analysis`` -> ``ui``,
 ``rest`` -> ``server``), and this package re-exports their public names::
 
-    uploads     check_scan, upload limits, the files behind Gradio payloads
-    analysis    ScanReport, analyze_scans, predict_scan(s), normalize_method, load_classifier
-    ui          build_demo: the Gradio page, legend, theme, examples
-    rest        POST /api/v1/predict: its JSON models, messages, upload guard (rest_docs: /docs)
-    server      build_app, serve, start_in_background
+    uploads          check_scan, upload limits, the files behind Gradio payloads
+    volume_uploads   check_volume: NIfTI, DICOM, a zip of one series, read within limits
+    analysis         ScanReport, analyze_scans, predict_scan(s), normalize_method, load_classifier
+    volume_analysis  VolumeReport, analyze_volume, predict_volume_upload, show_slice
+    ui               build_demo: the Gradio page (a slice tab, a volume tab), legend, theme, examples
+    rest             POST /api/v1/predict: its JSON models, messages, upload guard (rest_docs: /docs)
+    server           build_app, serve, start_in_background
 
 The routes of the served app (``build_app``) are listed in :mod:`.server`.
 
@@ -19,7 +21,12 @@ Layers, so tests and the REST route use the same code as the UI:
   classifier runs its model passes one at a time (attribution hooks), while decoding,
   checks and overlays of concurrent requests run beside them;
 * :func:`predict_scan` / :func:`predict_scans` are the pure UI functions (one image /
-  a Gradio batch) and turn project errors into ``gr.Error``;
+  a Gradio batch) and turn project errors into ``gr.Error``; the page serves
+  :func:`predict_scans` itself, bound to the classifier;
+* :func:`check_volume` reads a volume upload once, within limits;
+  :func:`predict_volume_upload` (the volume tab's function, served as it is) runs
+  ``TumorClassifier.predict_volume`` on it, and :func:`show_slice` draws a slice's heatmap
+  from the slices read then;
 * :func:`build_demo`, :func:`build_app`, :func:`serve` wire them to Gradio, FastAPI and
   uvicorn.
 
@@ -48,6 +55,16 @@ from .analysis import (
     predict_scan,
     predict_scans,
 )
+from .volume_analysis import VolumeReport, analyze_volume, predict_volume_upload, show_slice, slice_overlay
+from .volume_uploads import (
+    ACCEPTED_VOLUME_TEXT,
+    MAX_VOLUME_VOXELS,
+    MAX_ZIP_BYTES,
+    MAX_ZIP_MEMBERS,
+    VOLUME_SUFFIXES,
+    UnsupportedVolumeTypeError,
+    check_volume,
+)
 from .rest import ErrorResponse, PredictionResponse, report_to_json
 from .server import BackgroundServer, build_app, serve, start_in_background
 from .ui import MAX_BATCH_SIZE, NOTICE, build_demo, example_paths
@@ -68,6 +85,18 @@ from .uploads import (
 __all__ = [
     "ACCEPTED_FORMATS",
     "ACCEPTED_TEXT",
+    "ACCEPTED_VOLUME_TEXT",
+    "MAX_VOLUME_VOXELS",
+    "MAX_ZIP_BYTES",
+    "MAX_ZIP_MEMBERS",
+    "UnsupportedVolumeTypeError",
+    "VOLUME_SUFFIXES",
+    "VolumeReport",
+    "analyze_volume",
+    "check_volume",
+    "predict_volume_upload",
+    "show_slice",
+    "slice_overlay",
     "BackgroundServer",
     "DEFAULT_OPACITY",
     "EXAMPLES_DIR",

@@ -20,9 +20,10 @@ from PIL import Image
 from ..attributions import METHODS
 from ..classifier import Explanation, TumorClassifier
 from ..data import NO_TUMOR
+from ..decoding import DecodedImage, decode
 from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..verdict import NOT_BRAIN_MRI
-from .uploads import check_scan
+from .uploads import check_scan, upload_source
 
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
@@ -199,38 +200,59 @@ def analyze_each(images, methods, opacities, classifier) -> tuple[list[ScanRepor
     return results, inputs  # type: ignore[return-value]
 
 
-def ui_outputs(result: ScanReport | TumorClassifierError) -> tuple[str, dict[str, Any], Image.Image | None, str]:
+def ui_outputs(result: ScanReport | TumorClassifierError, checked: Any) -> tuple[str, dict[str, Any], Image.Image | None, str, dict[str, Any] | None]:
+    """The outputs of one request, and its state: the grey scan and its map, for re-drawing at another opacity."""
     if isinstance(result, ScanReport):
-        return result.summary, result.label_value, result.explanation.overlay, result.tumor_probability_text
-    return f"### Cannot analyze this image\n{result}", {"label": INVALID_HEADLINE, "confidences": []}, None, "n/a"
+        # The decoded upload itself (check_scan's DecodedImage) when there is one: never decoded again.
+        gray = checked.gray if isinstance(checked, DecodedImage) else decode(checked).gray
+        state = {"scan": gray, "attribution": result.explanation.attribution}
+        return result.summary, result.label_value, result.explanation.overlay, result.tumor_probability_text, state
+    return f"### Cannot analyze this image\n{result}", {"label": INVALID_HEADLINE, "confidences": []}, None, "n/a", None
 
 
 def predict_scans(
-    images: Sequence[Any],
-    methods: Sequence[str],
-    opacities: Sequence[float],
+    scan: Sequence[Any],
+    method: Sequence[str],
+    opacity: Sequence[float],
     *,
     classifier: TumorClassifier,
-) -> tuple[list[str], list[dict[str, Any]], list[Image.Image | None], list[str]]:
-    """The batched UI function (Gradio ``batch=True``): lists in, one list per output.
+    uploads_only: bool = False,
+) -> tuple[list[str], list[dict[str, Any]], list[Image.Image | None], list[str], list[dict[str, Any] | None]]:
+    """The batched UI function, the one Gradio serves (``/predict``, ``batch=True``): lists in, one list per output.
 
-    A batch holds the requests of several users. A bad upload alone in its batch (the
-    usual case) raises ``gr.Error``; in a batch with others it does not fail them: its
-    outputs say ``"Cannot analyze this image"`` with the reason, its label headline is
-    ``"Invalid image"`` and its overlay ``None``. (Gradio 6.31's per-request
-    ``validator`` does not work for batched events with several inputs.)
+    Each argument is a list with one entry per request (named for one call, as the API
+    page and ``gradio_client`` show them). A batch holds the requests of several users. A
+    bad upload alone in its batch (the usual case) raises ``gr.Error``; in a batch with
+    others it does not fail them: its outputs say ``"Cannot analyze this image"`` with the
+    reason, its label headline is ``"Invalid image"`` and its overlay ``None``. (Gradio
+    6.31's per-request ``validator`` does not work for batched events with several inputs.)
+
+    Args:
+        scan: Uploads: file paths, bytes, PIL images, numpy arrays, or Gradio file payloads.
+        method: Heatmap methods (see :func:`normalize_method`).
+        opacity: Heatmap opacities in [0, 1].
+        classifier: A fitted :class:`TumorClassifier`.
+        uploads_only: Read files only from Gradio's upload folder and the examples (what
+            the app binds: a client writes the path of a payload itself, see
+            :func:`~.uploads.upload_source`); off for callers naming their own files.
 
     Returns:
-        ``(verdicts, labels, overlays, tumor_probabilities)``, each a list with one entry
-        per image, as :func:`predict_scan` returns them.
+        ``(verdicts, labels, overlays, tumor_probabilities, states)``, each a list with one
+        entry per image: the first four as :func:`predict_scan` returns them; a state is
+        ``{"scan": grey PIL image, "attribution": float32 (H, W) in [0, 1]}`` (``None`` for
+        a bad upload), what the opacity slider re-draws from.
 
     Raises:
         gr.Error: The only request of the batch is bad; the message says why.
     """
-    results, _ = analyze_each(images, methods, opacities, classifier)
+    try:
+        images = [upload_source(payload) for payload in scan] if uploads_only else list(scan)
+    except TumorClassifierError as error:
+        raise ui_error(error) from None
+    results, inputs = analyze_each(images, method, opacity, classifier)
     if len(results) == 1 and not isinstance(results[0], ScanReport):
         raise ui_error(results[0])
-    return tuple(list(column) for column in zip(*map(ui_outputs, results)))  # type: ignore[return-value]
+    return tuple(list(column) for column in zip(*map(ui_outputs, results, inputs)))  # type: ignore[return-value]
 
 
 def predict_scan(
@@ -267,4 +289,4 @@ def predict_scan(
     """
     classifier = load_classifier(None) if classifier is None else classifier
     outputs = predict_scans([image], [method], [opacity], classifier=classifier)
-    return tuple(output[0] for output in outputs)  # type: ignore[return-value]
+    return tuple(output[0] for output in outputs[:4])  # type: ignore[return-value]

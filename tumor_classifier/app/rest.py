@@ -1,7 +1,11 @@
-"""The REST API: ``POST /api/v1/predict``, its JSON models, its messages, its guard, ``/docs``.
+"""The REST API: ``POST /api/v1/predict`` (a slice), ``POST /api/v1/predict_volume``, JSON models, guard, ``/docs``.
 
-:func:`add_rest_routes` puts the route, its error answers and the upload guard on a
-FastAPI app; the route runs :func:`~.analysis.analyze_scans`, as the UI does.
+:func:`add_rest_routes` puts the routes, their error answers and the upload guard on a
+FastAPI app; the slice route runs :func:`~.analysis.analyze_scans` and the volume route
+:func:`~.volume_analysis.analyze_volume`, as the UI does. A volume has its own route and
+answer (per-slice probabilities, key slice, runs) rather than a second shape of the slice
+answer: each route has one response model, and the same upload rules (multipart ``file``,
+one per request, the byte limit, 400 / 413 / 415).
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ from ..exceptions import TumorClassifierError
 from .analysis import DEFAULT_OPACITY, ScanReport, analyze_scans
 from .rest_docs import docs_html
 from .uploads import ACCEPTED_TEXT, UnsupportedImageTypeError, UploadTooLargeError, check_scan, megabytes
+from .volume_analysis import VolumeReport, analyze_volume
+from .volume_uploads import ACCEPTED_VOLUME_TEXT
 
-#: Path of the REST route.
+#: Path of the REST route for one slice.
 PREDICT_PATH = "/api/v1/predict"
+#: Path of the REST route for one volume.
+PREDICT_VOLUME_PATH = "/api/v1/predict_volume"
 
 
 class PredictionResponse(BaseModel):
@@ -51,6 +59,63 @@ class PredictionResponse(BaseModel):
     overlay_png_base64: str | None = Field(None, description="The heatmap on the scan as a base64 PNG, if `overlay=true` was asked.")
 
 
+class VolumePredictionResponse(BaseModel):
+    """JSON answer of ``POST /api/v1/predict_volume``: the library's ``VolumePrediction``."""
+
+    label: str | None = Field(description="'notumor' or the tumor type; null when the volume does not look like a brain MRI.")
+    verdict: Literal["tumor", "no_tumor", "not_brain_mri"] = Field(description="What the UI says of the volume.")
+    tumor: bool = Field(description="A run of `min_run` consecutive slices reached the threshold.")
+    tumor_probability: float = Field(description="Mean tumor probability over the slices of the qualifying runs (else the highest mean over `min_run` consecutive slices).")
+    probabilities: dict[str, float] = Field(description="Class -> mean probability over the slices the verdict rests on.")
+    not_brain_mri: bool = Field(description="Most checked slices do not look like brain MRI; then no tumor type is given.")
+    mri_reasons: list[str] = Field(description="Why the volume does not look like a brain MRI (empty if it does).")
+    slices: int = Field(description="Slices in the volume, in the plane read (axial).")
+    classified_slices: int = Field(description="Slices inside the head, the ones classified.")
+    plane: str | None = Field(description="Plane of the slices; null when the file had no geometry.")
+    key_slice: int = Field(description="Index of the key slice (highest tumor probability in the longest run, or the most suspicious slice).")
+    runs: list[tuple[int, int]] = Field(description="(first, last) slice indices of the qualifying runs.")
+    min_run: int = Field(description="Consecutive slices a run needs.")
+    threshold: float = Field(description="Tumor probability a slice needs to count towards a run.")
+    slice_tumor_probability: list[float | None] = Field(description="Tumor probability per slice; null for slices outside the head.")
+    notes: list[str] = Field(description="What was assumed or chosen while reading (for people).")
+    message: str = Field(description="The verdict in words (Markdown).")
+    method: str = Field(description="Heatmap method of the key slice.")
+    key_slice_overlay_png_base64: str | None = Field(None, description="The key slice's heatmap as a base64 PNG, if `overlay=true` was asked.")
+
+
+def volume_report_to_json(report: VolumeReport, *, include_overlay: bool = False) -> dict[str, Any]:
+    """The REST answer for one :class:`~.volume_analysis.VolumeReport` (keys of :class:`VolumePredictionResponse`)."""
+    p = report.prediction
+    explanation = p.explanation
+    return VolumePredictionResponse(
+        label=p.label,
+        verdict=report.verdict,
+        tumor=p.tumour,
+        tumor_probability=p.tumour_probability,
+        probabilities=p.probabilities,
+        not_brain_mri=not p.looks_like_mri,
+        mri_reasons=p.mri_reasons,
+        slices=len(p.classified),
+        classified_slices=int(p.classified.sum()),
+        plane=p.volume.plane,
+        key_slice=p.key_slice,
+        runs=p.runs,
+        min_run=p.min_run,
+        threshold=p.threshold,
+        slice_tumor_probability=[None if math.isnan(v) else float(v) for v in p.slice_tumour_probability],
+        notes=p.notes,
+        message=report.summary,
+        method=explanation.method if explanation is not None else report.method,
+        key_slice_overlay_png_base64=_png_base64(explanation.overlay) if include_overlay and explanation is not None else None,
+    ).model_dump()
+
+
+def _png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class ErrorResponse(BaseModel):
     """JSON body of a refused request."""
 
@@ -60,11 +125,7 @@ class ErrorResponse(BaseModel):
 def report_to_json(report: ScanReport, *, include_overlay: bool = False) -> dict[str, Any]:
     """The REST answer for one :class:`ScanReport` (keys of :class:`PredictionResponse`)."""
     e = report.explanation
-    encoded = None
-    if include_overlay:
-        buffer = io.BytesIO()
-        e.overlay.save(buffer, format="PNG")
-        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    encoded = _png_base64(e.overlay) if include_overlay else None
     return PredictionResponse(
         class_=e.label,
         verdict=report.verdict,
@@ -96,16 +157,17 @@ def _names_a_url(path: str) -> bool:
 class _Guard:
     """ASGI middleware: upload size limit for the REST route, no outside fetches.
 
-    * ``/api/v1/predict``: a ``Content-Length`` above the limit is answered 413 before
-      the body is read; a body without one is counted as it arrives and cut off.
+    * ``/api/v1/predict`` and ``/api/v1/predict_volume``: a ``Content-Length`` above the
+      limit is answered 413 before the body is read; a body without one is counted as it
+      arrives and cut off.
     * Gradio's ``/gradio_api/file=<url>`` (and the older ``/gradio_api/file/<url>``, and
       ``/gradio_api/proxy=<url>``) make the server fetch that URL; the app serves its own
       files only, so such requests get 403.
     """
 
-    def __init__(self, app, *, path: str, max_bytes: int):
+    def __init__(self, app, *, paths: tuple[str, ...], max_bytes: int):
         self.app = app
-        self.path = path
+        self.paths = paths
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
@@ -114,7 +176,7 @@ class _Guard:
         path = scope.get("path", "")
         if _names_a_url(path):
             return await JSONResponse({"detail": "This app serves only its own files."}, status_code=403)(scope, receive, send)
-        if path.rstrip("/") != self.path:
+        if path.rstrip("/") not in self.paths:
             return await self.app(scope, receive, send)
         # Multipart framing adds a few hundred bytes around the file.
         limit = self.max_bytes + 64 * 1024
@@ -152,7 +214,7 @@ class _Guard:
                 await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
-        detail = f"The upload is larger than {megabytes(self.max_bytes)}; send a single MRI slice ({ACCEPTED_TEXT})."
+        detail = f"The upload is larger than {megabytes(self.max_bytes)}; send a single MRI slice ({ACCEPTED_TEXT}) or volume."
         # The rest of the body is never read, so the connection cannot carry another
         # request: say so, or a keep-alive client sends its next request into a reset.
         await JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})(scope, receive, send)
@@ -228,12 +290,8 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         try:
             source = check_scan(data, name=file.filename or None, max_bytes=max_upload_bytes)
             report = analyze_scans([source], [method], [opacity], classifier=classifier)[0]
-        except UploadTooLargeError as error:
-            raise HTTPException(413, str(error)) from None
-        except UnsupportedImageTypeError as error:
-            raise HTTPException(415, str(error)) from None
         except TumorClassifierError as error:
-            raise HTTPException(400, str(error)) from None
+            raise _http_error(error) from None
         return report_to_json(report, include_overlay=overlay)
 
     @api.exception_handler(RequestValidationError)
@@ -241,9 +299,50 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         # FastAPI answers 422 with a pydantic list; the documented answer is 400 with a sentence.
         return JSONResponse({"detail": _validation_message(error)}, status_code=400)
 
-    @api.api_route(PREDICT_PATH, methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def wrong_method() -> JSONResponse:
         # Without this route the Gradio app mounted at "/" would answer 404.
-        return JSONResponse({"detail": "Send the slice with POST (multipart field `file`)."}, status_code=405, headers={"Allow": "POST"})
+        return JSONResponse({"detail": "Send the file with POST (multipart field `file`)."}, status_code=405, headers={"Allow": "POST"})
 
-    api.add_middleware(_Guard, path=PREDICT_PATH, max_bytes=max_upload_bytes)
+    for path in (PREDICT_PATH, PREDICT_VOLUME_PATH):
+        api.add_api_route(path, wrong_method, methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+
+    add_volume_route(api, classifier, max_upload_bytes=max_upload_bytes)
+    api.add_middleware(_Guard, paths=(PREDICT_PATH, PREDICT_VOLUME_PATH), max_bytes=max_upload_bytes)
+
+
+def _http_error(error: TumorClassifierError) -> HTTPException:
+    """413 for an upload above the limit, 415 for a file of another kind, else 400."""
+    status = 413 if isinstance(error, UploadTooLargeError) else 415 if isinstance(error, UnsupportedImageTypeError) else 400
+    return HTTPException(status, str(error))
+
+
+def add_volume_route(api: FastAPI, classifier: TumorClassifier, *, max_upload_bytes: int) -> None:
+    """Adds ``POST /api/v1/predict_volume``: one volume in (multipart ``file``), :class:`VolumePredictionResponse` out."""
+
+    @api.post(
+        PREDICT_VOLUME_PATH,
+        response_model=VolumePredictionResponse,
+        responses={
+            400: {"model": ErrorResponse, "description": "Empty, damaged or unreadable volume, a zip of several series, a non-MR DICOM, or a bad option."},
+            413: {"model": ErrorResponse, "description": f"Upload larger than {megabytes(max_upload_bytes)}."},
+            415: {"model": ErrorResponse, "description": f"Not {ACCEPTED_VOLUME_TEXT}."},
+        },
+        summary="Classify one brain MRI volume",
+        tags=["prediction"],
+        dependencies=[Depends(_one_file_per_request)],
+    )
+    def predict_volume_endpoint(
+        file: UploadFile = File(description=f"The volume, as {ACCEPTED_VOLUME_TEXT}, up to {megabytes(max_upload_bytes)}; one per request."),
+        method: Literal[("auto", *METHODS)] = Query("auto", description="Heatmap method of the key slice."),  # type: ignore[valid-type]
+        overlay: bool = Query(False, description="Also return the key slice's heatmap as a base64 PNG."),
+    ) -> dict[str, Any]:
+        """Classifies every slice of the volume inside the head and gives one verdict (see the library's predict_volume).
+
+        Not for diagnosis.
+        """
+        data = file.file.read(max_upload_bytes + 1)
+        try:
+            report = analyze_volume(data, method, classifier=classifier, name=file.filename or None, max_bytes=max_upload_bytes)
+        except TumorClassifierError as error:
+            raise _http_error(error) from None
+        return volume_report_to_json(report, include_overlay=overlay)

@@ -2,9 +2,13 @@
 
 Layout of the served app (:func:`build_app`)::
 
-    /                   the Gradio UI (upload a slice, verdict, probabilities, heatmap)
-    /gradio_api/...     Gradio's own routes; the named endpoint ``/predict`` is batched
-    /api/v1/predict     plain REST: multipart field ``file`` in, JSON out
+    /                   the Gradio UI: a slice tab (verdict, probabilities, heatmap) and a
+                        volume tab (NIfTI / DICOM / zipped series: verdict, slice slider,
+                        the slice's heatmap, probability along the slices)
+    /gradio_api/...     Gradio's own routes; the named endpoint ``/predict`` is batched,
+                        ``/predict_volume`` is not (a volume's slices are batched inside)
+    /api/v1/predict     plain REST: one slice in the multipart field ``file``, JSON out
+    /api/v1/predict_volume  plain REST: one volume in the multipart field ``file``, JSON out
     /openapi.json       the REST schema
     /docs               the REST schema as a self-contained page (:mod:`.rest_docs`;
                         FastAPI's Swagger UI would load its scripts from a CDN)

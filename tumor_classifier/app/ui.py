@@ -6,6 +6,7 @@ checked by :mod:`.uploads`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,25 @@ from gradio.components.label import LabelData
 
 from ..attributions import METHODS
 from ..classifier import TumorClassifier
-from ..decoding import DecodedImage, decode
 from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..reports import DISCLAIMER
 from ..visualization import DEFAULT_COLORMAP, overlay
-from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, ScanReport, analyze_each, ui_error, ui_outputs
+from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
 from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
+from .volume_analysis import predict_volume_upload, show_slice
+from .volume_uploads import ACCEPTED_VOLUME_TEXT, VOLUME_SUFFIXES, is_volume_name
 
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
 MAX_BATCH_SIZE = 8
 NOTICE = (
     "**Research demo, not for diagnosis.** " + DISCLAIMER + " A heatmap shows what the model "
     "looked at, not where a tumor is."
+)
+#: What the API page says of the two named endpoints.
+SCAN_API_DESCRIPTION = "Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."
+VOLUME_API_DESCRIPTION = (
+    "Classifies every slice of a brain MRI volume (NIfTI, one DICOM file or a zip of one DICOM series) and gives "
+    "one verdict, the key slice's heatmap and the tumor probability along the slices; not for diagnosis."
 )
 
 
@@ -69,6 +77,65 @@ def _on_new_scan(payload: Any):
     return message, None, None, "", None, scan, gr.Button(interactive=usable)
 
 
+def _on_new_volume(payload: Any):
+    """Clears the previous volume's results when a file arrives; Analyze is on for a file named like a volume.
+
+    The volume itself is read by Analyze (once); a file of another kind is said at once.
+
+    Returns:
+        ``(verdict, label, tumor probability, slider, heatmap, caption, plot, state, Analyze button)``.
+    """
+    message, usable = "", payload is not None
+    name = (payload.get("orig_name") or payload.get("path")) if isinstance(payload, dict) else payload
+    if usable and not is_volume_name(name):
+        message, usable = f"### Cannot analyze this file\nThis tab reads volumes: {ACCEPTED_VOLUME_TEXT}.", False
+    slider = gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False, label="Slice")
+    return message, None, "", slider, None, "", None, None, gr.Button(interactive=usable)
+
+
+def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
+    """The volume tab: upload, method, verdict, slice slider, the slice's heatmap and the probability plot.
+
+    Its events serve :func:`~.volume_analysis.predict_volume_upload` (named endpoint
+    ``predict_volume``) and :func:`~.volume_analysis.show_slice` themselves, bound to the
+    classifier (and to Gradio's upload folder).
+    """
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", file_types=[".nii", ".gz", ".dcm", ".zip"], elem_id="volume")
+            method = gr.Radio(list(METHOD_CHOICES), value=default_method, label="Heatmap method", elem_id="volume-method")
+            button = gr.Button("Analyze volume", variant="primary", elem_id="analyze-volume", interactive=False)
+        with gr.Column():
+            verdict = gr.Markdown(label="Verdict", elem_id="volume-verdict")
+            label = _verdict_label(label="Class probabilities (mean over the slices the verdict rests on)", elem_id="volume-probabilities")
+            tumor = gr.Textbox(label="Tumor probability of the volume", interactive=False, elem_id="volume-tumor-probability")
+    slider = gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False, label="Slice", elem_id="slice")
+    with gr.Row():
+        with gr.Column():
+            heatmap = gr.Image(label="Heatmap on the slice", type="pil", format="png", interactive=False, height=360, elem_id="slice-heatmap")
+            caption = gr.Markdown(elem_id="slice-caption")
+        # No label: the figure has its title, which a label badge would cover.
+        plot = gr.Plot(label="Tumor probability along the slices", show_label=False, format="png", elem_id="slice-plot")
+    state = gr.State()
+    outputs = [verdict, label, tumor, slider, heatmap, caption, plot, state]
+    button.click(
+        functools.partial(predict_volume_upload, classifier=classifier, uploads_only=True),
+        inputs=[upload, method],
+        outputs=outputs,
+        api_name="predict_volume",
+        api_description=VOLUME_API_DESCRIPTION,
+        concurrency_id="model",
+        preprocess=False,  # the upload reaches predict_volume_upload as Gradio's payload (see upload_source)
+    )
+    viewer = functools.partial(show_slice, classifier=classifier)
+    shown = dict(outputs=[heatmap, caption, plot], api_visibility="private", concurrency_id="model", trigger_mode="always_last")
+    slider.input(viewer, inputs=[state, slider, method], show_progress="minimal", **shown)
+    method.change(viewer, inputs=[state, slider, method], **shown)
+    reset = dict(outputs=[*outputs, button], api_visibility="private", show_progress="hidden")
+    upload.upload(_on_new_volume, inputs=upload, preprocess=False, **reset)
+    upload.clear(lambda: _on_new_volume(None), **reset)
+
+
 def _reblend(state: dict[str, Any] | None, opacity: float):
     """Re-draws the heatmap at a new opacity without running the model again."""
     if not state:
@@ -85,7 +152,9 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     (``batch=True``, at most ``max_batch_size``); a bad upload fails alone (see
     :func:`predict_scans`). In the page, an upload is checked as soon as it arrives: a bad
     file is reported once, in the verdict panel, and Analyze stays off until a usable scan
-    is uploaded (:func:`_on_new_scan`).
+    is uploaded (:func:`_on_new_scan`). The volume tab's named endpoint ``predict_volume``
+    (``client.predict(handle_file("scan.nii.gz"), "gradcam", api_name="/predict_volume")``)
+    is :func:`~.volume_analysis.predict_volume_upload` (see :func:`build_volume_tab`).
 
     Args:
         classifier: A fitted :class:`TumorClassifier`.
@@ -98,32 +167,13 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     if max_batch_size < 1:
         raise InvalidArgumentError(f"max_batch_size must be at least 1; got {max_batch_size}.")
 
-    def run(scan, method, opacity):
-        """Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."""
-        # Batched: each argument is a list, one entry per request. The parameters are named
-        # for one call, as the API page and gradio_client show them (docstring: its text).
-        scans, methods, opacities = scan, method, opacity
-        try:
-            images = [upload_source(payload) for payload in scans]
-        except TumorClassifierError as error:
-            raise ui_error(error) from None
-        results, inputs = analyze_each(images, methods, opacities, classifier)
-        if len(results) == 1 and not isinstance(results[0], ScanReport):
-            raise ui_error(results[0])
-        # The scan and its map stay with the session, so the opacity slider re-draws
-        # the heatmap without running the model.
-        states = [
-            {"scan": checked.gray if isinstance(checked, DecodedImage) else decode(checked).gray, "attribution": r.explanation.attribution}
-            if isinstance(r, ScanReport)
-            else None
-            for checked, r in zip(inputs, results)
-        ]
-        columns = [list(column) for column in zip(*map(ui_outputs, results))]
-        return (*columns, states)
+    # The function Gradio serves is predict_scans itself, bound to the classifier and to
+    # Gradio's upload folder: what the tests call is what the page runs.
+    served = functools.partial(predict_scans, classifier=classifier, uploads_only=True)
 
     def run_one(scan, method, opacity):
-        """Classifies one brain MRI slice and draws a heatmap of what the model looked at; not for diagnosis."""
-        return tuple(output[0] for output in run([scan], [method], [opacity]))
+        # Unbatched (batch=False): one request, the same function.
+        return tuple(column[0] for column in served([scan], [method], [opacity]))
 
     def rerun_with_method(image, method, opacity, state):
         # A new method re-draws the heatmap of the scan on show; before any result
@@ -132,44 +182,50 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
             return tuple(gr.skip() for _ in range(5))
         return run_one(image, method, opacity)
 
-    fn = run if batch else run_one
+    fn = served if batch else run_one
 
-    # preprocess=False: the upload reaches `run` undecoded (see upload_source).
+    # preprocess=False: the upload reaches predict_scans undecoded (see upload_source).
     event_options = dict(fn=fn, batch=batch, max_batch_size=max_batch_size, concurrency_id="model", preprocess=False)
 
     with gr.Blocks(title="Brain tumor MRI classifier", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        gr.Markdown("# Brain tumor MRI classifier\nGlioma, meningioma, pituitary tumor or no tumor, from one MRI slice, with a heatmap of what the model looked at.")
+        gr.Markdown(
+            "# Brain tumor MRI classifier\nGlioma, meningioma, pituitary tumor or no tumor, from one MRI slice or a whole "
+            "volume (NIfTI or DICOM), with a heatmap of what the model looked at."
+        )
         gr.Markdown(NOTICE, elem_id="notice")
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(
-                    label=f"MRI slice ({ACCEPTED_TEXT})",
-                    type="filepath",
-                    sources=["upload", "clipboard"],
-                    elem_id="scan",
-                    height=320,
-                )
-                method = gr.Radio(list(METHOD_CHOICES), value=_default_method(classifier), label="Heatmap method", elem_id="method")
-                opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity", elem_id="opacity")
-                # Off until a usable scan is uploaded (see _on_new_scan); an example turns it on.
-                button = gr.Button("Analyze", variant="primary", elem_id="analyze", interactive=False)
-                examples = gr.Examples(
-                    [[str(path)] for path in example_paths()],
-                    inputs=[image],
-                    label="Examples, one per class",
-                    example_labels=[path.stem for path in example_paths()],
-                    cache_examples=False,
-                    elem_id="examples",
-                )
-            with gr.Column():
-                verdict = gr.Markdown(label="Verdict", elem_id="verdict")
-                label = _verdict_label(label="Class probabilities", elem_id="probabilities")
-                tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
-                heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
-                gr.HTML(_legend_html(), elem_id="heatmap-legend")
+        with gr.Tab("One slice", elem_id="slice-tab"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(
+                        label=f"MRI slice ({ACCEPTED_TEXT})",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        elem_id="scan",
+                        height=320,
+                    )
+                    method = gr.Radio(list(METHOD_CHOICES), value=_default_method(classifier), label="Heatmap method", elem_id="method")
+                    opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity", elem_id="opacity")
+                    # Off until a usable scan is uploaded (see _on_new_scan); an example turns it on.
+                    button = gr.Button("Analyze", variant="primary", elem_id="analyze", interactive=False)
+                    examples = gr.Examples(
+                        [[str(path)] for path in example_paths()],
+                        inputs=[image],
+                        label="Examples, one per class",
+                        example_labels=[path.stem for path in example_paths()],
+                        cache_examples=False,
+                        elem_id="examples",
+                    )
+                with gr.Column():
+                    verdict = gr.Markdown(label="Verdict", elem_id="verdict")
+                    label = _verdict_label(label="Class probabilities", elem_id="probabilities")
+                    tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
+                    heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
+                    gr.HTML(_legend_html(), elem_id="heatmap-legend")
+        with gr.Tab("Volume (NIfTI, DICOM)", elem_id="volume-tab"):
+            build_volume_tab(classifier, _default_method(classifier))
         state = gr.State()
         outputs = [verdict, label, heatmap, tumor, state]
-        button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", **event_options)
+        button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", api_description=SCAN_API_DESCRIPTION, **event_options)
         examples.load_input_event.then(lambda: gr.Button(interactive=True), outputs=button, api_visibility="private", show_progress="hidden")
         examples.load_input_event.then(inputs=[image, method, opacity], outputs=outputs, api_visibility="private", **event_options)
         checked = dict(outputs=[*outputs, image, button], api_visibility="private", show_progress="hidden")

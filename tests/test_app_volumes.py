@@ -1,0 +1,290 @@
+"""Volumes in the app: NIfTI, one DICOM file and a zipped DICOM series, through the real app
+functions and a real server; bad volumes and hostile zips get a clear error and write nothing
+outside a private folder that is gone afterwards.
+
+Real files only: small phantom heads (20 slices of 64 x 64) written here with nibabel and
+pydicom (tests/volume_files.py); the classifier is the session's tiny fitted ConvNeXt.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import requests
+from gradio_client import Client, handle_file
+from matplotlib.figure import Figure
+from PIL import Image
+
+import tumor_classifier.volumes as volumes_module
+from tumor_classifier.exceptions import InvalidVolumeError
+from tumor_classifier.app import (
+    MAX_ZIP_MEMBERS,
+    VolumeReport,
+    build_app,
+    check_volume,
+    predict_volume_upload,
+    show_slice,
+    start_in_background,
+)
+from tumor_classifier.reports import DISCLAIMER
+from tumor_classifier.volumes import load_volume
+
+from volume_files import phantom, write_dicom_series, write_nifti
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHAPE = (64, 64, 20)  # x, y, z: 20 axial slices of 64 x 64
+PREFIX = "tumor-classifier-volume-"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("volumes")
+    data = phantom(SHAPE)
+    nifti = write_nifti(folder / "head.nii.gz", data)
+    _, series = write_dicom_series(folder / "series", data)
+    archive = folder / "series.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in series:
+            bundle.write(path, f"DICOM/{path.name}")
+        bundle.writestr("README.txt", "one series")  # not DICOM: skipped, as in a folder
+    return {"nifti": nifti, "series": series[0].parent, "zip": archive, "dcm": series[0]}
+
+
+def _leftovers() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob(PREFIX + "*")}
+
+
+# ------------------------------------------------------------------ reading uploads
+def test_nifti_zip_and_folder_read_the_same_slices(files):
+    before = _leftovers()
+    from_zip = check_volume(files["zip"])
+    np.testing.assert_array_equal(from_zip.slices, load_volume(files["series"]).slices)
+    assert from_zip.source == "series.zip" and from_zip.slices.shape == (20, 64, 64)
+    nifti = check_volume(files["nifti"])
+    assert nifti.slices.shape == (20, 64, 64) and nifti.plane == "axial"
+    np.testing.assert_array_equal(check_volume(files["nifti"].read_bytes(), name="head.nii.gz").slices, nifti.slices)
+    np.testing.assert_array_equal(check_volume(files["zip"].read_bytes(), name="series.zip").slices, from_zip.slices)
+    assert check_volume(files["dcm"]).slices.shape == (1, 64, 64)
+    assert _leftovers() == before  # the private folders are gone
+
+
+def test_a_hostile_zip_writes_nothing_outside_its_private_folder(files, tmp_path):
+    """Members named ../x, /abs/x, a link to /etc/passwd: read as data under our own names, never by their paths."""
+    tag = uuid.uuid4().hex
+    escapes = [f"../../escape-{tag}.dcm", f"/tmp/escape-{tag}.dcm", f"a/../../../escape-{tag}.dcm", f"..\\..\\escape-{tag}.dcm"]
+    series = sorted(files["series"].iterdir())
+    archive = tmp_path / "upload" / "hostile.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for name, path in zip(escapes, series):
+            bundle.writestr(name, path.read_bytes())
+        for path in series[len(escapes):]:
+            bundle.write(path, path.name)
+        link = zipfile.ZipInfo(f"link-{tag}")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        bundle.writestr(link, "/etc/passwd")
+    work = tmp_path / "work"
+    work.mkdir()
+    volume = check_volume(archive, temp_root=work)
+    np.testing.assert_array_equal(volume.slices, load_volume(files["series"]).slices)
+    assert list(work.iterdir()) == []  # the private folder is deleted
+    for root in (tmp_path, tmp_path.parent, Path("/tmp"), Path(tempfile.gettempdir()), archive.parent):
+        assert not list(root.glob(f"*escape-{tag}*")) and not list(root.glob(f"link-{tag}")), root
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_volumes(tmp_path_factory, files) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad-volumes")
+    nifti = files["nifti"].read_bytes()
+    two = folder / "two"
+    _, first = write_dicom_series(two / "a", phantom(SHAPE))
+    _, second = write_dicom_series(two / "b", phantom(SHAPE))
+    _, ct = write_dicom_series(folder / "ct", phantom(SHAPE), modality="CT")
+    made = {
+        "empty.nii.gz": b"",
+        "notes.nii.gz": b"This is a text file, not a volume.\n" * 20,
+        "cut.nii.gz": nifti[: len(nifti) // 3],
+        "photo.dcm": b"\x89PNG\r\n\x1a\n" + b"\x00" * 400,
+    }
+    for name, data in made.items():
+        (folder / name).write_bytes(data)
+    write_nifti(folder / "flat.nii", np.ones((64, 64), dtype=np.float32))
+    _zip(folder / "no-dicom.zip", {"a.txt": b"hello", "b.jpg": b"\xff\xd8\xff"})
+    (folder / "damaged.zip").write_bytes(files["zip"].read_bytes()[:4000])
+    _zip(folder / "two-series.zip", {f"{i}.dcm": p.read_bytes() for i, p in enumerate(first + second)})
+    _zip(folder / "ct.zip", {p.name: p.read_bytes() for p in ct})
+    _zip(folder / "crowded.zip", {f"{i}.dcm": b"" for i in range(MAX_ZIP_MEMBERS + 1)})
+    return {path.name: path for path in folder.iterdir() if path.is_file()}
+
+
+BAD_VOLUMES = [
+    ("empty.nii.gz", "is empty (0 bytes)"),
+    ("notes.nii.gz", "is not a volume this app can read. Upload a brain MRI volume as NIfTI (.nii, .nii.gz)"),
+    ("cut.nii.gz", "could not be read"),
+    ("photo.dcm", "is not a volume this app can read"),
+    ("flat.nii", "has 2 dimension(s)"),
+    ("no-dicom.zip", "holds no DICOM files (2 other file(s)); zip the files of one DICOM series"),
+    ("damaged.zip", "is damaged or truncated"),
+    ("two-series.zip", "holds 2 DICOM series"),
+    ("ct.zip", "is a CT image (DICOM Modality 'CT'), not MRI"),
+    ("crowded.zip", f"holds {MAX_ZIP_MEMBERS + 1} files; up to {MAX_ZIP_MEMBERS} are accepted"),
+]
+
+
+@pytest.mark.parametrize("name, words", BAD_VOLUMES)
+def test_a_bad_volume_is_a_clear_gr_error(confident_classifier, bad_volumes, name, words):
+    before = _leftovers()
+    with pytest.raises(gr.Error) as raised:
+        predict_volume_upload(str(bad_volumes[name]), "gradcam", classifier=confident_classifier)
+    message = str(raised.value.message)
+    assert words in message and name in message, message
+    assert tempfile.gettempdir() + "/" not in message and "Traceback" not in message  # no server folder shown
+    assert _leftovers() == before
+
+
+def test_a_zip_that_unpacks_too_large_is_refused(tmp_path, monkeypatch):
+    """By its declared sizes before anything is unpacked; a directory that understates them
+    is refused too, and nothing stays in the private folder."""
+    import tumor_classifier.app.volume_uploads as volume_uploads
+
+    monkeypatch.setattr(volume_uploads, "MAX_ZIP_BYTES", 3 * 1024**2)
+    archive = _zip(tmp_path / "bomb.zip", {"big.dcm": b"\x00" * (2 * 1024**2), "bigger.dcm": b"\x00" * (2 * 1024**2)})
+    with pytest.raises(InvalidVolumeError, match=r"unpacks to 4.0 MB; up to 3.0 MB"):
+        check_volume(archive)
+    # Forge the central directory to claim 1 byte per member.
+    data = bytearray(archive.read_bytes())
+    entries = [i for i in range(len(data) - 4) if data[i : i + 4] == b"PK\x01\x02"]
+    assert len(entries) == 2
+    for entry in entries:
+        data[entry + 24 : entry + 28] = (1).to_bytes(4, "little")  # uncompressed size
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InvalidVolumeError, match="'forged.zip' (could not be read|unpacks to more than)"):
+        check_volume(bytes(data), name="forged.zip", temp_root=work)
+    assert list(work.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the UI functions
+@pytest.fixture(scope="module")
+def nifti_result(confident_classifier, files):
+    return predict_volume_upload(str(files["nifti"]), "gradcam", classifier=confident_classifier)
+
+
+def test_predict_volume_upload_gives_the_librarys_verdict(confident_classifier, files, nifti_result):
+    verdict, label, tumor, slider, heatmap, caption, plot, state = nifti_result
+    expected = confident_classifier.predict_volume(str(files["nifti"]), method="gradcam")
+    assert isinstance(state, VolumeReport)
+    p = state.prediction
+    assert (p.label, p.tumour, p.key_slice, p.runs) == (expected.label, expected.tumour, expected.key_slice, expected.runs)
+    np.testing.assert_allclose(p.slice_tumour_probability, expected.slice_tumour_probability, atol=1e-6, equal_nan=True)
+    title = "Tumor detected: " + str(expected.label) if expected.tumour else "No tumor detected"
+    if not expected.looks_like_mri:
+        title = "This does not look like a brain MRI volume"
+    assert verdict.startswith(f"### {title}") and DISCLAIMER in verdict and "20 axial slices of head.nii.gz" in verdict
+    assert label["label"] == (expected.label or "Not a brain MRI")
+    assert tumor.endswith("%") or tumor.startswith("n/a")
+    assert (slider.maximum, slider.value, slider.step) == (19, expected.key_slice, 1)
+    assert heatmap.size == (64, 64) and heatmap.mode == "RGB"
+    assert caption.startswith(f"Slice {expected.key_slice} of 0-19 (key slice)")
+    # The plot is the library's figure (the CLI's), drawn from the slice probabilities.
+    assert isinstance(plot, Figure)
+    line = plot.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), expected.slice_tumour_probability, atol=1e-6, equal_nan=True)
+
+
+def test_the_slider_shows_each_slices_own_heatmap(confident_classifier, nifti_result):
+    state = nifti_result[-1]
+    p = state.prediction
+    classified = [int(i) for i in np.flatnonzero(p.classified)]
+    assert not p.classified[0] and not p.classified[19] and len(classified) >= 3  # the phantom's caps are empty
+    other = next(i for i in classified if i != p.key_slice)
+    heatmap, caption, plot = show_slice(state, other, "gradcam", classifier=confident_classifier)
+    expected = confident_classifier.explain([p.volume.slices[other]], method="gradcam")[0].overlay
+    np.testing.assert_array_equal(np.asarray(heatmap), np.asarray(expected))
+    assert caption.startswith(f"Slice {other} of 0-19:") and "tumor probability" in caption
+    assert [line.get_label() for line in plot.axes[0].lines][-1] == f"shown slice {other}"
+    key_heatmap, _, _ = show_slice(state, p.key_slice, "gradcam", classifier=confident_classifier)
+    assert np.asarray(key_heatmap).tobytes() == np.asarray(p.explanation.overlay).tobytes()
+    # Another method re-draws the slice with it.
+    occluded, caption, _ = show_slice(state, other, "occlusion", classifier=confident_classifier)
+    assert "heatmap: occlusion" in caption and not np.array_equal(np.asarray(occluded), np.asarray(heatmap))
+    # Outside the head: the slice as read, no heatmap.
+    outside, caption, _ = show_slice(state, 0, "gradcam", classifier=confident_classifier)
+    np.testing.assert_array_equal(np.asarray(outside)[..., 0], p.volume.slices[0])
+    assert "outside the head, not classified" in caption
+    assert show_slice(None, 3, "gradcam", classifier=confident_classifier) == (gr.skip(), gr.skip(), gr.skip())
+
+
+def test_a_volume_is_read_once_per_request(confident_classifier, files, monkeypatch):
+    """The upload is read into slices once; the verdict, the key slice and the slider's
+    slices come from that Volume (counted where the library reads files)."""
+    reads = []
+    real = volumes_module.read_raw
+    monkeypatch.setattr(volumes_module, "read_raw", lambda *args, **kwargs: reads.append(args[0]) or real(*args, **kwargs))
+    *_, state = predict_volume_upload(str(files["zip"]), "gradcam", classifier=confident_classifier)
+    for index in range(3, 6):
+        show_slice(state, index, "gradcam", classifier=confident_classifier)
+    assert len(reads) == 1, reads
+
+
+# ------------------------------------------------------------------ a real server
+@pytest.fixture(scope="module")
+def server(confident_classifier):
+    with start_in_background(build_app(confident_classifier, max_batch_size=2)) as running:
+        yield running
+
+
+def test_gradio_client_predict_volume(server, confident_classifier, files, bad_volumes):
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, verbose=False, download_files=True)
+    try:
+        endpoint = requests.get(server.url + "gradio_api/info", timeout=30).json()["named_endpoints"]["/predict_volume"]
+        assert [p["parameter_name"] for p in endpoint["parameters"]] == ["volume", "method"]
+        expected = confident_classifier.predict_volume(str(files["series"]), method="gradcam")
+        verdict, label, tumor, slider, heatmap, caption, plot = client.predict(handle_file(str(files["zip"])), "gradcam", api_name="/predict_volume")
+        assert label["label"] == (expected.label or "Not a brain MRI") and DISCLAIMER in verdict
+        assert (slider["value"], slider["maximum"]) == (expected.key_slice, 19)  # the slider update, as sent to the page
+        with Image.open(heatmap) as image:
+            assert image.size == (64, 64)
+        with pytest.raises(AppError, match="holds 2 DICOM series"):
+            client.predict(handle_file(str(bad_volumes["two-series.zip"])), "gradcam", api_name="/predict_volume")
+    finally:
+        client.close()
+
+
+def test_rest_predict_volume(server, confident_classifier, files, bad_volumes):
+    expected = confident_classifier.predict_volume(str(files["nifti"]), method="auto")
+    with files["nifti"].open("rb") as handle:
+        response = requests.post(server.url + "api/v1/predict_volume", files={"file": ("head.nii.gz", handle)}, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["label"] == expected.label and body["tumor"] == expected.tumour and body["key_slice"] == expected.key_slice
+    assert body["slices"] == 20 and body["classified_slices"] == int(expected.classified.sum())
+    assert [None if np.isnan(v) else pytest.approx(v, abs=1e-6) for v in expected.slice_tumour_probability] == body["slice_tumor_probability"]
+    overlay = requests.post(
+        server.url + "api/v1/predict_volume", params={"overlay": "true"}, files={"file": ("head.nii.gz", files["nifti"].read_bytes())}, timeout=120
+    ).json()["key_slice_overlay_png_base64"]
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(overlay))).size == (64, 64)
+    for name, status in (("two-series.zip", 400), ("notes.nii.gz", 415), ("empty.nii.gz", 400)):
+        response = requests.post(server.url + "api/v1/predict_volume", files={"file": (name, bad_volumes[name].read_bytes())}, timeout=60)
+        assert response.status_code == status, (name, response.text)
+        assert name in response.json()["detail"]
