@@ -58,7 +58,7 @@ MIN_RUN = 3
 #: Tumour probability a slice needs to count towards a run.
 THRESHOLD = 0.5
 #: Share of the fullest slice's head area a slice needs to be classified.
-MIN_HEAD_FRACTION = 0.25
+MIN_HEAD_FRACTION = 0.85
 #: Slices the not-a-brain-MRI check looks at (evenly spaced over the classified ones).
 MRI_CHECK_SLICES = 12
 
@@ -183,11 +183,19 @@ def aggregate(
 
 
 def check_mri(clf: Any, slices: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]], str]:
-    """Per slice: does it look like a brain MRI, why not, and which check said so."""
-    learned = getattr(clf, "is_brain_mri", None)
-    if callable(learned):
-        verdicts = np.asarray(learned(slices), dtype=bool).reshape(-1)
-        return verdicts, [[] if ok else ["the learned check does not take it for a brain MRI slice"] for ok in verdicts], "is_brain_mri"
+    """Per slice: does it look like a brain MRI, why not, and which check said so.
+
+    A classifier with the learned check (``is_brain_mri``) gets it without the novelty
+    penalty (see the module docstring), on the classifier's engine; any other gets the
+    rule-based :func:`~tumor_classifier.quality.assess_image`.
+    """
+    if callable(getattr(clf, "is_brain_mri", None)):
+        from .mri_check import MRICheck
+
+        check = MRICheck.load()
+        engine = clf._check_engine() if hasattr(clf, "_check_engine") else "torch"
+        scores, reasons = check.assess(slices, engine=engine, novelty=False)
+        return scores >= check.threshold, reasons, "is_brain_mri"
     from PIL import Image
 
     from .quality import assess_image
