@@ -51,6 +51,7 @@ import numpy as np
 
 from .data import NO_TUMOR
 from .exceptions import InvalidArgumentError, InvalidVolumeError, TumorClassifierError
+from .volume_slices import frame_head
 from .volumes import Volume, head_slices, load_volume
 
 #: Consecutive slices at or above the threshold that make a volume "tumour".
@@ -187,14 +188,15 @@ def check_mri(clf: Any, slices: list[np.ndarray]) -> tuple[np.ndarray, list[list
 
     A classifier with the learned check (``is_brain_mri``) gets it without the novelty
     penalty (see the module docstring), on the classifier's engine; any other gets the
-    rule-based :func:`~tumor_classifier.quality.assess_image`.
+    rule-based :func:`~tumor_classifier.quality.assess_image`. The learned check sees each
+    slice framed as the training slices were (:func:`~tumor_classifier.volume_slices.frame_head`).
     """
     if callable(getattr(clf, "is_brain_mri", None)):
         from .mri_check import MRICheck
 
         check = MRICheck.load()
         engine = clf._check_engine() if hasattr(clf, "_check_engine") else "torch"
-        scores, reasons = check.assess(slices, engine=engine, novelty=False)
+        scores, reasons = check.assess([frame_head(s) for s in slices], engine=engine, novelty=False)
         return scores >= check.threshold, reasons, "is_brain_mri"
     from PIL import Image
 
