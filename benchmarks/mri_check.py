@@ -485,21 +485,6 @@ def leave_one_out(table: Table, groups: np.ndarray, validation: np.ndarray, C: f
     return lines
 
 
-def volume_path_report(check: MRICheck, table: Table, groups: np.ndarray, val: np.ndarray, testing: np.ndarray, choice: dict) -> list[str]:
-    """The check as ``predict_volume`` uses it: the same threshold, no novelty penalty."""
-    log_odds = check.log_odds(table.X, novelty=False)
-    files = val[~table.augmented[val]]
-    recall, false_flags = goal_rates(log_odds, table, groups, files, choice["log_odds"])
-    flagged = log_odds < choice["log_odds"]
-    ct = files[table.source[files] == "ct_head"]
-    return [
-        "",
-        f"Without the novelty penalty, same threshold (how predict_volume checks a volume's slices): validation non-MRI "
-        f"flagged {recall:.1%} (head CT {group_rate(flagged[ct], groups[ct]):.1%} of {len(np.unique(groups[ct]))} groups), "
-        f"brain MRI flagged {false_flags:.2%}; Kaggle Testing flagged {np.mean(flagged[testing]):.2%}.",
-    ]
-
-
 def group_rate(flagged: np.ndarray, groups: np.ndarray) -> float:
     """Share flagged with each group counted once (the mean of its files' flags)."""
     if len(flagged) == 0:
@@ -653,7 +638,6 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"The logistic regression alone (no novelty or colour penalty), threshold chosen the same way: validation non-MRI "
                  f"flagged {lr_choice['recall']:.1%}, brain MRI flagged {lr_choice['false_flags']:.2%}; Kaggle Testing "
                  f"flagged {np.mean(lr[testing] < lr_choice['log_odds']):.2%}.")
-    lines += volume_path_report(check, table, groups, val, testing, choice)
     if not args.no_leave_out:
         lines += leave_one_out(table, groups, validation, C, args)
     lines += photo_report(check)

@@ -274,16 +274,3 @@ def test_the_feature_graph_is_exported_once_and_a_mismatch_fails_loudly(check, t
     with pytest.raises(ExportError, match="above the tolerance"):
         export_feature_graph(check._backbone, tmp_path / "strict", fingerprint=fingerprint, tolerance=-1.0)
     assert list((tmp_path / "strict").iterdir()) == []
-
-
-def test_without_novelty_only_the_novelty_penalty_is_left_out(check):
-    """``novelty=False`` (the volume path's use) removes that penalty and nothing else."""
-    from sklearn.datasets import load_sample_image
-
-    images = [*MRI_SLICES[:4], load_sample_image("china.jpg"), _synthetic_colour_image()]
-    X = check.features(images)
-    penalty = check.novelty.penalty(X[:, : X.shape[1] - len(HAND_FEATURES)])
-    np.testing.assert_allclose(check.log_odds(X, novelty=False) - check.log_odds(X), penalty)
-    scores, reasons = check.assess(images, novelty=False)
-    assert (scores[:4] >= check.threshold).all() and (scores[4:] < check.threshold).all(), scores
-    assert not any("outside the range" in sentence for r in reasons for sentence in r)

@@ -319,19 +319,11 @@ class MRICheck:
             for index, source in enumerate(sources)
         ]
 
-    def log_odds(self, X: np.ndarray, *, novelty: bool = True) -> np.ndarray:
-        """float64 array (n,): the check's log-odds for a feature table from :meth:`features`.
-
-        Args:
-            X: float array (n, 1280 + 6) from :meth:`features`.
-            novelty: Subtract the novelty penalty. ``False`` is for slices rendered from a
-                volume, judged together by :func:`~tumor_classifier.volume_prediction.predict_volume`:
-                their look lies just beyond the JPEG slices the limit was set on (see the
-                :mod:`~tumor_classifier.volume_prediction` docstring for the figures).
-        """
+    def log_odds(self, X: np.ndarray) -> np.ndarray:
+        """float64 array (n,): the check's log-odds for a feature table from :meth:`features`."""
         X = np.asarray(X, dtype=np.float64)
         log_odds = self.scorer.decision_function(X)
-        if novelty and self.novelty is not None:
+        if self.novelty is not None:
             log_odds = log_odds - self.novelty.penalty(X[:, : BackboneFeatures.dim])
         if math.isfinite(self.colour_limit):
             coloured = X[:, BackboneFeatures.dim + HAND_FEATURES.index("colour_fraction")]
@@ -359,12 +351,10 @@ class MRICheck:
         """bool array (n,): score at or above :attr:`threshold`. Arguments as :meth:`score`."""
         return self.score(images, grays, engine=engine) >= self.threshold
 
-    def assess(
-        self, images: Any, grays: Sequence[Image.Image] | None = None, *, engine: str = "torch", novelty: bool = True
-    ) -> tuple[np.ndarray, list[list[str]]]:
+    def assess(self, images: Any, grays: Sequence[Image.Image] | None = None, *, engine: str = "torch") -> tuple[np.ndarray, list[list[str]]]:
         """Scores and reasons from one pass over the inputs (what the classifier uses).
 
-        Arguments as :meth:`score`; ``novelty`` as :meth:`log_odds`.
+        Arguments as :meth:`score`.
 
         Returns:
             ``(scores, reasons)``: float64 array (n,) in [0, 1] as :meth:`score` gives, and
@@ -372,7 +362,7 @@ class MRICheck:
             MRI when its score is at or above :attr:`threshold`.
         """
         X = self.features(images, grays, engine=engine)
-        return sigmoid(self.log_odds(X, novelty=novelty)), self._reasons(X, novelty=novelty)
+        return sigmoid(self.log_odds(X)), self._reasons(X)
 
     def reasons(self, images: Any, grays: Sequence[Image.Image] | None = None, *, engine: str = "torch") -> list[list[str]]:
         """Why each input was flagged, for people: an empty list for an accepted input.
@@ -389,12 +379,12 @@ class MRICheck:
         """
         return self._reasons(self.features(images, grays, engine=engine))
 
-    def _reasons(self, X: np.ndarray, *, novelty: bool = True) -> list[list[str]]:
-        scores = sigmoid(self.log_odds(X, novelty=novelty))
+    def _reasons(self, X: np.ndarray) -> list[list[str]]:
+        scores = sigmoid(self.log_odds(X))
         hand = X[:, -len(HAND_FEATURES) :]
         contributions = self.scorer.contributions(X)[:, -len(HAND_FEATURES) :]
         beyond = (
-            np.zeros(len(X)) if self.novelty is None or not novelty else self.novelty.distance(X[:, : BackboneFeatures.dim]) - self.novelty.limit
+            np.zeros(len(X)) if self.novelty is None else self.novelty.distance(X[:, : BackboneFeatures.dim]) - self.novelty.limit
         )
         out = []
         for row, score, parts, excess in zip(hand, scores, contributions, beyond):
