@@ -207,18 +207,14 @@ def aggregate(
 def check_mri(clf: Any, slices: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]], str]:
     """Per slice: does it look like a brain MRI, why not, and which check said so.
 
-    A classifier with the learned check (``is_brain_mri``) gets it without the novelty
-    penalty (see the module docstring), on the classifier's engine; any other gets the
-    rule-based :func:`~tumor_classifier.quality.assess_image`. The learned check sees each
-    slice framed as the training slices were (:func:`~tumor_classifier.volume_slices.frame_head`).
+    The learned check (``clf.is_brain_mri``) sees each slice framed as the training slices
+    were (:func:`~tumor_classifier.volume_slices.frame_head`); a classifier without it gets
+    the rule-based :func:`~tumor_classifier.quality.assess_image`.
     """
-    if callable(getattr(clf, "is_brain_mri", None)):
-        from .mri_check import MRICheck
-
-        check = MRICheck.load()
-        engine = clf._check_engine() if hasattr(clf, "_check_engine") else "torch"
-        scores, reasons = check.assess([frame_head(s) for s in slices], engine=engine, novelty=False)
-        return scores >= check.threshold, reasons, "is_brain_mri"
+    learned = getattr(clf, "is_brain_mri", None)
+    if callable(learned):
+        verdicts = np.asarray(learned([frame_head(s) for s in slices]), dtype=bool).reshape(-1)
+        return verdicts, [[] if ok else ["the learned check does not take it for a brain MRI slice"] for ok in verdicts], "is_brain_mri"
     from PIL import Image
 
     from .quality import assess_image
