@@ -10,7 +10,8 @@ Two groups of volumes, kept apart on purpose:
 
 For each volume and each ``--min-head-fraction``: the label (``None`` when flagged not a
 brain MRI), what the aggregation alone says, the classified slices, the longest run of
-tumour slices, and the share of checked slices the not-a-brain-MRI check accepts.
+tumour slices, and whether the volume passes the not-a-brain-MRI check (with its reason
+when not).
 
     OMP_NUM_THREADS=1 python benchmarks/volume_verdicts.py [--data ../shared/data]
         [--min-head-fraction 0.25 0.85] [--choose VOLUME ...] [--check VOLUME ...]
