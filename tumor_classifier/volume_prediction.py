@@ -49,7 +49,9 @@ slice model gives runs of 14 and 18 tumour slices at brain level (on the adult, 
 above the lateral ventricles), which no slice gate removes. Before these changes (every
 slice with a quarter of the largest head area classified, the older fit of the check,
 unframed) only the head CT was right. The check was refitted after seeing the BraTS case
-flagged; that refit was judged on the check's own validation and on the two healthy volumes. That is a handful of volumes, not a validation. The
+flagged; that refit was judged on the check's own validation and on the two healthy volumes.
+Other planes (``plane=``), on the two healthy volumes: the template is "no tumour" cut
+coronally and sagittally, healthy_t1ce_MR_Gd sagittally but "glioma" coronally (a run of 5). That is a handful of volumes, not a validation. The
 slice model was trained on 2-D JPEG slices of mixed planes and sequences from the Kaggle
 data, whose windowing is unknown; this module's percentile window approximates it.
 Research use only.
