@@ -133,3 +133,18 @@ def test_cli_json_for_a_dicom_folder_and_a_clear_error_for_ct(model_dir, tmp_pat
     assert rows[0]["volume"] == str(tmp_path / "mr") and rows[0]["plane"] == "axial"
     assert rows[0]["classified_slices"] < rows[0]["slices"] == phantom().shape[2]
     assert "not MRI" in rows[1]["error"]
+
+
+def test_the_mni152_template_is_a_healthy_brain_mri(one_torch_thread):
+    """A real healthy T1 with skull that CI has (nilearn's wheel), with the shipped model.
+
+    The brain-level gate and the volume MRI check were chosen on it (and on one more
+    healthy volume), so this pins that choice rather than validating it.
+    """
+    nilearn = pytest.importorskip("nilearn")
+    from pathlib import Path
+
+    template = Path(nilearn.__file__).parent / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    result = TumorClassifier.from_pretrained().predict_volume(template, explain=False)
+    assert result.looks_like_mri and result.label == "notumor" and not result.runs, (result.runs, result.mri_reasons)
+    assert 0.2 < result.classified.mean() < 0.4  # brain-level slices only (53 of 189)

@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from volume_files import SHAPE, phantom, write_dicom_series, write_nifti
 
 from tumor_classifier.exceptions import InvalidDatasetError, InvalidImageError, InvalidVolumeError
+from tumor_classifier.volume_slices import frame_head
 from tumor_classifier.volumes import (
     BRATS_SEQUENCES,
     Volume,
@@ -164,6 +165,16 @@ def test_head_slices_and_window():
     slices[4, 0, 0] = 200  # a cap of the head: one bright pixel
     np.testing.assert_array_equal(head_slices(slices), [False, True, True, True, False])
     assert robust_window(np.arange(1000, dtype=np.float32).reshape(10, 10, 10))[1] == pytest.approx(994.01, abs=0.01)
+
+
+def test_frame_head_centres_the_head_in_a_square_it_fills_as_training_slices_do():
+    gray = np.zeros((100, 120), dtype=np.uint8)
+    gray[10:20, 30:70] = 200  # a 10 x 40 head far from the centre of a wide frame
+    framed = frame_head(gray, fill=0.8)
+    assert framed.shape == (50, 50)  # 40 / 0.8
+    rows, cols = np.nonzero(framed)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (20, 29, 5, 44)
+    assert framed.sum() == gray.sum()
 
 
 # ------------------------------------------------------------------------------- DICOM

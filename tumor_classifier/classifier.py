@@ -422,7 +422,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         return explanations.explain(self, X, method, alpha=alpha, **options)
 
     def predict_volume(self, volume: Any, plane: str = "axial", **options: Any):
-        """Classifies every slice of a volume inside the head and gives one verdict.
+        """Classifies the brain-level slices of a volume and gives one verdict.
 
         The aggregation (a run of ``min_run`` consecutive slices at or above
         ``threshold``), what it has and has not been validated on, and the options are
