@@ -235,6 +235,8 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         model = super().from_pretrained(*args, **kwargs)
         if model.config.backbone_source is not None:
             model.load_backbone_weights(model.config.backbone_source)
+        # Loading materialises new parameters, which take gradients again.
+        model.backbone.requires_grad_(not model.config.freeze_backbone)
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
