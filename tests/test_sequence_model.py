@@ -210,3 +210,30 @@ def test_predict_volume_lets_the_sequence_model_decide(tmp_path, one_torch_threa
     assert result.notes[-1].startswith("Verdict by the slice-sequence model")
     np.testing.assert_array_equal(result.slice_probabilities, plain.slice_probabilities)
     assert direct.slice_tumour_probability.shape == (int(plain.classified.sum()),)
+
+
+def test_kaggle_banks_keep_validation_slices_apart_from_training_near_duplicates(data_dir, tmp_path, one_torch_thread):
+    from tumor_classifier.duplicates import find_duplicates
+    from tumor_classifier.sequence_data import kaggle_slice_banks
+
+    torch.manual_seed(0)
+    backbone = tiny_backbone(CLASSES)
+    model = SliceSequenceForVolumeClassification.from_backbone(backbone, lstm_hidden_size=8).eval()
+    head = backbone.get_submodule("classifier.1")
+    preprocessor = MRIPreprocessor(size=32)
+    train, validation, info = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
+    assert info["training_slices"] == len(train.paths) == 32 and info["testing_slices"] == 12
+    assert train.embeddings.shape == (32, model.config.embedding_size) and train.slice_proba.shape == (32, 4)
+    # No validation slice has a near duplicate in Training (groups are transitive, so a
+    # slice chained to Training through another Testing slice is dropped too).
+    testing = sorted(str(p) for p in (data_dir / "Testing").glob("*/*.jpg"))
+    report = find_duplicates(train.paths, testing)
+    dropped = set(testing) - set(validation.paths)
+    assert len(dropped) == 12 - info["testing_without_near_duplicates"] == 12 - len(validation.paths)
+    assert {testing[i] for i in report.near_duplicate_queries} <= dropped
+    # The embeddings are the backbone's: one slice again by hand, and the cache gives the same banks.
+    pixels = torch.from_numpy(np.array(preprocessor.prepare_array(train.paths[0])[None]))
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(train.embeddings[:1]), model.embed(preprocessor.normalize(pixels)), rtol=1e-4, atol=1e-5)
+    again, _, _ = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.embeddings, train.embeddings)

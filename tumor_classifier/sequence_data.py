@@ -54,6 +54,7 @@ class SliceBank:
         slice_proba: float32 (n, k) or None: the 2-D classifier's probabilities of each
             slice (columns ``proba_classes``), for the slice-aggregation comparison.
         proba_classes: Column names of ``slice_proba``.
+        paths: The slice image files, where known (for checks through the full volume path).
     """
 
     embeddings: np.ndarray
@@ -61,6 +62,7 @@ class SliceBank:
     class_names: list[str]
     slice_proba: np.ndarray | None = None
     proba_classes: list[str] | None = None
+    paths: list[str] | None = None
 
     @property
     def tumour(self) -> np.ndarray:
@@ -242,14 +244,15 @@ def kaggle_slice_banks(
     from .pixels import prepare_pixels
 
     root = Path(root)
+    data = load_mri_dataset(root, validation_size=0.1, test_size=0.15)  # Training -> train + validation, Testing -> test
+    splits = {"training": [data["train"], data["validation"]], "testing": [data["test"]]}
     cache = Path(cache_dir) / f"sequence-bank-{_bank_key(root, model, preprocessor)}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
     else:
-        data = load_mri_dataset(root, validation_size=0.1, test_size=0.15)  # Training -> train + validation, Testing -> test
         arrays = {"class_names": np.asarray(data["train"].features["label"].names)}
-        for name, split in (("training", [data["train"], data["validation"]]), ("testing", [data["test"]])):
+        for name, split in splits.items():
             pixels = np.concatenate([prepare_pixels(s, preprocessor, cache_dir)[0] for s in split])
             arrays[f"{name}_classes"] = np.concatenate([np.asarray(s["label"]) for s in split])
             arrays[f"{name}_embeddings"], proba = embed_pixels(model, preprocessor, pixels, head=head)
@@ -261,6 +264,7 @@ def kaggle_slice_banks(
             temporary = cache.with_suffix(f".{os.getpid()}.tmp.npz")
             np.savez(temporary, **arrays)
             os.replace(temporary, cache)
+    paths = {name: [p for s in split for p in s["path"]] for name, split in splits.items()}
     n_training = len(arrays["training_classes"])
     groups = near_duplicate_groups(np.concatenate([arrays["training_phash"], arrays["testing_phash"]]))
     clean = ~np.isin(groups[n_training:], groups[:n_training])
@@ -271,6 +275,7 @@ def kaggle_slice_banks(
         return SliceBank(
             arrays[f"{name}_embeddings"][keep], arrays[f"{name}_classes"][keep], names,
             None if proba is None else proba[keep], None if proba is None else list(proba_classes or names),
+            [p for p, k in zip(paths[name], keep) if k],
         )
 
     info = {"training_slices": n_training, "testing_slices": int(clean.size), "testing_without_near_duplicates": int(clean.sum())}
