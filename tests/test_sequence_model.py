@@ -97,6 +97,29 @@ def test_with_a_backbone_source_only_the_head_is_saved_and_the_backbone_is_read_
         load_sequence_model(tmp_path / "seq")
 
 
+def test_the_logits_variant_reads_the_image_head_and_saves_neither_it_nor_the_backbone(tmp_path, one_torch_thread):
+    torch.manual_seed(3)
+    backbone = tiny_backbone(CLASSES).eval()
+    backbone.save_pretrained(tmp_path / "backbone")
+    model = SliceSequenceForVolumeClassification.from_backbone(
+        backbone, backbone_source=tmp_path / "backbone", slice_features="logits", lstm_hidden_size=8
+    ).eval()
+    pixels, mask = volumes_and_mask()
+    # The LSTM's input is the 2-D classifier's clamped log-probabilities of each slice.
+    embeddings = model.embed(pixels[0])
+    torch.testing.assert_close(
+        model.image_head(embeddings).log_softmax(-1).clamp(min=-14), torch.log_softmax(backbone(pixel_values=pixels[0]).logits, -1).clamp(min=-14)
+    )
+    assert model.projection.in_features == 4 and not any(p.requires_grad for p in model.image_head.parameters())
+    model.save_pretrained(tmp_path / "seq")
+    saved = load_file(str(tmp_path / "seq" / "model.safetensors"))
+    assert not any(key.startswith(("backbone.", "image_head.")) for key in saved)
+    loaded = load_sequence_model(tmp_path / "seq")
+    torch.testing.assert_close(loaded(pixel_values=pixels, attention_mask=mask).logits, model(pixel_values=pixels, attention_mask=mask).logits)
+    with pytest.raises(ModelLoadError, match="slice_features must be one of"):
+        SliceSequenceForVolumeClassification.from_backbone(backbone, slice_features="pixels")
+
+
 def test_padding_and_packing_leave_each_volume_unchanged(model):
     pixels, mask = volumes_and_mask()
     batched = model(pixel_values=pixels, attention_mask=mask)
@@ -221,19 +244,25 @@ def test_kaggle_banks_keep_validation_slices_apart_from_training_near_duplicates
     model = SliceSequenceForVolumeClassification.from_backbone(backbone, lstm_hidden_size=8).eval()
     head = backbone.get_submodule("classifier.1")
     preprocessor = MRIPreprocessor(size=32)
-    train, validation, info = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
-    assert info["training_slices"] == len(train.paths) == 32 and info["testing_slices"] == 12
-    assert train.embeddings.shape == (32, model.config.embedding_size) and train.slice_proba.shape == (32, 4)
-    # No validation slice has a near duplicate in Training (groups are transitive, so a
-    # slice chained to Training through another Testing slice is dropped too).
-    testing = sorted(str(p) for p in (data_dir / "Testing").glob("*/*.jpg"))
-    report = find_duplicates(train.paths, testing)
-    dropped = set(testing) - set(validation.paths)
-    assert len(dropped) == 12 - info["testing_without_near_duplicates"] == 12 - len(validation.paths)
-    assert {testing[i] for i in report.near_duplicate_queries} <= dropped
+    banks, info = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
+    train = banks["fine_tuning"]
+    # 32 Training slices: 4 carved off as validation (as the backbone's run did), 28 fine-tuned on.
+    assert len(train.paths) == sum(info["fine_tuning_slices"].values()) == 28 and info["held_out_slices"] == 16
+    assert train.embeddings.shape == (28, model.config.embedding_size) and train.slice_proba.shape == (28, 4)
+    # No held-out slice kept has a near duplicate among the fine-tuning slices (groups are
+    # transitive, so a slice chained to them through another held-out slice goes too),
+    # and the two held-out banks share no near-duplicate group.
+    every = sorted(str(p) for p in data_dir.glob("*/*/*.jpg"))
+    held_out = sorted(set(every) - set(train.paths))
+    kept = banks["held_out_train"].paths + banks["validation"].paths
+    assert len(held_out) == 16 and set(kept) <= set(held_out) and len(kept) == info["held_out_without_near_duplicates"]
+    report = find_duplicates(train.paths, held_out)
+    assert not {held_out[i] for i in report.near_duplicate_queries} & set(kept)
+    across = find_duplicates(banks["held_out_train"].paths, banks["validation"].paths)
+    assert banks["validation"].paths and banks["held_out_train"].paths and not across.near_duplicate_queries
     # The embeddings are the backbone's: one slice again by hand, and the cache gives the same banks.
     pixels = torch.from_numpy(np.array(preprocessor.prepare_array(train.paths[0])[None]))
     with torch.inference_mode():
         torch.testing.assert_close(torch.from_numpy(train.embeddings[:1]), model.embed(preprocessor.normalize(pixels)), rtol=1e-4, atol=1e-5)
-    again, _, _ = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
-    np.testing.assert_array_equal(again.embeddings, train.embeddings)
+    again = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again[0]["fine_tuning"].embeddings, train.embeddings)

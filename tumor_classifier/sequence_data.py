@@ -16,10 +16,19 @@ tumour-looking slices among others". And in the Kaggle data the classes differ i
 sequence and plane (``notumor`` mostly axial T2 / FLAIR, the tumour classes mostly T1
 coronal / sagittal), so a run of tumour slices is also a run of different-looking slices.
 
-:func:`kaggle_slice_banks` gives a training bank from Kaggle ``Training`` and a validation
-bank from the ``Testing`` slices with no near duplicate (pHash, transitively grouped) in
-``Training``: validation volumes share no near-duplicate group with training volumes, and
-the shipped backbone was fine-tuned on ``Training`` only, so it never saw them.
+:func:`kaggle_slice_banks` splits the Kaggle slices as the shipped backbone's training did
+(``load_mri_dataset``, seed 42: ``Training`` less a 10% validation split, which the
+backbone was fine-tuned on, and held out: that validation split and ``Testing``). It keeps
+the held-out slices whose near-duplicate group (pHash, joined transitively) holds no
+fine-tuning slice, and splits them by group (:func:`~tumor_classifier.duplicates.group_split`)
+into a ``held_out_train`` and a ``validation`` bank: no near-duplicate group is on both
+sides, and the backbone never took a gradient from either. The ``fine_tuning`` bank (the
+slices the backbone learned) is there too, but its slices are memorised: the classifier
+is right on 99% of its ``notumor`` slices and on 54% of the held-out ones, so an LSTM
+trained on it never meets a false-positive slice and calls every held-out volume
+"tumour". ``notumor`` is the scarce class (Kaggle's ``notumor`` slices are heavily
+duplicated: 68 held-out ones remain), so volumes reuse those slices across volumes,
+never within one.
 
 Example:
     >>> bank = SliceBank(np.eye(4, dtype=np.float32), np.array([0, 0, 1, 1]), ["notumor", "glioma"])
@@ -223,9 +232,12 @@ def _bank_key(root: Path, model, preprocessor) -> str:
 
 def kaggle_slice_banks(
     root: str | os.PathLike, model, preprocessor, *, head: torch.nn.Module | None = None, proba_classes: Sequence[str] | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> tuple[SliceBank, SliceBank, dict[str, Any]]:
+    cache_dir: str | os.PathLike | None = None, validation_fraction: float = 0.5, seed: int = 0,
+) -> tuple[dict[str, SliceBank], dict[str, Any]]:
     """The training and validation banks from a Kaggle-layout folder (see the module docstring).
+
+    The split must be the one the backbone was fine-tuned with (``load_mri_dataset``'s
+    defaults, seed 42, as the shipped model's ``train_config.json`` records).
 
     Args:
         root: Folder with ``Training/<class>/`` and ``Testing/<class>/``.
@@ -235,12 +247,14 @@ def kaggle_slice_banks(
             slice probabilities for the comparison.
         cache_dir: Where the banks are cached (keyed by files, backbone and
             preprocessing); ``None`` disables the cache.
+        validation_fraction, seed: Of the group split of the held-out slices.
 
     Returns:
-        ``(train_bank, validation_bank, info)``; ``info`` counts the slices and groups.
+        ``(banks, info)``: banks ``fine_tuning``, ``held_out_train`` and ``validation``;
+        ``info`` counts the slices of each by class.
     """
     from .data import image_sources, load_mri_dataset
-    from .duplicates import fingerprint, near_duplicate_groups
+    from .duplicates import fingerprint, group_split, near_duplicate_groups
     from .pixels import prepare_pixels
 
     root = Path(root)
@@ -265,18 +279,27 @@ def kaggle_slice_banks(
             np.savez(temporary, **arrays)
             os.replace(temporary, cache)
     paths = {name: [p for s in split for p in s["path"]] for name, split in splits.items()}
-    n_training = len(arrays["training_classes"])
-    groups = near_duplicate_groups(np.concatenate([arrays["training_phash"], arrays["testing_phash"]]))
-    clean = ~np.isin(groups[n_training:], groups[:n_training])
+    # "training" holds train then validation: the backbone was fine-tuned on the first part only.
+    fine_tuned = len(data["train"])
+    every = {key: np.concatenate([arrays[f"training_{key}"], arrays[f"testing_{key}"]]) for key in ("embeddings", "classes", "phash")}
+    proba = np.concatenate([arrays["training_proba"], arrays["testing_proba"]]) if "training_proba" in arrays else None
+    all_paths = paths["training"] + paths["testing"]
+    groups = near_duplicate_groups(every["phash"])
+    held_out = np.arange(fine_tuned, len(all_paths))
+    clean = held_out[~np.isin(groups[held_out], groups[:fine_tuned])]
+    train_part, validation_part = group_split(groups[clean], validation_fraction, seed)
     names = [str(c) for c in arrays["class_names"]]
 
-    def bank(name: str, keep: np.ndarray) -> SliceBank:
-        proba = arrays.get(f"{name}_proba")
+    def bank(keep: np.ndarray) -> SliceBank:
         return SliceBank(
-            arrays[f"{name}_embeddings"][keep], arrays[f"{name}_classes"][keep], names,
+            every["embeddings"][keep], every["classes"][keep], names,
             None if proba is None else proba[keep], None if proba is None else list(proba_classes or names),
-            [p for p, k in zip(paths[name], keep) if k],
+            [all_paths[i] for i in keep],
         )
 
-    info = {"training_slices": n_training, "testing_slices": int(clean.size), "testing_without_near_duplicates": int(clean.sum())}
-    return bank("training", np.ones(n_training, dtype=bool)), bank("testing", clean), info
+    parts = {"fine_tuning": np.arange(fine_tuned), "held_out_train": clean[train_part], "validation": clean[validation_part]}
+    info = {
+        "held_out_slices": int(held_out.size), "held_out_without_near_duplicates": int(clean.size),
+        **{f"{name}_slices": dict(zip(names, np.bincount(every["classes"][keep], minlength=len(names)).tolist())) for name, keep in parts.items()},
+    }
+    return {name: bank(keep) for name, keep in parts.items()}, info

@@ -50,6 +50,12 @@ from .models import get_backbone, label_maps
 
 #: ``backbone_source`` naming the model shipped in the package.
 DEFAULT_SOURCE = "default"
+#: What the LSTM can read of each slice (``SliceSequenceConfig.slice_features``).
+SLICE_FEATURES = ("embedding", "logits")
+#: Log-probabilities are clamped here: a memorised training slice's -40 and a -14 mean the same.
+LOG_FLOOR = -14.0
+#: The sequence model shipped in the package: its LSTM head on the shipped backbone.
+DEFAULT_SEQUENCE_MODEL_DIR = Path(__file__).parent / "default_sequence_model"
 
 
 class SliceSequenceConfig(PretrainedConfig):
@@ -61,7 +67,10 @@ class SliceSequenceConfig(PretrainedConfig):
         backbone_source: Where the backbone's weights are read on load and not written on
             save: a model folder, or ``"default"`` (the shipped model); ``None`` keeps them
             in this model's own folder.
-        freeze_backbone: Keep the backbone in eval mode without gradients.
+        freeze_backbone: Keep the backbone (and its image head) in eval mode without gradients.
+        slice_features: What the LSTM reads of each slice: ``"embedding"`` (the image
+            embedding) or ``"logits"`` (the 2-D classifier's log-probabilities, from its own
+            head kept beside the backbone, clamped at -14).
         embedding_size: Width of the backbone's image embedding (set by ``from_backbone``).
         projection_size: The embedding is projected to this width before the LSTM.
         lstm_hidden_size: Hidden width of each LSTM direction.
@@ -78,6 +87,7 @@ class SliceSequenceConfig(PretrainedConfig):
         backbone_config: dict[str, Any] | None = None,
         backbone_source: str | None = None,
         freeze_backbone: bool = True,
+        slice_features: str = "embedding",
         embedding_size: int = 0,
         projection_size: int = 128,
         lstm_hidden_size: int = 64,
@@ -90,6 +100,7 @@ class SliceSequenceConfig(PretrainedConfig):
         self.backbone_config = backbone_config
         self.backbone_source = backbone_source
         self.freeze_backbone = freeze_backbone
+        self.slice_features = slice_features
         self.embedding_size = embedding_size
         self.projection_size = projection_size
         self.lstm_hidden_size = lstm_hidden_size
@@ -147,7 +158,12 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
             raise ModelLoadError(f"The backbone's embedding is {head.in_features} wide, the config says {config.embedding_size}.")
         config.embedding_size = head.in_features
         self.backbone.set_submodule(head_layer, nn.Identity())  # the backbone now answers embeddings
-        self.projection = nn.Linear(config.embedding_size, config.projection_size)
+        if config.slice_features not in SLICE_FEATURES:
+            raise ModelLoadError(f"slice_features must be one of {', '.join(SLICE_FEATURES)}; got {config.slice_features!r}.")
+        # With "logits" the 2-D classifier's head turns each embedding into its class log-probabilities.
+        self.image_head = head if config.slice_features == "logits" else None
+        width = head.out_features if config.slice_features == "logits" else config.embedding_size
+        self.projection = nn.Linear(width, config.projection_size)
         self.lstm = nn.LSTM(
             config.projection_size, config.lstm_hidden_size, num_layers=config.lstm_layers, batch_first=True, bidirectional=True,
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,
@@ -156,9 +172,14 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         self.classifier = nn.Linear(4 * config.lstm_hidden_size, config.num_labels)  # mean and max over slices
         self.slice_classifier = nn.Linear(2 * config.lstm_hidden_size, 2) if config.slice_head else None
         if config.backbone_source is not None:
-            self._keys_to_ignore_on_load_missing = {r"^backbone\."}  # read from the source after loading
+            self._keys_to_ignore_on_load_missing = {r"^backbone\.", r"^image_head\."}  # read from the source after loading
         self.post_init()
-        self.backbone.requires_grad_(not config.freeze_backbone)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        for part in (self.backbone, self.image_head):
+            if part is not None:
+                part.requires_grad_(not self.config.freeze_backbone)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The backbone keeps its own initialisation (or its loaded weights); only the new
@@ -171,6 +192,8 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         super().train(mode)
         if self.config.freeze_backbone:  # a frozen backbone keeps its batch-norm statistics
             self.backbone.eval()
+            if self.image_head is not None:
+                self.image_head.eval()
         return self
 
     # -- construction and storage ---------------------------------------------------
@@ -204,6 +227,12 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
 
     def _load_backbone_state(self, state: dict[str, torch.Tensor], where: str) -> None:
         head = get_backbone(self.config.backbone_config["backbone_name"]).head_layer
+        if self.image_head is not None:
+            head_state = {k[len(head) + 1 :]: v for k, v in state.items() if k.startswith(f"{head}.")}
+            try:
+                self.image_head.load_state_dict(head_state)
+            except RuntimeError as error:
+                raise ModelLoadError(f"The image head weights of {where} do not fit: {error}") from None
         state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
         try:
             missing, unexpected = self.backbone.load_state_dict(state, strict=False)
@@ -235,14 +264,13 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         model = super().from_pretrained(*args, **kwargs)
         if model.config.backbone_source is not None:
             model.load_backbone_weights(model.config.backbone_source)
-        # Loading materialises new parameters, which take gradients again.
-        model.backbone.requires_grad_(not model.config.freeze_backbone)
+        model._freeze()  # loading materialises new parameters, which take gradients again
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """``PreTrainedModel.save_pretrained``, without the backbone when ``backbone_source`` holds it."""
         if self.config.backbone_source is not None and "state_dict" not in kwargs:
-            kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+            kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith(("backbone.", "image_head."))}
         super().save_pretrained(save_directory, **kwargs)
 
     # -- forward ----------------------------------------------------------------------
@@ -308,6 +336,9 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         lengths = mask.sum(dim=1)
         if not bool((mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()):
             raise InvalidArgumentError("attention_mask must mark each volume's slices first and its padding after them (right padding).")
+        if self.image_head is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+                embeddings = torch.log_softmax(self.image_head(embeddings).float(), dim=-1).clamp(min=LOG_FLOOR)
         hidden = self.dropout(F.gelu(self.projection(embeddings)))
         packed = nn.utils.rnn.pack_padded_sequence(hidden, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, _ = self.lstm(packed)
@@ -329,13 +360,17 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         return SliceSequenceOutput(loss=loss, logits=logits, slice_logits=slice_logits)
 
 
-def load_sequence_model(source: str | os.PathLike, **kwargs: Any) -> SliceSequenceForVolumeClassification:
+def load_sequence_model(source: str | os.PathLike | None = None, **kwargs: Any) -> SliceSequenceForVolumeClassification:
     """Loads a saved sequence model in eval mode (``from_pretrained`` keywords pass through).
+
+    Args:
+        source: A folder ``save_pretrained`` wrote; ``None`` for the one shipped in the
+            package (see its ``README.md`` for what it was trained and checked on).
 
     Raises:
         ModelLoadError: The folder is missing, not a sequence model, or its backbone source fails.
     """
-    folder = Path(source)
+    folder = DEFAULT_SEQUENCE_MODEL_DIR if source is None else Path(source)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{str(source)!r} is not a saved sequence model folder (no config.json); save one with save_pretrained.")
     kind = json.loads((folder / "config.json").read_text()).get("model_type")
