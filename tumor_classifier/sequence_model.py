@@ -221,7 +221,8 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
             )
         get_backbone(name)
         source = None if backbone_source is None else str(backbone_source)
-        model = cls(SliceSequenceConfig(backbone_config=backbone.config.to_dict(), backbone_source=source, **config_kwargs))
+        settings = {k: v for k, v in backbone.config.to_dict().items() if k != "_name_or_path"}  # no local path in a shared config
+        model = cls(SliceSequenceConfig(backbone_config=settings, backbone_source=source, **config_kwargs))
         model._load_backbone_state(backbone.state_dict(), repr(type(backbone).__name__))
         return model
 
