@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from tumor_classifier import TumorClassifier
+from tumor_classifier.decoding import load_image
 from tumor_classifier.exceptions import InvalidArgumentError, InvalidDatasetError, ModelLoadError
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import MRIPreprocessor
@@ -266,3 +267,23 @@ def test_kaggle_banks_keep_validation_slices_apart_from_training_near_duplicates
         torch.testing.assert_close(torch.from_numpy(train.embeddings[:1]), model.embed(preprocessor.normalize(pixels)), rtol=1e-4, atol=1e-5)
     again = kaggle_slice_banks(data_dir, model, preprocessor, head=head, proba_classes=list(CLASSES), cache_dir=tmp_path)
     np.testing.assert_array_equal(again[0]["fine_tuning"].embeddings, train.embeddings)
+
+
+def test_the_shipped_head_is_small_reads_the_shipped_backbone_and_tells_a_run_of_tumour_slices(data_dir, one_torch_thread):
+    from tumor_classifier.classifier_storage import DEFAULT_MODEL_DIR
+    from tumor_classifier.sequence_model import DEFAULT_SEQUENCE_MODEL_DIR
+
+    assert (DEFAULT_SEQUENCE_MODEL_DIR / "model.safetensors").stat().st_size < 2 * 1024**2
+    model = load_sequence_model()
+    assert model.config.backbone_source == "default" and model.config.slice_features == "logits"
+    shipped = load_file(str(DEFAULT_MODEL_DIR / "model.safetensors"))
+    torch.testing.assert_close(model.backbone.efficientnet._conv_stem.weight, shipped["efficientnet._conv_stem.weight"])
+    torch.testing.assert_close(model.image_head.weight, shipped["efficientnet._fc.weight"])
+    # Real slices in order: 11 notumor slices, then the same with 4 glioma slices in the middle.
+    healthy = [np.asarray(load_image(p)) for p in sorted(data_dir.glob("*/notumor/*.jpg"))]
+    glioma = [np.asarray(load_image(p)) for p in sorted(data_dir.glob("Training/glioma/*.jpg"))[:4]]
+    preprocessor = MRIPreprocessor.from_pretrained(DEFAULT_MODEL_DIR)
+    without = sequence_verdict(model, healthy, preprocessor)
+    with_run = sequence_verdict(model, healthy[:4] + glioma + healthy[4:], preprocessor)
+    assert without.tumour_probability < 0.5 <= with_run.tumour_probability, (without, with_run)
+    assert with_run.slice_tumour_probability[4:8].min() > with_run.slice_tumour_probability[:4].max()
