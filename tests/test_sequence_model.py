@@ -4,6 +4,7 @@ A tiny from-scratch ResNet from the registry is the backbone; the shipped model 
 built volumes is configs/train_sequence_model.py and benchmarks/sequence_model.py.
 """
 
+import os
 import subprocess
 import sys
 
@@ -59,8 +60,9 @@ def test_save_and_reload_give_equal_outputs_and_keep_the_config(model, tmp_path)
 
 def test_a_saved_folder_loads_with_the_auto_classes_in_a_fresh_interpreter(model, tmp_path):
     model.save_pretrained(tmp_path / "seq")
-    torch.save(volumes_and_mask(), tmp_path / "inputs.pt")
-    expected = model(*[], pixel_values=volumes_and_mask()[0], attention_mask=volumes_and_mask()[1]).logits
+    pixels, mask = volumes_and_mask()
+    torch.save((pixels, mask), tmp_path / "inputs.pt")
+    expected = model(pixel_values=pixels, attention_mask=mask).logits
     code = (
         "import sys, torch, tumor_classifier\n"
         "tumor_classifier.SliceSequenceForVolumeClassification  # registers the Auto classes, as create_model does for EfficientNet\n"
@@ -72,7 +74,7 @@ def test_a_saved_folder_loads_with_the_auto_classes_in_a_fresh_interpreter(model
         f"torch.save(model(pixel_values=pixels, attention_mask=mask).logits, {str(tmp_path / 'out.pt')!r})\n"
         "print(type(model).__name__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "SliceSequenceForVolumeClassification"
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected)
