@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tumor_classifier.archive import SLICE, VOLUME, find_inputs, parts_folder, shard
+from tumor_classifier.archive import SLICE, VOLUME, find_inputs, shard
+from tumor_classifier.archive_output import parts_folder
 from tumor_classifier.cli import main
 
 from volume_files import phantom, write_dicom_series, write_nifti

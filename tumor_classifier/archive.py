@@ -15,15 +15,13 @@
   ``key_slice`` (volumes) and ``error``: a file that cannot be read gets a row with only
   the error, and the run goes on. Slices get :meth:`TumorClassifier.verdicts`, volumes
   :meth:`TumorClassifier.predict_volume` without a heatmap.
-* **Writing**: rows go to ``<output>.parts/`` a chunk at a time (every
-  :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` seconds): CSV and JSON lines are
-  appended to ``rank<r>.csv`` / ``rank<r>.jsonl`` with one write and an fsync per chunk;
-  Parquet, which cannot be appended to, gets one file per chunk,
-  ``rank<r>-<n>.parquet``, written under a temporary name and renamed into place. At
-  the end the previous output and every part are merged into ``output`` in walk order
-  (written to a temporary file, then renamed) and the parts folder is removed. A killed
-  run thus leaves the last complete output plus whole parts (at most a torn last line
-  in a CSV / JSON lines part, which is ignored and cut off).
+* **Writing** (:mod:`tumor_classifier.archive_output`): rows go to ``<output>.parts/``
+  a chunk at a time (every :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` seconds):
+  appended to ``rank<r>.csv`` / ``rank<r>.jsonl``, or one ``rank<r>-<n>.parquet`` per
+  chunk (Parquet cannot be appended to), so a killed run leaves whole parts (at most a
+  torn last line in a CSV / JSON lines part, which is ignored and cut off). At the end
+  the previous output and every part are merged into ``output`` in walk order and the
+  parts folder is removed.
 * **Resume**: a path that already has a row, in the output or in any part, is not
   predicted again, error rows included (delete a row to retry it). Run the same command
   again; the paths must be spelled the same way (they are the keys).
@@ -42,18 +40,15 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+from .archive_output import PartWriter, check_output, done_paths, merge_parts, parts_folder
 from .data import NO_TUMOR
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .verdict import NOT_BRAIN_MRI
@@ -262,172 +257,7 @@ def _error_row(item: ArchiveItem, columns: Sequence[str], error: BaseException) 
     return _row(item, columns, error=" ".join(f"{type(error).__name__}: {error}".split()))
 
 
-# ----------------------------------------------------------------------------- formats
-
-
-def _complete_text(path: Path) -> str:
-    """A line-based part up to its last newline (a killed writer may leave a torn last line)."""
-    text = path.read_text(encoding="utf-8")
-    return text[: text.rfind("\n") + 1]
-
-
-class _Lines:
-    """CSV or JSON lines: appended in place; a torn last line is cut off before appending."""
-
-    def __init__(self, suffix: str) -> None:
-        self.suffix = suffix
-
-    def part(self, parts: Path, rank: int) -> Path:
-        return parts / f"rank{rank}{self.suffix}"
-
-    def parts(self, parts: Path) -> list[Path]:
-        return sorted(parts.glob(f"rank*{self.suffix}"))
-
-    def _text(self, rows: Iterable[dict[str, Any]], columns: Sequence[str], header: bool) -> str:
-        if self.suffix == ".jsonl":
-            return "".join(json.dumps(row) + "\n" for row in rows)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
-        if header:
-            writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-
-    def append(self, path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-        complete = _complete_text(path) if path.exists() else ""
-        if path.exists() and len(complete.encode("utf-8")) != path.stat().st_size:
-            with open(path, "r+", encoding="utf-8") as handle:
-                handle.truncate(len(complete.encode("utf-8")))
-        with open(path, "a", encoding="utf-8", newline="") as handle:
-            handle.write(self._text(rows, columns, header=not complete))
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def read(self, path: Path) -> list[dict[str, Any]]:
-        text = _complete_text(path)
-        if self.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return list(csv.DictReader(io.StringIO(text)))
-
-    def write(self, path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-        path.write_text(self._text(rows, columns, header=True), encoding="utf-8")
-
-
-class _Parquet:
-    """Parquet: one file per chunk (a Parquet file cannot be appended to), renamed into place when whole."""
-
-    suffix = ".parquet"
-    _types = {"tumor_probability": "float64", "looks_like_mri": "bool_", "slices": "int64", "key_slice": "int64"}
-
-    def part(self, parts: Path, rank: int) -> Path:
-        taken = [int(p.stem.split("-")[1]) for p in parts.glob(f"rank{rank}-*.parquet")]
-        return parts / f"rank{rank}-{max(taken, default=-1) + 1:06d}.parquet"
-
-    def parts(self, parts: Path) -> list[Path]:
-        return sorted(parts.glob("rank*-*.parquet"))
-
-    def _schema(self, columns: Sequence[str]):
-        import pyarrow as pa
-
-        kinds = {c: "float64" if c.startswith("p_") else self._types.get(c, "string") for c in columns}
-        return pa.schema([(c, getattr(pa, kind)()) for c, kind in kinds.items()])
-
-    def append(self, path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-        self.write(path, rows, columns)  # a new part per chunk
-
-    def read(self, path: Path) -> list[dict[str, Any]]:
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-
-    def write(self, path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        temporary = path.with_name(path.name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=self._schema(columns)), temporary)
-        os.replace(temporary, path)
-
-
-def check_output(output: str | os.PathLike) -> Path:
-    """The output path, once its suffix is known to name a format.
-
-    Raises:
-        InvalidArgumentError: The suffix is not ``.parquet``, ``.csv`` or ``.jsonl``.
-    """
-    _format(Path(output))
-    return Path(output)
-
-
-def _format(output: Path) -> _Lines | _Parquet:
-    suffix = output.suffix.lower()
-    if suffix == ".parquet":
-        return _Parquet()
-    if suffix in (".csv", ".jsonl"):
-        return _Lines(suffix)
-    raise InvalidArgumentError(f"The output {output} must end in .parquet, .csv or .jsonl (the suffix chooses the format); got {suffix or 'no suffix'}.")
-
-
-def parts_folder(output: str | os.PathLike) -> Path:
-    """Where the processes write their parts until the merge: ``<output>.parts``."""
-    output = Path(output)
-    return output.with_name(output.name + ".parts")
-
-
-def _written(output: Path) -> list[dict[str, Any]]:
-    """Every row the output and the parts hold (a later one wins for a path given twice)."""
-    form = _format(output)
-    sources = ([output] if output.exists() else []) + (form.parts(parts_folder(output)) if parts_folder(output).is_dir() else [])
-    return [row for source in sources for row in form.read(source)]
-
-
-def done_paths(output: str | os.PathLike) -> set[str]:
-    """The paths that already have a row in ``output`` or its parts."""
-    return {row["path"] for row in _written(Path(output))}
-
-
-def merge_parts(output: str | os.PathLike, items: Sequence[ArchiveItem], columns: Sequence[str]) -> int:
-    """Writes the output's and every part's rows to ``output`` in walk order; removes the parts.
-
-    Rows for paths the walk no longer finds are kept, after the others, sorted by path.
-
-    Returns:
-        The number of rows written.
-    """
-    output = Path(output)
-    rows = {row["path"]: row for row in _written(output)}
-    order = {item.path: index for index, item in enumerate(items)}
-    ranked = sorted(rows.values(), key=lambda row: (order.get(row["path"], len(order)), row["path"]))
-    temporary = output.with_name(output.name + ".tmp")
-    _format(output).write(temporary, ranked, columns)
-    os.replace(temporary, output)
-    shutil.rmtree(parts_folder(output), ignore_errors=True)
-    return len(ranked)
-
-
 # ----------------------------------------------------------------------------- running
-
-
-class _PartWriter:
-    """This process's rows, buffered and written out a chunk at a time."""
-
-    def __init__(self, output: Path, rank: int, columns: Sequence[str], flush_rows: int, flush_seconds: float) -> None:
-        self.format, self.folder, self.rank, self.columns = _format(output), parts_folder(output), rank, columns
-        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self.rows: list[dict[str, Any]] = []
-        self.last = time.monotonic()
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        self.rows.extend(rows)
-        if len(self.rows) >= self.flush_rows or time.monotonic() - self.last >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.format.append(self.format.part(self.folder, self.rank), self.rows, self.columns)
-            self.rows = []
-        self.last = time.monotonic()
 
 
 def predict_shard(
@@ -464,7 +294,7 @@ def predict_shard(
     mine = shard(items, rank, world_size)
     done = done_paths(output)
     todo = [item for item in mine if item.path not in done]
-    writer = _PartWriter(output, rank, columns, flush_rows, flush_seconds)
+    writer = PartWriter(output, rank, columns, flush_rows, flush_seconds)
     start, failed, slices = time.perf_counter(), 0, 0
     batch = max(1, int(getattr(classifier, "batch_size", 32)))
     with tqdm(total=len(todo), unit="file", desc=f"rank {rank}" if world_size > 1 else "predict", position=rank, disable=not progress, dynamic_ncols=True) as bar:
@@ -535,5 +365,5 @@ def predict_archive(
     )  # fmt: skip
     state.wait_for_everyone()
     if state.is_main_process:
-        summary.rows_written = merge_parts(output, items, row_columns([str(c) for c in classifier.classes_]))
+        summary.rows_written = merge_parts(output, [item.path for item in items], row_columns([str(c) for c in classifier.classes_]))
     return summary
