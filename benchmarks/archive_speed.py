@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         what = build_archive(archive, Path(args.data), args.slices, args.volumes)
         print(f"archive: {what}; shipped model; 2 CPU threads in all", flush=True)
         for processes, threads in ((1, 2), (1, 1), (2, 1)):
-            rate, wall, slices = run(archive, Path(folder) / f"results-{processes}.parquet", processes, threads)
+            rate, wall, slices = run(archive, Path(folder) / f"results-{processes}x{threads}.parquet", processes, threads)
             print(f"{processes} process(es) x {threads} thread(s): {slices} slices, {rate:7.1f} slices/s predicting, "
                   f"{wall:6.1f} s wall for the command", flush=True)
     return 0
