@@ -351,14 +351,14 @@ def predict_archive(
         >>> predict_archive(clf, ["scans"], "results.csv").rows_written   # doctest: +SKIP
         1200
     """
-    import torch
     from accelerate import PartialState
 
     output = check_output(output)
     items = find_inputs(inputs, recursive=recursive, exclude=[output, parts_folder(output)])
-    # Rank and world size come from the launcher's environment; the process group only
-    # carries the barrier, so gloo on a CPU-only machine.
-    state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    # Rank and world size come from the launcher's environment. The process group carries
+    # only the barrier, so it is gloo (cpu=True) on every machine: NCCL would refuse two
+    # processes sharing one GPU. The classifier keeps its own device.
+    state = PartialState(cpu=True, timeout=BARRIER_TIMEOUT)
     summary = predict_shard(
         classifier, items, output, rank=state.process_index, world_size=state.num_processes,
         plane=plane, time_point=time_point, progress=progress,
