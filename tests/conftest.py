@@ -117,3 +117,17 @@ def confident_classifier(fitted_classifier):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A model folder with a seeded random-weight 32-pixel ConvNeXt: fast plumbing tests that
+    load by path (CLI, subprocesses); it checks no accuracy."""
+    from tumor_classifier.models import create_model
+    from tumor_classifier.preprocessing import MRIPreprocessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    create_model("convnext", class_names=list(CLASSES), from_scratch=True, image_size=32, config_overrides=TINY_CONVNEXT).save_pretrained(folder)
+    MRIPreprocessor(size=32).save_pretrained(folder)
+    return folder

@@ -6,6 +6,7 @@ Examples:
     tumor-classifier predict scans/*.jpg --backend onnx
     tumor-classifier export --format onnx default exported/ --quantize
     tumor-classifier predict scan.nii.gz --slices --explain auto --out heatmaps/
+    tumor-classifier predict archive/ --recursive --output results.parquet
     tumor-classifier evaluate ../shared/data/brain-tumor-mri --out report/
     tumor-classifier data-report ../shared/data/brain-tumor-mri
     tumor-classifier serve --port 7860
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import NO_TUMOR
-from .exceptions import MissingDependencyError, TumorClassifierError
+from .exceptions import InvalidArgumentError, MissingDependencyError, TumorClassifierError
 from .decoding import ACCEPTED_FORMATS_TEXT
 
 NOT_DIAGNOSTIC = "Research use only: not a medical device, not for diagnosis."
@@ -52,6 +53,8 @@ def _figure(explanation):
 def _predict(args: argparse.Namespace) -> int:
     from .decoding import decode
 
+    if args.output or args.recursive:
+        return _predict_archive(args)
     classifier = _load(args.model, args.backend)
     volumes = [path for path in args.images if _is_volume(path)]
     volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
@@ -116,6 +119,20 @@ def _predict(args: argparse.Namespace) -> int:
     for path, message in failures:
         print(f"error: {message}", file=sys.stderr)
     return 1 if failures or volume_failures else 0
+
+
+def _predict_archive(args: argparse.Namespace) -> int:
+    """``--output``: one row per file into a results file (tumor_classifier.archive); unreadable files are rows too."""
+    from .archive import check_output, predict_archive
+
+    if not args.output or args.explain or args.slices or args.json:
+        raise InvalidArgumentError("--recursive and --output write one row per file to a results file: give --output results.parquet "
+                                   "(or .csv, .jsonl) and leave out --explain, --slices and --json, which are for printed results.")
+    check_output(args.output)  # before the model loads
+    summary = predict_archive(_load(args.model, args.backend), args.images, args.output, recursive=args.recursive,
+                              plane=args.plane, time_point=args.time_point)
+    print(summary.text)
+    return 0
 
 
 def _is_volume(path: str) -> bool:
@@ -296,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the graph is the model folder's model.onnx or exported once into a cache). Heatmaps always use torch.")
 
     predict = commands.add_parser("predict", help="Classify images, optionally with heatmaps.")
-    predict.add_argument("images", nargs="+", help=f"Image files ({ACCEPTED_FORMATS_TEXT}) or volumes (.nii, .nii.gz, DICOM file or series folder).")
+    predict.add_argument("images", nargs="+", help=f"Image files ({ACCEPTED_FORMATS_TEXT}) or volumes (.nii, .nii.gz, DICOM file or series folder); with --output also folders to walk.")
     predict.add_argument("--model", help=model_help)
     predict.add_argument("--explain", nargs="?", const="auto", choices=EXPLAIN_METHODS, help="Attribution method (bare --explain: auto).")
     predict.add_argument("--out", help="Folder for the overlay PNGs (with --explain); for a volume also its probability-along-slices plot.")
@@ -306,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial", help="Volumes: the plane to cut (default axial).")
     predict.add_argument("--series-uid", help="DICOM folders holding several series: the SeriesInstanceUID to read.")
     predict.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based.")
+    predict.add_argument("--output", help="Write one row per file to this .parquet, .csv or .jsonl (resumes: files already "
+                         "in it are skipped; under torchrun / accelerate launch each process takes a share).")
+    predict.add_argument("--recursive", action="store_true", help="With --output: walk the folders' subfolders too.")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="Evaluate on a labelled folder (Kaggle layout) or Hub data set; write a report.")

@@ -1,0 +1,169 @@
+"""`predict DIR --recursive --output`: the walk, the rows, resuming after a kill, two processes under torchrun.
+
+A random-weight tiny model folder (conftest's ``tiny_model_dir``) stands in for a trained
+model: these tests check the plumbing (what is listed, written, skipped, merged), not accuracy.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tumor_classifier.archive import SLICE, VOLUME, find_inputs, shard
+from tumor_classifier.archive_output import parts_folder
+from tumor_classifier.cli import main
+
+from volume_files import phantom, write_dicom_series, write_nifti
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, data_dir):
+    """Six real slices in nested folders, a NIfTI, a DICOM series folder, two unreadable files, a note."""
+    root = tmp_path_factory.mktemp("archive")
+    for source, target in [("Testing/glioma", "glioma"), ("Testing/notumor", "nested/notumor")]:
+        (root / target).mkdir(parents=True)
+        for image in sorted((data_dir / source).glob("*.jpg")):
+            (root / target / image.name).write_bytes(image.read_bytes())
+    write_nifti(root / "head.nii.gz", phantom())
+    write_dicom_series(root / "nested" / "series", phantom())
+    (root / "bad.png").write_bytes(b"not a png at all")
+    (root / "broken.nii").write_bytes(b"\x00" * 40)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _run(archive, output, model, *extra):
+    return main(["predict", str(archive), "--recursive", "--output", str(output), "--model", str(model), *extra])
+
+
+def _rows(path: Path) -> list[dict]:
+    """The output's rows with typed values, whatever the format (CSV gives strings)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    import csv
+
+    def typed(key, value):
+        if value == "":
+            return None
+        if key in ("slices", "key_slice"):
+            return int(value)
+        if key == "looks_like_mri":
+            return value == "True"
+        return float(value) if key == "tumor_probability" or key.startswith("p_") else value
+
+    return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(path.open())]
+
+
+def _assert_same_rows(rows, expected):
+    assert [r["path"] for r in rows] == [r["path"] for r in expected]
+    for row, want in zip(rows, expected):
+        for key, value in want.items():
+            if isinstance(value, float):  # batches of other sizes round differently in the last bits
+                assert math.isclose(row[key], value, abs_tol=1e-5), (row["path"], key, row[key], value)
+            else:
+                assert row[key] == value, (row["path"], key, row[key], value)
+
+
+def test_the_walk_lists_slices_and_volumes_once_in_a_fixed_order(archive):
+    items = find_inputs([archive])
+    names = {os.path.relpath(i.path, archive): i.kind for i in items}
+    assert names == {
+        "bad.png": SLICE, "broken.nii": VOLUME, "head.nii.gz": VOLUME, "nested/series": VOLUME,
+        **{f"glioma/{p.name}": SLICE for p in (archive / "glioma").iterdir()},
+        **{f"nested/notumor/{p.name}": SLICE for p in (archive / "nested" / "notumor").iterdir()},
+    }  # fmt: skip  (the 20 DICOM files are one series; the note is not listed)
+    assert find_inputs([archive]) == items
+    assert {os.path.relpath(i.path, archive) for i in find_inputs([archive], recursive=False)} == {"bad.png", "broken.nii", "head.nii.gz"}
+    assert all("glioma" not in i.path for i in find_inputs([archive], exclude=[archive / "glioma"]))
+    shares = [shard(items, rank, 3) for rank in range(3)]
+    assert sorted(sum(shares, []), key=items.index) == items and len({i.path for s in shares for i in s}) == len(items)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_one_row_per_file_and_unreadable_files_do_not_stop_the_run(archive, tiny_model_dir, tmp_path, capsys, suffix):
+    output = tmp_path / f"results{suffix}"
+    assert _run(archive, output, tiny_model_dir) == 0
+    rows = {os.path.relpath(r["path"], archive): r for r in _rows(output)}
+    assert len(rows) == 10 and not parts_folder(output).exists()
+    assert "InvalidImageError" in rows["bad.png"]["error"] and rows["bad.png"]["label"] is None
+    assert "InvalidVolumeError" in rows["broken.nii"]["error"]
+    for name in ("head.nii.gz", "nested/series"):
+        assert rows[name]["kind"] == VOLUME and rows[name]["error"] is None
+        assert rows[name]["slices"] > 1 and 0 <= rows[name]["key_slice"] < 20
+    for row in rows.values():
+        if row["kind"] == SLICE and row["error"] is None:
+            assert row["slices"] == 1 and row["key_slice"] is None
+            assert math.isclose(sum(row[f"p_{c}"] for c in ("glioma", "meningioma", "notumor", "pituitary")), 1, abs_tol=1e-4)
+            assert math.isclose(row["tumor_probability"], 1 - row["p_notumor"], abs_tol=1e-5)
+    assert "10 rows (10 files found) written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_killed_run_resumes_where_it_stopped_and_ends_like_a_clean_run(archive, tiny_model_dir, tmp_path, capsys, suffix):
+    clean = tmp_path / f"clean{suffix}"
+    _run(archive, clean, tiny_model_dir)
+    expected = _rows(clean)
+    # What a kill leaves: a part holding the first rows written, one of them marked so that
+    # recomputing it would show, plus a torn write (a half line, a half-renamed part).
+    output = tmp_path / f"resumed{suffix}"
+    parts = parts_folder(output)
+    parts.mkdir()
+    before = [dict(row) for row in expected[:5]]
+    before[2]["label"] = "written-before-the-kill"
+    if suffix == ".csv":
+        text = clean.read_text().splitlines(keepends=True)
+        lines = text[:1] + text[1:6]
+        lines[3] = lines[3].replace(f",{expected[2]['label']},", ",written-before-the-kill,", 1)
+        (parts / "rank0.csv").write_text("".join(lines) + text[6][:25])
+    else:
+        import pyarrow as pa
+
+        pq.write_table(pa.Table.from_pylist(before, schema=pq.read_schema(clean)), parts / "rank0-000000.parquet")
+        (parts / "rank0-000001.parquet.tmp").write_bytes(b"PAR1 torn")
+    capsys.readouterr()
+    assert _run(archive, output, tiny_model_dir) == 0
+    assert "5 files predicted (0 unreadable), 5 already done" in capsys.readouterr().out
+    rows = _rows(output)
+    assert rows[2]["label"] == "written-before-the-kill"  # skipped, not predicted again
+    rows[2]["label"] = expected[2]["label"]
+    _assert_same_rows(rows, expected)
+    assert not parts.exists()
+    # Once complete, a rerun predicts nothing and leaves the output as it is.
+    assert _run(archive, output, tiny_model_dir) == 0
+    assert "0 files predicted (0 unreadable), 10 already done" in capsys.readouterr().out
+    assert len(_rows(output)) == 10
+
+
+def test_two_processes_under_torchrun_give_the_single_process_output(archive, tiny_model_dir, tmp_path):
+    single = tmp_path / "single.parquet"
+    assert _run(archive, single, tiny_model_dir) == 0
+    output = tmp_path / "two.parquet"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "tumor_classifier.cli", "predict", str(archive), "--recursive", "--output", str(output), "--model", str(tiny_model_dir),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # Each process predicted its half (every other file of the walk); process 0 merged.
+    assert "rank 0 of 2: 5 files predicted" in completed.stdout and "rank 1 of 2: 5 files predicted" in completed.stdout
+    assert "10 rows (10 files found) written to" in completed.stdout
+    _assert_same_rows(pq.read_table(output).to_pylist(), pq.read_table(single).to_pylist())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--recursive"], "give --output results.parquet"), (["--output", "results.txt"], "must end in .parquet, .csv or .jsonl")],
+)
+def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, extra, message):
+    assert main(["predict", str(archive), *extra]) == 2
+    assert message in capsys.readouterr().err
