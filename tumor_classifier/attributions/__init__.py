@@ -55,13 +55,13 @@ every other method; localisation figures in :func:`default_method`):
     deviation ``noise_level`` x the image's value range, the same noise on every channel
     so a grey scan stays grey), channels summed, absolute value; shown clipped at its
     ``clip_percentile`` (inside the head) and blurred with a Gaussian of
-    ``smoothing_sigma`` pixels, because a raw gradient map is speckle. Pixel-level and
-    model-agnostic, any backbone; ``n_samples`` (4) forward/backward passes of the whole
-    network (4.8x ``predict`` on 2 threads). On the shipped model it points at the tumour
-    box more often than any CAM (``benchmarks/localisation.py --methods smoothgrad gradcam
-    --n-samples 4 --threads 2 --limit 100``: 54.7 % of 300 slices against Grad-CAM's
-    44.0 %; 16 copies 56.1 % and 2 copies 45.0 % on the first 60 per class), but costs
-    more than the 3x ``predict`` that ``auto`` allows. Partly image-driven: on the ConvNeXt
+    ``smoothing_sigma`` pixels (default 1/16 of the side), because a raw gradient map is
+    speckle. Pixel-level and model-agnostic, any backbone; ``n_samples`` (4)
+    forward/backward passes of the whole network (4.6-4.9x ``predict`` on 2 threads). On
+    the shipped model it points at the tumour box more often than any CAM
+    (``benchmarks/localisation.py --methods smoothgrad gradcam --threads 1``: 68.5 % of
+    600 slices against Grad-CAM's 45.0 %; 2 copies 64.0 % at 3.5x), but costs more than
+    the 3x ``predict`` that ``auto`` allows. Partly image-driven: on the ConvNeXt
     before, its maps correlated 0.3 with those of a randomly initialised model
     (Integrated Gradients: 0.1).
 ``integrated_gradients``

@@ -30,29 +30,35 @@ METHODS = ("gradcam", "integrated_gradients", "occlusion", *CAM_METHODS[1:], *_S
 def default_method(model: torch.nn.Module) -> str:
     """The method ``"auto"`` resolves to for ``model``.
 
-    * EfficientNet-Lite -> ``"smoothgrad"`` (4 noisy copies). Evidence: the tumour-box
-      benchmark (``benchmarks/localisation.py``, head-masked maps) on the shipped
-      EfficientNet-Lite0 (fine-tuned at 128 px, then at 160 px on a GPU; commit 2ad00e3).
+    * EfficientNet-Lite -> ``"smoothgrad"`` (4 noisy copies, display blur 1/16 of the
+      side). Evidence: the tumour-box benchmark (``benchmarks/localisation.py``,
+      head-masked maps) on the shipped EfficientNet-Lite0 (160 px; commit 2ad00e3).
       Pointing game (all / glioma / meningioma / pituitary), mass in box, explain /
-      predict; 300 slices (the first 100 per class), 2 threads, loaded machine
-      (``--methods smoothgrad gradcam --n-samples 4 --threads 2 --limit 100``):
+      predict; all 600 slices, one thread
+      (``--methods smoothgrad gradcam --threads 1 --skip-randomisation``):
 
       ==========================  =====  =====  =====  =====  ======  ======
-      smoothgrad, 4 copies        54.7   37.0   85.0   42.0    9.1 %  4.8x
-      gradcam                     44.0   29.0   75.0   28.0   10.4 %  1.5x
+      smoothgrad, 4 copies        68.5   53.5   87.0   65.0    8.5 %  6.3x
+      gradcam                     45.0   35.0   70.0   30.0   10.6 %  1.5x
       ==========================  =====  =====  =====  =====  ======  ======
 
-      All 600 slices, one thread: gradcam 45.0 % (1.7x), hirescam 41.5 % (2.2x). First 60
-      per class: smoothgrad with 16 copies 56.1 %, 2 copies 45.0 %, 1 copy 41.7 %;
-      gradcam_multiscale 26.7 %, gradcam_fine 14.4 %, gradcam_plusplus 11.1 %. The head's
-      centre points at the box in 31.2 % of the 600. Model randomisation (first 30 per
-      class): a re-initialised model's SmoothGrad maps correlate 0.39 with these inside
-      the head (they share the image's edges) but point at the box in 8.9 % of slices
-      against 52.2 %: the pointing comes from what the model learned. The rule used to be
-      "the best pointing game within about 3x ``predict``", which picks Grad-CAM; it was
-      set aside for this model on purpose: Grad-CAM's maximum sits on midline structures
-      next to most lesions (see the glioma example), and a heatmap that misses the tumour
-      defeats its purpose, while 4.8x ``predict`` is still about a quarter of a second on
+      On two threads (the app's setting) SmoothGrad costs 4.6-4.9x ``predict``; with 2
+      copies (``n_samples=2``) it points at the box in 64.0 % of the 600 at 3.5x. The
+      display blur was chosen on the first 100 slices per class from maps computed once
+      (pointing 54.7 % at 2 px, 60.3 % at 8, 60.7 % at 10, 61.3 % at 12, 61.7 % at 16,
+      60.3 % at 20: 10 px is the smallest within a point of the best) and confirmed on the
+      other 100 per class (68.3 % at 2 px, 76.3 % at 10). All 600, one thread: hirescam
+      41.5 % (2.2x). First 60 per class at 2 px: gradcam_multiscale 26.7 %, gradcam_fine
+      14.4 %, gradcam_plusplus 11.1 %. The head's centre points at the box in 31.2 % of
+      the 600. Model randomisation (first 30 per class, ``--methods smoothgrad --limit
+      30``): a re-initialised model's SmoothGrad maps point at the box in 14.4 % of
+      slices against 56.7 % for the trained model's; inside the head they correlate 0.67
+      with the trained model's (Spearman; 0.39 at the 2 px blur: blurring both maps
+      makes them share the head's shape): the pointing comes from what the model
+      learned. The rule used to be "the best pointing game within about 3x ``predict``",
+      which picks Grad-CAM or 2-copy SmoothGrad; it was set aside for this model on
+      purpose: a heatmap that misses the tumour defeats its purpose, 4 copies find 4.5
+      points more tumours than 2, and about 0.2 s on two threads is still quick.
       two threads. On the 128 px model shipped before, HiResCAM was best (46.5 % of the
       600, gradcam 29.3 %): the choice belongs to the trained weights, so measure it again
       for a new model.
