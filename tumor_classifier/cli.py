@@ -232,7 +232,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                 if row["classified"]:
                     print(f"  {row['slice']:>5}  {row['tumor_probability']:.3f} " + " ".join(f"{row[c]:>10.3f}" for c in classes))
                 else:
-                    print(f"  {row['slice']:>5}  (outside the head, not classified)")
+                    print(f"  {row['slice']:>5}  (not at brain level, not classified)")
     if not args.json:
         print(NOT_DIAGNOSTIC)
     return failures
