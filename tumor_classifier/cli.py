@@ -209,7 +209,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
             print(json.dumps(row))
             continue
         volume = result.volume
-        where = f"{len(result.classified)} {volume.plane or 'given'} slices, {int(result.classified.sum())} inside the head classified"
+        where = f"{len(result.classified)} {volume.plane or 'given'} slices, {int(result.classified.sum())} at brain level classified"
         if not result.looks_like_mri:
             verdict = "NOT A BRAIN MRI? no verdict given (" + "; ".join(result.mri_reasons) + ")"
         elif result.tumour:

@@ -61,7 +61,7 @@ class VolumeReport:
     def summary(self) -> str:
         """The verdict in words (Markdown), with what it rests on and the caution."""
         p, volume = self.prediction, self.prediction.volume
-        slices = f"{len(p.classified)} {volume.plane or 'given'} slices of {volume.source}, {int(p.classified.sum())} inside the head classified."
+        slices = f"{len(p.classified)} {volume.plane or 'given'} slices of {volume.source}, {int(p.classified.sum())} at brain level classified."
         rule = f"runs of at least {p.min_run} consecutive slices at a tumor probability of {p.threshold:.0%} or more"
         if not p.looks_like_mri:
             reasons = "\n".join(f"- {reason}" for reason in p.mri_reasons)
