@@ -204,3 +204,14 @@ def test_the_app_package_imports_one_way_and_stays_small():
         assert siblings <= allowed[path.stem], f"app/{path.name} imports {sorted(siblings - allowed[path.stem])}"
         lines = len(path.read_text().splitlines())
         assert lines <= 450, f"app/{path.name} has {lines} lines; split it by concern"
+
+
+def test_the_package_modules_import_one_way():
+    """No circles among the top-level modules, counting imports inside functions and under TYPE_CHECKING."""
+    modules = {path.stem for path in (ROOT / "tumor_classifier").glob("*.py")} - {"__init__"}
+    needs = {name: (_package_imports(name) & modules) - {name} for name in modules}
+    order: list[str] = []
+    while len(order) < len(modules):  # a topological order exists only without circles
+        ready = [name for name in modules if name not in order and needs[name] <= set(order)]
+        assert ready, f"circular imports among {sorted(modules - set(order))}"
+        order.extend(sorted(ready))

@@ -37,7 +37,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +47,10 @@ from .imagenet_weights import imagenet_weights_path
 from .model_folder import read_json_limited
 from .onnx_backend import INPUT_NAME, open_session
 
-if TYPE_CHECKING:
-    from .mri_features import BackboneFeatures
+#: What the functions here take as ``backbone``: a
+#: :class:`~tumor_classifier.mri_features.BackboneFeatures` (not imported: mri_features
+#: imports this module, and imports flow one way).
+BackboneFeatures = Any
 
 __all__ = ["DEFAULT_TOLERANCE", "FeatureGraph", "export_feature_graph", "feature_fingerprint", "load_feature_graph"]
 
@@ -63,7 +65,7 @@ OUTPUT_NAME = "features"
 DEFAULT_TOLERANCE = 1e-3
 
 
-def feature_fingerprint(backbone: "BackboneFeatures") -> str:
+def feature_fingerprint(backbone: BackboneFeatures) -> str:
     """SHA-256 over what decides the feature graph: format, variant, input size, package, weights.
 
     The head crop is not in it: cropping happens in numpy before the graph.
@@ -122,7 +124,7 @@ class FeatureGraph:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
 
-def _pooled_module(backbone: "BackboneFeatures"):
+def _pooled_module(backbone: BackboneFeatures):
     import torch
 
     class PooledFeatures(torch.nn.Module):
@@ -138,7 +140,7 @@ def _pooled_module(backbone: "BackboneFeatures"):
     return PooledFeatures(backbone.network()).eval()
 
 
-def _verification_pixels(backbone: "BackboneFeatures") -> np.ndarray:
+def _verification_pixels(backbone: BackboneFeatures) -> np.ndarray:
     from .onnx_export import EXAMPLES_DIR
 
     sources = sorted(EXAMPLES_DIR.glob("*.jpg"))
@@ -148,7 +150,7 @@ def _verification_pixels(backbone: "BackboneFeatures") -> np.ndarray:
 
 
 def export_feature_graph(
-    backbone: "BackboneFeatures", directory: str | os.PathLike, *, fingerprint: str, tolerance: float = DEFAULT_TOLERANCE
+    backbone: BackboneFeatures, directory: str | os.PathLike, *, fingerprint: str, tolerance: float = DEFAULT_TOLERANCE
 ) -> float:
     """Exports the check's feature extractor to ``directory/features.onnx`` and verifies it.
 
@@ -206,7 +208,7 @@ def export_feature_graph(
     return difference
 
 
-def load_feature_graph(backbone: "BackboneFeatures", *, threads: int | None = None) -> FeatureGraph:
+def load_feature_graph(backbone: BackboneFeatures, *, threads: int | None = None) -> FeatureGraph:
     """The check's feature graph from the cache, exported there first if missing or stale.
 
     Args:
