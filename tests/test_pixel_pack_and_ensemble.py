@@ -96,29 +96,39 @@ def test_a_pack_made_with_other_settings_is_refused(packs, tmp_path):
         train_hf.main(_args(tmp_path, tmp_path / "model", "--max_steps", "1", "--pixel_pack", str(tmp_path / "other.npz")))
 
 
-def test_batches_are_augmented_while_training_only(tmp_path):
-    """What the model receives: augmented pixels in a training step, the plain ones in prediction."""
+def _tiny_training_step_setup(tmp_path, **trainer_options):
+    """A tiny ConvNeXt, four labelled 32 px images, their batch, and a Trainer over them whose
+    model records (pixel_values, logits) of every forward pass in the returned list."""
     from tumor_classifier.losses import make_loss_function
     from tumor_classifier.models import create_model
 
+    torch.manual_seed(0)
     preprocessor = MRIPreprocessor(size=32)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
     labels = np.array([0, 1, 2, 3])
     model = create_model("convnext", from_scratch=True, image_size=32, config_overrides={"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]})
     args = MRITrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="no", save_strategy="no",
-                                load_best_model_at_end=False, per_device_train_batch_size=4, per_device_eval_batch_size=4)  # fmt: skip
-    trainer = build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args, loss_function=make_loss_function("cross_entropy"))
+                                load_best_model_at_end=False, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                                learning_rate=0.0)  # fmt: skip
+    trainer = build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args,
+                            loss_function=make_loss_function("cross_entropy"), **trainer_options)  # fmt: skip
     seen = []
-    model.register_forward_hook(lambda module, args_, kwargs, output: seen.append(kwargs["pixel_values"]), with_kwargs=True)
+    model.register_forward_hook(lambda module, args_, kwargs, output: seen.append((kwargs["pixel_values"], output.logits)), with_kwargs=True)
     batch = collate_pixels([{"pixels": torch.from_numpy(p), "labels": torch.tensor(y)} for p, y in zip(pixels, labels)])
+    return trainer, model, preprocessor, pixels, labels, batch, seen
+
+
+def test_batches_are_augmented_while_training_only(tmp_path):
+    """What the model receives: augmented pixels in a training step, the plain ones in prediction."""
+    trainer, model, preprocessor, pixels, labels, batch, seen = _tiny_training_step_setup(tmp_path)
     assert batch["pixels"].dtype == torch.uint8  # what travels to the device
     plain = preprocessor.normalize(torch.from_numpy(pixels))
     model.train()
     trainer.training_step(model, batch)
-    assert seen[-1].shape == plain.shape and not torch.allclose(seen[-1], plain)
+    assert seen[-1][0].shape == plain.shape and not torch.allclose(seen[-1][0], plain)
     model.eval()
     trainer.predict(PixelDataset(pixels, labels))
-    torch.testing.assert_close(seen[-1], plain)
+    torch.testing.assert_close(seen[-1][0], plain)
 
 
 @pytest.fixture(scope="module")
@@ -193,24 +203,11 @@ def test_consistency_loss_is_jensen_shannon_between_two_views():
 def test_training_with_consistency_sees_two_augmented_views_and_adds_their_divergence(tmp_path):
     """One real training step: the model gets rows i and n + i, two augmentations of image i,
     and the loss is cross-entropy over both views plus weight x JS between them."""
-    from tumor_classifier.losses import consistency_loss, make_loss_function
-    from tumor_classifier.models import create_model
+    from tumor_classifier.losses import consistency_loss
 
-    torch.manual_seed(0)
-    preprocessor = MRIPreprocessor(size=32)
-    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
-    labels = np.array([0, 1, 2, 3])
-    model = create_model("convnext", from_scratch=True, image_size=32, config_overrides={"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]})
-    args = MRITrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="no", save_strategy="no",
-                                load_best_model_at_end=False, per_device_train_batch_size=4, learning_rate=0.0)  # fmt: skip
-    trainer = build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args,
-                            loss_function=make_loss_function("cross_entropy"), consistency_weight=2.0)  # fmt: skip
-    seen = []
-    handle = model.register_forward_hook(lambda module, args_, kwargs, output: seen.append((kwargs["pixel_values"], output.logits)), with_kwargs=True)
-    batch = collate_pixels([{"pixels": torch.from_numpy(p), "labels": torch.tensor(y)} for p, y in zip(pixels, labels)])
+    trainer, model, preprocessor, pixels, labels, batch, seen = _tiny_training_step_setup(tmp_path, consistency_weight=2.0)
     model.train()
     loss = trainer.training_step(model, batch)
-    handle.remove()
     (values, logits), = seen
     assert values.shape[0] == 8  # two views of each of the four images
     assert not torch.allclose(values[:4], values[4:])  # drawn independently
@@ -221,5 +218,6 @@ def test_training_with_consistency_sees_two_augmented_views_and_adds_their_diver
     # Evaluation and prediction see each image once, unaugmented.
     model.eval()
     assert trainer.predict(PixelDataset(pixels, labels)).predictions.shape == (4, 4)
+    assert seen[-1][0].shape[0] == 4
     with pytest.raises(TumorClassifierError, match="consistency_weight must be 0"):
-        build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, args, consistency_weight=-1.0)
+        build_trainer(model, preprocessor, PixelDataset(pixels, labels), None, trainer.args, consistency_weight=-1.0)
