@@ -6,10 +6,10 @@
 The backbone is the shipped default model (EfficientNet-Lite0, 160 px), frozen; its slice
 embeddings are computed once and cached (``$TUMOR_CLASSIFIER_CACHE``; 20 minutes on two
 busy cores the first time). The LSTM reads each slice's class log-probabilities from the
-shipped classifier's head (``slice_features="logits"``). Training and validation volumes
-are built from the Kaggle slices the backbone was *not* fine-tuned on and that have no
-near duplicate among those it was, split in two by near-duplicate group
-(:mod:`tumor_classifier.sequence_data` says why the fine-tuning slices do not work). The
+shipped classifier's head (``slice_features="logits"``). Validation volumes are built
+from the Kaggle slices the backbone was *not* fine-tuned on and that have no near
+duplicate among those it was; training volumes from the slices it was fine-tuned on
+(``train_bank``; :mod:`tumor_classifier.sequence_data` says why). The
 folder written holds ``config.json``, the LSTM head's ``model.safetensors`` (the backbone
 is read from the shipped model on load) and ``metrics.json`` with the comparison against
 the slice-aggregation verdict.
@@ -30,7 +30,7 @@ from transformers import HfArgumentParser
 class SequenceRunArguments:
     data_dir: str = field(default="../shared/data/brain-tumor-mri", metadata={"help": "Kaggle-layout folder (Training/, Testing/)."})
     output_dir: str = field(default="runs/sequence-model", metadata={"help": "Where the model and metrics.json go."})
-    train_bank: str = field(default="held_out_train", metadata={"help": "Slices of the training volumes: held_out_train or fine_tuning."})
+    train_bank: str = field(default="fine_tuning", metadata={"help": "Slices of the training volumes: held_out_train or fine_tuning."})
     slice_features: str = field(default="logits", metadata={"help": "What the LSTM reads of a slice: logits or embedding."})
     train_volumes: int = field(default=3000, metadata={"help": "Volumes built from the training bank."})
     validation_volumes: int = field(default=400, metadata={"help": "Volumes built from held-out slices without near duplicates in the fine-tuning slices."})

@@ -224,10 +224,10 @@ def test_the_slider_shows_each_slices_own_heatmap(confident_classifier, nifti_re
     # Another method re-draws the slice with it.
     occluded, caption, _ = show_slice(state, other, "occlusion", classifier=confident_classifier)
     assert "heatmap: occlusion" in caption and not np.array_equal(np.asarray(occluded), np.asarray(heatmap))
-    # Outside the head: the slice as read, no heatmap.
+    # Not at brain level: the slice as read, no heatmap.
     outside, caption, _ = show_slice(state, 0, "gradcam", classifier=confident_classifier)
     np.testing.assert_array_equal(np.asarray(outside)[..., 0], p.volume.slices[0])
-    assert "outside the head, not classified" in caption
+    assert "not at brain level, not classified" in caption
     assert show_slice(None, 3, "gradcam", classifier=confident_classifier) == (gr.skip(), gr.skip(), gr.skip())
 
 

@@ -119,7 +119,7 @@ def test_cli_predicts_a_nifti_with_slices_plot_and_overlay(model_dir, tmp_path, 
     assert main(["predict", str(path), "--model", str(model_dir), "--slices", "--explain", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{path}: " in printed and ("no tumour" in printed or "tumour, type" in printed or "NOT A BRAIN MRI" in printed)
-    assert "(outside the head, not classified)" in printed  # the --slices table
+    assert "(not at brain level, not classified)" in printed  # the --slices table
     files = sorted(p.name for p in out.iterdir())
     assert any(name.startswith("head_key_slice_") for name in files) and "head_slice_probabilities.png" in files
     assert "Research use only" in printed

@@ -76,7 +76,7 @@ class VolumePredictionResponse(BaseModel):
     runs: list[tuple[int, int]] = Field(description="(first, last) slice indices of the qualifying runs.")
     min_run: int = Field(description="Consecutive slices a run needs.")
     threshold: float = Field(description="Tumor probability a slice needs to count towards a run.")
-    slice_tumor_probability: list[float | None] = Field(description="Tumor probability per slice; null for slices outside the head.")
+    slice_tumor_probability: list[float | None] = Field(description="Tumor probability per slice; null for slices not classified (not at brain level).")
     notes: list[str] = Field(description="What was assumed or chosen while reading (for people).")
     message: str = Field(description="The verdict in words (Markdown).")
     method: str = Field(description="Heatmap method of the key slice.")

@@ -131,8 +131,8 @@ def slice_overlay(report: VolumeReport, index: int, method: str | None = None, *
     """The heatmap of one slice of an analysed volume, and a caption for it.
 
     The key slice's heatmap (computed with the verdict) is reused for its method; another
-    slice inside the head is explained by ``classifier.explain`` on the slice as read; a
-    slice outside the head was not classified, so it is shown without a heatmap.
+    classified slice is explained by ``classifier.explain`` on the slice as read; a
+    slice not at brain level was not classified, so it is shown without a heatmap.
 
     Args:
         report: What :func:`analyze_volume` gave.
@@ -153,7 +153,7 @@ def slice_overlay(report: VolumeReport, index: int, method: str | None = None, *
     method = report.method if method is None else normalize_method(method)
     where = f"Slice {index} of 0-{len(slices) - 1}"
     if not p.classified[index]:
-        return Image.fromarray(slices[index]).convert("RGB"), f"{where}: outside the head, not classified (no heatmap)."
+        return Image.fromarray(slices[index]).convert("RGB"), f"{where}: not at brain level, not classified (no heatmap)."
     if index == p.key_slice and method == report.method and p.explanation is not None:
         explanation = p.explanation
     else:
