@@ -127,6 +127,13 @@ def bad_volumes(tmp_path_factory, files) -> dict[str, Path]:
     write_nifti(folder / "flat.nii", np.ones((64, 64), dtype=np.float32))
     _zip(folder / "no-dicom.zip", {"a.txt": b"hello", "b.jpg": b"\xff\xd8\xff"})
     (folder / "damaged.zip").write_bytes(files["zip"].read_bytes()[:4000])
+    # Intact zip structure, broken deflate stream: zeros read as a stored block with bad lengths (zlib.error).
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("0.dcm", first[0].read_bytes())
+    corrupt = bytearray(packed.getvalue())
+    corrupt[30 + len("0.dcm") : 30 + len("0.dcm") + 64] = bytes(64)
+    (folder / "corrupt-stream.zip").write_bytes(bytes(corrupt))
     _zip(folder / "two-series.zip", {f"{i}.dcm": p.read_bytes() for i, p in enumerate(first + second)})
     _zip(folder / "ct.zip", {p.name: p.read_bytes() for p in ct})
     _zip(folder / "crowded.zip", {f"{i}.dcm": b"" for i in range(MAX_ZIP_MEMBERS + 1)})
@@ -141,6 +148,7 @@ BAD_VOLUMES = [
     ("flat.nii", "has 2 dimension(s)"),
     ("no-dicom.zip", "holds no DICOM files (2 other file(s)); zip the files of one DICOM series"),
     ("damaged.zip", "is damaged or truncated"),
+    ("corrupt-stream.zip", "could not be read (error: Error -3 while decompressing data"),
     ("two-series.zip", "holds 2 DICOM series"),
     ("ct.zip", "is a CT image (DICOM Modality 'CT'), not MRI"),
     ("crowded.zip", f"holds {MAX_ZIP_MEMBERS + 1} files; up to {MAX_ZIP_MEMBERS} are accepted"),

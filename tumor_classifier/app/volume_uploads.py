@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -182,8 +183,8 @@ def _unpack_series(archive: Path, shown: str, folder: Path) -> Path:
                                 f"The zip {shown!r} unpacks to more than {megabytes(MAX_ZIP_BYTES)}; up to that is accepted."
                             )
                         out.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as error:
-        # A damaged archive, an unknown compression method, a truncated member.
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, zlib.error) as error:
+        # A damaged archive, an unknown compression method, a truncated member, a broken deflate stream.
         raise InvalidVolumeError(f"The zip {shown!r} could not be read ({type(error).__name__}: {error}); zip one DICOM series again.") from None
     return folder
 
