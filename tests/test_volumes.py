@@ -356,3 +356,23 @@ def test_brats_slice_dataset_labels_slices_from_the_segmentation(tmp_path):
     assert image.mode == "L" and image.size == (SHAPE[0], SHAPE[1])
     with pytest.raises(InvalidDatasetError, match="Unknown BraTS sequence"):
         brats_slice_dataset(root, sequence="dwi")
+
+
+def test_damaged_dicom_headers_and_compressed_streams_get_the_projects_error(tmp_path):
+    """pydicom parses a value when it is read and gzip inflates lazily: found by corrupting files
+    at random (ValueError, NotImplementedError, zlib.error escaped before)."""
+    import gzip
+
+    _, files = write_dicom_series(tmp_path / "series", phantom(SHAPE), spacing=(0.5, 0.5))
+    raw = files[0].read_bytes()
+    assert raw.count(b"0.5\\0.5") == 1
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(raw.replace(b"0.5\\0.5", b"0.r\\0.5"))  # PixelSpacing no longer a number
+    with pytest.raises(InvalidVolumeError, match="damaged.dcm could not be read as DICOM"):
+        load_volume(damaged)
+    nifti = write_nifti(tmp_path / "head.nii.gz", phantom(SHAPE)).read_bytes()
+    assert gzip.decompress(nifti)  # a real gzip, then its deflate stream zeroed after the header
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(nifti[:10] + bytes(64) + nifti[74:])
+    with pytest.raises(InvalidVolumeError):
+        load_volume(broken)

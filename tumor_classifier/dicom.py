@@ -42,21 +42,21 @@ def _dicom_folder_raw(folder: Path, series_uid: str | None, time_point: int | No
         if path.name.upper() == "DICOMDIR" or sniff(path) != "dicom":
             skipped += 1
             continue
-        try:
+        try:  # pydicom parses values on access: a damaged element raises here, not in dcmread
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            if "PixelData" not in header and "SeriesInstanceUID" not in header:
+                skipped += 1
+                continue
+            uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+            description = (
+                f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
+                f"'{header.get('SeriesDescription', '')}'"
+            )
         except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
             skipped += 1
             continue
-        if "PixelData" not in header and "SeriesInstanceUID" not in header:
-            skipped += 1
-            continue
-        uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
         series.setdefault(uid, []).append(path)
-        described.setdefault(
-            uid,
-            f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
-            f"'{header.get('SeriesDescription', '')}'",
-        )
+        described.setdefault(uid, description)
     if not series:
         raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
     if series_uid is None and len(series) > 1:
@@ -76,6 +76,18 @@ def _float(value: Any, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         return default
+
+
+def _slice_step_mm(dataset: Any) -> float:
+    """SpacingBetweenSlices, else SliceThickness, else 1 mm; a damaged value counts as absent."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = dataset.get(keyword)
+        except Exception:  # noqa: BLE001 - pydicom parses on access; a damaged element raises here
+            continue
+        if value is not None:
+            return _float(value, 1.0)
+    return 1.0
 
 
 def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
@@ -136,6 +148,31 @@ def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
     return frames
 
 
+def _interpret(path: Path, dataset: Any) -> tuple[str | None, str | None, list[_Frame]]:
+    """The modality, series UID and frames of one read DICOM file; refuses non-MR, pixel-less and colour files.
+
+    pydicom parses an element's value when it is first read, so a damaged header raises
+    here (ValueError, NotImplementedError, AttributeError ...); the caller turns that into
+    the project's error.
+    """
+    this_modality = str(dataset.get("Modality", "")).upper() or None
+    if this_modality is not None and this_modality not in MRI_MODALITIES:
+        raise InvalidVolumeError(
+            f"{path.name} is a {this_modality} image (DICOM Modality {this_modality!r}), not MRI; this model was "
+            "trained on brain MRI slices only and gives no tumour type for other modalities. Accepted: DICOM "
+            f"with Modality {' or '.join(MRI_MODALITIES)}."
+        )
+    if "PixelData" not in dataset:
+        raise InvalidVolumeError(f"{path.name} is DICOM without pixel data (a report, structure set ...), not an image.")
+    if int(dataset.get("SamplesPerPixel", 1)) != 1:
+        raise InvalidVolumeError(
+            f"{path.name} holds colour pixels ({dataset.get('PhotometricInterpretation', '?')}); MRI series are "
+            "grayscale (SamplesPerPixel 1)."
+        )
+    uid = str(dataset.SeriesInstanceUID) if "SeriesInstanceUID" in dataset else None
+    return this_modality, uid, _frames_of(path, dataset)
+
+
 def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_point: int | None, *, single_file: bool) -> _Raw:
     pydicom = _require("pydicom")
 
@@ -145,26 +182,15 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
     for path in paths:
         try:
             dataset = pydicom.dcmread(str(path), force=True)
-        except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+            this_modality, this_uid, these_frames = _interpret(path, dataset)
+        except InvalidVolumeError:
+            raise
+        except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on damaged files, also on access
             raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
-        this_modality = str(dataset.get("Modality", "")).upper() or None
-        if this_modality is not None and this_modality not in MRI_MODALITIES:
-            raise InvalidVolumeError(
-                f"{path.name} is a {this_modality} image (DICOM Modality {this_modality!r}), not MRI; this model was "
-                "trained on brain MRI slices only and gives no tumour type for other modalities. Accepted: DICOM "
-                f"with Modality {' or '.join(MRI_MODALITIES)}."
-            )
         modality = modality or this_modality
-        if "PixelData" not in dataset:
-            raise InvalidVolumeError(f"{path.name} is DICOM without pixel data (a report, structure set ...), not an image.")
-        if int(dataset.get("SamplesPerPixel", 1)) != 1:
-            raise InvalidVolumeError(
-                f"{path.name} holds colour pixels ({dataset.get('PhotometricInterpretation', '?')}); MRI series are "
-                "grayscale (SamplesPerPixel 1)."
-            )
-        uid = uid or (str(dataset.SeriesInstanceUID) if "SeriesInstanceUID" in dataset else None)
+        uid = uid or this_uid
         datasets[path] = dataset
-        frames.extend(_frames_of(path, dataset))
+        frames.extend(these_frames)
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise InvalidVolumeError(f"The series in {what} mixes image sizes {sorted(shapes)}; one series has one size.")
@@ -234,7 +260,7 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
     if len(chosen) > 1:
         step = (frames[chosen[-1]].position - first.position) / (len(chosen) - 1)
     else:
-        thickness = _float(datasets[first.path].get("SpacingBetweenSlices", datasets[first.path].get("SliceThickness", 1.0)), 1.0)
+        thickness = _slice_step_mm(datasets[first.path])
         step = np.cross(first.orientation[:3], first.orientation[3:]) * thickness
     lps = np.eye(4)
     lps[:3, 0] = first.orientation[:3] * col_mm  # along a row: the column index i

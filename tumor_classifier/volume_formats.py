@@ -9,6 +9,7 @@ optional (the ``[volumes]`` extra) and imported on first use (:func:`_require`).
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def sniff(path: Path) -> str:
         try:
             with gzip.open(path, "rb") as handle:
                 inner = handle.read(352)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):  # not gzip after all, truncated, or a broken deflate stream
             return "gzip"
         return "nifti-gz" if _is_nifti(inner) else "gzip"
     if _is_nifti(head):
