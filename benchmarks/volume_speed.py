@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     clf.predict_proba(list(slices[60:64]))  # warm-up
     whole_s, result = timed(lambda: clf.predict_volume(source if source else volume, explain=False), args.rounds)
     n = int(result.classified.sum())
-    print(f"predict_volume (read + {n} slices inside the head)  {whole_s:8.2f} s per volume", flush=True)
+    print(f"predict_volume (read + {n} slices at brain level){whole_s:8.2f} s per volume", flush=True)
     explain_s, _ = timed(lambda: clf.predict_volume(volume, explain=True), args.rounds)
     print(f"predict_volume, already read, with the key heatmap {explain_s:8.2f} s per volume", flush=True)
     failed = []
