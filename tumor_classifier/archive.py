@@ -49,14 +49,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .archive_output import PartWriter, check_output, done_paths, merge_parts, parts_folder
-from .data import NO_TUMOR
+from .data import IMAGE_SUFFIXES, NO_TUMOR
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .verdict import NOT_BRAIN_MRI
 
 SLICE, VOLUME = "slice", "volume"
-#: File names the walk takes for slice images (the formats :mod:`tumor_classifier.decoding` reads).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Rows a process keeps before writing them out, and the longest it waits to write them.
 FLUSH_ROWS = 64
 FLUSH_SECONDS = 30.0
@@ -115,16 +114,17 @@ class ArchiveSummary:
 # ----------------------------------------------------------------------------- walking
 
 
-def _is_nifti(path: Path) -> bool:
+def _volume_kind(path: Path) -> str | None:
+    """``"nifti"``, ``"dicom"`` or ``None``: by the name when it says, else by the first bytes, read once."""
     from .volumes import sniff
 
-    return path.name.lower().endswith(NIFTI_SUFFIXES) or sniff(path) in ("nifti", "nifti-gz")
-
-
-def _is_dicom(path: Path) -> bool:
-    from .volumes import sniff
-
-    return path.suffix.lower() in (".dcm", ".dicom", ".ima") or sniff(path) == "dicom"
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    kind = sniff(path)
+    return "nifti" if kind in ("nifti", "nifti-gz") else "dicom" if kind == "dicom" else None
 
 
 def _items_in(folder: Path, names: Sequence[str]) -> tuple[list[ArchiveItem], bool]:
@@ -137,10 +137,12 @@ def _items_in(folder: Path, names: Sequence[str]) -> tuple[list[ArchiveItem], bo
                 items.append(ArchiveItem(os.path.normpath(path), SLICE))
             elif not path.is_file():
                 continue
-            elif _is_nifti(path):
-                items.append(ArchiveItem(os.path.normpath(path), VOLUME))
-            elif not series and _is_dicom(path):
-                series = True
+            else:
+                kind = _volume_kind(path)
+                if kind == "nifti":
+                    items.append(ArchiveItem(os.path.normpath(path), VOLUME))
+                elif kind == "dicom":
+                    series = True
         except OSError:  # unreadable while sniffing: listed as an image, whose row says why
             items.append(ArchiveItem(os.path.normpath(path), SLICE))
     return items, series
@@ -165,7 +167,7 @@ def find_inputs(paths: Sequence[str | os.PathLike], *, recursive: bool = True, e
     for given in paths:
         root = Path(given)
         if root.is_file():
-            kind = SLICE if root.name.lower().endswith(IMAGE_SUFFIXES) or not (_is_nifti(root) or _is_dicom(root)) else VOLUME
+            kind = SLICE if root.name.lower().endswith(IMAGE_SUFFIXES) or _volume_kind(root) is None else VOLUME
             found.setdefault(os.path.normpath(root), ArchiveItem(os.path.normpath(root), kind))
             continue
         if not root.is_dir():
@@ -241,11 +243,10 @@ def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], plan
         result = classifier.predict_volume(item.path, plane=plane, time_point=time_point, explain=False)
     except (TumorClassifierError, OSError) as error:
         return _error_row(item, columns, error)
-    flagged = not result.looks_like_mri
     return _row(
         item, columns,
-        label=NOT_BRAIN_MRI if flagged else result.label,
-        verdict=NOT_BRAIN_MRI if flagged else "tumor" if result.tumour else "no_tumor",
+        label=result.label or NOT_BRAIN_MRI,  # a flagged volume has no label
+        verdict=result.verdict,
         tumor_probability=_number(result.tumour_probability),
         **{f"p_{c}": _number(v) for c, v in result.probabilities.items()},
         looks_like_mri=result.looks_like_mri, slices=int(result.classified.sum()), key_slice=int(result.key_slice),

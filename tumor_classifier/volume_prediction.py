@@ -72,6 +72,7 @@ import numpy as np
 
 from .data import NO_TUMOR
 from .exceptions import InvalidArgumentError, InvalidVolumeError, TumorClassifierError
+from .verdict import NOT_BRAIN_MRI
 from .volume_slices import frame_head
 from .volumes import Volume, head_slices, load_volume
 
@@ -131,6 +132,11 @@ class VolumePrediction:
     min_run: int = MIN_RUN
     threshold: float = THRESHOLD
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """``"tumor"``, ``"no_tumor"`` or ``"not_brain_mri"`` (a flagged volume whatever the slices say)."""
+        return NOT_BRAIN_MRI if not self.looks_like_mri else "tumor" if self.tumour else "no_tumor"
 
     def slice_table(self) -> list[dict[str, Any]]:
         """One dict per slice: ``slice``, ``classified``, ``tumor_probability`` and each class's probability."""

@@ -21,7 +21,7 @@ from ..visualization import DEFAULT_COLORMAP, overlay
 from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
 from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
 from .volume_analysis import predict_volume_upload, show_slice
-from .volume_uploads import ACCEPTED_VOLUME_TEXT, VOLUME_SUFFIXES, is_volume_name
+from .volume_uploads import ACCEPTED_VOLUME_TEXT, PICKER_SUFFIXES, is_volume_name
 
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
 MAX_BATCH_SIZE = 8
@@ -102,7 +102,7 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
     """
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", file_types=[".nii", ".gz", ".dcm", ".zip"], elem_id="volume")
+            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", file_types=PICKER_SUFFIXES, elem_id="volume")
             method = gr.Radio(list(METHOD_CHOICES), value=default_method, label="Heatmap method", elem_id="volume-method")
             button = gr.Button("Analyze volume", variant="primary", elem_id="analyze-volume", interactive=False)
         with gr.Column():

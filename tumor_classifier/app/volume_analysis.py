@@ -48,9 +48,8 @@ class VolumeReport:
 
     @property
     def verdict(self) -> str:
-        """``"tumor"``, ``"no_tumor"`` or ``"not_brain_mri"``."""
-        p = self.prediction
-        return "not_brain_mri" if not p.looks_like_mri else "tumor" if p.tumour else "no_tumor"
+        """``"tumor"``, ``"no_tumor"`` or ``"not_brain_mri"``: the prediction's own."""
+        return self.prediction.verdict
 
     @property
     def headline(self) -> str:
