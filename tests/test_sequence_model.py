@@ -289,3 +289,21 @@ def test_the_shipped_head_is_small_reads_the_shipped_backbone_and_tells_a_run_of
     with_run = sequence_verdict(model, healthy[:4] + glioma + healthy[4:], preprocessor)
     assert without.tumour_probability < 0.5 <= with_run.tumour_probability, (without, with_run)
     assert with_run.slice_tumour_probability[4:8].min() > with_run.slice_tumour_probability[:4].max()
+
+
+def test_the_backbone_preprocessor_comes_from_the_backbone_source_folder_else_the_fallback(tmp_path, one_torch_thread):
+    from tumor_classifier.sequence_prediction import backbone_preprocessor
+
+    torch.manual_seed(4)
+    backbone = tiny_backbone()
+    backbone.save_pretrained(tmp_path / "backbone")
+    sourced = SliceSequenceForVolumeClassification.from_backbone(backbone, backbone_source=tmp_path / "backbone", lstm_hidden_size=8)
+    fallback = MRIPreprocessor(size=48)
+    # No preprocessor_config.json in the folder (yet): the fallback, and without one a clear error.
+    assert backbone_preprocessor(sourced, fallback) is fallback
+    with pytest.raises(InvalidArgumentError, match="pass the preprocessor"):
+        backbone_preprocessor(sourced)
+    MRIPreprocessor(size=32, crop_to_head=False).save_pretrained(tmp_path / "backbone")
+    assert backbone_preprocessor(sourced, fallback) == MRIPreprocessor(size=32, crop_to_head=False)
+    unsourced = SliceSequenceForVolumeClassification.from_backbone(backbone, lstm_hidden_size=8)
+    assert backbone_preprocessor(unsourced, fallback) is fallback

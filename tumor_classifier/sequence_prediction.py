@@ -66,8 +66,9 @@ def backbone_preprocessor(model, fallback: MRIPreprocessor | None = None) -> MRI
     from .sequence_model import resolve_backbone_source
 
     source = model.config.backbone_source
-    if source is not None and (resolve_backbone_source(source) / "preprocessor_config.json").is_file():
-        return MRIPreprocessor.from_pretrained(resolve_backbone_source(source))
+    folder = None if source is None else resolve_backbone_source(source)
+    if folder is not None and (folder / "preprocessor_config.json").is_file():
+        return MRIPreprocessor.from_pretrained(folder)
     if fallback is None:
         raise InvalidArgumentError(
             "This sequence model's backbone has no preprocessor_config.json to read (no backbone_source folder); "
