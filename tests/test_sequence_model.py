@@ -307,3 +307,19 @@ def test_the_backbone_preprocessor_comes_from_the_backbone_source_folder_else_th
     assert backbone_preprocessor(sourced, fallback) == MRIPreprocessor(size=32, crop_to_head=False)
     unsourced = SliceSequenceForVolumeClassification.from_backbone(backbone, lstm_hidden_size=8)
     assert backbone_preprocessor(unsourced, fallback) is fallback
+
+
+def test_a_folder_of_another_model_type_is_refused_before_its_weights_are_read(tmp_path, one_torch_thread):
+    import json
+
+    torch.manual_seed(5)
+    backbone = tiny_backbone()
+    backbone.save_pretrained(tmp_path / "backbone")
+    SliceSequenceForVolumeClassification.from_backbone(backbone, backbone_source=tmp_path / "backbone", lstm_hidden_size=8).save_pretrained(tmp_path / "seq")
+    config_file = tmp_path / "backbone" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_type": "convnext"}))
+    with pytest.raises(ModelLoadError, match="holds a 'convnext' model, not a 'resnet' model like this sequence model's backbone"):
+        load_sequence_model(tmp_path / "seq")
+    (tmp_path / "seq" / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="config.json is not valid JSON"):
+        load_sequence_model(tmp_path / "seq")

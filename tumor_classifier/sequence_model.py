@@ -141,6 +141,23 @@ def resolve_backbone_source(source: str | os.PathLike) -> Path:
     return Path(source)
 
 
+def _require_model_type(folder: Path, expected: str, what: str) -> None:
+    """Checks the ``model_type`` of ``folder/config.json`` before any weight is read.
+
+    Raises:
+        ModelLoadError: The file is not a JSON object, or names another model type
+            (the message reads "<folder> holds a 'x' model, not a '<expected>' <what>.").
+    """
+    config_file = folder / "config.json"
+    try:
+        settings = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{config_file} is not valid JSON ({error}); save the model again with save_pretrained.") from None
+    kind = settings.get("model_type") if isinstance(settings, dict) else None
+    if kind != expected:
+        raise ModelLoadError(f"{folder} holds a {kind!r} model, not a {expected!r} {what}.")
+
+
 class SliceSequenceForVolumeClassification(PreTrainedModel):
     """A 2-D backbone per slice and a bidirectional LSTM over the slices; see the module docstring."""
 
@@ -255,9 +272,7 @@ class SliceSequenceForVolumeClassification(PreTrainedModel):
         weights, config_file = folder / "model.safetensors", folder / "config.json"
         if not weights.is_file() or not config_file.is_file():
             raise ModelLoadError(f"backbone_source {str(source)!r} ({folder}) has no config.json and model.safetensors to read the backbone from.")
-        kind = json.loads(config_file.read_text()).get("model_type")
-        if kind != self.config.backbone_config["model_type"]:
-            raise ModelLoadError(f"backbone_source {folder} holds a {kind!r} model; this sequence model's backbone is {self.config.backbone_config['model_type']!r}.")
+        _require_model_type(folder, self.config.backbone_config["model_type"], "model like this sequence model's backbone")
         self._load_backbone_state(load_file(str(weights)), str(folder))
 
     @classmethod
@@ -374,9 +389,7 @@ def load_sequence_model(source: str | os.PathLike | None = None, **kwargs: Any) 
     folder = DEFAULT_SEQUENCE_MODEL_DIR if source is None else Path(source)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{str(source)!r} is not a saved sequence model folder (no config.json); save one with save_pretrained.")
-    kind = json.loads((folder / "config.json").read_text()).get("model_type")
-    if kind != SliceSequenceConfig.model_type:
-        raise ModelLoadError(f"{folder} holds a {kind!r} model, not a {SliceSequenceConfig.model_type!r} sequence model.")
+    _require_model_type(folder, SliceSequenceConfig.model_type, "sequence model")
     return SliceSequenceForVolumeClassification.from_pretrained(folder, **kwargs).eval()
 
 
