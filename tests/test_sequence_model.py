@@ -19,7 +19,7 @@ from tumor_classifier.decoding import load_image
 from tumor_classifier.exceptions import InvalidArgumentError, InvalidDatasetError, ModelLoadError
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import MRIPreprocessor
-from tumor_classifier.sequence_data import SliceBank, VolumeDataset, VolumeRecipe, build_volumes, collate_volumes
+from tumor_classifier.sequence_data import TUMOUR_LABEL, SliceBank, VolumeDataset, VolumeRecipe, build_volumes, collate_volumes
 from tumor_classifier.sequence_model import SliceSequenceConfig, SliceSequenceForVolumeClassification, load_sequence_model
 from tumor_classifier.sequence_prediction import sequence_verdict
 from tumor_classifier.sequence_training import compare_on_volumes, train_sequence_model
@@ -175,7 +175,9 @@ def test_built_volumes_follow_the_recipe():
     bank = synthetic_bank(4, 0)
     recipe = VolumeRecipe(min_slices=5, max_slices=9, min_run=3, max_run=4)
     volumes = build_volumes(bank, 20, seed=3, recipe=recipe)
-    assert [v.label for v in volumes] == [1, 0] * 10
+    assert [v.label for v in volumes] == [TUMOUR_LABEL, 0] * 10
+    # One tumour index for the labels, the volume logits (the config's labels) and the per-slice logits.
+    assert SliceSequenceConfig().id2label[TUMOUR_LABEL] == "tumor" and TUMOUR_LABEL == 1
     for volume in volumes:
         assert 5 <= len(volume.indices) <= 9 and len(set(volume.indices.tolist())) == len(volume.indices)
         assert np.array_equal(volume.slice_labels, bank.tumour[volume.indices].astype(int))

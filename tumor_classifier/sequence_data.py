@@ -51,8 +51,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data import NO_TUMOR
+from .data import BINARY_CLASS_NAMES, NO_TUMOR
 from .exceptions import InvalidArgumentError, InvalidDatasetError
+
+#: Index of "tumour" in all the sequence model learns and answers: built volumes label a
+#: tumour volume and a tumour slice 1 (``BuiltVolume``), so the tumour column is 1 in the
+#: volume logits (labels in ``BINARY_CLASS_NAMES`` order) and in the per-slice logits.
+TUMOUR_LABEL = BINARY_CLASS_NAMES.index("tumor")
 
 
 @dataclass

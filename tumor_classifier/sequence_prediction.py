@@ -37,7 +37,7 @@ import torch
 from .data import NO_TUMOR
 from .exceptions import InvalidArgumentError, InvalidVolumeError
 from .preprocessing import MRIPreprocessor
-from .sequence_data import embed_pixels
+from .sequence_data import TUMOUR_LABEL, embed_pixels
 
 #: Volume tumour probability at or above which the sequence model says "tumour".
 THRESHOLD = 0.5
@@ -96,9 +96,8 @@ def sequence_verdict(model, slices: Sequence[np.ndarray], preprocessor: MRIPrepr
     model.eval()
     with torch.inference_mode():
         output = model(slice_embeddings=torch.from_numpy(embeddings)[None].to(model.device))
-    tumour = model.config.label2id.get("tumor", 1)
-    probability = float(torch.softmax(output.logits.float(), dim=-1)[0, tumour])
-    per_slice = None if output.slice_logits is None else torch.softmax(output.slice_logits[0].float(), dim=-1)[:, 1].cpu().numpy()
+    probability = float(torch.softmax(output.logits.float(), dim=-1)[0, TUMOUR_LABEL])
+    per_slice = None if output.slice_logits is None else torch.softmax(output.slice_logits[0].float(), dim=-1)[:, TUMOUR_LABEL].cpu().numpy()
     return SequenceVerdict(probability, per_slice)
 
 

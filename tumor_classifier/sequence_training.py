@@ -22,14 +22,14 @@ import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .exceptions import InvalidArgumentError
-from .sequence_data import BuiltVolume, SliceBank, VolumeDataset, collate_volumes
+from .sequence_data import TUMOUR_LABEL, BuiltVolume, SliceBank, VolumeDataset, collate_volumes
 
 
 def volume_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    """Accuracy, sensitivity and specificity of the volume labels (class 1 is ``tumor``)."""
+    """Accuracy, sensitivity and specificity of the volume labels (``TUMOUR_LABEL`` is ``tumor``)."""
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     labels = prediction.label_ids[0] if isinstance(prediction.label_ids, tuple) else prediction.label_ids
-    return binary_metrics(np.asarray(logits).argmax(axis=-1), np.asarray(labels))
+    return binary_metrics(np.asarray(logits).argmax(axis=-1) == TUMOUR_LABEL, np.asarray(labels) == TUMOUR_LABEL)
 
 
 def binary_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -106,14 +106,13 @@ def train_sequence_model(
 def sequence_probabilities(model, bank: SliceBank, volumes: Sequence[BuiltVolume], batch_size: int = 128) -> np.ndarray:
     """The sequence model's tumour probability of each built volume: float32 (n,)."""
     dataset = VolumeDataset(bank, volumes)
-    tumour = model.config.label2id.get("tumor", 1)
     out = []
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             batch = collate_volumes([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             logits = model(slice_embeddings=batch["slice_embeddings"].to(model.device), attention_mask=batch["attention_mask"].to(model.device)).logits
-            out.append(torch.softmax(logits.float(), dim=-1)[:, tumour].cpu().numpy())
+            out.append(torch.softmax(logits.float(), dim=-1)[:, TUMOUR_LABEL].cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
