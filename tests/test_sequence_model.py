@@ -325,3 +325,37 @@ def test_a_folder_of_another_model_type_is_refused_before_its_weights_are_read(t
     (tmp_path / "seq" / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="config.json is not valid JSON"):
         load_sequence_model(tmp_path / "seq")
+
+
+def test_embedding_passes_refuse_non_finite_output_and_hold_the_models_lock(one_torch_thread):
+    import threading
+
+    from tumor_classifier.exceptions import NonFiniteOutputError
+    from tumor_classifier.inference import model_passes
+    from tumor_classifier.sequence_data import embed_pixels
+
+    torch.manual_seed(6)
+    backbone = tiny_backbone(CLASSES).eval()
+    model = SliceSequenceForVolumeClassification.from_backbone(backbone, lstm_hidden_size=8).eval()
+    preprocessor = MRIPreprocessor(size=32)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32), dtype=np.uint8)
+    head = backbone.get_submodule("classifier.1")
+    embeddings, proba = embed_pixels(model, preprocessor, pixels, head=head, batch_size=2)
+    assert embeddings.shape == (5, model.config.embedding_size) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    # Another thread's pass holds the model: this one waits for it.
+    finished = threading.Event()
+    with model_passes(model):
+        worker = threading.Thread(target=lambda: (embed_pixels(model, preprocessor, pixels), finished.set()))
+        worker.start()
+        assert not finished.wait(0.5)
+    worker.join(timeout=60)
+    assert finished.is_set()
+    # A NaN in the head's output, then in the backbone's, is the package's error naming the slice.
+    with torch.no_grad():
+        head.bias[0] = float("nan")
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinite logits for image 0"):
+        embed_pixels(model, preprocessor, pixels, head=head)
+    with torch.no_grad():
+        model.backbone.resnet.embedder.embedder.convolution.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinite embeddings for image 0"):
+        embed_pixels(model, preprocessor, pixels)

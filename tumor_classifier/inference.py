@@ -58,12 +58,16 @@ def onnx_proba(graph, preprocessor: MRIPreprocessor, prepared: Sequence[Prepared
     return np.concatenate(outputs)
 
 
-def finite(logits, first: int):
-    """``logits`` (n, k), a tensor or a numpy array, unchanged; a NaN or infinity would turn into NaN probabilities."""
+def finite(logits, first: int, what: str = "logits"):
+    """``logits`` (n, k), a tensor or a numpy array, unchanged; a NaN or infinity would turn into NaN probabilities.
+
+    ``first`` is the index of row 0 among all the images (for the message), ``what`` names
+    the rows there (``"embeddings"`` for a backbone's output).
+    """
     bad = np.flatnonzero(~np.isfinite(logits.detach().cpu().numpy() if torch.is_tensor(logits) else logits).all(axis=-1))
     if bad.size:
         raise NonFiniteOutputError(
-            f"The model answered NaN or infinite logits for image {first + int(bad[0])} "
+            f"The model answered NaN or infinite {what} for image {first + int(bad[0])} "
             f"({bad.size} image(s) in this batch), so it has no probabilities to give. Its weights are "
             "broken or overflow on this input; retrain or re-export the model."
         )

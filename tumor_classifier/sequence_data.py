@@ -53,6 +53,7 @@ import torch
 
 from .data import BINARY_CLASS_NAMES, NO_TUMOR
 from .exceptions import InvalidArgumentError, InvalidDatasetError
+from .inference import finite, model_passes
 
 #: Index of "tumour" in all the sequence model learns and answers: built volumes label a
 #: tumour volume and a tumour slice 1 (``BuiltVolume``), so the tumour column is 1 in the
@@ -217,15 +218,21 @@ def embed_pixels(model, preprocessor, pixels: np.ndarray, *, head: torch.nn.Modu
 
     Returns:
         ``(embeddings float32 (n, D), proba float32 (n, k) or None)``.
+
+    Raises:
+        NonFiniteOutputError: The backbone or the head answered NaN or infinity for a
+            slice (as every other pass of the package does, through ``inference.finite``).
     """
     embeddings, proba = [], []
-    with torch.inference_mode():
+    # The model's lock, as for the classifier's passes; a head belonging to another model
+    # is that model's caller's to lock.
+    with model_passes(model), torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
             values = preprocessor.normalize(torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])))
-            chunk = model.embed(values.to(model.device))
+            chunk = finite(model.embed(values.to(model.device)), start, "embeddings")
             embeddings.append(chunk.cpu().numpy())
             if head is not None:
-                proba.append(torch.softmax(head(chunk).float(), dim=-1).cpu().numpy())
+                proba.append(torch.softmax(finite(head(chunk).float(), start), dim=-1).cpu().numpy())
     return np.concatenate(embeddings).astype(np.float32), (np.concatenate(proba).astype(np.float32) if head is not None else None)
 
 
