@@ -94,6 +94,11 @@ def train_sequence_model(
         dataloader_num_workers=0,
         **training_kwargs,
     )
+    # Not training.build_trainer: it builds the image MRITrainer, whose batches are uint8
+    # pixels made into augmented pixel_values by a preprocessor (collate_pixels, per-class
+    # image metrics). These batches are precomputed slice embeddings (collate_volumes),
+    # scored per volume; using it would mean a dummy preprocessor and augmenter and
+    # replacing its collator and metrics afterwards.
     trainer = Trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=collate_volumes, compute_metrics=volume_metrics,
