@@ -221,23 +221,58 @@ def test_bad_input_gets_a_clear_error(model, tmp_path):
         build_volumes(synthetic_bank(4, 0), 2, seed=0, recipe=VolumeRecipe(min_slices=4, max_slices=8, min_run=5, max_run=6))
 
 
-def test_predict_volume_lets_the_sequence_model_decide(tmp_path, one_torch_thread):
+def rows_through(*modules):
+    """Counts the images each module's forward pass sees (real passes, counted by hooks)."""
+    seen = [0] * len(modules)
+
+    def count(index):
+        def hook(_module, args, kwargs):
+            seen[index] += len(kwargs["pixel_values"] if "pixel_values" in kwargs else args[0])
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(count(i), with_kwargs=True) for i, m in enumerate(modules)]
+    return seen, handles
+
+
+@pytest.mark.parametrize("same_weights", [True, False])
+def test_predict_volume_lets_the_sequence_model_decide(tmp_path, one_torch_thread, same_weights):
+    from tumor_classifier.sequence_prediction import shares_backbone
+
     torch.manual_seed(0)
     folder = tmp_path / "clf"
     tiny_backbone(CLASSES).save_pretrained(folder)
     MRIPreprocessor(size=32).save_pretrained(folder)
     clf = TumorClassifier.from_pretrained(folder)
     sequence = SliceSequenceForVolumeClassification.from_backbone(clf.model_, backbone_source=folder, lstm_hidden_size=8).eval()
+    if not same_weights:  # another fine-tune of the same backbone: legal, but it cannot share the classifier's pass
+        with torch.no_grad():
+            sequence.backbone.resnet.embedder.embedder.convolution.weight.mul_(1.5)
+    assert shares_backbone(clf, sequence) == same_weights
     volume = phantom()
     plain = clf.predict_volume(volume, explain=False)
-    result = clf.predict_volume(volume, explain=False, sequence_model=sequence)
+    seen, handles = rows_through(clf.model_, sequence.backbone)
+    try:
+        result = clf.predict_volume(volume, explain=False, sequence_model=sequence)
+    finally:
+        for handle in handles:
+            handle.remove()
+    classified = int(plain.classified.sum())
+    # One backbone pass per slice when the weights are the classifier's, two otherwise.
+    assert seen == ([0, classified] if same_weights else [classified, classified])
     direct = sequence_verdict(sequence, [plain.volume.slices[i] for i in np.flatnonzero(plain.classified)], clf.preprocessor_)
     assert result.tumour_probability == pytest.approx(direct.tumour_probability)
     assert result.tumour == (direct.tumour_probability >= 0.5)
     assert (result.model_label == "notumor") == (not result.tumour)
     assert result.notes[-1].startswith("Verdict by the slice-sequence model")
     np.testing.assert_array_equal(result.slice_probabilities, plain.slice_probabilities)
-    assert direct.slice_tumour_probability.shape == (int(plain.classified.sum()),)
+    assert direct.slice_tumour_probability.shape == (classified,)
+    from tumor_classifier.sequence_prediction import apply_sequence_model
+
+    with pytest.raises(InvalidArgumentError, match="one row per classified slice"):
+        apply_sequence_model(sequence, plain, clf.preprocessor_, embeddings=np.zeros((classified + 1, sequence.config.embedding_size), np.float32))
+    clf.test_time_augmentation = True  # mirror images: the classifier's pass is no longer the backbone's
+    assert not shares_backbone(clf, sequence)
 
 
 def test_kaggle_banks_keep_validation_slices_apart_from_training_near_duplicates(data_dir, tmp_path, one_torch_thread):
@@ -280,6 +315,9 @@ def test_the_shipped_head_is_small_reads_the_shipped_backbone_and_tells_a_run_of
     assert (DEFAULT_SEQUENCE_MODEL_DIR / "model.safetensors").stat().st_size < 2 * 1024**2
     model = load_sequence_model()
     assert model.config.backbone_source == "default" and model.config.slice_features == "logits"
+    from tumor_classifier.sequence_prediction import shares_backbone
+
+    assert shares_backbone(TumorClassifier.from_pretrained(), model)  # predict_volume runs the backbone once per slice
     shipped = load_file(str(DEFAULT_MODEL_DIR / "model.safetensors"))
     torch.testing.assert_close(model.backbone.efficientnet._conv_stem.weight, shipped["efficientnet._conv_stem.weight"])
     torch.testing.assert_close(model.image_head.weight, shipped["efficientnet._fc.weight"])

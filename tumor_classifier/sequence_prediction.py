@@ -7,6 +7,13 @@ decide tumour / no tumour:
 
 * **Slices read.** The same slices the 2-D classifier classified (inside the head), in
   order, prepared by the backbone's preprocessor.
+* **Cost.** Each slice is prepared once for both models when the backbone's preprocessor
+  is the classifier's. When the classifier's network *is* the sequence model's backbone
+  (same architecture and weights, plain torch passes; true of the shipped pair, see
+  :func:`shares_backbone`) one backbone pass per slice serves both, and the sequence model
+  adds only its LSTM. Any other pairing (another backbone or fine-tune, an ensemble,
+  ONNX, mirror images) is legal and runs the backbone a second time: about as long again
+  as the slice classification.
 * **Tumour or not.** The sequence model's volume probability of ``tumor`` at least
   ``threshold`` (0.5).
 * **Tumour type.** The sequence model knows only tumour / no tumour; the type is the most
@@ -36,11 +43,15 @@ import torch
 
 from .data import NO_TUMOR
 from .exceptions import InvalidArgumentError, InvalidVolumeError
+from .inference import model_passes
+from .models import get_backbone
 from .preprocessing import MRIPreprocessor
 from .sequence_data import TUMOUR_LABEL, embed_pixels
 
 #: Volume tumour probability at or above which the sequence model says "tumour".
 THRESHOLD = 0.5
+#: Config entries that say nothing of the backbone's forward pass (labels belong to the head).
+_NOT_BACKBONE = ("_name_or_path", "id2label", "label2id", "transformers_version")
 
 
 @dataclass
@@ -91,14 +102,74 @@ def sequence_verdict(model, slices: Sequence[np.ndarray], preprocessor: MRIPrepr
     """
     if len(slices) == 0:
         raise InvalidVolumeError("The sequence model needs at least one slice; the volume has none inside the head.")
+    model.eval()
     pixels = np.stack([preprocessor.prepare_array(s) for s in slices])
-    embeddings, _ = embed_pixels(model, preprocessor, pixels, batch_size=batch_size)
+    return embedded_verdict(model, embed_pixels(model, preprocessor, pixels, batch_size=batch_size)[0])
+
+
+def embedded_verdict(model, embeddings: np.ndarray) -> SequenceVerdict:
+    """:func:`sequence_verdict` from the slices' embeddings: float32 (S, embedding_size), in order."""
     model.eval()
     with torch.inference_mode():
         output = model(slice_embeddings=torch.from_numpy(embeddings)[None].to(model.device))
     probability = float(torch.softmax(output.logits.float(), dim=-1)[0, TUMOUR_LABEL])
     per_slice = None if output.slice_logits is None else torch.softmax(output.slice_logits[0].float(), dim=-1)[:, TUMOUR_LABEL].cpu().numpy()
     return SequenceVerdict(probability, per_slice)
+
+
+def shares_backbone(clf, model) -> bool:
+    """Whether the classifier's network is the sequence model's backbone with a head on top.
+
+    True when the classifier runs plain torch passes (no ONNX graph, no mirror images) in
+    eval mode on the sequence model's device, and its network is the same registry
+    backbone with the same architecture settings and equal weights, its head aside. The
+    weights are compared on each call: 7-15 ms for the shipped backbone on one thread,
+    against about a second for the backbone pass it saves on a BraTS volume.
+    """
+    if getattr(clf, "onnx_model_", None) is not None or clf.test_time_augmentation:
+        return False
+    network, backbone = clf.model_, model.backbone
+    name = getattr(network.config, "backbone_name", None)
+    if type(network) is not type(backbone) or network.training or network.device != model.device:
+        return False
+    settings = [{k: v for k, v in c.items() if k not in _NOT_BACKBONE} for c in (network.config.to_dict(), model.config.backbone_config)]
+    if name != model.config.backbone_config.get("backbone_name") or settings[0] != settings[1]:
+        return False
+    head = get_backbone(name).head_layer
+    theirs = {k: v for k, v in network.state_dict().items() if not k.startswith(f"{head}.")}
+    ours = backbone.state_dict()
+    return theirs.keys() == ours.keys() and all(theirs[k].dtype == v.dtype and torch.equal(theirs[k], v) for k, v in ours.items())
+
+
+def classify_and_embed(clf, model, slices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's probabilities of a volume's slices and the sequence model's embeddings of them.
+
+    What it costs is in the module docstring: one preparation per slice when both models
+    prepare alike, and one backbone pass when :func:`shares_backbone` holds (the
+    embeddings, then the classifier's own head on them: its forward pass cut in two).
+
+    Args:
+        clf: A fitted :class:`~tumor_classifier.TumorClassifier`.
+        model: The sequence model.
+        slices: uint8 (H, W) images, the slices to classify, in order (at least one).
+
+    Returns:
+        ``(proba float32 (n, n_classes) in clf.classes_ order, embeddings float32 (n, embedding_size))``.
+    """
+    model.eval()
+    prepared = clf._prepare(slices)
+    preprocessor = backbone_preprocessor(model, clf.preprocessor_)
+    if preprocessor != clf.preprocessor_:
+        pixels = np.stack([preprocessor.prepare_array(s) for s in slices])
+    else:
+        pixels = np.stack([np.asarray(p.image) for p in prepared])
+        if shares_backbone(clf, model):
+            network = clf.model_
+            head = network.get_submodule(get_backbone(network.config.backbone_name).head_layer)
+            with model_passes(network):  # its head runs outside its forward, so hold its lock
+                embeddings, proba = embed_pixels(model, preprocessor, pixels, head=head, batch_size=clf.batch_size)
+            return proba, embeddings
+    return clf._proba(prepared).astype(np.float32), embed_pixels(model, preprocessor, pixels, batch_size=clf.batch_size)[0]
 
 
 def _tumour_type(prediction: Any, members: np.ndarray) -> tuple[str, dict[str, float]]:
@@ -108,7 +179,9 @@ def _tumour_type(prediction: Any, members: np.ndarray) -> tuple[str, dict[str, f
     return classes[tumour_columns[int(np.argmax(mean[tumour_columns]))]], {c: float(p) for c, p in zip(classes, mean)}
 
 
-def apply_sequence_model(model, prediction: Any, preprocessor: MRIPreprocessor, *, threshold: float = THRESHOLD) -> Any:
+def apply_sequence_model(
+    model, prediction: Any, preprocessor: MRIPreprocessor, *, threshold: float = THRESHOLD, embeddings: np.ndarray | None = None
+) -> Any:
     """The slice-aggregation ``VolumePrediction`` with the sequence model's verdict (see the module docstring).
 
     Args:
@@ -116,6 +189,9 @@ def apply_sequence_model(model, prediction: Any, preprocessor: MRIPreprocessor, 
         prediction: What :func:`~tumor_classifier.volume_prediction.predict_volume` gave.
         preprocessor: Used when the model's ``backbone_source`` has none (see :func:`backbone_preprocessor`).
         threshold: Volume tumour probability for "tumour", in (0, 1).
+        embeddings: float32 (n, embedding_size): the backbone's embeddings of the
+            classified slices in order, as :func:`classify_and_embed` gives them; ``None``
+            embeds the slices here.
 
     Returns:
         A new ``VolumePrediction``: ``label``, ``model_label``, ``tumour``,
@@ -124,7 +200,12 @@ def apply_sequence_model(model, prediction: Any, preprocessor: MRIPreprocessor, 
     if not 0 < threshold < 1:
         raise InvalidArgumentError(f"threshold must lie in (0, 1); got {threshold}.")
     indices = np.flatnonzero(prediction.classified)
-    verdict = sequence_verdict(model, [prediction.volume.slices[i] for i in indices], backbone_preprocessor(model, preprocessor))
+    if embeddings is None:
+        verdict = sequence_verdict(model, [prediction.volume.slices[i] for i in indices], backbone_preprocessor(model, preprocessor))
+    elif len(embeddings) != indices.size:
+        raise InvalidArgumentError(f"embeddings must have one row per classified slice ({indices.size}); got {len(embeddings)}.")
+    else:
+        verdict = embedded_verdict(model, embeddings)
     tumour = verdict.tumour_probability >= threshold
     probabilities = prediction.probabilities
     label = NO_TUMOR

@@ -286,7 +286,12 @@ def predict_volume(
     if indices.size == 0:
         raise InvalidVolumeError(f"No slice of {volume.source} holds a head-sized bright region; nothing to classify.")
     proba = np.full((len(slices), len(classes)), np.nan, dtype=np.float32)
-    proba[indices] = clf.predict_proba([slices[i] for i in indices])  # batched by clf.batch_size
+    if sequence_model is None:
+        proba[indices] = clf.predict_proba([slices[i] for i in indices])  # batched by clf.batch_size
+    else:  # both models' passes, sharing what they can (see sequence_prediction's docstring)
+        from .sequence_prediction import apply_sequence_model, classify_and_embed
+
+        proba[indices], embeddings = classify_and_embed(clf, sequence_model, [slices[i] for i in indices])
     model_label, volume_tumour, mean, runs, key = aggregate(proba, classes, min_run=min_run, threshold=threshold)
     tumour_p = (1.0 - proba[:, classes.index(NO_TUMOR)]).astype(np.float32)
     notes = list(volume.notes)
@@ -326,7 +331,5 @@ def predict_volume(
         notes=notes,
     )
     if sequence_model is not None:
-        from .sequence_prediction import apply_sequence_model
-
-        prediction = apply_sequence_model(sequence_model, prediction, clf.preprocessor_)
+        prediction = apply_sequence_model(sequence_model, prediction, clf.preprocessor_, embeddings=embeddings)
     return prediction
