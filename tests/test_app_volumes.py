@@ -24,11 +24,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import tumor_classifier.volumes as volumes_module
-from tumor_classifier.exceptions import InvalidVolumeError
+from tumor_classifier.exceptions import InvalidImageError, InvalidVolumeError
 from tumor_classifier.app import (
     MAX_ZIP_MEMBERS,
+    UploadTooLargeError,
     VolumeReport,
     build_app,
+    check_scan,
     check_volume,
     predict_volume_upload,
     show_slice,
@@ -164,6 +166,25 @@ def test_a_bad_volume_is_a_clear_gr_error(confident_classifier, bad_volumes, nam
     assert words in message and name in message, message
     assert tempfile.gettempdir() + "/" not in message and "Traceback" not in message  # no server folder shown
     assert _leftovers() == before
+
+
+@pytest.mark.parametrize("check, error, noun", [(check_scan, InvalidImageError, "image"), (check_volume, InvalidVolumeError, "volume")])
+def test_slices_and_volumes_pass_one_intake(check, error, noun, tmp_path):
+    """Missing, empty, too large, of another type: the same checks and words for a slice and a volume."""
+    (tmp_path / "empty.bin").write_bytes(b"")
+    cases = [
+        (None, {}, f"No {noun} was given. Upload a brain MRI {'slice' if noun == 'image' else noun} as "),
+        (tmp_path / "gone.nii", {}, "The file 'gone.nii' was not found on the server."),
+        (tmp_path / "empty.bin", {}, "The file 'empty.bin' is empty (0 bytes)."),
+        (b"", {}, "The upload is empty (0 bytes)."),
+        ([1, 2], {}, f"Cannot read a list as a{'n' if noun == 'image' else ''} {noun}."),
+    ]
+    for source, options, words in cases:
+        with pytest.raises(error) as raised:
+            check(source, **options)
+        assert str(raised.value).startswith(words), (source, str(raised.value))
+    with pytest.raises(UploadTooLargeError, match=r"^The file 'big.dcm' is 2.0 MB; files up to 1.0 MB are accepted.$"):
+        check(b"\x00" * 2 * 1024**2, name="big.dcm", max_bytes=1024**2)
 
 
 def test_a_zip_that_unpacks_too_large_is_refused(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..exceptions import InvalidVolumeError
 from ..volume_formats import _require
-from .uploads import MAX_UPLOAD_BYTES, UploadTooLargeError, UnsupportedImageTypeError, megabytes
+from .uploads import MAX_UPLOAD_BYTES, UnsupportedImageTypeError, megabytes, receive_upload
 
 #: What the app accepts as a volume, for messages and the page.
 ACCEPTED_VOLUME_TEXT = "NIfTI (.nii, .nii.gz), one DICOM file (.dcm) or a .zip of one DICOM series"
@@ -76,26 +76,11 @@ def check_volume(source: Any, *, name: str | None = None, max_bytes: int = MAX_U
             :class:`~.uploads.UploadTooLargeError` above ``max_bytes``).
     """
     hint = f"Upload a brain MRI volume as {ACCEPTED_VOLUME_TEXT}."
-    if source is None:
-        raise InvalidVolumeError(f"No volume was given. {hint}")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data, path = bytes(source), None
-        shown = name or "upload"
-    elif isinstance(source, (str, os.PathLike)):
-        path, data = Path(source), None
-        shown = name or path.name
-        if not path.is_file():
-            raise InvalidVolumeError(f"The file {shown!r} was not found on the server. {hint}")
-    else:
-        raise InvalidVolumeError(f"Cannot read a {type(source).__name__} as a volume. {hint}")
-    size = len(data) if data is not None else path.stat().st_size
-    if size > max_bytes:
-        raise _too_large(shown, size, max_bytes)
-    if size == 0:
-        raise InvalidVolumeError(f"The file {shown!r} is empty (0 bytes). {hint}")
+    upload = receive_upload(source, name=name, max_bytes=max_bytes, noun="a volume", hint=hint, error=InvalidVolumeError)
+    shown, path = upload.name or "upload", upload.path
     with tempfile.TemporaryDirectory(prefix="tumor-classifier-volume-", dir=temp_root) as work:
         if path is None:
-            path = _write_upload(data, Path(work))
+            path = _write_upload(upload.data, Path(work))
         try:
             return _read(path, shown, Path(work), hint)
         except InvalidVolumeError as error:
@@ -104,10 +89,6 @@ def check_volume(source: Any, *, name: str | None = None, max_bytes: int = MAX_U
             if shown not in message:  # a message about a file inside a zip: say which upload
                 message = f"In {shown!r}: {message}"
             raise type(error)(message) from None
-
-
-def _too_large(shown: str, size: int, max_bytes: int) -> UploadTooLargeError:
-    return UploadTooLargeError(f"The file {shown!r} is {megabytes(size)}; files up to {megabytes(max_bytes)} are accepted.")
 
 
 def _write_upload(data: bytes, work: Path) -> Path:
