@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import stat
+from collections import Counter
 import tempfile
 import uuid
 import zipfile
@@ -270,6 +271,32 @@ def test_a_volume_is_read_once_per_request(confident_classifier, files, monkeypa
     for index in range(3, 6):
         show_slice(state, index, "gradcam", classifier=confident_classifier)
     assert len(reads) == 1, reads
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("nifti", {"nifti header": 1}), ("zip", {"dicom header": 20, "dicom file": 20}), ("dcm", {"dicom header": 1, "dicom file": 1})],
+)
+def test_a_volume_header_is_parsed_once_per_request(confident_classifier, files, monkeypatch, kind, expected):
+    """The headers the app checks its limits on are those the library reads the voxels
+    from (counted where headers are parsed: spies around nibabel's and pydicom's real
+    readers). A DICOM file is opened twice, its header for the checks, then whole for its
+    pixels; never its header alone again."""
+    import nibabel
+    import pydicom
+
+    parsed = []
+    real_load, real_read = nibabel.load, pydicom.dcmread
+
+    def read(path, *args, **kwargs):
+        parsed.append(("dicom header" if kwargs.get("stop_before_pixels") else "dicom file", Path(path).name))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(nibabel, "load", lambda path, *args, **kwargs: parsed.append(("nifti header", Path(path).name)) or real_load(path, *args, **kwargs))
+    monkeypatch.setattr(pydicom, "dcmread", read)
+    verdict, *_ = predict_volume_upload(str(files[kind]), "gradcam", classifier=confident_classifier)
+    assert verdict.startswith("### ") and len(parsed) == len(set(parsed)), parsed  # no file read the same way twice
+    assert Counter(what for what, _ in parsed) == expected, parsed
 
 
 # ------------------------------------------------------------------ a real server
