@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import stat
+from collections import Counter
 import tempfile
 import uuid
 import zipfile
@@ -24,11 +25,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import tumor_classifier.volumes as volumes_module
-from tumor_classifier.exceptions import InvalidVolumeError
+from tumor_classifier.exceptions import InvalidImageError, InvalidVolumeError
 from tumor_classifier.app import (
     MAX_ZIP_MEMBERS,
+    UploadTooLargeError,
     VolumeReport,
     build_app,
+    check_scan,
     check_volume,
     predict_volume_upload,
     show_slice,
@@ -166,6 +169,25 @@ def test_a_bad_volume_is_a_clear_gr_error(confident_classifier, bad_volumes, nam
     assert _leftovers() == before
 
 
+@pytest.mark.parametrize("check, error, noun", [(check_scan, InvalidImageError, "image"), (check_volume, InvalidVolumeError, "volume")])
+def test_slices_and_volumes_pass_one_intake(check, error, noun, tmp_path):
+    """Missing, empty, too large, of another type: the same checks and words for a slice and a volume."""
+    (tmp_path / "empty.bin").write_bytes(b"")
+    cases = [
+        (None, {}, f"No {noun} was given. Upload a brain MRI {'slice' if noun == 'image' else noun} as "),
+        (tmp_path / "gone.nii", {}, "The file 'gone.nii' was not found on the server."),
+        (tmp_path / "empty.bin", {}, "The file 'empty.bin' is empty (0 bytes)."),
+        (b"", {}, "The upload is empty (0 bytes)."),
+        ([1, 2], {}, f"Cannot read a list as a{'n' if noun == 'image' else ''} {noun}."),
+    ]
+    for source, options, words in cases:
+        with pytest.raises(error) as raised:
+            check(source, **options)
+        assert str(raised.value).startswith(words), (source, str(raised.value))
+    with pytest.raises(UploadTooLargeError, match=r"^The file 'big.dcm' is 2.0 MB; files up to 1.0 MB are accepted.$"):
+        check(b"\x00" * 2 * 1024**2, name="big.dcm", max_bytes=1024**2)
+
+
 def test_a_zip_that_unpacks_too_large_is_refused(tmp_path, monkeypatch):
     """By its declared sizes before anything is unpacked; a directory that understates them
     is refused too, and nothing stays in the private folder."""
@@ -249,6 +271,32 @@ def test_a_volume_is_read_once_per_request(confident_classifier, files, monkeypa
     for index in range(3, 6):
         show_slice(state, index, "gradcam", classifier=confident_classifier)
     assert len(reads) == 1, reads
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("nifti", {"nifti header": 1}), ("zip", {"dicom header": 20, "dicom file": 20}), ("dcm", {"dicom header": 1, "dicom file": 1})],
+)
+def test_a_volume_header_is_parsed_once_per_request(confident_classifier, files, monkeypatch, kind, expected):
+    """The headers the app checks its limits on are those the library reads the voxels
+    from (counted where headers are parsed: spies around nibabel's and pydicom's real
+    readers). A DICOM file is opened twice, its header for the checks, then whole for its
+    pixels; never its header alone again."""
+    import nibabel
+    import pydicom
+
+    parsed = []
+    real_load, real_read = nibabel.load, pydicom.dcmread
+
+    def read(path, *args, **kwargs):
+        parsed.append(("dicom header" if kwargs.get("stop_before_pixels") else "dicom file", Path(path).name))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(nibabel, "load", lambda path, *args, **kwargs: parsed.append(("nifti header", Path(path).name)) or real_load(path, *args, **kwargs))
+    monkeypatch.setattr(pydicom, "dcmread", read)
+    verdict, *_ = predict_volume_upload(str(files[kind]), "gradcam", classifier=confident_classifier)
+    assert verdict.startswith("### ") and len(parsed) == len(set(parsed)), parsed  # no file read the same way twice
+    assert Counter(what for what, _ in parsed) == expected, parsed
 
 
 # ------------------------------------------------------------------ a real server

@@ -91,7 +91,7 @@ def test_the_walk_lists_slices_and_volumes_once_in_a_fixed_order(archive):
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_one_row_per_file_and_unreadable_files_do_not_stop_the_run(archive, tiny_model_dir, tmp_path, capsys, suffix):
     output = tmp_path / f"results{suffix}"
-    assert _run(archive, output, tiny_model_dir) == 0
+    assert _run(archive, output, tiny_model_dir) == 1  # every row written, and the two unreadable files fail the run
     rows = {os.path.relpath(r["path"], archive): r for r in _rows(output)}
     assert len(rows) == 10 and not parts_folder(output).exists()
     assert "InvalidImageError" in rows["bad.png"]["error"] and rows["bad.png"]["label"] is None
@@ -104,7 +104,16 @@ def test_one_row_per_file_and_unreadable_files_do_not_stop_the_run(archive, tiny
             assert row["slices"] == 1 and row["key_slice"] is None
             assert math.isclose(sum(row[f"p_{c}"] for c in ("glioma", "meningioma", "notumor", "pituitary")), 1, abs_tol=1e-4)
             assert math.isclose(row["tumor_probability"], 1 - row["p_notumor"], abs_tol=1e-5)
-    assert "10 rows (10 files found) written to" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "10 rows (10 files found) written to" in printed.out
+    assert f"error: 10 files, 2 errors (see the error column of {output})" in printed.err.splitlines()
+
+
+def test_an_archive_read_without_error_exits_0(archive, tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "results.csv"
+    assert main(["predict", str(archive / "glioma"), str(archive / "head.nii.gz"), "--output", str(output), "--model", str(tiny_model_dir)]) == 0
+    assert len(_rows(output)) == 4 and all(row["error"] is None for row in _rows(output))
+    assert "error" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -130,22 +139,25 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_like_a_clean_run(archive
         pq.write_table(pa.Table.from_pylist(before, schema=pq.read_schema(clean)), parts / "rank0-000000.parquet")
         (parts / "rank0-000001.parquet.tmp").write_bytes(b"PAR1 torn")
     capsys.readouterr()
-    assert _run(archive, output, tiny_model_dir) == 0
+    # The two unreadable files were among the rows before the kill: their error rows are
+    # resumed, not retried, and still fail the run.
+    assert _run(archive, output, tiny_model_dir) == 1
     assert "5 files predicted (0 unreadable), 5 already done" in capsys.readouterr().out
     rows = _rows(output)
     assert rows[2]["label"] == "written-before-the-kill"  # skipped, not predicted again
     rows[2]["label"] = expected[2]["label"]
     _assert_same_rows(rows, expected)
     assert not parts.exists()
-    # Once complete, a rerun predicts nothing and leaves the output as it is.
-    assert _run(archive, output, tiny_model_dir) == 0
-    assert "0 files predicted (0 unreadable), 10 already done" in capsys.readouterr().out
+    # Once complete, a rerun predicts nothing and leaves the output as it is (exit status 1 still).
+    assert _run(archive, output, tiny_model_dir) == 1
+    printed = capsys.readouterr()
+    assert "0 files predicted (0 unreadable), 10 already done" in printed.out and "10 files, 2 errors" in printed.err
     assert len(_rows(output)) == 10
 
 
 def test_two_processes_under_torchrun_give_the_single_process_output(archive, tiny_model_dir, tmp_path):
     single = tmp_path / "single.parquet"
-    assert _run(archive, single, tiny_model_dir) == 0
+    assert _run(archive, single, tiny_model_dir) == 1
     output = tmp_path / "two.parquet"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
@@ -153,8 +165,10 @@ def test_two_processes_under_torchrun_give_the_single_process_output(archive, ti
         "-m", "tumor_classifier.cli", "predict", str(archive), "--recursive", "--output", str(output), "--model", str(tiny_model_dir),
     ]  # fmt: skip
     completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    # Each process predicted its half (every other file of the walk); process 0 merged.
+    # Process 0 merged and then failed the run for the two unreadable files (process 1 exits 0).
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert f"error: 10 files, 2 errors (see the error column of {output})" in completed.stderr
+    # Each process predicted its half (every other file of the walk).
     assert "rank 0 of 2: 5 files predicted" in completed.stdout and "rank 1 of 2: 5 files predicted" in completed.stdout
     assert "10 rows (10 files found) written to" in completed.stdout
     _assert_same_rows(pq.read_table(output).to_pylist(), pq.read_table(single).to_pylist())

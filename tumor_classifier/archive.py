@@ -13,8 +13,9 @@
   ``not_brain_mri``), ``tumor_probability``, ``p_<class>`` per class, ``looks_like_mri``,
   ``slices`` (slices classified: 1 for an image, those inside the head for a volume),
   ``key_slice`` (volumes) and ``error``: a file that cannot be read gets a row with only
-  the error, and the run goes on. Slices get :meth:`TumorClassifier.verdicts`, volumes
-  :meth:`TumorClassifier.predict_volume` without a heatmap.
+  the error, and the run goes on (the command then exits 1: :attr:`ArchiveSummary.errors_written`).
+  Slices get :meth:`TumorClassifier.verdicts`, volumes :meth:`TumorClassifier.predict_volume`
+  without a heatmap.
 * **Writing** (:mod:`tumor_classifier.archive_output`): rows go to ``<output>.parts/``
   a chunk at a time (every :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` seconds):
   appended to ``rank<r>.csv`` / ``rank<r>.jsonl``, or one ``rank<r>-<n>.parquet`` per
@@ -34,8 +35,8 @@
 Example:
     >>> clf = TumorClassifier.from_pretrained()                              # doctest: +SKIP
     >>> summary = predict_archive(clf, ["scans/"], "results.parquet")        # doctest: +SKIP
-    >>> summary.predicted, summary.failed, summary.rows_written              # doctest: +SKIP
-    (1200, 3, 1200)
+    >>> summary.predicted, summary.failed, summary.rows_written, summary.errors_written   # doctest: +SKIP
+    (1200, 3, 1200, 3)
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ArchiveSummary:
         slices: 2-D slices this process classified (an image is one).
         seconds: Time this process spent predicting and writing.
         rows_written: Rows in the merged output (process 0), else ``None``.
+        errors_written: Of those, the error rows, resumed ones included (process 0), else ``None``.
     """
 
     output: Path
@@ -97,6 +99,7 @@ class ArchiveSummary:
     slices: int
     seconds: float
     rows_written: int | None = None
+    errors_written: int | None = None
 
     @property
     def text(self) -> str:
@@ -366,5 +369,7 @@ def predict_archive(
     )  # fmt: skip
     state.wait_for_everyone()
     if state.is_main_process:
-        summary.rows_written = merge_parts(output, [item.path for item in items], row_columns([str(c) for c in classifier.classes_]))
+        rows = merge_parts(output, [item.path for item in items], row_columns([str(c) for c in classifier.classes_]))
+        summary.rows_written = len(rows)
+        summary.errors_written = sum(bool(row["error"]) for row in rows)  # None in Parquet / JSON lines, "" in a CSV
     return summary

@@ -160,7 +160,7 @@ def done_paths(output: str | os.PathLike) -> set[str]:
     return {row["path"] for row in _written(Path(output))}
 
 
-def merge_parts(output: str | os.PathLike, order: Sequence[str], columns: Sequence[str]) -> int:
+def merge_parts(output: str | os.PathLike, order: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
     """Writes the output's and every part's rows to ``output`` in the order of ``order``; removes the parts.
 
     Args:
@@ -170,7 +170,7 @@ def merge_parts(output: str | os.PathLike, order: Sequence[str], columns: Sequen
         columns: The columns, in order.
 
     Returns:
-        The number of rows written.
+        The rows written, in order (as read back: a CSV's empty cells are ``""``).
     """
     output = Path(output)
     rows = {row["path"]: row for row in _written(output)}
@@ -180,7 +180,7 @@ def merge_parts(output: str | os.PathLike, order: Sequence[str], columns: Sequen
     _format(output).write(temporary, ranked, columns)
     os.replace(temporary, output)
     shutil.rmtree(parts_folder(output), ignore_errors=True)
-    return len(ranked)
+    return ranked
 
 
 class PartWriter:

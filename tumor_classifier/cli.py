@@ -122,7 +122,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _predict_archive(args: argparse.Namespace) -> int:
-    """``--output``: one row per file into a results file (tumor_classifier.archive); unreadable files are rows too."""
+    """``--output``: one row per file into a results file (tumor_classifier.archive); unreadable files are rows too.
+
+    Exits 1, like a plain ``predict`` with an unreadable file, when the results file holds
+    an error row (resumed ones included), after a one-line count on stderr; 0 otherwise.
+    """
     from .archive import check_output, predict_archive
 
     if not args.output or args.explain or args.slices or args.json:
@@ -132,6 +136,12 @@ def _predict_archive(args: argparse.Namespace) -> int:
     summary = predict_archive(_load(args.model, args.backend), args.images, args.output, recursive=args.recursive,
                               plane=args.plane, time_point=args.time_point)
     print(summary.text)
+    # Only process 0 knows the merged output, and only it may fail the run: under torchrun
+    # a process that exits non-zero gets the others stopped, possibly in the middle of the merge.
+    if summary.errors_written:
+        print(f"error: {summary.rows_written} files, {summary.errors_written} errors (see the error column of {summary.output})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -312,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     backend_help = ("Inference engine: torch (default) or onnx (onnxruntime, pip install \"tumor-classifier[onnx]\"; "
                     "the graph is the model folder's model.onnx or exported once into a cache). Heatmaps always use torch.")
 
-    predict = commands.add_parser("predict", help="Classify images, optionally with heatmaps.")
+    predict = commands.add_parser(
+        "predict", help="Classify images, optionally with heatmaps.",
+        epilog="Exit status: 0 when every file was read; 1 when some could not be (each named on stderr, or with --output "
+               "a row with an error and a count on stderr; the other files' results are still given); 2 when the command is "
+               "refused (bad arguments, a model that cannot be loaded).",
+    )
     predict.add_argument("images", nargs="+", help=f"Image files ({ACCEPTED_FORMATS_TEXT}) or volumes (.nii, .nii.gz, DICOM file or series folder); with --output also folders to walk.")
     predict.add_argument("--model", help=model_help)
     predict.add_argument("--explain", nargs="?", const="auto", choices=EXPLAIN_METHODS, help="Attribution method (bare --explain: auto).")
@@ -324,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--series-uid", help="DICOM folders holding several series: the SeriesInstanceUID to read.")
     predict.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based.")
     predict.add_argument("--output", help="Write one row per file to this .parquet, .csv or .jsonl (resumes: files already "
-                         "in it are skipped; under torchrun / accelerate launch each process takes a share).")
+                         "in it are skipped; under torchrun / accelerate launch each process takes a share). Unreadable files "
+                         "get a row with an error; then the exit status is 1.")
     predict.add_argument("--recursive", action="store_true", help="With --output: walk the folders' subfolders too.")
     predict.set_defaults(handler=_predict)
 

@@ -2,13 +2,17 @@
 
 Slices are sorted by their position along the slice normal (``ImagePositionPatient``),
 never by file name or instance number; a folder with several series needs
-``series_uid``; a ``Modality`` other than MR is refused. See
-:mod:`tumor_classifier.volumes` for what happens to the voxels next.
+``series_uid``; a ``Modality`` other than MR is refused. :func:`scan_dicom` reads the
+headers (no pixels) once; a caller can check them (the app's size limits) and hand the
+:class:`DicomScan` to :func:`~tumor_classifier.volumes.load_volume`, which reads the
+chosen series' pixels without scanning again. See :mod:`tumor_classifier.volumes` for
+what happens to the voxels next.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,20 +36,77 @@ class _Frame:
     shape: tuple[int, int]
 
 
-def _dicom_folder_raw(folder: Path, series_uid: str | None, time_point: int | None) -> _Raw:
+@dataclass
+class DicomScan:
+    """The DICOM headers (no pixels) of one file or of the files under a folder, each read once.
+
+    Made by :func:`scan_dicom`; :func:`~tumor_classifier.volumes.load_volume` takes it as
+    its source and reads one series' pixels from it.
+
+    Attributes:
+        source: The file or folder scanned.
+        series: ``SeriesInstanceUID`` -> its files, in path order (a single file: one entry,
+            whatever its header says).
+        headers: Each listed file's header (pydicom dataset read up to the pixels).
+        described: ``SeriesInstanceUID`` -> how messages name the series.
+        skipped: Files of a folder that are not DICOM images (other files, DICOMDIR,
+            unreadable headers), read no further.
+    """
+
+    source: Path
+    series: dict[str, list[Path]] = field(default_factory=dict)
+    headers: dict[Path, Any] = field(default_factory=dict)
+    described: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+
+    def voxels(self, uid: str) -> int:
+        """Voxels the series' headers declare: rows x columns x frames, summed over its files (none read).
+
+        A header whose values cannot be parsed counts 0: the reader says what is wrong with it.
+        """
+        total = 0
+        for path in self.series[uid]:
+            header = self.headers[path]
+            try:  # pydicom parses values on access: a damaged element raises here
+                total += int(header.get("Rows", 0) or 0) * int(header.get("Columns", 0) or 0) * int(header.get("NumberOfFrames", 1) or 1)
+            except Exception:  # noqa: BLE001 - pydicom raises many kinds on damaged values
+                continue
+        return total
+
+
+def scan_dicom(source: str | os.PathLike) -> DicomScan:
+    """Reads the headers of a DICOM file, or of every file under a folder, and groups them by series.
+
+    Args:
+        source: A DICOM file or a folder (walked with its subfolders).
+
+    Returns:
+        The :class:`DicomScan`; a folder's files that are not DICOM images are counted in
+        ``skipped`` (a folder with none gives empty ``series``).
+
+    Raises:
+        InvalidVolumeError: A single file whose header cannot be read as DICOM.
+    """
     pydicom = _require("pydicom")
 
-    series: dict[str, list[Path]] = {}
-    described: dict[str, str] = {}
-    skipped = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    path = Path(source)
+    scan = DicomScan(path)
+    if not path.is_dir():
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+        except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on damaged files, also on access
+            raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
+        scan.series[uid], scan.headers[path], scan.described[uid] = [path], header, uid
+        return scan
+    for path in sorted(p for p in path.rglob("*") if p.is_file()):
         if path.name.upper() == "DICOMDIR" or sniff(path) != "dicom":
-            skipped += 1
+            scan.skipped += 1
             continue
         try:  # pydicom parses values on access: a damaged element raises here, not in dcmread
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
             if "PixelData" not in header and "SeriesInstanceUID" not in header:
-                skipped += 1
+                scan.skipped += 1
                 continue
             uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
             description = (
@@ -53,14 +114,23 @@ def _dicom_folder_raw(folder: Path, series_uid: str | None, time_point: int | No
                 f"'{header.get('SeriesDescription', '')}'"
             )
         except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
-            skipped += 1
+            scan.skipped += 1
             continue
-        series.setdefault(uid, []).append(path)
-        described.setdefault(uid, description)
+        scan.series.setdefault(uid, []).append(path)
+        scan.headers[path] = header
+        scan.described.setdefault(uid, description)
+    return scan
+
+
+def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | None) -> _Raw:
+    """The voxels of one series of a scan: the only one, or ``series_uid``'s."""
+    if not scan.source.is_dir():
+        return _dicom_files_raw([scan.source], scan.source.name, None, time_point, single_file=True)
+    folder, series = scan.source, scan.series
     if not series:
-        raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
+        raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({scan.skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
     if series_uid is None and len(series) > 1:
-        listing = "; ".join(f"{described[uid]}, {len(paths)} files)" for uid, paths in sorted(series.items()))
+        listing = "; ".join(f"{scan.described[uid]}, {len(paths)} files)" for uid, paths in sorted(series.items()))
         raise InvalidVolumeError(
             f"The folder {folder} holds {len(series)} DICOM series; choose one with series_uid= "
             f"(--series-uid on the command line). Series found: {listing}."

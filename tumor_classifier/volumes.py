@@ -58,7 +58,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .dicom import _dicom_files_raw, _dicom_folder_raw
+from .dicom import DicomScan, _dicom_files_raw, _dicom_scan_raw, scan_dicom
 from .exceptions import InvalidDatasetError, InvalidVolumeError
 from .volume_formats import (
     _KIND_WORDS,
@@ -77,9 +77,9 @@ from .volume_slices import PLANES, WINDOW_PERCENTILES, apply_window, cut, head_s
 # intensities in volume_slices; their public names stay importable from here.
 __all__ = [
     "ACCEPTED_VOLUMES", "BRATS_ALIASES", "BRATS_SEQUENCES", "MAX_VOXELS", "MRI_MODALITIES", "PLANES",
-    "WINDOW_PERCENTILES", "BratsCase", "Volume", "apply_window", "brats_slice_dataset", "cut",
+    "WINDOW_PERCENTILES", "BratsCase", "DicomScan", "Volume", "apply_window", "brats_slice_dataset", "cut",
     "find_brats_files", "head_slices", "iter_brats_slices", "load_brats_case", "load_volume", "read_raw",
-    "robust_window", "sniff",
+    "robust_window", "scan_dicom", "sniff",
 ]
 
 #: BraTS 2023 sequence names, and the 2021 names they replace.
@@ -137,7 +137,9 @@ def load_volume(
     Args:
         source: A NIfTI path, a DICOM file or folder, a nibabel image, or a numpy array
             (n_slices, H, W) already in display orientation (then ``plane`` must stay
-            ``axial``: without an affine the array cannot be re-cut).
+            ``axial``: without an affine the array cannot be re-cut). A header read
+            already is not read again: pass the nibabel image, or the
+            :class:`~tumor_classifier.dicom.DicomScan` of :func:`scan_dicom`.
         plane: ``axial`` (default), ``coronal`` or ``sagittal``.
         series_uid: The ``SeriesInstanceUID`` to read from a folder holding several.
         time_point: The time point (or channel) of a 4-D volume, 0-based.
@@ -180,13 +182,16 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
 
     Args and Raises: as :func:`load_volume`.
     """
-    if hasattr(source, "affine") and hasattr(source, "dataobj"):  # a nibabel image
-        return _nifti_raw(source, type(source).__name__, time_point)
+    if hasattr(source, "affine") and hasattr(source, "dataobj"):  # a nibabel image, named by its file if it has one
+        filename = source.get_filename() if hasattr(source, "get_filename") else None
+        return _nifti_raw(source, Path(filename).name if filename else type(source).__name__, time_point)
+    if isinstance(source, DicomScan):
+        return _dicom_scan_raw(source, series_uid, time_point)
     if not isinstance(source, (str, os.PathLike)):
         raise InvalidVolumeError(f"Cannot read an object of type {type(source).__name__} as a volume; accepted: {ACCEPTED_VOLUMES}.")
     path = Path(source).expanduser()
     if path.is_dir():
-        return _dicom_folder_raw(path, series_uid, time_point)
+        return _dicom_scan_raw(scan_dicom(path), series_uid, time_point)
     if not path.is_file():
         raise InvalidVolumeError(f"{path} does not exist or is not a regular file or folder; accepted: {ACCEPTED_VOLUMES}.")
     kind = sniff(path)

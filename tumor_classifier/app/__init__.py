@@ -3,7 +3,7 @@
 One module per concern; imports flow one way (``uploads`` -> ``analysis`` -> ``ui``,
 ``rest`` -> ``server``), and this package re-exports their public names::
 
-    uploads          check_scan, upload limits, the files behind Gradio payloads
+    uploads          receive_upload (every file upload's intake), check_scan, upload limits, Gradio's files
     volume_uploads   check_volume: NIfTI, DICOM, a zip of one series, read within limits
     analysis         ScanReport, analyze_scans, predict_scan(s), normalize_method, load_classifier
     volume_analysis  VolumeReport, analyze_volume, predict_volume_upload, show_slice

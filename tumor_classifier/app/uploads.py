@@ -1,8 +1,10 @@
 """Reading uploads: size and format limits, the one check every upload passes, Gradio's files.
 
-:func:`check_scan` turns an upload (path, bytes, PIL image, array) into what the
-classifier reads, or raises :class:`~tumor_classifier.InvalidImageError` with a message for
-people; :func:`upload_source` takes the file behind a raw Gradio payload, refusing any path
+:func:`receive_upload` is the intake every file upload passes, slice or volume (given,
+found, not empty, within the byte limit); :func:`check_scan` turns an upload (path, bytes,
+PIL image, array) into what the classifier reads, or raises
+:class:`~tumor_classifier.InvalidImageError` with a message for people;
+:func:`upload_source` takes the file behind a raw Gradio payload, refusing any path
 outside Gradio's upload folder and :data:`EXAMPLES_DIR`.
 """
 
@@ -13,6 +15,7 @@ import contextlib
 import os
 import stat
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, DecodedImage, decode, read_header
-from ..exceptions import InvalidImageError
+from ..exceptions import InvalidImageError, InvalidVolumeError
 
 #: Image formats the app accepts (PIL format names), and how the UI names them: the
 #: package's one list (:data:`~tumor_classifier.decoding.DECODED_FORMATS`), the same
@@ -54,6 +57,70 @@ def megabytes(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file upload past the intake (:func:`receive_upload`): found, not empty, within the byte limit.
+
+    Attributes:
+        path: The file Gradio received, read where it is; ``None`` for raw bytes.
+        data: The raw bytes (the REST route, a pasted image); ``None`` for a file.
+        name: How to call it in messages: the name given, else the file's name; ``None``
+            for bytes given without a name.
+    """
+
+    path: Path | None
+    data: bytes | None
+    name: str | None
+
+    @property
+    def what(self) -> str:
+        """The subject of a message: ``"The file 'scan.png'"``, or ``"The upload"`` without a name."""
+        return f"The file {self.name!r}" if self.name else "The upload"
+
+    def read_bytes(self) -> bytes:
+        return self.data if self.data is not None else self.path.read_bytes()
+
+
+def receive_upload(
+    source: Any, *, name: str | None, max_bytes: int, noun: str, hint: str, error: type[InvalidImageError] | type[InvalidVolumeError]
+) -> Upload:
+    """The intake every file upload passes, a slice's or a volume's: the checks before its content is looked at.
+
+    Args:
+        source: A file path or raw bytes.
+        name: How to call the file in messages (default: the path's file name).
+        max_bytes: Largest accepted file size.
+        noun: What the upload should be, for messages: ``"an image"``, ``"a volume"``.
+        hint: The sentence that says what to upload, ending messages.
+        error: The class raised for a missing, empty or unreadable upload.
+
+    Returns:
+        The :class:`Upload`; a file is not read here (a volume is read where it lies).
+
+    Raises:
+        error: No upload, a missing file, an empty one, or a ``source`` of another type.
+        UploadTooLargeError: Above ``max_bytes`` (HTTP 413, whatever ``error`` is).
+    """
+    if source is None:
+        raise error(f"No {noun.split()[-1]} was given. {hint}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        upload = Upload(path, None, name or path.name)
+        if not path.is_file():
+            raise error(f"{upload.what} was not found on the server. {hint}")
+        size = path.stat().st_size
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        upload = Upload(None, bytes(source), name)
+        size = len(upload.data)
+    else:
+        raise error(f"Cannot read a {type(source).__name__} as {noun}. {hint}")
+    if size > max_bytes:
+        raise UploadTooLargeError(f"{upload.what} is {megabytes(size)}; files up to {megabytes(max_bytes)} are accepted.")
+    if size == 0:
+        raise error(f"{upload.what} is empty (0 bytes). {hint}")
+    return upload
+
+
 def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> Any:
     """Checks one upload and returns what to hand to the classifier.
 
@@ -77,8 +144,6 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
             (:class:`UploadTooLargeError`, :class:`UnsupportedImageTypeError` for those two).
     """
     upload_hint = f"Upload a brain MRI slice as {ACCEPTED_TEXT}."
-    if source is None:
-        raise InvalidImageError(f"No image was given. {upload_hint}")
     if isinstance(source, DecodedImage):  # checked and decoded already (the REST route)
         return source
     if isinstance(source, (Image.Image, np.ndarray)):
@@ -89,24 +154,8 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         if max(width, height) > MAX_SCAN_SIDE:
             raise InvalidImageError(f"The image is {width}x{height} pixels; images up to {MAX_SCAN_SIDE} pixels a side are accepted.")
         return source
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        what = f"The file {name or path.name!r}"
-        if not path.is_file():
-            raise InvalidImageError(f"{what} was not found on the server. {upload_hint}")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise UploadTooLargeError(f"{what} is {megabytes(size)}; files up to {megabytes(max_bytes)} are accepted.")
-        data = path.read_bytes()
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        what = f"The file {name!r}" if name else "The upload"
-        if len(data) > max_bytes:
-            raise UploadTooLargeError(f"{what} is {megabytes(len(data))}; files up to {megabytes(max_bytes)} are accepted.")
-    else:
-        raise InvalidImageError(f"Cannot read a {type(source).__name__} as an image. {upload_hint}")
-    if not data:
-        raise InvalidImageError(f"{what} is empty (0 bytes). {upload_hint}")
+    upload = receive_upload(source, name=name, max_bytes=max_bytes, noun="an image", hint=upload_hint, error=InvalidImageError)
+    data, what = upload.read_bytes(), upload.what
     try:
         # The header only, by the decoder's own reader: no pixel is decoded before the
         # size is checked, and nothing process-wide (PIL's bomb limit, warning filters)

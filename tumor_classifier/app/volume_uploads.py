@@ -26,9 +26,10 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..dicom import DicomScan
 from ..exceptions import InvalidVolumeError
 from ..volume_formats import _require
-from .uploads import MAX_UPLOAD_BYTES, UploadTooLargeError, UnsupportedImageTypeError, megabytes
+from .uploads import MAX_UPLOAD_BYTES, UnsupportedImageTypeError, megabytes, receive_upload
 
 #: What the app accepts as a volume, for messages and the page.
 ACCEPTED_VOLUME_TEXT = "NIfTI (.nii, .nii.gz), one DICOM file (.dcm) or a .zip of one DICOM series"
@@ -76,26 +77,11 @@ def check_volume(source: Any, *, name: str | None = None, max_bytes: int = MAX_U
             :class:`~.uploads.UploadTooLargeError` above ``max_bytes``).
     """
     hint = f"Upload a brain MRI volume as {ACCEPTED_VOLUME_TEXT}."
-    if source is None:
-        raise InvalidVolumeError(f"No volume was given. {hint}")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data, path = bytes(source), None
-        shown = name or "upload"
-    elif isinstance(source, (str, os.PathLike)):
-        path, data = Path(source), None
-        shown = name or path.name
-        if not path.is_file():
-            raise InvalidVolumeError(f"The file {shown!r} was not found on the server. {hint}")
-    else:
-        raise InvalidVolumeError(f"Cannot read a {type(source).__name__} as a volume. {hint}")
-    size = len(data) if data is not None else path.stat().st_size
-    if size > max_bytes:
-        raise _too_large(shown, size, max_bytes)
-    if size == 0:
-        raise InvalidVolumeError(f"The file {shown!r} is empty (0 bytes). {hint}")
+    upload = receive_upload(source, name=name, max_bytes=max_bytes, noun="a volume", hint=hint, error=InvalidVolumeError)
+    shown, path = upload.name or "upload", upload.path
     with tempfile.TemporaryDirectory(prefix="tumor-classifier-volume-", dir=temp_root) as work:
         if path is None:
-            path = _write_upload(data, Path(work))
+            path = _write_upload(upload.data, Path(work))
         try:
             return _read(path, shown, Path(work), hint)
         except InvalidVolumeError as error:
@@ -104,10 +90,6 @@ def check_volume(source: Any, *, name: str | None = None, max_bytes: int = MAX_U
             if shown not in message:  # a message about a file inside a zip: say which upload
                 message = f"In {shown!r}: {message}"
             raise type(error)(message) from None
-
-
-def _too_large(shown: str, size: int, max_bytes: int) -> UploadTooLargeError:
-    return UploadTooLargeError(f"The file {shown!r} is {megabytes(size)}; files up to {megabytes(max_bytes)} are accepted.")
 
 
 def _write_upload(data: bytes, work: Path) -> Path:
@@ -128,25 +110,26 @@ def _safe_name(name: str) -> str:
 
 
 def _read(path: Path, shown: str, work: Path, hint: str):
-    """Checks the headers of a file (or a zip's members) against the limits, then reads it with the library."""
-    from ..volumes import load_volume, sniff
+    """Checks the headers of a file (or a zip's members) against the limits, then reads it with the library.
+
+    The headers read for the checks (a nibabel image, a :class:`~tumor_classifier.dicom.DicomScan`)
+    are what the library reads the voxels from: no header is parsed twice.
+    """
+    from ..volumes import load_volume, scan_dicom, sniff
 
     if zipfile.is_zipfile(path):
-        folder = _unpack_series(path, shown, work / "series")
-        _check_dicom_headers(sorted(folder.iterdir()), shown)
-        volume = load_volume(folder)
+        header = _check_series(scan_dicom(_unpack_series(path, shown, work / "series")), shown)
     else:
         kind = sniff(path)
         if kind in ("nifti", "nifti-gz"):
-            _check_nifti_voxels(path, shown)
+            header = _nifti_header(path, shown)
         elif kind == "dicom":
-            _check_dicom_headers([path], shown)
+            header = _check_series(scan_dicom(path), shown)
         elif _first_bytes(path, 2) == b"PK":
             raise InvalidVolumeError(f"The zip {shown!r} is damaged or truncated, so it cannot be read; zip one DICOM series again.")
         else:
             raise UnsupportedVolumeTypeError(f"The file {shown!r} is not a volume this app can read. {hint}")
-        volume = load_volume(path)
-    return dataclasses.replace(volume, source=shown)
+    return dataclasses.replace(load_volume(header), source=shown)
 
 
 def _first_bytes(path: Path, count: int) -> bytes:
@@ -191,43 +174,29 @@ def _unpack_series(archive: Path, shown: str, folder: Path) -> Path:
     return folder
 
 
-def _check_nifti_voxels(path: Path, shown: str) -> None:
-    """Refuses a NIfTI whose header declares more than :data:`MAX_VOLUME_VOXELS` (no voxel is read)."""
+def _nifti_header(path: Path, shown: str):
+    """The NIfTI's nibabel image, once its header declares at most :data:`MAX_VOLUME_VOXELS` (no voxel is read)."""
     nibabel = _require("nibabel")  # missing: MissingDependencyError says how to install it
     try:
-        shape = tuple(int(n) for n in nibabel.load(str(path)).shape)  # the header only: nibabel reads voxels lazily
+        image = nibabel.load(str(path))  # the header only: nibabel reads voxels lazily
+        shape = tuple(int(n) for n in image.shape)
     except Exception as error:  # noqa: BLE001 - nibabel raises many kinds on damaged headers
         raise InvalidVolumeError(f"The file {shown!r} could not be read as NIfTI ({type(error).__name__}: {error}).") from None
     _check_voxels(shape, shown)
+    return image
 
 
-def _check_dicom_headers(paths: list[Path], shown: str) -> None:
-    """Refuses a zip with no DICOM or several series, and DICOM above :data:`MAX_VOLUME_VOXELS` (no pixel is read)."""
-    from ..volumes import sniff
-
-    pydicom = _require("pydicom")
-
-    total, series, others = 0, set(), 0
-    for path in paths:
-        if sniff(path) != "dicom":
-            others += 1  # a README, a DICOMDIR, a folder listing: the reader skips them too
-            continue
-        try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-            total += int(header.get("Rows", 0) or 0) * int(header.get("Columns", 0) or 0) * int(header.get("NumberOfFrames", 1) or 1)
-            series.add(str(header.get("SeriesInstanceUID", "")))
-        except Exception:  # noqa: BLE001 - a damaged file: the reader says what is wrong with it
-            continue
-        if total > MAX_VOLUME_VOXELS:
-            break
-    if others == len(paths):
-        raise InvalidVolumeError(f"The zip {shown!r} holds no DICOM files ({others} other file(s)); zip the files of one DICOM series.")
-    if len(series) > 1:
+def _check_series(scan: DicomScan, shown: str) -> DicomScan:
+    """The scan, once it holds one DICOM series of at most :data:`MAX_VOLUME_VOXELS` (no pixel is read)."""
+    if not scan.series:  # a README, a DICOMDIR, a folder listing only: the reader skips those
+        raise InvalidVolumeError(f"The zip {shown!r} holds no DICOM files ({scan.skipped} other file(s)); zip the files of one DICOM series.")
+    if len(scan.series) > 1:
         raise InvalidVolumeError(
-            f"The zip {shown!r} holds {len(series)} DICOM series ({', '.join(sorted(series))}); this app reads one "
+            f"The zip {shown!r} holds {len(scan.series)} DICOM series ({', '.join(sorted(scan.series))}); this app reads one "
             "series per upload: zip the files of one series."
         )
-    _check_voxels((total,), shown)
+    _check_voxels((scan.voxels(next(iter(scan.series))),), shown)
+    return scan
 
 
 def _check_voxels(shape: tuple[int, ...], shown: str) -> None:
