@@ -100,10 +100,11 @@ TOY_OPTIONS = {
     "occlusion": {"occlusion_window": 1, "occlusion_stride": 1},
     # No display post-processing: the raw SmoothGrad magnitude is what is hand-checked.
     "smoothgrad": {"n_samples": 4, "clip_percentile": 100.0, "smoothing_sigma": 0.0},
+    "smoothgrad_contrast": {"n_samples": 4, "clip_percentile": 100.0, "smoothing_sigma": 0.0, "versus": 1},
 }
-#: ToyNet's gradient is the same everywhere, so its SmoothGrad map is flat (all zero after
-#: normalisation); SmoothGrad has its own hand-checked toy below.
-TOY_METHODS = [method for method in METHODS if method != "smoothgrad"]
+#: ToyNet's gradient is the same everywhere, so its SmoothGrad maps are flat (all zero after
+#: normalisation); SmoothGrad has its own hand-checked toys below.
+TOY_METHODS = [method for method in METHODS if not method.startswith("smoothgrad")]
 
 
 def _toy_attributions(model, x, target, method, **extra):
@@ -318,6 +319,40 @@ def test_smoothgrad_of_a_linear_model_is_the_absolute_weight():
     clipped = compute_attributions(model, x[:1], [0], "smoothgrad", **{**raw, "clip_percentile": 75.0})
     ceiling = float(torch.quantile(weight.abs().flatten(), 0.75))
     np.testing.assert_allclose(clipped[0], np.minimum(weight.abs().numpy(), ceiling) / ceiling, atol=1e-6)
+
+
+class LinearClasses(torch.nn.Module):
+    """``logit_k = sum(W_k * x)`` on a one-channel input, one weight plane per class."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weights", weights)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nhw,khw->nk", pixel_values[:, 0], self.weights)
+
+
+def test_smoothgrad_contrast_adds_the_map_of_the_class_against_versus():
+    # Gradients are the weight planes for any noise: the class map is |W_0|, the contrast
+    # map |W_0 - W_2|; each is scaled to peak 1, summed, then min-max normalised.
+    weights = torch.tensor([
+        [[4.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]],
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]],
+        [[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+    ])
+    model, x = LinearClasses(weights), torch.zeros(2, 1, 3, 3)
+    raw = dict(head_only=False, clip_percentile=100.0, smoothing_sigma=0.0, n_samples=3)
+    maps = compute_attributions(model, x, [0, 2], "smoothgrad_contrast", versus=2, **raw)
+    plain, contrast = weights[0].abs() / 4.0, (weights[0] - weights[2]).abs() / 2.0
+    combined = (plain + contrast).numpy()
+    np.testing.assert_allclose(maps[0], combined / combined.max(), atol=1e-6)
+    # Explaining the versus class itself: its own map, as plain SmoothGrad gives it.
+    np.testing.assert_allclose(maps[1], compute_attributions(model, x[1:], [2], "smoothgrad", **raw)[0], atol=1e-6)
+    # The shared evidence (the top-left pixel, in both classes) no longer dominates.
+    assert maps[0, 1, 1] == pytest.approx(1.0) and maps[0, 0, 0] < 1.0
+    # Without a class to contrast with it is plain SmoothGrad.
+    np.testing.assert_allclose(compute_attributions(model, x, [0, 2], "smoothgrad_contrast", **raw),
+                               compute_attributions(model, x, [0, 2], "smoothgrad", **raw), atol=1e-6)
 
 
 def test_smoothgrad_display_blurs_with_a_gaussian_of_the_given_sigma():

@@ -19,6 +19,7 @@ from PIL import Image
 
 from tumor_classifier.exceptions import InvalidDatasetError, InvalidImageError, TumorClassifierError
 from tumor_classifier.localisation import Box, head_mask, mass_in_box, mass_in_mask, pointing_game, rank_correlation, read_boxes
+from tumor_classifier.explanations import method_options
 from tumor_classifier.localisation_runs import ImageScore, class_attribution, randomised_copy, score_image, summarise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -271,7 +272,7 @@ def test_randomised_copy_changes_the_copy_only(fitted_classifier, randomised):
     assert not copy.model_.training
 
 
-@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients", "smoothgrad_contrast"])
 def test_class_attribution_of_the_predicted_class_is_the_explained_map(fitted_classifier, slices, method):
     explanation = fitted_classifier.explain(slices[0], method)[0]
     heat = class_attribution(fitted_classifier, slices[0], explanation.label, method)
@@ -280,6 +281,14 @@ def test_class_attribution_of_the_predicted_class_is_the_explained_map(fitted_cl
     np.testing.assert_allclose(heat, explanation.attribution, atol=1e-5)
     with pytest.raises(TumorClassifierError, match="Unknown class"):
         class_attribution(fitted_classifier, slices[0], "astrocytoma", method)
+
+
+def test_the_classifier_contrasts_smoothgrad_with_no_tumour(fitted_classifier):
+    classes = [str(c) for c in fitted_classifier.classes_]
+    assert method_options(fitted_classifier, "smoothgrad_contrast", {}) == {"versus": classes.index("notumor")}
+    assert method_options(fitted_classifier, "smoothgrad_contrast", {"versus": 0}) == {"versus": 0}  # the caller's choice stays
+    assert method_options(fitted_classifier, "smoothgrad", {}) == {}
+    assert "baseline" in method_options(fitted_classifier, "occlusion", {})
 
 
 def test_score_image_end_to_end(fitted_classifier, randomised, slices):

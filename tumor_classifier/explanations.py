@@ -64,6 +64,23 @@ def resolve_method(estimator, method: str) -> str:
     return method
 
 
+def method_options(estimator, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for ``compute_attributions`` with what the classifier knows filled in.
+
+    Integrated Gradients and Occlusion take a black image as "absent" (their baseline);
+    ``smoothgrad_contrast`` contrasts the class with no tumour (``versus``), when the
+    classifier has that class. A value the caller gave is kept.
+    """
+    options = dict(options)
+    preprocessor = estimator.preprocessor_
+    if method in ("integrated_gradients", "occlusion"):
+        options.setdefault("baseline", (0.0 - preprocessor.mean) / preprocessor.std)
+    classes = [str(c) for c in estimator.classes_]
+    if method == "smoothgrad_contrast" and NO_TUMOR in classes:
+        options.setdefault("versus", classes.index(NO_TUMOR))
+    return options
+
+
 def attributions(
     estimator, prepared: Sequence[PreparedImage], targets: np.ndarray | None, method: str, **options: Any
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -78,14 +95,12 @@ def attributions(
     model, preprocessor = estimator.model_, estimator.preprocessor_
     small_maps: list[np.ndarray] = []
     logits: list[np.ndarray] = []
-    black = (0.0 - preprocessor.mean) / preprocessor.std
+    options = method_options(estimator, method, options)
     with model_passes(model):
         for start in range(0, len(prepared), estimator.batch_size):
             chunk = prepared[start : start + estimator.batch_size]
             values = pixel_values(preprocessor, chunk, model.device)
             target = None if targets is None else torch.as_tensor(targets[start : start + len(chunk)], device=model.device)
-            if method in ("integrated_gradients", "occlusion"):
-                options.setdefault("baseline", black)  # "absent" means a black image
             result = compute_attributions(model, values, target, method, return_logits=targets is None, **options)
             if targets is None:
                 result, chunk_logits = result

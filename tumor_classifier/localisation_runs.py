@@ -75,22 +75,20 @@ def class_attribution(classifier: "TumorClassifier", image: Any, target: str, me
     """
     import torch
 
-    from .attributions import METHODS, compute_attributions
+    from .attributions import compute_attributions
     from .decoding import load_image
+    from .explanations import method_options, resolve_method
 
     classifier._check_fitted()
     classes = [str(c) for c in classifier.classes_]
     if target not in classes:
         raise InvalidArgumentError(f"Unknown class {target!r}; the classifier's classes are {', '.join(classes)}.")
-    method = classifier.attribution_method_ if method == "auto" else method
-    if method not in METHODS:
-        raise InvalidArgumentError(f"Unknown attribution method {method!r}; choose auto or one of {', '.join(METHODS)}.")
+    method = resolve_method(classifier, method)
     preprocessor = classifier.preprocessor_
     prepared = preprocessor.prepare(load_image(image))
     pixels = torch.from_numpy(np.asarray(prepared.image)[None].copy())
     pixel_values = preprocessor.normalize(pixels).to(classifier.model_.device)
-    if method in ("integrated_gradients", "occlusion"):
-        options.setdefault("baseline", (0.0 - preprocessor.mean) / preprocessor.std)  # as explain: black
+    options = method_options(classifier, method, options)  # as explain: a black baseline, versus no tumour
     small = compute_attributions(classifier.model_, pixel_values, [classes.index(target)], method, **options)
     return np.clip(prepared.to_original(small[0]), 0.0, 1.0).astype(np.float32)
 

@@ -13,10 +13,10 @@ import torch
 
 from ..exceptions import InvalidArgumentError, InvalidImageError
 from .cam import _CAM_SPECS, CAM_METHODS, _cam, _cam_groups
-from .gradients import _SMOOTHGRAD_SPECS, _integrated_gradients, _smoothgrad
+from .gradients import SMOOTHGRAD_METHODS, _integrated_gradients, _smoothgrad
 from .layers import _model_type
 from .logits import LogitsModel, _ContrastModel, _unwrap
-from .maps import _display, _head_masks, _normalise
+from .maps import _display, _head_masks, _normalise, _peak_normalised
 from .occlusion import _occlusion
 from .state import _attribution_state, _autograd_ready
 
@@ -24,7 +24,7 @@ from .state import _attribution_state, _autograd_ready
 #: SmoothGrad's display blur as a fraction of the input side (``smoothing_sigma=None``).
 SMOOTHING_FRACTION = 1 / 16
 
-METHODS = ("gradcam", "integrated_gradients", "occlusion", *CAM_METHODS[1:], *_SMOOTHGRAD_SPECS)
+METHODS = ("gradcam", "integrated_gradients", "occlusion", *CAM_METHODS[1:], *SMOOTHGRAD_METHODS)
 
 
 def default_method(model: torch.nn.Module) -> str:
@@ -269,7 +269,9 @@ def compute_attributions(
             then shows the evidence for ``logit_c - logit_versus``, what makes the image
             ``c`` rather than ``versus``, instead of everything that raises ``logit_c``
             (including what all classes share). Images whose target *is* ``versus`` get
-            the map of their own logit. ``None``: plain logits.
+            the map of their own logit. ``None``: plain logits. For
+            ``smoothgrad_contrast`` it is the class the second map contrasts with (the
+            first stays the plain logit's); without it that method is plain SmoothGrad.
         return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
             the Grad-CAM family's own forward pass, or one extra pass for the other methods).
 
@@ -333,12 +335,16 @@ def compute_attributions(
             maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads, versus)
         else:
             explained = logits_model if versus is None else _ContrastModel(logits_model, versus)
-            if method in _SMOOTHGRAD_SPECS:
-                maps = _smoothgrad(explained, pixel_values, target, batch_size, n_samples, noise_level, int(seed),
-                                   **_SMOOTHGRAD_SPECS[method])
+            if method == "smoothgrad_contrast":
+                # Both maps from the plain logits; the contrast is the second map.
+                maps = _smoothgrad(logits_model, pixel_values, target, batch_size, n_samples, noise_level, int(seed), versus)
+            elif method == "smoothgrad":
+                maps = _smoothgrad(explained, pixel_values, target, batch_size, n_samples, noise_level, int(seed))
+            if method in SMOOTHGRAD_METHODS:
                 if heads is not None:
                     maps = maps * heads  # before clipping: the percentile is the head's
-                maps = _display(maps, heads, clip_percentile, smoothing_sigma)
+                # Each map shown as its own display, peak 1; two maps (the contrast) are summed.
+                maps = sum(_peak_normalised(_display(single, heads, clip_percentile, smoothing_sigma)) for single in maps)
             else:
                 base = _autograd_ready(_check_baseline(baseline, pixel_values))
                 if method == "integrated_gradients":

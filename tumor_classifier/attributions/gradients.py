@@ -1,20 +1,20 @@
 """Input-gradient methods: SmoothGrad and Integrated Gradients (Captum).
 
-Both are pixel-level and model-agnostic; each returns raw maps ``(n, h, w)``, positive or
-absolute evidence with channels summed, not yet masked or normalised.
+Both are pixel-level and model-agnostic; each returns raw maps (SmoothGrad ``(k, n, h, w)``,
+Integrated Gradients ``(n, h, w)``), positive or absolute evidence with channels summed,
+not yet masked or normalised.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
 from .logits import LogitsModel
 
-#: SmoothGrad variants: ``abs_first`` averages |gradient| (magnitude) instead of
-#: taking |mean gradient| (noise with alternating signs cancels in the mean).
-_SMOOTHGRAD_SPECS: dict[str, dict[str, Any]] = {"smoothgrad": {"abs_first": False}}
+#: The SmoothGrad methods: ``smoothgrad`` maps the target logit's gradient;
+#: ``smoothgrad_contrast`` adds the map of the target-versus-``versus`` logit difference
+#: (see :func:`~tumor_classifier.attributions.compute_attributions`).
+SMOOTHGRAD_METHODS = ("smoothgrad", "smoothgrad_contrast")
 
 
 def _smoothgrad(
@@ -25,9 +25,14 @@ def _smoothgrad(
     n_samples: int,
     noise_level: float,
     seed: int,
-    abs_first: bool,
+    versus: int | None = None,
 ) -> torch.Tensor:
-    """SmoothGrad sensitivity ``(n, h, w)``: |mean over noisy copies of the channel-summed gradient|.
+    """SmoothGrad sensitivity ``(k, n, h, w)``: |mean over noisy copies of the channel-summed gradient|.
+
+    ``k`` is 1 without ``versus``: the map of the target logit. With ``versus`` it is 2,
+    the second map being that of ``logit_target - logit_versus``, from the same noisy
+    copies and forward passes (one more backward pass each); for an image whose target
+    *is* ``versus`` the second map is the first.
 
     The noise of image ``i`` is drawn from a CPU generator seeded with ``seed`` for every
     image, so a map depends on the image only (not on its place in the batch, nor on
@@ -43,17 +48,22 @@ def _smoothgrad(
         # grey, as the model saw it in training.
         noise = torch.randn((n_samples, 1, height, width), generator=generator, dtype=torch.float32)
         noise = (noise * noise_level * spread).to(device=image.device, dtype=image.dtype)
-        total = torch.zeros((height, width), dtype=torch.float32, device=image.device)
+        explained = int(target[index])
+        classes = [explained] if versus is None or versus == explained else [explained, versus]
+        totals = torch.zeros((len(classes), height, width), dtype=torch.float32, device=image.device)
         for start in range(0, n_samples, batch_size):
             noisy = (image + noise[start:start + batch_size]).requires_grad_(True)
             logits = logits_model(noisy)
-            (gradient,) = torch.autograd.grad(logits[:, int(target[index])].sum(), noisy)
-            # Channels summed: the derivative with respect to the grey value.
-            gradient = gradient.float().sum(dim=1)
-            total += (gradient.abs() if abs_first else gradient).sum(dim=0)
-        maps.append((total / n_samples).abs())
-    return torch.stack(maps)
-
+            for row, label in enumerate(classes):
+                (gradient,) = torch.autograd.grad(logits[:, label].sum(), noisy, retain_graph=row + 1 < len(classes))
+                # Channels summed: the derivative with respect to the grey value.
+                totals[row] += gradient.float().sum(dim=1).sum(dim=0)
+        means = totals / n_samples
+        single = [means[0].abs()]
+        if versus is not None:  # the gradient is linear: the difference's mean is the means' difference
+            single.append((means[0] - means[1]).abs() if len(classes) == 2 else single[0])
+        maps.append(torch.stack(single))
+    return torch.stack(maps, dim=1)
 
 
 def _integrated_gradients(

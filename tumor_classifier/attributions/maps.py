@@ -28,6 +28,12 @@ def _normalise(maps: torch.Tensor) -> np.ndarray:
 
 
 
+def _peak_normalised(maps: torch.Tensor) -> torch.Tensor:
+    """``(n, h, w)`` maps divided by their own maximum (an all-zero map stays zero)."""
+    peaks = maps.flatten(1).amax(dim=1).clamp_min(1e-30)
+    return maps / peaks[:, None, None]
+
+
 def _head_masks(pixel_values: torch.Tensor) -> torch.Tensor:
     """Float masks ``(n, h, w)``: 1 on the head of each model input, 0 elsewhere.
 
