@@ -28,6 +28,7 @@ from tumor_classifier.attributions import (
     compute_attributions,
     default_method,
 )
+from tumor_classifier.attributions.folding import gradient_network
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import head_mask
@@ -831,3 +832,66 @@ def test_a_bad_versus_is_refused(models, pixel_values):
         compute_attributions(models["convnext"], pixel_values, [0, 1, 2], "gradcam", versus=9)
     with pytest.raises(TumorClassifierError, match="integer"):
         compute_attributions(models["convnext"], pixel_values, [0, 1, 2], "gradcam", versus=0.5)
+
+
+# --------------------------------------------------------------------------- folded copies
+
+def _efficientnet_with_trained_looking_norms(seed: int = 0):
+    """A from-scratch EfficientNet-Lite whose batch norms hold non-trivial statistics and affines."""
+    model = create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
+                                          (module.weight, 0.5, 1.5), (module.bias, -0.2, 0.2)):
+                    tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=generator))
+    return model
+
+
+class _NoFolding(torch.nn.Module):
+    """The same network without ``folded_copy``: attributions differentiate it as it is."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def test_the_folded_copy_gives_the_models_logits_and_gradients_with_no_batch_norm():
+    model = _efficientnet_with_trained_looking_norms()
+    folded = model.folded_copy()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    x = _head_scans(3)[1].requires_grad_(True)
+    logits, folded_logits = model(pixel_values=x).logits, folded(pixel_values=x).logits
+    np.testing.assert_allclose(folded_logits.detach(), logits.detach(), rtol=1e-4, atol=1e-5)
+    (gradient,) = torch.autograd.grad(logits[:, 1].sum(), x)
+    (folded_gradient,) = torch.autograd.grad(folded_logits[:, 1].sum(), x)
+    np.testing.assert_allclose(folded_gradient, gradient, rtol=1e-3, atol=1e-6 * float(gradient.abs().max()))
+
+
+def test_gradient_methods_differentiate_the_folded_copy_to_the_same_maps():
+    model = _efficientnet_with_trained_looking_norms()
+    x = _head_scans(2)[1]
+    for method, options in (("smoothgrad", {"n_samples": 2}), ("integrated_gradients", {"n_steps": 4})):
+        folded_maps = compute_attributions(model, x, [1, 2], method, **options)
+        plain_maps = compute_attributions(_NoFolding(model), x, [1, 2], method, **options)
+        np.testing.assert_allclose(folded_maps, plain_maps, atol=2e-3)
+
+
+def test_the_folded_copy_is_kept_until_the_weights_change():
+    model = _efficientnet_with_trained_looking_norms()
+    first = gradient_network(model)
+    assert gradient_network(model) is first
+    with torch.no_grad():  # an in-place change, as an optimiser step makes it
+        model.efficientnet._fc.weight.add_(0.5)
+    second = gradient_network(model)
+    assert second is not first
+    x = _head_scans(1)[1]
+    np.testing.assert_allclose(second(pixel_values=x).logits, model(pixel_values=x).logits.detach(), rtol=1e-4, atol=1e-5)
+    plain = _NoFolding(model)
+    assert gradient_network(plain) is plain  # a network without folded_copy is differentiated as it is

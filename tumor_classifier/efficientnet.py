@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -105,6 +106,38 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
         logits = self.efficientnet(pixel_values)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None and bool((labels >= 0).all()) else None
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
+
+    def folded_copy(self) -> "EfficientNetLiteForImageClassification":
+        """An inference-only copy: each batch norm folded into the convolution before it.
+
+        In eval mode it gives the same logits (to float rounding) for less work, the
+        backward pass especially: gradient attributions differentiate it (see
+        :func:`tumor_classifier.attributions.compute_attributions`). Folded batch norms
+        are identities and symmetric "same" paddings move into their convolutions, so
+        the copy cannot be trained; it is in eval mode with ``requires_grad`` off.
+        """
+        copy = deepcopy(self).eval()
+        network = copy.efficientnet
+        pairs = [(network, "_conv_stem", "_bn0"), (network, "_conv_head", "_bn1")]
+        for block in network._blocks:  # the package's MBConvBlock: [expand, bn0], depthwise, bn1, project, bn2
+            if block._block_args.expand_ratio != 1:
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        with torch.no_grad():
+            for owner, conv_name, norm_name in pairs:
+                conv, norm = getattr(owner, conv_name), getattr(owner, norm_name)
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                bias = norm.bias - norm.running_mean * scale
+                if conv.bias is not None:
+                    bias = bias + conv.bias * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = torch.nn.Parameter(bias)
+                setattr(owner, norm_name, torch.nn.Identity())
+                padding = getattr(conv, "static_padding", None)
+                if isinstance(padding, torch.nn.ZeroPad2d) and len(set(padding.padding)) == 1:
+                    conv.padding = (padding.padding[0],) * 2
+                    conv.static_padding = torch.nn.Identity()
+        return copy.requires_grad_(False)
 
     @classmethod
     def from_imagenet(

@@ -13,6 +13,7 @@ import torch
 
 from ..exceptions import InvalidArgumentError, InvalidImageError
 from .cam import _CAM_SPECS, CAM_METHODS, _cam, _cam_groups
+from .folding import gradient_network
 from .gradients import SMOOTHGRAD_METHODS, _integrated_gradients, _smoothgrad
 from .layers import _model_type
 from .logits import LogitsModel, _ContrastModel, _unwrap
@@ -334,6 +335,7 @@ def compute_attributions(
         if spec is not None:
             maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads, versus)
         else:
+            logits_model = LogitsModel(gradient_network(model))  # the same logits, cheaper passes
             explained = logits_model if versus is None else _ContrastModel(logits_model, versus)
             if method == "smoothgrad_contrast":
                 # Both maps from the plain logits; the contrast is the second map.
