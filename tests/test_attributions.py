@@ -559,7 +559,7 @@ def test_auto_method_per_backbone(models, pixel_values):
     assert default_method(models["convnext"]) == "gradcam"
     assert default_method(models["resnet"]) == "gradcam"
     assert default_method(models["vit"]) == "integrated_gradients"
-    assert default_method(create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True)) == "smoothgrad"
+    assert default_method(create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True)) == "smoothgrad_contrast"
     assert default_method(ToyNet()) == "integrated_gradients"
     # "auto" resolves through default_method, so it works on a model with no known layer.
     maps = compute_attributions(ToyNet(), TOY_INPUT, [0], "auto", n_steps=4)

@@ -57,20 +57,21 @@ every other method; localisation figures in :func:`default_method`):
     ``clip_percentile`` (inside the head) and blurred with a Gaussian of
     ``smoothing_sigma`` pixels (default 1/16 of the side), because a raw gradient map is
     speckle. Pixel-level and model-agnostic, any backbone; ``n_samples`` (4)
-    forward/backward passes of the whole network (4.6-4.9x ``predict`` on 2 threads). On
-    the shipped model it points at the tumour box more often than any CAM
-    (``benchmarks/localisation.py --methods smoothgrad gradcam --threads 1``: 68.5 % of
-    600 slices against Grad-CAM's 45.0 %; 2 copies 64.0 % at 3.5x), but costs more than
-    the 3x ``predict`` that ``auto`` allows. Partly image-driven: on the ConvNeXt
-    before, its maps correlated 0.3 with those of a randomly initialised model
-    (Integrated Gradients: 0.1).
+    forward/backward passes of the whole network (3.7x ``predict`` on 2 threads; 4.6x
+    before the folded copy, see :mod:`.folding`). On the shipped model it points at the
+    tumour box more often than any CAM (``benchmarks/localisation.py --methods
+    smoothgrad gradcam --threads 1``: 68.5 % of 600 slices against Grad-CAM's 45.0 %; 2
+    copies 64.0 %). Partly image-driven: on the ConvNeXt before, its maps correlated 0.3
+    with those of a randomly initialised model (Integrated Gradients: 0.1).
 ``smoothgrad_contrast``
     SmoothGrad of the target logit plus SmoothGrad of ``logit_target - logit_versus``
     (``versus``: the class to contrast with; :meth:`TumorClassifier.explain` passes no
     tumour), each shown as ``smoothgrad`` shows it, scaled to peak 1, and summed: the
     pixels that raise the class *and* tell it from no tumour. One forward and two
-    backward passes per batch of noisy copies, so about 1.5x the cost of ``smoothgrad``.
-    Without ``versus`` (or for an image whose target is ``versus``) it is ``smoothgrad``.
+    backward passes per batch of noisy copies (5.3x ``predict`` on 2 threads, 1.4x
+    ``smoothgrad``). Without ``versus`` (or for an image whose target is ``versus``) it
+    is ``smoothgrad``. The default for EfficientNet-Lite: 71.7 % of the 600 tumour-box
+    slices (see :func:`default_method`).
 ``integrated_gradients``
     Captum's Integrated Gradients from ``baseline`` to the input, ``n_steps`` Gauss-Legendre
     steps. Pixel-level and model-agnostic, ``n_steps`` forward/backward passes (40x
@@ -111,6 +112,7 @@ can be used (and tested) on any model; ensembles are recognised by their ``membe
 * :mod:`.maps` - head masks, percentile clipping and blur, min-max normalisation;
 * :mod:`.layers` - the Grad-CAM layer of each backbone (:func:`attribution_layer`);
 * :mod:`.cam` - the Grad-CAM family (:data:`CAM_METHODS`);
+* :mod:`.folding` - the batch-norm-folded copy that the gradient methods differentiate;
 * :mod:`.gradients` - SmoothGrad and Integrated Gradients; :mod:`.occlusion` - Occlusion;
 * :mod:`.compute` - :func:`compute_attributions`, :func:`default_method`, :data:`METHODS`.
 
