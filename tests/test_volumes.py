@@ -376,3 +376,12 @@ def test_damaged_dicom_headers_and_compressed_streams_get_the_projects_error(tmp
     broken.write_bytes(nifti[:10] + bytes(64) + nifti[74:])
     with pytest.raises(InvalidVolumeError):
         load_volume(broken)
+
+
+def test_a_nearly_constant_volume_gets_a_window_not_a_division_by_zero():
+    """Both percentiles land on the same value when one level fills the volume (ZeroDivisionError before)."""
+    data = np.full((6, 8, 8), 5.0, dtype=np.float32)
+    data[0, 0, 0] = 0.0  # one dark voxel: far below the 0.5th percentile
+    volume = load_volume(data)
+    assert volume.window == (0.0, 5.0)
+    assert volume.slices[0, 0, 0] == 0 and (volume.slices.reshape(-1)[1:] == 255).all()

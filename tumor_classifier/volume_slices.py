@@ -79,6 +79,8 @@ def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PE
     high = float(np.percentile(head, percentiles[1]))
     if high <= low:
         high = float(head.max())
+    if high <= low:  # one level fills the volume above the 0.5th percentile: window from the minimum
+        low = minimum
     return low, high
 
 
