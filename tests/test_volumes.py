@@ -385,3 +385,31 @@ def test_a_nearly_constant_volume_gets_a_window_not_a_division_by_zero():
     volume = load_volume(data)
     assert volume.window == (0.0, 5.0)
     assert volume.slices[0, 0, 0] == 0 and (volume.slices.reshape(-1)[1:] == 255).all()
+
+
+def _rewrite(paths, **values):
+    import pydicom
+
+    for path in paths:
+        dataset = pydicom.dcmread(str(path))
+        for keyword, value in values.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(str(path))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"ImagePositionPatient": [0.0, 0.0]}, r"ImagePositionPatient of 2 value\(s\); DICOM gives 3"),
+        ({"ImageOrientationPatient": [1, 0, 0, 0, 1]}, r"ImageOrientationPatient of 5 value\(s\); DICOM gives 6"),
+        ({"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}, "not two perpendicular unit vectors"),
+        ({"ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}, "not two perpendicular unit vectors"),
+    ],
+    ids=["position-2", "orientation-5", "orientation-zero", "orientation-parallel"],
+)
+def test_damaged_dicom_geometry_is_refused_clearly(tmp_path, values, message):
+    """numpy's ValueError escaped before, or a misleading '4-D series: 1 slice position' error."""
+    _, paths = write_dicom_series(tmp_path / "s", phantom(), shuffle=False)
+    _rewrite(paths, **values)
+    with pytest.raises(InvalidVolumeError, match=message):
+        load_volume(tmp_path / "s")

@@ -160,6 +160,16 @@ def _slice_step_mm(dataset: Any) -> float:
     return 1.0
 
 
+def _vector(value: Any, count: int, keyword: str, path: Path) -> np.ndarray | None:
+    """A geometry tag as floats, ``None`` when absent; refuses a wrong number of values."""
+    if value is None:
+        return None
+    vector = np.asarray([float(v) for v in value])
+    if vector.shape != (count,):
+        raise InvalidVolumeError(f"{path.name} has an {keyword} of {vector.size} value(s); DICOM gives {count}.")
+    return vector
+
+
 def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
     """The frames of one file, classic or enhanced multi-frame, with their geometry."""
     count = int(_float(dataset.get("NumberOfFrames", 1), 1))
@@ -207,8 +217,8 @@ def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
             _Frame(
                 path,
                 index if count > 1 else None,
-                np.asarray([float(v) for v in position]) if position is not None else None,
-                np.asarray([float(v) for v in orientation]) if orientation is not None else None,
+                _vector(position, 3, "ImagePositionPatient", path),
+                _vector(orientation, 6, "ImageOrientationPatient", path),
                 (float(spacing[0]), float(spacing[1])) if spacing is not None else None,
                 order,
                 (slope, intercept),
@@ -274,6 +284,11 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
             )
         row_cos, col_cos = orientations[0][:3], orientations[0][3:]
         normal = np.cross(row_cos, col_cos)
+        if np.abs(np.linalg.norm([row_cos, col_cos, normal], axis=1) - 1).max() > 0.01:
+            raise InvalidVolumeError(
+                f"The series in {what} has ImageOrientationPatient {orientations[0].tolist()}: its row and column directions "
+                "are not two perpendicular unit vectors, so the slices have no order in space; the header is damaged."
+            )
         distance = np.array([float(f.position @ normal) for f in frames])
         ordered = sorted(range(len(frames)), key=lambda i: (round(distance[i], 2), frames[i].order))
     else:
