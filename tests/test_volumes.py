@@ -413,3 +413,17 @@ def test_damaged_dicom_geometry_is_refused_clearly(tmp_path, values, message):
     _rewrite(paths, **values)
     with pytest.raises(InvalidVolumeError, match=message):
         load_volume(tmp_path / "s")
+
+
+def test_a_degenerate_affine_is_refused_clearly(tmp_path):
+    """A zero pixel spacing or an all-zero sform gave nibabel's OrientationError before."""
+    write_dicom_series(tmp_path / "s", phantom(), spacing=(0.0, 0.0))
+    with pytest.raises(InvalidVolumeError, match="affine .* degenerate"):
+        load_volume(tmp_path / "s")
+    path = write_nifti(tmp_path / "p.nii", phantom())
+    header = bytearray(path.read_bytes())
+    header[252:254] = bytes(2)  # qform_code 0: the sform decides
+    header[280:328] = bytes(48)  # srow_x, srow_y, srow_z all zero
+    path.write_bytes(bytes(header))
+    with pytest.raises(InvalidVolumeError, match="affine .* degenerate"):
+        load_volume(path)

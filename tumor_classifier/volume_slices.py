@@ -25,21 +25,31 @@ HEAD_FILL = 0.93
 _SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
-def cut(data: np.ndarray, affine: np.ndarray, plane: str = "axial") -> tuple[np.ndarray, tuple[float, float, float]]:
+def cut(data: np.ndarray, affine: np.ndarray, plane: str = "axial", what: str = "volume") -> tuple[np.ndarray, tuple[float, float, float]]:
     """Turns voxels to RAS+ and cuts them into display slices of one plane.
 
     Args:
         data: float array (x, y, z) with ``affine`` mapping voxel indices to mm.
         affine: float (4, 4).
         plane: ``axial``, ``coronal`` or ``sagittal``.
+        what: How messages name the volume.
 
     Returns:
         ``(slices, spacing)``: float32 (n, H, W) as the :mod:`tumor_classifier.volumes` docstring describes,
         and ``(between slices, pixel, pixel)`` in mm.
+
+    Raises:
+        InvalidVolumeError: The affine is degenerate (a voxel axis points nowhere).
     """
     nib = _require("nibabel")
 
     ornt = nib.orientations.io_orientation(affine)
+    if np.isnan(ornt).any():  # nibabel leaves an axis without a direction NaN and then refuses to apply it
+        raise InvalidVolumeError(
+            f"The affine of {what} is degenerate: voxel axis {int(np.flatnonzero(np.isnan(ornt[:, 0]))[0])} has no "
+            "direction in space (a zero pixel or slice spacing, or an all-zero sform?), so its orientation is unknown. "
+            "Fix the header's spacing or affine."
+        )
     data = nib.orientations.apply_orientation(data, ornt)
     input_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     zooms = np.empty(3)

@@ -172,7 +172,7 @@ def load_volume(
         window = robust_window(slices, percentiles, raw.source)
         notes = raw.notes + ([f"The {plane} plane was not applied: without geometry the slices stay as stored."] if plane != "axial" else [])
         return Volume(apply_window(slices, window), None, None, window, raw.source, raw.modality, raw.series_uid, False, notes)
-    slices, spacing = cut(raw.data, raw.affine, plane)
+    slices, spacing = cut(raw.data, raw.affine, plane, raw.source)
     window = robust_window(slices, percentiles, raw.source)
     return Volume(apply_window(slices, window), plane, spacing, window, raw.source, raw.modality, raw.series_uid, True, raw.notes)
 
