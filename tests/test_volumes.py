@@ -427,3 +427,21 @@ def test_a_degenerate_affine_is_refused_clearly(tmp_path):
     path.write_bytes(bytes(header))
     with pytest.raises(InvalidVolumeError, match="affine .* degenerate"):
         load_volume(path)
+
+
+def test_apply_window_holds_one_float_copy_of_the_volume_at_most():
+    """A 1024**3 volume is 4 GiB in float32: each temporary copy costs that much again."""
+    import tracemalloc
+
+    from tumor_classifier.volume_slices import apply_window
+
+    data = np.random.default_rng(0).random((32, 256, 256), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        out = apply_window(data, (0.1, 0.9))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.dtype == np.uint8 and out.shape == data.shape
+    np.testing.assert_array_equal(out, np.clip(np.rint((data - 0.1) * (255 / 0.8)), 0, 255).astype(np.uint8))
+    assert peak <= 1.35 * data.nbytes  # one float32 buffer and the uint8 result

@@ -97,8 +97,12 @@ def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PE
 def apply_window(data: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Maps ``[low, high]`` linearly to uint8 0-255 (clipped): uint8 array of ``data``'s shape."""
     low, high = window
-    scaled = (data.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    # One float32 buffer, changed in place: a volume can be GiBs, and each temporary costs as much.
+    scaled = np.subtract(data, np.float32(low), dtype=np.float32)
+    scaled *= np.float32(255.0 / (high - low))
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def head_slices(slices: np.ndarray, min_fraction: float = 0.25, threshold: float = 0.1) -> np.ndarray:
