@@ -14,6 +14,7 @@ import torch
 
 from tumor_classifier import TumorClassifier
 from tumor_classifier.cli import main
+from tumor_classifier.exceptions import InvalidArgumentError
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import MRIPreprocessor
 from tumor_classifier.volume_prediction import VolumePrediction, aggregate, runs_at_least
@@ -111,6 +112,21 @@ def test_predict_volume_takes_arrays_and_volumes_and_planes(clf, tmp_path):
 def test_predict_volume_settings_are_checked(clf):
     with pytest.raises(ValueError, match="min_run must be >= 1"):
         clf.predict_volume(np.moveaxis(phantom(), 2, 0), min_run=0)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"mri_check_slices": 0}, r"mri_check_slices must be >= 1"),
+        ({"min_head_fraction": -0.1}, r"min_head_fraction must be in \[0, 1\]"),
+        ({"min_head_fraction": 1.5}, r"min_head_fraction must be in \[0, 1\]"),
+    ],
+)
+def test_predict_volume_refuses_the_other_settings_out_of_range(clf, setting, message):
+    """mri_check_slices=0 checked no slice and flagged every volume 'not a brain MRI' (the mean of
+    no verdicts is NaN); min_head_fraction 1.5 blamed the volume ('no slice holds a head')."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        clf.predict_volume(np.moveaxis(phantom(), 2, 0), explain=False, **setting)
 
 
 def test_cli_predicts_a_nifti_with_slices_plot_and_overlay(model_dir, tmp_path, capsys):

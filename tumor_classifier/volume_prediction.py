@@ -279,6 +279,11 @@ def predict_volume(
         raise TumorClassifierError(f"predict_volume needs a '{NO_TUMOR}' class; this model has {classes}.")
     if min_run < 1 or not 0 < threshold < 1:
         raise InvalidArgumentError(f"min_run must be >= 1 and threshold in (0, 1); got min_run={min_run}, threshold={threshold}.")
+    if mri_check_slices < 1 or not 0 <= min_head_fraction <= 1:
+        raise InvalidArgumentError(
+            "mri_check_slices must be >= 1 and min_head_fraction must be in [0, 1]; got "
+            f"mri_check_slices={mri_check_slices}, min_head_fraction={min_head_fraction}."
+        )
     volume = source if isinstance(source, Volume) else load_volume(source, plane=plane, series_uid=series_uid, time_point=time_point)
     slices = volume.slices
     classified = head_slices(slices, min_head_fraction)
