@@ -445,3 +445,13 @@ def test_apply_window_holds_one_float_copy_of_the_volume_at_most():
     assert out.dtype == np.uint8 and out.shape == data.shape
     np.testing.assert_array_equal(out, np.clip(np.rint((data - 0.1) * (255 / 0.8)), 0, 255).astype(np.uint8))
     assert peak <= 1.35 * data.nbytes  # one float32 buffer and the uint8 result
+
+
+def test_a_dicom_series_with_a_slice_missing_says_so(tmp_path):
+    """The step was the mean over the series: a gap went unnoticed and every slice after it sat misplaced."""
+    _, paths = write_dicom_series(tmp_path / "s", phantom(), thickness=1.0, shuffle=False)
+    assert load_volume(tmp_path / "s").notes == []
+    paths[10].unlink()
+    volume = load_volume(tmp_path / "s")
+    assert len(volume) == SHAPE[2] - 1
+    assert any("Uneven slice spacing (1 to 2 mm)" in note for note in volume.notes), volume.notes

@@ -344,6 +344,12 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
         notes.append("No PixelSpacing in the DICOM header: 1 mm pixels assumed.")
     if len(chosen) > 1:
         step = (frames[chosen[-1]].position - first.position) / (len(chosen) - 1)
+        gaps = np.diff([distance[i] for i in chosen])
+        if gaps.max() - gaps.min() > 0.05 * gaps.mean():  # a regular grid cannot hold them: say so
+            notes.append(
+                f"Uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm): a slice may be missing; "
+                f"read with the mean step, {gaps.mean():.3g} mm."
+            )
     else:
         thickness = _slice_step_mm(datasets[first.path])
         step = np.cross(first.orientation[:3], first.orientation[3:]) * thickness
