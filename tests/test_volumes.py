@@ -455,3 +455,13 @@ def test_a_dicom_series_with_a_slice_missing_says_so(tmp_path):
     volume = load_volume(tmp_path / "s")
     assert len(volume) == SHAPE[2] - 1
     assert any("Uneven slice spacing (1 to 2 mm)" in note for note in volume.notes), volume.notes
+
+
+def test_a_dicom_folder_holding_copies_of_its_files_reads_each_image_once(tmp_path):
+    """An export with the series twice (same SOPInstanceUIDs) was called a 4-D series of 2 time points."""
+    import shutil
+
+    _, paths = write_dicom_series(tmp_path / "s" / "a", phantom())
+    shutil.copytree(tmp_path / "s" / "a", tmp_path / "s" / "copy")
+    volume = load_volume(tmp_path / "s")
+    np.testing.assert_array_equal(volume.slices, load_volume(tmp_path / "s" / "a").slices)

@@ -50,7 +50,8 @@ class DicomScan:
         headers: Each listed file's header (pydicom dataset read up to the pixels).
         described: ``SeriesInstanceUID`` -> how messages name the series.
         skipped: Files of a folder that are not DICOM images (other files, DICOMDIR,
-            unreadable headers), read no further.
+            unreadable headers) or copies of an image listed already (same
+            ``SOPInstanceUID``), read no further.
     """
 
     source: Path
@@ -91,6 +92,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
 
     path = Path(source)
     scan = DicomScan(path)
+    instances: set[str] = set()  # an export can hold a series twice: each image is read once
     if not path.is_dir():
         try:
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
@@ -109,6 +111,10 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
                 scan.skipped += 1
                 continue
             uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+            instance = header.get("SOPInstanceUID")
+            if instance is not None and str(instance) in instances:
+                scan.skipped += 1
+                continue
             description = (
                 f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
                 f"'{header.get('SeriesDescription', '')}'"
@@ -116,6 +122,8 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
         except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
             scan.skipped += 1
             continue
+        if instance is not None:
+            instances.add(str(instance))
         scan.series.setdefault(uid, []).append(path)
         scan.headers[path] = header
         scan.described.setdefault(uid, description)
