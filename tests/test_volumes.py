@@ -23,6 +23,7 @@ from tumor_classifier.volumes import (
     head_slices,
     load_brats_case,
     load_volume,
+    read_raw,
     robust_window,
 )
 
@@ -465,3 +466,20 @@ def test_a_dicom_folder_holding_copies_of_its_files_reads_each_image_once(tmp_pa
     shutil.copytree(tmp_path / "s" / "a", tmp_path / "s" / "copy")
     volume = load_volume(tmp_path / "s")
     np.testing.assert_array_equal(volume.slices, load_volume(tmp_path / "s" / "a").slices)
+
+
+def test_one_time_point_of_a_4d_nifti_is_read_not_the_whole_series(tmp_path):
+    """Reading every time point to keep one cost the whole series in memory (an fMRI run is GiBs)."""
+    import tracemalloc
+
+    series = np.stack([phantom() * (1 + t) for t in range(40)], axis=-1)  # 40 time points, 2 MiB in float32
+    path = write_nifti(tmp_path / "fmri.nii.gz", series)
+    tracemalloc.start()
+    try:
+        raw = read_raw(path, time_point=7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(raw.data, series[..., 7])
+    assert raw.notes == ["4-D volume: time point 7 of 40 read."]
+    assert peak < series.nbytes / 4

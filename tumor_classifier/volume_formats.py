@@ -111,14 +111,16 @@ def _nifti_raw(image: Any, what: str, time_point: int | None) -> _Raw:
     shape = tuple(int(s) for s in image.shape)
     if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
         raise InvalidVolumeError(f"{what} has shape {shape}: more than {MAX_VOXELS} voxels, too large to read.")
+    proxy = image.dataobj  # a nibabel array proxy reads only what is sliced: one time point of a 4-D series
+    if proxy.dtype.names is not None or np.issubdtype(proxy.dtype, np.complexfloating):
+        raise InvalidVolumeError(f"{what} holds {proxy.dtype} voxels (RGB or complex); a volume of real intensities is accepted.")
+    notes: list[str] = []
     try:
-        data = np.asanyarray(image.dataobj)
+        data = _check_array(proxy, what, time_point, slices_first=False, notes=notes)
+    except InvalidVolumeError:
+        raise
     except Exception as error:  # noqa: BLE001 - truncated or damaged data
         raise InvalidVolumeError(f"The voxels of {what} could not be read ({type(error).__name__}: {error}).") from None
-    if data.dtype.names is not None or np.iscomplexobj(data):
-        raise InvalidVolumeError(f"{what} holds {data.dtype} voxels (RGB or complex); a volume of real intensities is accepted.")
-    notes: list[str] = []
-    data = _check_array(data, what, time_point, slices_first=False, notes=notes)
     return _Raw(data, np.asarray(image.affine, dtype=np.float64), what, notes=notes)
 
 
@@ -133,7 +135,10 @@ def _check_time_point(time_point: int | None, count: int, what: str, found: str,
 
 
 def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_first: bool, notes: list[str] | None = None) -> np.ndarray:
-    """Checks the dimensions and values of voxels; picks a time point of a 4-D one."""
+    """Checks the dimensions and values of voxels; picks a time point of a 4-D one.
+
+    ``data`` is an array or a nibabel array proxy, which is read here, after the time point is chosen.
+    """
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
         raise InvalidVolumeError(f"{what} holds {data.dtype} values; a volume of real intensities is accepted.")
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
@@ -149,6 +154,7 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
             notes.append(f"4-D volume: time point {time_point} of {count} read.")
     elif time_point not in (None, 0):
         raise InvalidVolumeError(f"time_point={time_point} was given but {what} is {data.ndim}-D with no time axis.")
+    data = np.asanyarray(data)
     if data.ndim != 3:
         raise InvalidVolumeError(
             f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). "
