@@ -325,9 +325,11 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
         if time_point not in (None, 0):
             raise InvalidVolumeError(f"time_point={time_point} was given but {what} has one image per slice position.")
         chosen = [g[0] for g in groups]
-    pixels = []
-    cache: dict[Path, np.ndarray] = {}
-    for index in chosen:
+    # The volume is filled in place and each file's decoded pixels dropped once used: a series
+    # can be GiBs, and a list of planes, their stack and a contiguous copy each cost as much.
+    stack = np.empty((len(chosen), *frames[chosen[0]].shape), dtype=np.float32)  # (k, rows, columns)
+    cache: dict[Path, np.ndarray] = {}  # a multi-frame file's frames, decoded once
+    for k, index in enumerate(chosen):
         frame = frames[index]
         if frame.path not in cache:
             try:
@@ -336,16 +338,16 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
                 raise InvalidVolumeError(
                     f"The pixels of {frame.path.name} could not be decoded ({type(error).__name__}: {error})."
                 ) from None
-        array = cache[frame.path]
-        plane = array[frame.frame] if frame.frame is not None else array
+        array = cache[frame.path] if frame.frame is not None else cache.pop(frame.path)
         slope, intercept = frame.rescale
-        pixels.append(plane.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    stack = np.stack(pixels)  # (k, rows, columns)
+        stack[k] = array[frame.frame] if frame.frame is not None else array
+        stack[k] *= np.float32(slope)
+        stack[k] += np.float32(intercept)
     if not np.isfinite(stack).all():
         raise InvalidVolumeError(f"{what} holds NaN or infinite pixel values; only finite intensities can be windowed.")
     data = stack.transpose(2, 1, 0)  # (columns, rows, k): voxel (i, j, k) as DICOM indexes it
     if not geometry:
-        return _Raw(np.ascontiguousarray(data), None, what, modality, uid, notes)
+        return _Raw(data, None, what, modality, uid, notes)
     first = frames[chosen[0]]
     row_mm, col_mm = first.spacing if first.spacing is not None else (1.0, 1.0)
     if first.spacing is None:
@@ -367,4 +369,4 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
     lps[:3, 2] = step
     lps[:3, 3] = first.position
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS -> RAS
-    return _Raw(np.ascontiguousarray(data), affine, what, modality, uid, notes)
+    return _Raw(data, affine, what, modality, uid, notes)
