@@ -401,12 +401,13 @@ def _rewrite(paths, **values):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"ImagePositionPatient": [0.0, 0.0]}, r"ImagePositionPatient of 2 value\(s\); DICOM gives 3"),
-        ({"ImageOrientationPatient": [1, 0, 0, 0, 1]}, r"ImageOrientationPatient of 5 value\(s\); DICOM gives 6"),
+        ({"ImagePositionPatient": [0.0, 0.0]}, r"2 value\(s\) in ImagePositionPatient; DICOM gives 3"),
+        ({"ImageOrientationPatient": [1, 0, 0, 0, 1]}, r"5 value\(s\) in ImageOrientationPatient; DICOM gives 6"),
+        ({"PixelSpacing": [0.5]}, r"1 value\(s\) in PixelSpacing; DICOM gives 2"),
         ({"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}, "not two perpendicular unit vectors"),
         ({"ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}, "not two perpendicular unit vectors"),
     ],
-    ids=["position-2", "orientation-5", "orientation-zero", "orientation-parallel"],
+    ids=["position-2", "orientation-5", "spacing-1", "orientation-zero", "orientation-parallel"],
 )
 def test_damaged_dicom_geometry_is_refused_clearly(tmp_path, values, message):
     """numpy's ValueError escaped before, or a misleading '4-D series: 1 slice position' error."""

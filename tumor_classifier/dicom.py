@@ -30,7 +30,7 @@ class _Frame:
     frame: int | None  # index in a multi-frame file
     position: np.ndarray | None  # ImagePositionPatient, mm (LPS)
     orientation: np.ndarray | None  # ImageOrientationPatient (6,)
-    spacing: tuple[float, float] | None  # PixelSpacing (row, column) mm
+    spacing: np.ndarray | None  # PixelSpacing (row, column) mm
     order: tuple  # time / instance keys that order frames sharing a position
     rescale: tuple[float, float]  # slope, intercept
     shape: tuple[int, int]
@@ -172,9 +172,9 @@ def _vector(value: Any, count: int, keyword: str, path: Path) -> np.ndarray | No
     """A geometry tag as floats, ``None`` when absent; refuses a wrong number of values."""
     if value is None:
         return None
-    vector = np.asarray([float(v) for v in value])
+    vector = np.atleast_1d(np.asarray(value, dtype=np.float64))  # pydicom gives one value as a scalar
     if vector.shape != (count,):
-        raise InvalidVolumeError(f"{path.name} has an {keyword} of {vector.size} value(s); DICOM gives {count}.")
+        raise InvalidVolumeError(f"{path.name} has {vector.size} value(s) in {keyword}; DICOM gives {count}.")
     return vector
 
 
@@ -227,7 +227,7 @@ def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
                 index if count > 1 else None,
                 _vector(position, 3, "ImagePositionPatient", path),
                 _vector(orientation, 6, "ImageOrientationPatient", path),
-                (float(spacing[0]), float(spacing[1])) if spacing is not None else None,
+                _vector(spacing, 2, "PixelSpacing", path),
                 order,
                 (slope, intercept),
                 shape,
