@@ -502,3 +502,13 @@ def test_reading_a_dicom_series_holds_few_copies_of_it(tmp_path):
         tracemalloc.stop()
     np.testing.assert_array_equal(raw.data[::-1, ::-1], data)
     assert peak < 3.2 * data.size * 4  # the files' pixel bytes, the float32 volume, a finite-check mask
+
+
+def test_a_dicom_series_declaring_more_than_max_voxels_is_refused_before_its_pixels_are_read(tmp_path):
+    """MAX_VOXELS held for NIfTI only: a DICOM series of any size was read (and a header that lies
+    about its size got numpy's MemoryError or a decoding error)."""
+    _, paths = write_dicom_series(tmp_path / "s", phantom(), shuffle=False)
+    _rewrite(paths, Rows=4096, Columns=4096, NumberOfFrames=100)  # 1.7e9 voxels declared by each file
+    for source in (tmp_path / "s", paths[0]):
+        with pytest.raises(InvalidVolumeError, match="more than 1073741824 voxels, too large to read"):
+            load_volume(source)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .exceptions import InvalidVolumeError
-from .volume_formats import ACCEPTED_VOLUMES, MRI_MODALITIES, _check_time_point, _Raw, _require, sniff
+from .volume_formats import ACCEPTED_VOLUMES, MAX_VOXELS, MRI_MODALITIES, _check_time_point, _Raw, _require, sniff
 
 
 @dataclass
@@ -131,8 +131,9 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
 
 
 def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | None) -> _Raw:
-    """The voxels of one series of a scan: the only one, or ``series_uid``'s."""
+    """The voxels of one series of a scan: the only one, or ``series_uid``'s; refuses more than MAX_VOXELS."""
     if not scan.source.is_dir():
+        _check_declared_voxels(scan, next(iter(scan.series)), scan.source.name)
         return _dicom_files_raw([scan.source], scan.source.name, None, time_point, single_file=True)
     folder, series = scan.source, scan.series
     if not series:
@@ -146,7 +147,15 @@ def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | N
     if series_uid is not None and series_uid not in series:
         raise InvalidVolumeError(f"The folder {folder} has no series {series_uid!r}; series found: {', '.join(sorted(series))}.")
     uid = series_uid or next(iter(series))
+    _check_declared_voxels(scan, uid, str(folder))
     return _dicom_files_raw(series[uid], str(folder), uid, time_point, single_file=False)
+
+
+def _check_declared_voxels(scan: DicomScan, uid: str, what: str) -> None:
+    """Refuses a series whose headers declare more than MAX_VOXELS, before any pixel is read."""
+    declared = scan.voxels(uid)
+    if declared > MAX_VOXELS:
+        raise InvalidVolumeError(f"{what} declares {declared} voxels: more than {MAX_VOXELS} voxels, too large to read.")
 
 
 def _float(value: Any, default: float) -> float:

@@ -58,7 +58,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .dicom import DicomScan, _dicom_files_raw, _dicom_scan_raw, scan_dicom
+from .dicom import DicomScan, _dicom_scan_raw, scan_dicom
 from .exceptions import InvalidDatasetError, InvalidVolumeError
 from .volume_formats import (
     _KIND_WORDS,
@@ -211,7 +211,7 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
             raise InvalidVolumeError(f"{path.name} could not be read as NIfTI ({type(error).__name__}: {error}).") from None
         return _nifti_raw(image, path.name, time_point)
     if kind == "dicom":
-        return _dicom_files_raw([path], path.name, None, time_point, single_file=True)
+        return _dicom_scan_raw(scan_dicom(path), None, time_point)  # the header first: its size is checked
     raise InvalidVolumeError(f"{path.name} is {_KIND_WORDS.get(kind, kind)}, not a volume; accepted: {ACCEPTED_VOLUMES}.")
 
 
