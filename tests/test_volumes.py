@@ -512,3 +512,11 @@ def test_a_dicom_series_declaring_more_than_max_voxels_is_refused_before_its_pix
     for source in (tmp_path / "s", paths[0]):
         with pytest.raises(InvalidVolumeError, match="more than 1073741824 voxels, too large to read"):
             load_volume(source)
+
+
+def test_a_dicom_file_declaring_no_frames_is_refused_not_dropped(tmp_path):
+    """NumberOfFrames 0 gave the file no frame: its slice vanished from the volume without a word."""
+    _, paths = write_dicom_series(tmp_path / "s", phantom(), shuffle=False)
+    _rewrite(paths[-1:], NumberOfFrames=0)
+    with pytest.raises(InvalidVolumeError, match="NumberOfFrames 0"):
+        load_volume(tmp_path / "s")

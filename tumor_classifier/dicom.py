@@ -190,6 +190,8 @@ def _vector(value: Any, count: int, keyword: str, path: Path) -> np.ndarray | No
 def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
     """The frames of one file, classic or enhanced multi-frame, with their geometry."""
     count = int(_float(dataset.get("NumberOfFrames", 1), 1))
+    if count < 1:
+        raise InvalidVolumeError(f"{path.name} declares NumberOfFrames {count}; an image has at least one frame.")
     shape = (int(dataset.Rows), int(dataset.Columns))
     shared = dataset.get("SharedFunctionalGroupsSequence")
     shared = shared[0] if shared else None
