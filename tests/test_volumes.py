@@ -520,3 +520,16 @@ def test_a_dicom_file_declaring_no_frames_is_refused_not_dropped(tmp_path):
     _rewrite(paths[-1:], NumberOfFrames=0)
     with pytest.raises(InvalidVolumeError, match="NumberOfFrames 0"):
         load_volume(tmp_path / "s")
+
+
+def test_a_dicom_series_where_some_images_lack_a_position_is_refused_not_scrambled(tmp_path):
+    """One file without ImagePositionPatient put every slice in file-name order (shuffled here),
+    noted as 'No slice positions in the DICOM header' though the others had them."""
+    import pydicom
+
+    _, paths = write_dicom_series(tmp_path / "s", phantom())
+    dataset = pydicom.dcmread(str(paths[3]))
+    del dataset.ImagePositionPatient
+    dataset.save_as(str(paths[3]))
+    with pytest.raises(InvalidVolumeError, match=r"1 of 20 images have no ImagePositionPatient or ImageOrientationPatient"):
+        load_volume(tmp_path / "s")

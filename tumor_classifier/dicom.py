@@ -294,7 +294,14 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
     if len(shapes) > 1:
         raise InvalidVolumeError(f"The series in {what} mixes image sizes {sorted(shapes)}; one series has one size.")
     notes: list[str] = []
-    geometry = all(f.position is not None and f.orientation is not None for f in frames)
+    placed = sum(f.position is not None and f.orientation is not None for f in frames)
+    if 0 < placed < len(frames):  # stored order would scramble the slices the others place
+        raise InvalidVolumeError(
+            f"In the series in {what}, {len(frames) - placed} of {len(frames)} images have no ImagePositionPatient or "
+            "ImageOrientationPatient, so their place among the slices is unknown; a series has them in every image "
+            "or in none."
+        )
+    geometry = placed == len(frames)
     if geometry:
         orientations = np.stack([f.orientation for f in frames])
         if np.abs(orientations - orientations[0]).max() > 1e-3:
