@@ -533,3 +533,13 @@ def test_a_dicom_series_where_some_images_lack_a_position_is_refused_not_scrambl
     dataset.save_as(str(paths[3]))
     with pytest.raises(InvalidVolumeError, match=r"1 of 20 images have no ImagePositionPatient or ImageOrientationPatient"):
         load_volume(tmp_path / "s")
+
+
+def test_a_monochrome1_series_is_not_read_inverted(tmp_path):
+    """MONOCHROME1 shows its lowest value white: read as stored, the head came out as a negative."""
+    data = phantom()
+    write_dicom_series(tmp_path / "m2", data)
+    _, paths = write_dicom_series(tmp_path / "m1", 1000 - data)
+    _rewrite(paths, PhotometricInterpretation="MONOCHROME1")
+    inverted, plain = load_volume(tmp_path / "m1"), load_volume(tmp_path / "m2")
+    assert np.abs(inverted.slices.astype(int) - plain.slices).max() <= 1

@@ -223,6 +223,8 @@ def _frames_of(path: Path, dataset: Any) -> list[_Frame]:
             slope, intercept, temporal, stack = None, None, None, None
         slope = _float(slope if slope is not None else dataset.get("RescaleSlope", 1), 1.0)
         intercept = _float(intercept if intercept is not None else dataset.get("RescaleIntercept", 0), 0.0)
+        if str(dataset.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+            slope, intercept = -slope, -intercept  # its lowest value is white: negate so bright stays bright
         temporal = temporal if temporal is not None else dataset.get("TemporalPositionIdentifier")
         order = (
             _float(temporal, 0.0),
