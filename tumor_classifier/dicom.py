@@ -2,10 +2,12 @@
 
 Slices are sorted by their position along the slice normal (``ImagePositionPatient``),
 never by file name or instance number; a folder with several series needs
-``series_uid``; a ``Modality`` other than MR is refused. :func:`scan_dicom` reads the
-headers (no pixels) once; a caller can check them (the app's size limits) and hand the
-:class:`DicomScan` to :func:`~tumor_classifier.volumes.load_volume`, which reads the
-chosen series' pixels without scanning again. See :mod:`tumor_classifier.volumes` for
+``series_uid``; a ``Modality`` other than MR is refused; a copy of an image (the same
+``SOPInstanceUID``) is read once; MONOCHROME1 pixels are negated so bright stays bright.
+:func:`scan_dicom` reads the headers (no pixels) once; a caller can check them (the
+app's size limits) and hand the :class:`DicomScan` to
+:func:`~tumor_classifier.volumes.load_volume`, which reads the chosen series' pixels
+without scanning again. See :mod:`tumor_classifier.volumes` for
 what happens to the voxels next.
 """
 

@@ -22,15 +22,21 @@ Non-square pixels in the plane are resampled to square ones.
 Intensities are windowed once per volume with robust percentiles: the low end is the
 0.5th percentile of all voxels, the high end the 99.5th percentile of the voxels above
 the volume's minimum (the head, so that a large empty background does not decide it);
-values between map linearly to 0-255. A few hot voxels do not darken every slice, and
+values between map linearly to 0-255 (when one level fills the volume, so that both
+ends meet, the low end is the minimum). A few hot voxels do not darken every slice, and
 all slices of a volume share one window, as the slices of one scan in the training JPEGs
 do.
 
 What is refused, with :class:`~tumor_classifier.exceptions.InvalidVolumeError`: a wrong
 number of dimensions, a 4-D series (time points or channels) without ``time_point``, an
 empty or constant volume, NaN or infinite values, a folder with several series and no
-``series_uid``, a file whose content is not what its name says, and a DICOM whose
-``Modality`` is not MR (CT, PET, NM ... must not get a tumour type). A NIfTI file carries
+``series_uid``, a file whose content is not what its name says, more than
+:data:`MAX_VOXELS` voxels (DICOM: as its headers declare, before any pixel is read), an
+affine or a DICOM geometry that gives no orientation or slice order (a zero spacing,
+damaged ``ImageOrientationPatient``, a position in some images of a series but not all),
+and a DICOM whose ``Modality`` is not MR (CT, PET, NM ... must not get a tumour type).
+A DICOM series whose slice spacing is uneven (a slice missing) is read with its mean
+step, and the :class:`Volume`'s notes say so. A NIfTI file carries
 no modality: a head CT in NIfTI reads fine here, and the not-a-brain-MRI check of
 :func:`tumor_classifier.volume_prediction.predict_volume` has to catch it.
 
