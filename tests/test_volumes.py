@@ -543,3 +543,10 @@ def test_a_monochrome1_series_is_not_read_inverted(tmp_path):
     _rewrite(paths, PhotometricInterpretation="MONOCHROME1")
     inverted, plain = load_volume(tmp_path / "m1"), load_volume(tmp_path / "m2")
     assert np.abs(inverted.slices.astype(int) - plain.slices).max() <= 1
+
+
+@pytest.mark.parametrize("percentiles", [(0.5,), (0.5, 99.5, 100), None, ("low", "high")])
+def test_percentiles_that_are_not_two_numbers_are_refused_clearly(percentiles):
+    """Python's unpacking errors ('not enough values to unpack', 'cannot unpack non-iterable') escaped."""
+    with pytest.raises(InvalidVolumeError, match="percentiles must be two numbers"):
+        load_volume(np.moveaxis(phantom(), 2, 0), percentiles=percentiles)

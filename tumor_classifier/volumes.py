@@ -160,9 +160,13 @@ def load_volume(
     """
     if plane not in PLANES:
         raise InvalidVolumeError(f"Unknown plane {plane!r}; choose one of {', '.join(PLANES)}.")
-    low_pct, high_pct = percentiles
+    try:
+        low_pct, high_pct = (float(p) for p in percentiles)
+    except (TypeError, ValueError):
+        raise InvalidVolumeError(f"percentiles must be two numbers (low, high), such as (0.5, 99.5); got {percentiles!r}.") from None
     if not 0 <= low_pct < high_pct <= 100:
         raise InvalidVolumeError(f"percentiles must satisfy 0 <= low < high <= 100; got {percentiles}.")
+    percentiles = (low_pct, high_pct)
     if isinstance(source, np.ndarray):
         if plane != "axial":
             raise InvalidVolumeError(
