@@ -550,3 +550,18 @@ def test_percentiles_that_are_not_two_numbers_are_refused_clearly(percentiles):
     """Python's unpacking errors ('not enough values to unpack', 'cannot unpack non-iterable') escaped."""
     with pytest.raises(InvalidVolumeError, match="percentiles must be two numbers"):
         load_volume(np.moveaxis(phantom(), 2, 0), percentiles=percentiles)
+
+
+def test_a_dicom_folder_whose_images_lack_a_series_uid_is_read_as_one_series(tmp_path):
+    """The scan reads headers without pixels, so its 'no PixelData' test was always true: images
+    without SeriesInstanceUID were skipped and the folder 'held no DICOM files'."""
+    import pydicom
+
+    _, paths = write_dicom_series(tmp_path / "s", phantom())
+    for path in paths:
+        dataset = pydicom.dcmread(str(path))
+        del dataset.SeriesInstanceUID
+        dataset.save_as(str(path))
+    volume = load_volume(tmp_path / "s")
+    np.testing.assert_array_equal(volume.slices, load_volume(write_nifti(tmp_path / "p.nii", phantom())).slices)
+    assert volume.series_uid is None

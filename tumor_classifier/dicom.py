@@ -24,6 +24,10 @@ from .exceptions import InvalidVolumeError
 from .volume_formats import ACCEPTED_VOLUMES, MAX_VOXELS, MRI_MODALITIES, _check_time_point, _Raw, _require, sniff
 
 
+#: The key of a scan's images that carry no SeriesInstanceUID.
+_NO_UID = "(no SeriesInstanceUID)"
+
+
 @dataclass
 class _Frame:
     """One 2-D frame of a DICOM series, its geometry and where its pixels are."""
@@ -98,7 +102,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
     if not path.is_dir():
         try:
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-            uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+            uid = str(header.get("SeriesInstanceUID", _NO_UID))
         except Exception as error:  # noqa: BLE001 - pydicom raises many kinds on damaged files, also on access
             raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
         scan.series[uid], scan.headers[path], scan.described[uid] = [path], header, uid
@@ -109,10 +113,10 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
             continue
         try:  # pydicom parses values on access: a damaged element raises here, not in dcmread
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-            if "PixelData" not in header and "SeriesInstanceUID" not in header:
+            if "Rows" not in header and "SeriesInstanceUID" not in header:  # not an image (read up to its pixels)
                 scan.skipped += 1
                 continue
-            uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+            uid = str(header.get("SeriesInstanceUID", _NO_UID))
             instance = header.get("SOPInstanceUID")
             if instance is not None and str(instance) in instances:
                 scan.skipped += 1
@@ -150,7 +154,7 @@ def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | N
         raise InvalidVolumeError(f"The folder {folder} has no series {series_uid!r}; series found: {', '.join(sorted(series))}.")
     uid = series_uid or next(iter(series))
     _check_declared_voxels(scan, uid, str(folder))
-    return _dicom_files_raw(series[uid], str(folder), uid, time_point, single_file=False)
+    return _dicom_files_raw(series[uid], str(folder), None if uid == _NO_UID else uid, time_point, single_file=False)
 
 
 def _check_declared_voxels(scan: DicomScan, uid: str, what: str) -> None:
