@@ -35,8 +35,8 @@ def default_method(model: torch.nn.Module) -> str:
       of the side, no tumour as the contrast class). Evidence: the tumour-box benchmark
       (``benchmarks/localisation.py``, head-masked maps) on the shipped EfficientNet-Lite0
       (160 px; commit 2ad00e3). Pointing game (all / glioma / meningioma / pituitary),
-      mass in box, explain / predict; all 600 slices, one thread
-      (``--methods smoothgrad smoothgrad_contrast gradcam --threads 1 --skip-randomisation``):
+      mass in box, explain / predict (one thread, before the folded copy); all 600
+      slices (``--methods smoothgrad smoothgrad_contrast gradcam --threads 1 --skip-randomisation``):
 
       ==========================  =====  =====  =====  =====  ======  ======
       smoothgrad_contrast         71.7   54.5   89.5   71.0    8.5 %  9.3x
@@ -44,9 +44,10 @@ def default_method(model: torch.nn.Module) -> str:
       gradcam                     45.0   35.0   70.0   30.0   10.6 %  1.5x
       ==========================  =====  =====  =====  =====  ======  ======
 
-      On two threads (the app's setting) ``smoothgrad_contrast`` costs 5.3x ``predict``
-      and ``smoothgrad`` 3.7x (4.6x before gradients went through the folded copy of
-      :mod:`.folding`). ``smoothgrad_contrast`` was chosen on the first 100 slices per
+      On two threads (the app's setting; ``--threads 2``, all 600, same pointing games)
+      ``smoothgrad_contrast`` costs 5.6x ``predict``, ``smoothgrad`` 4.2x (4.6-4.9x
+      before gradients went through the folded copy of :mod:`.folding`) and ``gradcam``
+      1.5x. ``smoothgrad_contrast`` was chosen on the first 100 slices per
       class (66.3 % against ``smoothgrad``'s 60.7 %; with 3 copies 65.7 %) and checked on
       the other 100 per class (77.1 % against 76.3 %); from maps computed once on all 600,
       its gain is not that of more samples (8 copies of ``smoothgrad``: 69.0 %), and it
