@@ -2,7 +2,7 @@
 
 Two groups of volumes, kept apart on purpose:
 
-* ``--choose`` (default: the nilearn MNI152 T1 template with skull, and
+* ``--choose`` (default: the nilearn MNI152 T1 template, skull-stripped as nilearn ships it, and
   ``volumes/nifti/healthy_t1ce_MR_Gd.nii.gz``, a healthy skull-stripped contrast T1 that
   the issue does not list): healthy volumes on which ``MIN_HEAD_FRACTION`` was chosen;
 * ``--check`` (default: the four volumes the issue names, the BraTS case in its four

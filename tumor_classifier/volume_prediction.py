@@ -34,7 +34,7 @@ batches, and aggregates them into one verdict:
 
 How the settings were chosen. ``min_run`` and ``threshold`` (3 slices, 0.5) were set
 before looking at any volume. ``min_head_fraction`` was chosen on two healthy volumes
-only: nilearn's MNI152 T1 template (with skull) and ``volumes/nifti/healthy_t1ce_MR_Gd.nii.gz``
+only: nilearn's MNI152 T1 template (skull-stripped, as nilearn ships it) and ``volumes/nifti/healthy_t1ce_MR_Gd.nii.gz``
 (skull-stripped contrast T1, not one of the volumes the issue names). On a grid of 0.25,
 0.5, 0.7, 0.8, 0.85, 0.9, the aggregation says no tumour on both from 0.8 on (the
 template from 0.5); 0.85 is one step beyond. ``benchmarks/volume_verdicts.py`` prints
