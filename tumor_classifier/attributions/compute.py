@@ -334,7 +334,6 @@ def compute_attributions(
     if versus is not None:
         versus = int(_check_target(versus, 1, model, pixel_values.device)[0])
     groups = _cam_groups(model, spec, layer) if spec is not None else []
-    logits_model = LogitsModel(model)
 
     with _attribution_state(model):
         # Tensors made under the caller's `torch.inference_mode()` cannot enter autograd;
@@ -343,17 +342,15 @@ def compute_attributions(
         target = None if target is None else _autograd_ready(target)
         heads = _head_masks(pixel_values) if head_only else None
         logits = None
-        if spec is not None:
-            maps, logits = _cam(logits_model, pixel_values, target, groups, batch_size, spec, heads, versus)
+        if spec is not None:  # hooks on the model's own layers
+            maps, logits = _cam(LogitsModel(model), pixel_values, target, groups, batch_size, spec, heads, versus)
         else:
             logits_model = LogitsModel(gradient_network(model))  # the same logits, cheaper passes
-            explained = logits_model if versus is None else _ContrastModel(logits_model, versus)
-            if method == "smoothgrad_contrast":
-                # Both maps from the plain logits; the contrast is the second map.
-                maps = _smoothgrad(logits_model, pixel_values, target, batch_size, n_samples, noise_level, int(seed), versus)
-            elif method == "smoothgrad":
-                maps = _smoothgrad(explained, pixel_values, target, batch_size, n_samples, noise_level, int(seed))
+            contrast = method == "smoothgrad_contrast"  # both maps from the plain logits, the contrast second
+            explained = logits_model if versus is None or contrast else _ContrastModel(logits_model, versus)
             if method in SMOOTHGRAD_METHODS:
+                maps = _smoothgrad(explained, pixel_values, target, batch_size, n_samples, noise_level, int(seed),
+                                   versus if contrast else None)
                 if heads is not None:
                     maps = maps * heads  # before clipping: the percentile is the head's
                 # Each map shown as its own display, peak 1; two maps (the contrast) are summed.
