@@ -6,6 +6,7 @@ carries markers whose place says whether orientation and slice order came out ri
 
 import random
 
+import pydicom
 import nibabel as nib
 import numpy as np
 import pytest
@@ -565,3 +566,28 @@ def test_a_dicom_folder_whose_images_lack_a_series_uid_is_read_as_one_series(tmp
     volume = load_volume(tmp_path / "s")
     np.testing.assert_array_equal(volume.slices, load_volume(write_nifti(tmp_path / "p.nii", phantom())).slices)
     assert volume.series_uid is None
+
+
+def test_a_stack_of_colour_slices_is_named_as_such_not_taken_for_time_points():
+    rgb_stack = np.zeros((12, 32, 32, 3), dtype=np.uint8)  # what stacking 12 RGB PNGs gives
+    with pytest.raises(InvalidVolumeError, match=r"colour \(RGB or RGBA\) slices.*grey slices \(n, H, W\)") as caught:
+        load_volume(rgb_stack)
+    assert "time point" not in str(caught.value)
+
+
+def test_float64_voxels_beyond_float32_range_are_refused_not_turned_into_infinities():
+    data = phantom().astype(np.float64)
+    data[0, 0, 0] = 1e300  # finite in float64, inf once read as float32
+    with pytest.raises(InvalidVolumeError, match=r"beyond the float32 range"):
+        load_volume(nib.Nifti1Image(data, np.eye(4)))
+
+
+def test_a_dicom_series_without_modality_is_read_with_a_note_saying_so(tmp_path):
+    _, paths = write_dicom_series(tmp_path / "s", phantom())
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.Modality
+        ds.save_as(path)
+    volume = load_volume(tmp_path / "s")
+    assert volume.modality is None
+    assert any("no Modality" in note for note in volume.notes)

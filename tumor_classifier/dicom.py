@@ -371,6 +371,8 @@ def _dicom_files_raw(paths: Sequence[Path], what: str, uid: str | None, time_poi
         stack[k] += np.float32(intercept)
     if not np.isfinite(stack).all():
         raise InvalidVolumeError(f"{what} holds NaN or infinite pixel values; only finite intensities can be windowed.")
+    if modality is None:
+        notes.append("The DICOM header has no Modality, so it does not say MR: the not-a-brain-MRI check decides.")
     data = stack.transpose(2, 1, 0)  # (columns, rows, k): voxel (i, j, k) as DICOM indexes it
     if not geometry:
         return _Raw(data, None, what, modality, uid, notes)

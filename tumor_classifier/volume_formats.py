@@ -143,6 +143,11 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         raise InvalidVolumeError(f"{what} holds {data.dtype} values; a volume of real intensities is accepted.")
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
         data = data[..., 0]
+    if slices_first and data.ndim == 4 and data.shape[-1] in (3, 4):  # np.stack of RGB images, not time points
+        raise InvalidVolumeError(
+            f"{what} has shape {data.shape}: colour (RGB or RGBA) slices. A volume of grey slices (n, H, W) is "
+            "accepted: convert each slice to grey first (for example PIL's Image.convert('L'))."
+        )
     if data.ndim == 4:
         count = data.shape[-1] if not slices_first else data.shape[0]
         _check_time_point(
@@ -167,5 +172,10 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         raise InvalidVolumeError(
             f"{what} holds {bad} NaN or infinite voxel(s); only finite intensities can be windowed to grey levels. "
             "Replace them first (for example with numpy.nan_to_num)."
+        )
+    if data.dtype.itemsize > 4 and np.issubdtype(data.dtype, np.floating) and max(data.max(), -data.min()) > np.finfo(np.float32).max:
+        raise InvalidVolumeError(
+            f"{what} holds {data.dtype} voxels beyond the float32 range (|value| > 3.4e38), which this reader "
+            "uses; rescale the intensities first."
         )
     return data.astype(np.float32, copy=False)
