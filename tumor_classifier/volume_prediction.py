@@ -50,8 +50,12 @@ above the lateral ventricles), which no slice gate removes. Before these changes
 slice with a quarter of the largest head area classified, the older fit of the check,
 unframed) only the head CT was right. The check was refitted after seeing the BraTS case
 flagged; that refit was judged on the check's own validation and on the two healthy volumes.
-Other planes (``plane=``), on the two healthy volumes: the template is "no tumour" cut
-coronally and sagittally, healthy_t1ce_MR_Gd sagittally but "glioma" coronally (a run of 5). That is a handful of volumes, not a validation. The
+Other planes (``plane=``) are worse, and every setting was chosen on axial cuts: of the 9
+volumes above, 7 are right cut axially, 5 coronally, 4 sagittally (``benchmarks/volume_verdicts.py
+--plane axial coronal sagittal``). Sagittally the BraTS case is "no tumour" in every
+sequence: the head-area gate keeps the middle 63 of 240 slices, leaving out most of a
+hemispheric lesion; coronally and sagittally the check flags its t1c and t2f. That is a
+handful of volumes, not a validation. The
 slice model was trained on 2-D JPEG slices of mixed planes and sequences from the Kaggle
 data, whose windowing is unknown; this module's percentile window approximates it.
 Research use only.
