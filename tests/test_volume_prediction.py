@@ -107,6 +107,8 @@ def test_predict_volume_takes_arrays_and_volumes_and_planes(clf, tmp_path):
     assert from_volume.explanation is None
     coronal = clf.predict_volume(nib.load(str(path)), plane="coronal", explain=False)
     assert coronal.volume.plane == "coronal" and len(coronal.volume) == phantom().shape[1]
+    assert any("chosen on axial cuts" in note for note in coronal.notes)  # the user is told the plane is less tried
+    assert not any("axial cuts" in note for note in from_volume.notes)
 
 
 def test_predict_volume_settings_are_checked(clf):

@@ -304,6 +304,11 @@ def predict_volume(
     model_label, volume_tumour, mean, runs, key = aggregate(proba, classes, min_run=min_run, threshold=threshold)
     tumour_p = (1.0 - proba[:, classes.index(NO_TUMOR)]).astype(np.float32)
     notes = list(volume.notes)
+    if volume.plane not in (None, "axial"):
+        notes.append(
+            f"Cut in the {volume.plane} plane: the verdict's settings were chosen on axial cuts, and on the "
+            "volumes tried other planes were right less often (see the README); prefer the axial default."
+        )
     if min_run > indices.size:
         notes.append(f"Only {indices.size} slice(s) classified: a run of {indices.size} counted as enough.")
     sample = indices[np.unique(np.linspace(0, indices.size - 1, min(mri_check_slices, indices.size)).round().astype(int))]
