@@ -10,8 +10,11 @@ Never Testing. For each model folder (or ``default`` for the shipped model):
 * stress on the Kaggle validation tumours (``tumor_classifier.stress``): share called
   notumor after each stress (inversion inside the head, gamma 0.4 / 2.5, noise, blur).
 
+A model name ending in ``+mirror`` (``default+mirror``) is the same model with
+``test_time_augmentation`` (each image averaged with its mirror image).
+
 Usage:
-    python benchmarks/validation_choice.py default runs/robust-convnext [--data ../shared/data]
+    python benchmarks/validation_choice.py default default+mirror runs/robust-convnext [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def evaluate(clf: TumorClassifier, kaggle: tuple[list[str], list[str]], br35h: l
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help="model folders, or 'default' for the shipped model")
+    parser.add_argument("models", nargs="+", help="model folders, or 'default' for the shipped model; '+mirror' appended: with mirror test-time augmentation")
     parser.add_argument("--data", default="../shared/data", help="folder holding brain-tumor-mri and br35h-tumor")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -77,7 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results = {}
     for model in args.models:
         started = time.perf_counter()
-        clf = TumorClassifier.from_pretrained(None if model == "default" else model)
+        folder, mirror = (model[: -len("+mirror")], True) if model.endswith("+mirror") else (model, False)
+        clf = TumorClassifier.from_pretrained(None if folder == "default" else folder)
+        clf.test_time_augmentation = mirror
         results[model] = evaluate(clf, kaggle, br35h)
         print(f"{model}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     rows = list(next(iter(results.values())))
