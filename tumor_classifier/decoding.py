@@ -218,8 +218,8 @@ def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
     what = _describe(source)
     if isinstance(source, (str, os.PathLike)):
         data = _read_file(source, what)  # stat first, bounded chunks: the decoder's own reader
-        if not data:
-            return DecodedImage(load_image(data), None)
+        if not data:  # load_image refuses it, naming the file (the bytes would be "image data")
+            return DecodedImage(load_image(source), None)
     else:
         data = _read_bytes(source, what)  # empty or too large: refused as load_image refuses them
     # The decoder's header check: its formats only, sizes checked before decoding, no
