@@ -78,6 +78,18 @@ def test_predict_json_reports_readable_images_and_fails_for_the_rest(model_dir, 
     assert "broken.png" in captured.err
 
 
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(where, test_images, tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me")
+    out = taken if where == "a file" else taken / "overlays"
+    # No --model: the refusal comes before any model is loaded.
+    assert main(["predict", str(test_images[0][0]), "--explain", "gradcam", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "folder" in err and "Traceback" not in err
+    assert taken.read_text() == "keep me"
+
+
 def test_missing_model_is_a_clear_error(test_images, tmp_path, capsys):
     assert main(["predict", str(test_images[0][0]), "--model", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err

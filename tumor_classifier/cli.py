@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +56,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.output or args.recursive:
         return _predict_archive(args)
+    if args.out:
+        _overlay_folder(args.out)  # before the model loads: a bad --out costs nothing
     classifier = _load(args.model, args.backend)
     volumes = [path for path in args.images if _is_volume(path)]
     volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
@@ -68,8 +71,6 @@ def _predict(args: argparse.Namespace) -> int:
             readable.append(path)
         except TumorClassifierError as error:
             failures.append((path, str(error)))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = []
     if readable:
         if args.explain:
@@ -119,6 +120,27 @@ def _predict(args: argparse.Namespace) -> int:
     for path, message in failures:
         print(f"error: {message}", file=sys.stderr)
     return 1 if failures or volume_failures else 0
+
+
+def _overlay_folder(out: str) -> Path:
+    """``--out``, created if missing; refused when it cannot hold the overlay PNGs.
+
+    Raises:
+        InvalidArgumentError: ``out`` is a file, cannot be created, or is not writable.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidArgumentError(f"--out {out} is a file, not a folder; give a folder for the overlay PNGs (it is created if missing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"--out {out} cannot be made a folder for the overlay PNGs ({error.strerror or error}); "
+            "give a folder that exists or can be created."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"--out {out} is a folder this user cannot write to; give a writable folder for the overlay PNGs.")
+    return folder
 
 
 def _predict_archive(args: argparse.Namespace) -> int:
@@ -294,8 +316,6 @@ def _data_report(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     # The entry point, not the library, sets these: before Gradio is imported, which reads
     # its switch then. (The package's own import may have read huggingface_hub's already;
     # Hub telemetry only rides on Hub downloads.)
