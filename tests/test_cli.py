@@ -90,6 +90,13 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(where, test_i
     assert taken.read_text() == "keep me"
 
 
+def test_out_without_explain_writes_nothing(model_dir, test_images, tmp_path, capsys):
+    out = tmp_path / "overlays"
+    assert main(["predict", str(test_images[0][0]), "--model", str(model_dir), "--out", str(out)]) == 0
+    assert "no overlays are written" in capsys.readouterr().err
+    assert not out.exists()  # the note says nothing is written: not even the folder
+
+
 def test_missing_model_is_a_clear_error(test_images, tmp_path, capsys):
     assert main(["predict", str(test_images[0][0]), "--model", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err

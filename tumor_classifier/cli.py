@@ -56,7 +56,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.output or args.recursive:
         return _predict_archive(args)
-    if args.out:
+    if args.out and args.explain:  # without --explain nothing goes there, not even the folder
         _overlay_folder(args.out)  # before the model loads: a bad --out costs nothing
     classifier = _load(args.model, args.backend)
     volumes = [path for path in args.images if _is_volume(path)]
