@@ -97,6 +97,23 @@ def test_out_without_explain_writes_nothing(model_dir, test_images, tmp_path, ca
     assert not out.exists()  # the note says nothing is written: not even the folder
 
 
+def test_the_figure_of_a_flagged_input_names_no_class(fitted_classifier, test_images):
+    """Not a brain MRI: no tumor type anywhere (README), so none on the exported figure either."""
+    from sklearn.datasets import load_sample_image
+
+    from tumor_classifier.cli import _figure_text
+
+    photo, scan = fitted_classifier.explain([load_sample_image("china.jpg"), str(test_images[0][0])], method="gradcam")
+    assert photo.verdict.kind == "not_brain_mri"
+    title, target = _figure_text(photo)
+    for name in fitted_classifier.classes_:
+        assert name not in title and name not in target
+    assert "%" not in title and "not a diagnostic device" in title
+    # A slice that passes the check keeps its class and probability.
+    title, target = _figure_text(scan)
+    assert target in fitted_classifier.classes_ and target in title and "%" in title
+
+
 def test_missing_model_is_a_clear_error(test_images, tmp_path, capsys):
     assert main(["predict", str(test_images[0][0]), "--model", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err

@@ -40,15 +40,27 @@ def _load(model: str | None, backend: str = "torch"):
     return TumorClassifier.from_pretrained(model, backend=backend)
 
 
-def _figure(explanation):
-    """The exported heatmap: the overlay with its verdict written above and a colour bar below."""
-    from .verdict import format_probability
-    from .visualization import annotate
+def _figure_text(explanation) -> tuple[str, str]:
+    """The exported figure's title and what its map is evidence for.
 
+    An input the MRI check flags gets no class and no probability, as in the table: they
+    would read as a tumor type for something that is not a brain MRI.
+    """
+    from .verdict import format_probability
+
+    if not explanation.verdict.brain_mri:
+        return f"{explanation.verdict.headline}: no tumor type given; not a diagnostic device", "the model's top class"
     probabilities = explanation.probabilities
     explained = max(probabilities, key=probabilities.get)  # the class the map belongs to
-    title = f"{explanation.verdict.title} ({explained} {format_probability(probabilities[explained])}); not a diagnostic device"
-    return annotate(explanation.overlay, title=title, target=explained, method=explanation.method)
+    return f"{explanation.verdict.title} ({explained} {format_probability(probabilities[explained])}); not a diagnostic device", explained
+
+
+def _figure(explanation):
+    """The exported heatmap: the overlay with its verdict written above and a colour bar below."""
+    from .visualization import annotate
+
+    title, target = _figure_text(explanation)
+    return annotate(explanation.overlay, title=title, target=target, method=explanation.method)
 
 
 def _predict(args: argparse.Namespace) -> int:
