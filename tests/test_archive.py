@@ -181,3 +181,29 @@ def test_two_processes_under_torchrun_give_the_single_process_output(archive, ti
 def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, extra, message):
     assert main(["predict", str(archive), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("results.csv", None, "is a folder, not a results file"),
+        ("results.csv", "patient,score\n1,2\n", "not a results file of this command"),
+        ("results.jsonl", "garbage, not JSON\n", "not a results file of this command"),
+        ("results.parquet", "not Parquet", "not a results file of this command"),
+        ("notes.txt/results.csv", "my notes", "is a file, not a folder"),
+    ],
+    ids=["a folder", "someone else's CSV", "not JSON lines", "not Parquet", "below a file"],
+)
+def test_an_output_that_is_not_ours_is_refused_before_any_work_and_left_alone(archive, tmp_path, capsys, name, content, message):
+    output = tmp_path / name
+    taken = tmp_path / name.split("/")[0]  # what is there already: a folder or a file
+    if content is None:
+        taken.mkdir()
+    else:
+        taken.write_text(content)
+    # No --model: the refusal comes before any model is loaded.
+    assert main(["predict", str(archive), "--recursive", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert content is None or taken.read_text() == content  # left as it was
+    assert not parts_folder(output).exists()
