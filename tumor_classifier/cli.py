@@ -161,14 +161,19 @@ def _predict_archive(args: argparse.Namespace) -> int:
     Exits 1, like a plain ``predict`` with an unreadable file, when the results file holds
     an error row (resumed ones included), after a one-line count on stderr; 0 otherwise.
     """
-    from .archive import check_output, predict_archive
+    from .archive import check_output, parts_folder, predict_archive
 
     if not args.output or args.explain or args.slices or args.json:
         raise InvalidArgumentError("--recursive and --output write one row per file to a results file: give --output results.parquet "
                                    "(or .csv, .jsonl) and leave out --explain, --slices and --json, which are for printed results.")
     check_output(args.output)  # before the model loads
-    summary = predict_archive(_load(args.model, args.backend), args.images, args.output, recursive=args.recursive,
-                              plane=args.plane, time_point=args.time_point)
+    classifier = _load(args.model, args.backend)
+    try:
+        summary = predict_archive(classifier, args.images, args.output, recursive=args.recursive, plane=args.plane, time_point=args.time_point)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the rows predicted so far are kept in {parts_folder(args.output)}; "
+              "run the same command again to resume.", file=sys.stderr)
+        return 130  # the shell's status for a run stopped by Ctrl-C
     print(summary.text)
     # Only process 0 knows the merged output, and only it may fail the run: under torchrun
     # a process that exits non-zero gets the others stopped, possibly in the middle of the merge.
