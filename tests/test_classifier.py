@@ -1,5 +1,6 @@
 """The TumorClassifier contract, its attributions, and the Hub round trip."""
 
+import contextlib
 import copy
 import io
 import socket
@@ -111,16 +112,24 @@ def test_unreadable_input_names_the_image(fitted_classifier, test_images, tmp_pa
         (7, ["object of type int", "accepted"]),
         (None, ["Cannot read None", "accepted"]),
         ([], ["the sequence is empty", "a list of them"]),
+        ("open file", ["an open file (BufferedReader)", "its path", "read()"]),
+        (memoryview(b"\xff\xd8\xff"), ["a memoryview", "bytes("]),
+        (np.zeros((64, 64, 2)), ["3-D numpy array of shape (64, 64, 2)", "(H, W, C) with C in 1, 3, 4"]),
     ],
-    ids=["1-D array", "5-D array", "numpy scalar", "int", "None", "empty list"],
+    ids=["1-D array", "5-D array", "numpy scalar", "int", "None", "empty list", "open file", "memoryview", "2 channels"],
 )
-def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier, X, words):
+def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier, test_images, X, words):
     # A 1-D array used to be read as five float64 "images": the message named float64, not the array.
-    with pytest.raises(InvalidImageError) as info:
+    # An open file was read line by line as "images", a memoryview byte by byte as ints, and an
+    # (H, W, 2) array as H images of W x 2 pixels.
+    if isinstance(X, str):  # opened here: a parameter would stay open
+        X = open(test_images[0][0], "rb")
+    with pytest.raises(InvalidImageError) as info, X if hasattr(X, "close") else contextlib.nullcontext():
         fitted_classifier.predict(X)
     for word in words:
         assert word in str(info.value)
-    assert "Image 0" not in str(info.value)
+    if not isinstance(X, np.ndarray) or X.ndim != 3:  # the (H, W, 2) array is one image, named as one
+        assert "Image 0" not in str(info.value)
 
 
 @pytest.mark.parametrize("verbose", [0, 1])
