@@ -132,6 +132,29 @@ def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier,
         assert "Image 0" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"batch_size": 0}, ["batch_size", "at least 1", "got 0"]),
+        ({"batch_size": -3}, ["batch_size", "got -3"]),
+        ({"batch_size": 2.5}, ["batch_size", "whole number"]),
+        ({"uncertainty_threshold": 2.0}, ["uncertainty_threshold", "[0, 1]", "got 2.0"]),
+        ({"uncertainty_threshold": float("nan")}, ["uncertainty_threshold", "got nan"]),
+    ],
+    ids=["batch 0", "batch -3", "batch 2.5", "threshold 2", "threshold NaN"],
+)
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "verdicts", "explain"])
+def test_inference_parameters_set_after_loading_are_checked(fitted_classifier, test_images, params, words, method):
+    # set_params and from_pretrained(**params) store as scikit-learn does; inference says what is wrong,
+    # not "range() arg 3 must not be zero", and never calls every result "uncertain" for a threshold of 2.
+    clf = copy.copy(fitted_classifier).set_params(**params)
+    with pytest.raises(TumorClassifierError) as info:
+        getattr(clf, method)(str(test_images[0][0]))
+    assert isinstance(info.value, ValueError)
+    for word in words:
+        assert word in str(info.value)
+
+
 @pytest.mark.parametrize("verbose", [0, 1])
 def test_fit_shows_one_progress_bar_or_nothing(train_images, capfd, one_torch_thread, verbose):
     paths, labels = train_images
