@@ -114,6 +114,15 @@ def test_the_figure_of_a_flagged_input_names_no_class(fitted_classifier, test_im
     assert target in fitted_classifier.classes_ and target in title and "%" in title
 
 
+def test_explain_without_out_says_no_heatmap_is_made(model_dir, test_images, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(test_images[0][0]), "--model", str(model_dir), "--explain", "gradcam"]) == 0
+    captured = capsys.readouterr()
+    assert "--explain writes its overlays into --out DIR" in captured.err
+    assert "Tumor" in captured.out or "tumor" in captured.out  # the table is printed as without --explain
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_model_is_a_clear_error(test_images, tmp_path, capsys):
     assert main(["predict", str(test_images[0][0]), "--model", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err

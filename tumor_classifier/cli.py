@@ -429,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (model_folder.quiet_weights), and `predict --backend onnx` never imports transformers.
     if getattr(args, "out", None) and getattr(args, "explain", "x") is None and args.command == "predict":
         print("note: --out is used with --explain; no overlays are written without it.", file=sys.stderr)
+    if args.command == "predict" and args.explain and not args.out and not (args.output or args.recursive):
+        # Heatmaps cost several times a prediction; without a folder to hold them nobody would see them.
+        print("note: --explain writes its overlays into --out DIR; without --out no heatmaps are made.", file=sys.stderr)
+        args.explain = None
     try:
         return args.handler(args)
     except TumorClassifierError as error:
