@@ -198,6 +198,13 @@ def test_attribution_maps_are_in_the_coordinates_of_each_input(fitted_classifier
         assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
     # The padding added around the scan is outside the head crop: no attribution there.
     assert maps[1][:, :40].max() == 0 and maps[1][:, -40:].max() == 0
+    # Above MAX_DECODED_SIDE the decoder reduces the image by a whole factor, and the map
+    # is in the reduced image's coordinates (as the README and predict's docstring say).
+    from tumor_classifier.decoding import MAX_DECODED_SIDE
+
+    large = np.kron(wide, np.ones((8, 8), dtype=np.uint8))  # 1600 x 2560: reduced by 2
+    assert max(large.shape) > MAX_DECODED_SIDE
+    assert fitted_classifier.predict(large, return_attributions=True)[1][0].shape == (800, 1280)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "integrated_gradients", "occlusion"])

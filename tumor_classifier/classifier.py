@@ -383,7 +383,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Args:
             X: Images, as for :meth:`predict_proba`.
             return_attributions: Also return one float32 (H, W) map in [0, 1] per image,
-                H and W those of that input image.
+                H and W those of that input image (of an image longer than
+                ``decoding.MAX_DECODED_SIDE``, 2048 px, those of the image reduced by the
+                whole factor that brings it within: divide its coordinates by that factor).
             method: Attribution method (see :meth:`explain`).
 
         Returns:
