@@ -181,3 +181,58 @@ def test_two_processes_under_torchrun_give_the_single_process_output(archive, ti
 def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, extra, message):
     assert main(["predict", str(archive), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("results.csv", None, "is a folder, not a results file"),
+        ("results.csv", "patient,score\n1,2\n", "not a results file of this command"),
+        ("results.jsonl", "garbage, not JSON\n", "not a results file of this command"),
+        ("results.parquet", "not Parquet", "not a results file of this command"),
+        ("notes.txt/results.csv", "my notes", "is a file, not a folder"),
+    ],
+    ids=["a folder", "someone else's CSV", "not JSON lines", "not Parquet", "below a file"],
+)
+def test_an_output_that_is_not_ours_is_refused_before_any_work_and_left_alone(archive, tmp_path, capsys, name, content, message):
+    output = tmp_path / name
+    taken = tmp_path / name.split("/")[0]  # what is there already: a folder or a file
+    if content is None:
+        taken.mkdir()
+    else:
+        taken.write_text(content)
+    # No --model: the refusal comes before any model is loaded.
+    assert main(["predict", str(archive), "--recursive", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert content is None or taken.read_text() == content  # left as it was
+    assert not parts_folder(output).exists()
+
+
+def test_ctrl_c_keeps_the_rows_predicted_so_far_and_says_how_to_resume(data_dir, tiny_model_dir, tmp_path):
+    import re
+    import signal
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    image = sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0].read_bytes()
+    for index in range(600):  # enough that the run is still going when Ctrl-C comes
+        (scans / f"{index:04d}.jpg").write_bytes(image)
+    output = tmp_path / "results.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "tumor_classifier.cli", "predict", str(scans), "--output", str(output), "--model", str(tiny_model_dir)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        bar = ""
+        while not re.search(r" [1-9][0-9]*/600", bar):  # the bar has moved: one batch at least is predicted
+            character = process.stderr.read(1)
+            assert character, "the run ended before Ctrl-C came"
+            bar = (bar + character)[-200:]
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "run the same command again to resume" in err
+    kept = (parts_folder(output) / "rank0.csv").read_text().splitlines()
+    assert 32 <= len(kept) - 1 < 600  # the batches predicted before Ctrl-C, header aside

@@ -1,5 +1,6 @@
 """The TumorClassifier contract, its attributions, and the Hub round trip."""
 
+import contextlib
 import copy
 import io
 import socket
@@ -111,16 +112,47 @@ def test_unreadable_input_names_the_image(fitted_classifier, test_images, tmp_pa
         (7, ["object of type int", "accepted"]),
         (None, ["Cannot read None", "accepted"]),
         ([], ["the sequence is empty", "a list of them"]),
+        ("open file", ["an open file (BufferedReader)", "its path", "read()"]),
+        (memoryview(b"\xff\xd8\xff"), ["a memoryview", "bytes("]),
+        (np.zeros((64, 64, 2)), ["3-D numpy array of shape (64, 64, 2)", "(H, W, C) with C in 1, 3, 4"]),
     ],
-    ids=["1-D array", "5-D array", "numpy scalar", "int", "None", "empty list"],
+    ids=["1-D array", "5-D array", "numpy scalar", "int", "None", "empty list", "open file", "memoryview", "2 channels"],
 )
-def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier, X, words):
+def test_input_that_is_no_image_nor_sequence_says_what_it_was(fitted_classifier, test_images, X, words):
     # A 1-D array used to be read as five float64 "images": the message named float64, not the array.
-    with pytest.raises(InvalidImageError) as info:
+    # An open file was read line by line as "images", a memoryview byte by byte as ints, and an
+    # (H, W, 2) array as H images of W x 2 pixels.
+    if isinstance(X, str):  # opened here: a parameter would stay open
+        X = open(test_images[0][0], "rb")
+    with pytest.raises(InvalidImageError) as info, X if hasattr(X, "close") else contextlib.nullcontext():
         fitted_classifier.predict(X)
     for word in words:
         assert word in str(info.value)
-    assert "Image 0" not in str(info.value)
+    if not isinstance(X, np.ndarray) or X.ndim != 3:  # the (H, W, 2) array is one image, named as one
+        assert "Image 0" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"batch_size": 0}, ["batch_size", "at least 1", "got 0"]),
+        ({"batch_size": -3}, ["batch_size", "got -3"]),
+        ({"batch_size": 2.5}, ["batch_size", "whole number"]),
+        ({"uncertainty_threshold": 2.0}, ["uncertainty_threshold", "[0, 1]", "got 2.0"]),
+        ({"uncertainty_threshold": float("nan")}, ["uncertainty_threshold", "got nan"]),
+    ],
+    ids=["batch 0", "batch -3", "batch 2.5", "threshold 2", "threshold NaN"],
+)
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "verdicts", "explain"])
+def test_inference_parameters_set_after_loading_are_checked(fitted_classifier, test_images, params, words, method):
+    # set_params and from_pretrained(**params) store as scikit-learn does; inference says what is wrong,
+    # not "range() arg 3 must not be zero", and never calls every result "uncertain" for a threshold of 2.
+    clf = copy.copy(fitted_classifier).set_params(**params)
+    with pytest.raises(TumorClassifierError) as info:
+        getattr(clf, method)(str(test_images[0][0]))
+    assert isinstance(info.value, ValueError)
+    for word in words:
+        assert word in str(info.value)
 
 
 @pytest.mark.parametrize("verbose", [0, 1])
@@ -166,6 +198,13 @@ def test_attribution_maps_are_in_the_coordinates_of_each_input(fitted_classifier
         assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
     # The padding added around the scan is outside the head crop: no attribution there.
     assert maps[1][:, :40].max() == 0 and maps[1][:, -40:].max() == 0
+    # Above MAX_DECODED_SIDE the decoder reduces the image by a whole factor, and the map
+    # is in the reduced image's coordinates (as the README and predict's docstring say).
+    from tumor_classifier.decoding import MAX_DECODED_SIDE
+
+    large = np.kron(wide, np.ones((8, 8), dtype=np.uint8))  # 1600 x 2560: reduced by 2
+    assert max(large.shape) > MAX_DECODED_SIDE
+    assert fitted_classifier.predict(large, return_attributions=True)[1][0].shape == (800, 1280)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "integrated_gradients", "occlusion"])

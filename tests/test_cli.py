@@ -78,6 +78,51 @@ def test_predict_json_reports_readable_images_and_fails_for_the_rest(model_dir, 
     assert "broken.png" in captured.err
 
 
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(where, test_images, tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me")
+    out = taken if where == "a file" else taken / "overlays"
+    # No --model: the refusal comes before any model is loaded.
+    assert main(["predict", str(test_images[0][0]), "--explain", "gradcam", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "folder" in err and "Traceback" not in err
+    assert taken.read_text() == "keep me"
+
+
+def test_out_without_explain_writes_nothing(model_dir, test_images, tmp_path, capsys):
+    out = tmp_path / "overlays"
+    assert main(["predict", str(test_images[0][0]), "--model", str(model_dir), "--out", str(out)]) == 0
+    assert "no overlays are written" in capsys.readouterr().err
+    assert not out.exists()  # the note says nothing is written: not even the folder
+
+
+def test_the_figure_of_a_flagged_input_names_no_class(fitted_classifier, test_images):
+    """Not a brain MRI: no tumor type anywhere (README), so none on the exported figure either."""
+    from sklearn.datasets import load_sample_image
+
+    from tumor_classifier.cli import _figure_text
+
+    photo, scan = fitted_classifier.explain([load_sample_image("china.jpg"), str(test_images[0][0])], method="gradcam")
+    assert photo.verdict.kind == "not_brain_mri"
+    title, target = _figure_text(photo)
+    for name in fitted_classifier.classes_:
+        assert name not in title and name not in target
+    assert "%" not in title and "not a diagnostic device" in title
+    # A slice that passes the check keeps its class and probability.
+    title, target = _figure_text(scan)
+    assert target in fitted_classifier.classes_ and target in title and "%" in title
+
+
+def test_explain_without_out_says_no_heatmap_is_made(model_dir, test_images, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(test_images[0][0]), "--model", str(model_dir), "--explain", "gradcam"]) == 0
+    captured = capsys.readouterr()
+    assert "--explain writes its overlays into --out DIR" in captured.err
+    assert "Tumor" in captured.out or "tumor" in captured.out  # the table is printed as without --explain
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_model_is_a_clear_error(test_images, tmp_path, capsys):
     assert main(["predict", str(test_images[0][0]), "--model", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err

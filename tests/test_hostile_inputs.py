@@ -216,6 +216,18 @@ def test_bad_input_gives_a_clear_error(name, source, words, places):
     assert len(outcome) == 1, f"a DecompressionBombWarning escaped: {outcome[1:]}"
 
 
+@pytest.mark.parametrize("name", ["empty.png", "notes.txt", "huge.bin", "folder", "missing.png"])
+def test_decode_names_a_bad_file_as_load_image_does(name, places):
+    """The CLI, the archive and the app decode with ``decode``: its message must name the file too."""
+    path = places["folder"] / "missing.png" if name == "missing.png" else places[name]
+    with pytest.raises(InvalidImageError) as expected:
+        load_image(path)
+    with pytest.raises(InvalidImageError) as info:
+        decoding.decode(path)
+    assert str(info.value) == str(expected.value)
+    assert path.name in str(info.value)
+
+
 def test_messages_stay_short_for_long_paths(places):
     with pytest.raises(InvalidImageError) as info:
         load_image("/" + "x" * 100_000)

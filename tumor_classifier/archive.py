@@ -301,24 +301,27 @@ def predict_shard(
     writer = PartWriter(output, rank, columns, flush_rows, flush_seconds)
     start, failed, slices = time.perf_counter(), 0, 0
     batch = max(1, int(getattr(classifier, "batch_size", 32)))
-    with tqdm(total=len(todo), unit="file", desc=f"rank {rank}" if world_size > 1 else "predict", position=rank, disable=not progress, dynamic_ncols=True) as bar:
-        index = 0
-        while index < len(todo):
-            if todo[index].kind == VOLUME:
-                chunk = todo[index : index + 1]
-                rows = [_volume_row(classifier, chunk[0], columns, plane, time_point)]
-            else:  # consecutive slice images, classified as one batch
-                end = index
-                while end < len(todo) and end - index < batch and todo[end].kind == SLICE:
-                    end += 1
-                chunk = todo[index:end]
-                rows = _slice_rows(classifier, chunk, columns)
-            writer.add(rows)
-            failed += sum(row["error"] is not None for row in rows)
-            slices += sum(row["slices"] or 0 for row in rows)
-            index += len(chunk)
-            bar.update(len(chunk))
-    writer.flush()
+    try:
+        with tqdm(total=len(todo), unit="file", desc=f"rank {rank}" if world_size > 1 else "predict", position=rank, disable=not progress, dynamic_ncols=True) as bar:
+            index = 0
+            while index < len(todo):
+                if todo[index].kind == VOLUME:
+                    chunk = todo[index : index + 1]
+                    rows = [_volume_row(classifier, chunk[0], columns, plane, time_point)]
+                else:  # consecutive slice images, classified as one batch
+                    end = index
+                    while end < len(todo) and end - index < batch and todo[end].kind == SLICE:
+                        end += 1
+                    chunk = todo[index:end]
+                    rows = _slice_rows(classifier, chunk, columns)
+                writer.add(rows)
+                failed += sum(row["error"] is not None for row in rows)
+                slices += sum(row["slices"] or 0 for row in rows)
+                index += len(chunk)
+                bar.update(len(chunk))
+    finally:
+        # Also on Ctrl-C: the rows held are whole, and a rerun skips them instead of predicting them again.
+        writer.flush()
     return ArchiveSummary(output, rank, world_size, len(items), len(mine) - len(todo), len(todo), failed, slices, time.perf_counter() - start)
 
 

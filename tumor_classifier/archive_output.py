@@ -70,6 +70,15 @@ class _Lines:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def columns(self, path: Path) -> list[str]:
+        """The columns of a file written by this class, from its first line."""
+        with open(path, encoding="utf-8", newline="") as handle:
+            first = handle.readline()
+        if self.suffix == ".jsonl":
+            row = json.loads(first)
+            return list(row) if isinstance(row, dict) else []
+        return next(csv.reader([first]), [])
+
     def read(self, path: Path) -> list[dict[str, Any]]:
         text = _complete_text(path)
         if self.suffix == ".jsonl":
@@ -109,6 +118,11 @@ class _Parquet:
     def append(self, path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         self.write(path, rows, columns)  # a new part per chunk
 
+    def columns(self, path: Path) -> list[str]:
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+
     def read(self, path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
@@ -124,13 +138,36 @@ class _Parquet:
 
 
 def check_output(output: str | os.PathLike) -> Path:
-    """The output path, once its suffix is known to name a format.
+    """The output path, once it is known to be one this command can write and resume.
 
     Raises:
-        InvalidArgumentError: The suffix is not ``.parquet``, ``.csv`` or ``.jsonl``.
+        InvalidArgumentError: The suffix is not ``.parquet``, ``.csv`` or ``.jsonl``; the
+            path is a folder or lies below a file; or a file is there already that is not
+            a results file of this command (no ``path`` column, or not in the format its
+            suffix names). Such a file is left as it is.
     """
-    _format(Path(output))
-    return Path(output)
+    output = Path(output)
+    form = _format(output)
+    if output.exists() and not output.is_file():
+        raise InvalidArgumentError(f"The output {output} is a folder, not a results file; give a file path such as {output / 'results'}{form.suffix}.")
+    above = output.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise InvalidArgumentError(f"The output {output} cannot be written: {above} is a file, not a folder.")
+    if output.is_file() and output.stat().st_size:
+        try:
+            columns = form.columns(output)
+        except Exception as error:  # noqa: BLE001 - csv, json and pyarrow each raise their own
+            columns, reason = [], f"{type(error).__name__}: {error}"
+        else:
+            reason = f"its columns are {', '.join(map(str, columns[:6]))}"
+        if "path" not in columns:
+            raise InvalidArgumentError(
+                f"The output {output} exists and is not a results file of this command ({' '.join(reason.split())[:200]}); "
+                "a run resumes only from its own results. Give another --output, or move that file away."
+            )
+    return output
 
 
 def _format(output: Path) -> _Lines | _Parquet:

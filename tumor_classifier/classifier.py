@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .attributions import default_method
 from .data import NO_TUMOR, as_sources
-from .exceptions import NotFittedError, TumorClassifierError
+from .exceptions import InvalidArgumentError, NotFittedError, TumorClassifierError
 from .metrics import tumor_probability
 from .decoding import DecodedImage, decode_each
 # transformers (ensemble, models) is imported where a torch model is built or loaded
@@ -283,6 +283,24 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
                 "This TumorClassifier is not fitted yet: call fit(X, y) or load one with "
                 "TumorClassifier.from_pretrained() first."
             )
+        self._check_inference_params()
+
+    def _check_inference_params(self) -> None:
+        """The parameters inference uses; set_params and from_pretrained(**params) only store them.
+
+        Raises:
+            InvalidArgumentError: ``batch_size`` is not a whole number of at least 1, or
+                ``uncertainty_threshold`` is not a probability.
+        """
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise InvalidArgumentError(f"batch_size must be a whole number of at least 1; got {size!r}. Set it with set_params(batch_size=32).")
+        threshold = self.uncertainty_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not 0 <= threshold <= 1:
+            raise InvalidArgumentError(
+                f"uncertainty_threshold must be a probability in [0, 1] (a top probability below it is 'uncertain'); "
+                f"got {threshold!r}. Set it with set_params(uncertainty_threshold=0.6)."
+            )
 
     def _prepare(self, X: Any) -> list[PreparedImage]:
         return [self.preprocessor_.prepare(d.gray) for d in decode_each(as_sources(X))]
@@ -365,7 +383,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         Args:
             X: Images, as for :meth:`predict_proba`.
             return_attributions: Also return one float32 (H, W) map in [0, 1] per image,
-                H and W those of that input image.
+                H and W those of that input image (of an image longer than
+                ``decoding.MAX_DECODED_SIDE``, 2048 px, those of the image reduced by the
+                whole factor that brings it within: divide its coordinates by that factor).
             method: Attribution method (see :meth:`explain`).
 
         Returns:

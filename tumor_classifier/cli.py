@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -39,15 +40,27 @@ def _load(model: str | None, backend: str = "torch"):
     return TumorClassifier.from_pretrained(model, backend=backend)
 
 
-def _figure(explanation):
-    """The exported heatmap: the overlay with its verdict written above and a colour bar below."""
-    from .verdict import format_probability
-    from .visualization import annotate
+def _figure_text(explanation) -> tuple[str, str]:
+    """The exported figure's title and what its map is evidence for.
 
+    An input the MRI check flags gets no class and no probability, as in the table: they
+    would read as a tumor type for something that is not a brain MRI.
+    """
+    from .verdict import format_probability
+
+    if not explanation.verdict.brain_mri:
+        return f"{explanation.verdict.headline}: no tumor type given; not a diagnostic device", "the model's top class"
     probabilities = explanation.probabilities
     explained = max(probabilities, key=probabilities.get)  # the class the map belongs to
-    title = f"{explanation.verdict.title} ({explained} {format_probability(probabilities[explained])}); not a diagnostic device"
-    return annotate(explanation.overlay, title=title, target=explained, method=explanation.method)
+    return f"{explanation.verdict.title} ({explained} {format_probability(probabilities[explained])}); not a diagnostic device", explained
+
+
+def _figure(explanation):
+    """The exported heatmap: the overlay with its verdict written above and a colour bar below."""
+    from .visualization import annotate
+
+    title, target = _figure_text(explanation)
+    return annotate(explanation.overlay, title=title, target=target, method=explanation.method)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -55,6 +68,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.output or args.recursive:
         return _predict_archive(args)
+    if args.out and args.explain:  # without --explain nothing goes there, not even the folder
+        _overlay_folder(args.out)  # before the model loads: a bad --out costs nothing
     classifier = _load(args.model, args.backend)
     volumes = [path for path in args.images if _is_volume(path)]
     volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
@@ -68,8 +83,6 @@ def _predict(args: argparse.Namespace) -> int:
             readable.append(path)
         except TumorClassifierError as error:
             failures.append((path, str(error)))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = []
     if readable:
         if args.explain:
@@ -121,20 +134,46 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures or volume_failures else 0
 
 
+def _overlay_folder(out: str) -> Path:
+    """``--out``, created if missing; refused when it cannot hold the overlay PNGs.
+
+    Raises:
+        InvalidArgumentError: ``out`` is a file, cannot be created, or is not writable.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidArgumentError(f"--out {out} is a file, not a folder; give a folder for the overlay PNGs (it is created if missing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"--out {out} cannot be made a folder for the overlay PNGs ({error.strerror or error}); "
+            "give a folder that exists or can be created."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"--out {out} is a folder this user cannot write to; give a writable folder for the overlay PNGs.")
+    return folder
+
+
 def _predict_archive(args: argparse.Namespace) -> int:
     """``--output``: one row per file into a results file (tumor_classifier.archive); unreadable files are rows too.
 
     Exits 1, like a plain ``predict`` with an unreadable file, when the results file holds
     an error row (resumed ones included), after a one-line count on stderr; 0 otherwise.
     """
-    from .archive import check_output, predict_archive
+    from .archive import check_output, parts_folder, predict_archive
 
     if not args.output or args.explain or args.slices or args.json:
         raise InvalidArgumentError("--recursive and --output write one row per file to a results file: give --output results.parquet "
                                    "(or .csv, .jsonl) and leave out --explain, --slices and --json, which are for printed results.")
     check_output(args.output)  # before the model loads
-    summary = predict_archive(_load(args.model, args.backend), args.images, args.output, recursive=args.recursive,
-                              plane=args.plane, time_point=args.time_point)
+    classifier = _load(args.model, args.backend)
+    try:
+        summary = predict_archive(classifier, args.images, args.output, recursive=args.recursive, plane=args.plane, time_point=args.time_point)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the rows predicted so far are kept in {parts_folder(args.output)}; "
+              "run the same command again to resume.", file=sys.stderr)
+        return 130  # the shell's status for a run stopped by Ctrl-C
     print(summary.text)
     # Only process 0 knows the merged output, and only it may fail the run: under torchrun
     # a process that exits non-zero gets the others stopped, possibly in the middle of the merge.
@@ -294,8 +333,6 @@ def _data_report(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     # The entry point, not the library, sets these: before Gradio is imported, which reads
     # its switch then. (The package's own import may have read huggingface_hub's already;
     # Hub telemetry only rides on Hub downloads.)
@@ -392,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (model_folder.quiet_weights), and `predict --backend onnx` never imports transformers.
     if getattr(args, "out", None) and getattr(args, "explain", "x") is None and args.command == "predict":
         print("note: --out is used with --explain; no overlays are written without it.", file=sys.stderr)
+    if args.command == "predict" and args.explain and not args.out and not (args.output or args.recursive):
+        # Heatmaps cost several times a prediction; without a folder to hold them nobody would see them.
+        print("note: --explain writes its overlays into --out DIR; without --out no heatmaps are made.", file=sys.stderr)
+        args.explain = None
     try:
         return args.handler(args)
     except TumorClassifierError as error:

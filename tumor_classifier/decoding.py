@@ -20,6 +20,7 @@ public names are importable from here. The three import nothing else of the pack
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -218,8 +219,8 @@ def decode(source: Any, gray: Image.Image | None = None) -> DecodedImage:
     what = _describe(source)
     if isinstance(source, (str, os.PathLike)):
         data = _read_file(source, what)  # stat first, bounded chunks: the decoder's own reader
-        if not data:
-            return DecodedImage(load_image(data), None)
+        if not data:  # load_image refuses it, naming the file (the bytes would be "image data")
+            return DecodedImage(load_image(source), None)
     else:
         data = _read_bytes(source, what)  # empty or too large: refused as load_image refuses them
     # The decoder's header check: its formats only, sizes checked before decoding, no
@@ -268,7 +269,9 @@ def is_single_image(source: Any) -> bool:
     if isinstance(source, (str, os.PathLike, bytes, bytearray, Image.Image, dict, DecodedImage)):
         return True
     if isinstance(source, np.ndarray):
-        return source.ndim == 2 or (source.ndim == 3 and source.shape[-1] in (1, 3, 4))
+        # A last axis too short to be a width is channels: one (H, W, C) image, whose count
+        # load_image refuses if it is not 1, 3 or 4 (as a stack its images would be refused anyway).
+        return source.ndim == 2 or (source.ndim == 3 and (source.shape[-1] in (1, 3, 4) or source.shape[-1] < MIN_IMAGE_SIDE))
     return False
 
 
@@ -287,6 +290,14 @@ def as_image_list(images: Any) -> list[Any]:
         )
     if isinstance(images, (np.generic, int, float, complex)) or images is None:
         raise InvalidImageError(f"Cannot read {_kind(images)} as images; accepted: {ACCEPTED_SEQUENCES}.")
+    # Iterable, but not a sequence of images: a file gives its lines, a memoryview its bytes as ints.
+    if isinstance(images, io.IOBase):
+        raise InvalidImageError(
+            f"Cannot read an open file ({type(images).__name__}) as images: pass its path, or its bytes "
+            f"(file.read()); accepted: {ACCEPTED_SEQUENCES}."
+        )
+    if isinstance(images, memoryview):
+        raise InvalidImageError(f"Cannot read a memoryview as images: pass bytes(view); accepted: {ACCEPTED_SEQUENCES}.")
     try:
         sources = list(images)
     except TypeError:
