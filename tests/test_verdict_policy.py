@@ -84,6 +84,7 @@ def test_cli_calls_china_not_a_brain_mri(model_dir, china, capsys):
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["label"] == NOT_BRAIN_MRI and row["verdict"] == NOT_BRAIN_MRI and row["looks_like_mri"] is False
     assert row["message"].startswith("This does not look like a brain MRI slice")
+    assert row["message"].lower().count("does not look like a brain mri") == 1  # the headline, not repeated by a reason
     assert main(["predict", str(china), "--model", str(model_dir)]) == 0
     table = capsys.readouterr().out
     line = next(text for text in table.splitlines() if text.startswith("china.jpg"))

@@ -392,7 +392,7 @@ class MRICheck:
                 out.append([])
                 continue
             sentences = [
-                f"it does not look like a brain MRI slice (score {score:.2f}, below the threshold {self.threshold:.2f})"
+                f"the learned check scores it {score:.2f}, below its threshold {self.threshold:.2f}"
             ]
             if excess > 0:
                 sentences.append("its look lies outside the range of the brain MRI slices the check was built on")
