@@ -14,6 +14,7 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from conftest import TINY_CONVNEXT
 from tumor_classifier import HubUploadError, InvalidImageError, ModelLoadError, NotFittedError, TumorClassifier, TumorClassifierError
+from tumor_classifier.exceptions import InvalidArgumentError
 from tumor_classifier.localisation_runs import randomised_copy
 
 
@@ -219,6 +220,14 @@ def test_explain_returns_everything_the_app_shows(fitted_classifier, test_images
         assert e.overlay.mode == "RGB" and e.overlay.size == Image.open(path).size
         assert e.attribution.shape == Image.open(path).size[::-1]
         assert e.quality.looks_like_mri
+
+
+def test_explain_options_and_methods_are_checked_by_name(fitted_classifier, test_images):
+    path = test_images[0][0]
+    with pytest.raises(InvalidArgumentError, match=r"Unknown explain option 'bogus'.*n_steps"):
+        fitted_classifier.explain(path, bogus=1)
+    with pytest.raises(InvalidArgumentError, match=r"Unknown attribution method 'nope'"):
+        fitted_classifier.predict(path, method="nope")  # also without return_attributions: not silently ignored
 
 
 def _head_mask(path) -> np.ndarray:

@@ -393,6 +393,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             ``return_attributions`` a tuple ``(labels, maps)``.
         """
         self._check_fitted()
+        explanations.resolve_method(self, method)  # a wrong name is an error, with or without maps
         decoded = decode_each(as_sources(X))
         prepared = [self.preprocessor_.prepare(d.gray) for d in decoded]
         proba = self._proba(prepared)

@@ -6,6 +6,7 @@ The functions take a fitted classifier and use its model, preprocessing and verd
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -64,13 +65,28 @@ def resolve_method(estimator, method: str) -> str:
     return method
 
 
+#: The options ``explain`` passes on: ``compute_attributions``' keywords, less those it sets itself.
+_OPTION_NAMES = frozenset(inspect.signature(compute_attributions).parameters) - {
+    "model", "pixel_values", "target", "method", "return_logits",
+}
+
+
 def method_options(estimator, method: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` for ``compute_attributions`` with what the classifier knows filled in.
 
     Integrated Gradients and Occlusion take a black image as "absent" (their baseline);
     ``smoothgrad_contrast`` contrasts the class with no tumour (``versus``), when the
     classifier has that class. A value the caller gave is kept.
+
+    Raises:
+        InvalidArgumentError: An option ``compute_attributions`` does not take (options of
+            other methods are accepted and unused, so one set serves every method).
     """
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise InvalidArgumentError(
+            f"Unknown explain option {unknown[0]!r}; accepted: {', '.join(sorted(_OPTION_NAMES))} (see compute_attributions)."
+        )
     options = dict(options)
     preprocessor = estimator.preprocessor_
     if method in ("integrated_gradients", "occlusion"):
