@@ -151,6 +151,23 @@ def test_upload_click_and_read_the_verdict(page, confident_classifier, data_dir,
     print(f"screenshot of the page after a prediction: {screenshot}")
 
 
+def test_a_method_chosen_before_the_first_analysis(page, confident_classifier, data_dir):
+    """Choosing the heatmap method first, then uploading and analysing, shows the verdict.
+
+    (The method's change event once sent a skip to the label; Gradio rebuilt the label
+    from its constructor for the session, without the wrapper that shows "Uncertain", and
+    every later analysis of that page failed with "Error" badges.)
+    """
+    assert page.evaluate("() => document.querySelector('#method input:checked').value") != "hirescam"
+    page.locator("#method label", has_text="HiResCAM").click()
+    page.wait_for_timeout(500)  # the change event has run
+    scan = sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0]
+    _upload(page, scan)
+    page.click("#analyze")
+    assert _wait_for_result(page) == confident_classifier.predict(str(scan))[0]
+    assert page.locator(".toast-body").count() == 0
+
+
 def test_click_an_example(page, confident_classifier):
     example = next(path for path in example_paths() if path.stem == "pituitary")
     expected = confident_classifier.predict(str(example))[0]

@@ -177,10 +177,15 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
 
     def rerun_with_method(image, method, opacity, state):
         # A new method re-draws the heatmap of the scan on show; before any result
-        # (nothing analysed yet, or a new upload) there is nothing to re-draw.
+        # (nothing analysed yet, or a new upload) there is nothing to re-draw. Only the
+        # heatmap and its state change (the verdict does not depend on the method), and
+        # the label is never an output here: a skip sent to it makes Gradio rebuild the
+        # label from its constructor for the session, without _verdict_label's wrapper,
+        # and every later result of the page then fails to show.
         if not state or image is None:
-            return tuple(gr.skip() for _ in range(5))
-        return run_one(image, method, opacity)
+            return gr.skip(), gr.skip()
+        _, _, heatmap, _, new_state = run_one(image, method, opacity)
+        return heatmap, new_state
 
     fn = served if batch else run_one
 
@@ -235,7 +240,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         method.change(
             rerun_with_method,
             inputs=[image, method, opacity, state],
-            outputs=outputs,
+            outputs=[heatmap, state],
             api_visibility="private",
             concurrency_id="model",
             preprocess=False,
