@@ -264,8 +264,12 @@ def test_a_nifti_volume_gets_a_verdict_and_the_slider_moves_the_heatmap(page, co
     page.wait_for_function("() => !document.querySelector('#analyze-volume').disabled")
     page.click("#analyze-volume")
     words = "The zip 'damaged.zip' is damaged or truncated"
-    page.wait_for_function("(words) => document.body.innerText.includes(words)", arg=words)
-    assert "Traceback" not in page.inner_text("body")
+    page.wait_for_function("(words) => document.querySelector('#volume-verdict').innerText.includes(words)", arg=words)
+    page.wait_for_timeout(1000)  # a toast or an "Error" badge would show up by now
+    # Said once, where it stays (a toast goes after 10 s and left "Error" badges on every output).
+    body = page.inner_text("body")
+    assert body.count(words) == 1 and "Traceback" not in body and "Error" not in body, body
+    assert page.locator(".toast-body").count() == 0
 
 
 def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_path):
