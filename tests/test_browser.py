@@ -242,6 +242,10 @@ def test_a_nifti_volume_gets_a_verdict_and_the_slider_moves_the_heatmap(page, co
     assert page.input_value("#slice input[type=number]") == str(expected.key_slice)
     assert page.inner_text("#slice-caption").startswith(f"Slice {expected.key_slice} of 0-19 (key slice)")
     assert page.evaluate("() => document.querySelector('#slice-heatmap img').naturalWidth") == 64
+    # The slice's heatmap has the slice tab's colour bar and words.
+    legend = page.inner_text("#slice-heatmap-legend")
+    assert "no evidence" in legend and "strongest" in legend
+    assert page.locator("#slice-heatmap-legend [aria-label='colour bar']").is_visible()
     # Another slice inside the head: its own heatmap, caption and plot marker.
     other = next(int(i) for i in np.flatnonzero(expected.classified) if i != expected.key_slice)
     plot_src = page.get_attribute("#slice-plot img", "src")

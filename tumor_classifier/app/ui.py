@@ -115,6 +115,7 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
         with gr.Column():
             heatmap = gr.Image(label="Heatmap on the slice", type="pil", format="png", interactive=False, height=360, elem_id="slice-heatmap")
             caption = gr.Markdown(elem_id="slice-caption")
+            gr.HTML(_legend_html(), elem_id="slice-heatmap-legend")  # the slice tab's colour bar: the same overlay
         # No label: the figure has its title, which a label badge would cover.
         plot = gr.Plot(label="Tumor probability along the slices", show_label=False, format="png", elem_id="slice-plot")
     state = gr.State()
