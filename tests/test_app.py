@@ -25,6 +25,8 @@ from PIL import Image
 
 from tumor_classifier import InvalidImageError
 from tumor_classifier.app import (
+    ACCEPTED_TEXT,
+    ACCEPTED_VOLUME_TEXT,
     EXAMPLES_DIR,
     INVALID_HEADLINE,
     MAX_SCAN_SIDE,
@@ -376,7 +378,13 @@ def test_rest_keep_alive_client_survives_a_too_large_upload(server, one_per_clas
 
 @pytest.mark.parametrize(
     "params, named",
-    [({"method": "astrology"}, ["method", "astrology", "hirescam", "gradcam"]), ({"opacity": 2}, ["opacity"]), ({"overlay": "perhaps"}, ["overlay"])],
+    [
+        ({"method": "astrology"}, ["method", "astrology", "hirescam", "gradcam"]),
+        # Each says what it got and what is accepted (pydantic's own words said neither).
+        ({"opacity": 2}, ["opacity: got '2'; accepted: a number from 0 to 1"]),
+        ({"opacity": "abc"}, ["opacity: got 'abc'; accepted: a number from 0 to 1"]),
+        ({"overlay": "perhaps"}, ["overlay: got 'perhaps'; accepted: true or false"]),
+    ],
 )
 def test_rest_bad_options_are_400_with_a_sentence(server, one_per_class, params, named):
     response = requests.post(server.url + REST, params=params, files={"file": one_per_class[0].read_bytes()}, timeout=60)
@@ -388,6 +396,16 @@ def test_rest_bad_options_are_400_with_a_sentence(server, one_per_class, params,
 def test_rest_missing_file_says_which_field(server):
     response = requests.post(server.url + REST, files={"image": ("scan.jpg", b"\xff\xd8")}, timeout=60)
     assert response.status_code == 400 and "`file`" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("route, accepted", [(REST, ACCEPTED_TEXT), ("api/v1/predict_volume", ACCEPTED_VOLUME_TEXT)])
+def test_rest_a_file_field_without_a_file_says_what_to_send(server, route, accepted):
+    """No file, or text in the `file` field: the route's own formats, and no pydantic words."""
+    for request_kwargs in ({"files": {"image": ("scan", b"\xff\xd8")}}, {"data": {"file": "scan.jpg"}}):
+        response = requests.post(server.url + route, timeout=60, **request_kwargs)
+        detail = response.json()["detail"]
+        assert response.status_code == 400 and "multipart field `file`" in detail and accepted in detail, detail
+        assert "UploadFile" not in detail and "<class" not in detail, detail
 
 
 def test_rest_other_http_methods_are_405(server):

@@ -33,6 +33,7 @@ from tumor_classifier.app import (
     build_app,
     check_scan,
     check_volume,
+    predict_volume_for_page,
     predict_volume_upload,
     show_slice,
     start_in_background,
@@ -167,6 +168,19 @@ def test_a_bad_volume_is_a_clear_gr_error(confident_classifier, bad_volumes, nam
     assert words in message and name in message, message
     assert tempfile.gettempdir() + "/" not in message and "Traceback" not in message  # no server folder shown
     assert _leftovers() == before
+
+
+@pytest.mark.parametrize("name", ["notes.nii.gz", "damaged.zip", "two-series.zip"])
+def test_the_page_says_a_bad_volume_in_the_verdict_panel(confident_classifier, bad_volumes, name):
+    """The volume tab's Analyze: the message stays in the verdict panel, no toast; the outputs are cleared."""
+    with pytest.raises(gr.Error) as raised:  # what the API endpoint says
+        predict_volume_upload(str(bad_volumes[name]), "gradcam", classifier=confident_classifier)
+    verdict, label, tumor, slider, heatmap, caption, plot, state = predict_volume_for_page(
+        str(bad_volumes[name]), "gradcam", classifier=confident_classifier
+    )
+    assert verdict == f"### Cannot analyze this volume\n{raised.value.message}"
+    assert (label, tumor, heatmap, caption, plot, state) == (None, "", None, "", None, None)
+    assert slider.interactive is False
 
 
 @pytest.mark.parametrize("check, error, noun", [(check_scan, InvalidImageError, "image"), (check_volume, InvalidVolumeError, "volume")])

@@ -6,7 +6,7 @@ One module per concern; imports flow one way (``uploads`` -> ``analysis`` -> ``u
     uploads          receive_upload (every file upload's intake), check_scan, upload limits, Gradio's files
     volume_uploads   check_volume: NIfTI, DICOM, a zip of one series, read within limits
     analysis         ScanReport, analyze_scans, predict_scan(s), normalize_method, load_classifier
-    volume_analysis  VolumeReport, analyze_volume, predict_volume_upload, show_slice
+    volume_analysis  VolumeReport, analyze_volume, predict_volume_upload (the API), predict_volume_for_page, show_slice
     ui               build_demo: the Gradio page (a slice tab, a volume tab), legend, theme, examples
     rest             POST /api/v1/predict: its JSON models, messages, upload guard (rest_docs: /docs)
     server           build_app, serve, start_in_background
@@ -55,7 +55,7 @@ from .analysis import (
     predict_scan,
     predict_scans,
 )
-from .volume_analysis import VolumeReport, analyze_volume, predict_volume_upload, show_slice, slice_overlay
+from .volume_analysis import VolumeReport, analyze_volume, predict_volume_for_page, predict_volume_upload, show_slice, slice_overlay
 from .volume_uploads import (
     ACCEPTED_VOLUME_TEXT,
     MAX_VOLUME_VOXELS,
@@ -94,6 +94,7 @@ __all__ = [
     "VolumeReport",
     "analyze_volume",
     "check_volume",
+    "predict_volume_for_page",
     "predict_volume_upload",
     "show_slice",
     "slice_overlay",

@@ -224,16 +224,33 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _validation_message(error: RequestValidationError) -> str:
-    """FastAPI's validation errors as one sentence: which parameter, what was wrong, what is accepted."""
+#: What each query parameter of the two routes accepts, for the 400 answers.
+_ACCEPTED_OPTIONS = {
+    "method": ", ".join(("auto", *METHODS)),
+    "opacity": "a number from 0 to 1",
+    "overlay": "true or false",
+}
+
+
+def _validation_message(error: RequestValidationError, path: str = PREDICT_PATH) -> str:
+    """FastAPI's validation errors as one sentence: which parameter, what it got, what is accepted.
+
+    ``path`` is the route asked, so that a request without a file is told the formats of
+    that route (a slice's or a volume's). Pydantic's own words ("Input should be less
+    than or equal to 1", "Expected UploadFile, received: <class 'str'>") say neither what
+    was sent nor, for the file, what to send.
+    """
+    volume = path.rstrip("/") == PREDICT_VOLUME_PATH
+    what, accepted = ("volume", ACCEPTED_VOLUME_TEXT) if volume else ("image", ACCEPTED_TEXT)
     parts = []
     for item in error.errors():
         where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query"))
-        message = str(item.get("msg", "invalid"))
-        if item.get("type") == "missing" and where == "file":
-            message = f"no image: send it as the multipart field `file` ({ACCEPTED_TEXT})"
-        elif item.get("type") == "literal_error":
-            message = f"got {item.get('input')!r}; accepted: {', '.join(('auto', *METHODS))}"
+        if where == "file":  # missing, or sent as a text field rather than a file
+            message = f"no {what} file: send it as the multipart field `file`, with a file name ({accepted})"
+        elif where in _ACCEPTED_OPTIONS:
+            message = f"got {str(item.get('input'))!r}; accepted: {_ACCEPTED_OPTIONS[where]}"
+        else:
+            message = str(item.get("msg", "invalid"))
         parts.append(f"{where or 'request'}: {message}")
     return "Bad request: " + "; ".join(parts) + "."
 
@@ -295,9 +312,9 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         return report_to_json(report, include_overlay=overlay)
 
     @api.exception_handler(RequestValidationError)
-    async def bad_request(_request: Any, error: RequestValidationError) -> JSONResponse:
+    async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
         # FastAPI answers 422 with a pydantic list; the documented answer is 400 with a sentence.
-        return JSONResponse({"detail": _validation_message(error)}, status_code=400)
+        return JSONResponse({"detail": _validation_message(error, request.url.path)}, status_code=400)
 
     def wrong_method() -> JSONResponse:
         # Without this route the Gradio app mounted at "/" would answer 404.

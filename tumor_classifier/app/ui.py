@@ -20,7 +20,7 @@ from ..reports import DISCLAIMER
 from ..visualization import DEFAULT_COLORMAP, overlay
 from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
 from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
-from .volume_analysis import predict_volume_upload, show_slice
+from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice
 from .volume_uploads import ACCEPTED_VOLUME_TEXT, PICKER_SUFFIXES, is_volume_name
 
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
@@ -89,16 +89,17 @@ def _on_new_volume(payload: Any):
     name = (payload.get("orig_name") or payload.get("path")) if isinstance(payload, dict) else payload
     if usable and not is_volume_name(name):
         message, usable = f"### Cannot analyze this file\nThis tab reads volumes: {ACCEPTED_VOLUME_TEXT}.", False
-    slider = gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False, label="Slice")
-    return message, None, "", slider, None, "", None, None, gr.Button(interactive=usable)
+    return message, None, "", empty_slider(), None, "", None, None, gr.Button(interactive=usable)
 
 
 def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
     """The volume tab: upload, method, verdict, slice slider, the slice's heatmap and the probability plot.
 
-    Its events serve :func:`~.volume_analysis.predict_volume_upload` (named endpoint
-    ``predict_volume``) and :func:`~.volume_analysis.show_slice` themselves, bound to the
-    classifier (and to Gradio's upload folder).
+    Its events serve :func:`~.volume_analysis.predict_volume_for_page` (Analyze: a bad
+    upload is said in the verdict panel), :func:`~.volume_analysis.predict_volume_upload`
+    (the named endpoint ``predict_volume``, on a hidden button: API clients get ``gr.Error``)
+    and :func:`~.volume_analysis.show_slice` themselves, bound to the classifier (and to
+    Gradio's upload folder).
     """
     with gr.Row():
         with gr.Column():
@@ -114,18 +115,21 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
         with gr.Column():
             heatmap = gr.Image(label="Heatmap on the slice", type="pil", format="png", interactive=False, height=360, elem_id="slice-heatmap")
             caption = gr.Markdown(elem_id="slice-caption")
+            gr.HTML(_legend_html(), elem_id="slice-heatmap-legend")  # the slice tab's colour bar: the same overlay
         # No label: the figure has its title, which a label badge would cover.
         plot = gr.Plot(label="Tumor probability along the slices", show_label=False, format="png", elem_id="slice-plot")
     state = gr.State()
     outputs = [verdict, label, tumor, slider, heatmap, caption, plot, state]
-    button.click(
+    # preprocess=False: the upload reaches the functions as Gradio's payload (see upload_source).
+    analysis = dict(inputs=[upload, method], outputs=outputs, concurrency_id="model", preprocess=False)
+    button.click(functools.partial(predict_volume_for_page, classifier=classifier, uploads_only=True), api_visibility="private", **analysis)
+    # The API's endpoint: the same function, raising gr.Error for a bad upload. Its button is
+    # never shown, so a click in the page runs the analysis once.
+    gr.Button(visible=False).click(
         functools.partial(predict_volume_upload, classifier=classifier, uploads_only=True),
-        inputs=[upload, method],
-        outputs=outputs,
         api_name="predict_volume",
         api_description=VOLUME_API_DESCRIPTION,
-        concurrency_id="model",
-        preprocess=False,  # the upload reaches predict_volume_upload as Gradio's payload (see upload_source)
+        **analysis,
     )
     viewer = functools.partial(show_slice, classifier=classifier)
     shown = dict(outputs=[heatmap, caption, plot], api_visibility="private", concurrency_id="model", trigger_mode="always_last")
@@ -177,10 +181,15 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
 
     def rerun_with_method(image, method, opacity, state):
         # A new method re-draws the heatmap of the scan on show; before any result
-        # (nothing analysed yet, or a new upload) there is nothing to re-draw.
+        # (nothing analysed yet, or a new upload) there is nothing to re-draw. Only the
+        # heatmap and its state change (the verdict does not depend on the method), and
+        # the label is never an output here: a skip sent to it makes Gradio rebuild the
+        # label from its constructor for the session, without _verdict_label's wrapper,
+        # and every later result of the page then fails to show.
         if not state or image is None:
-            return tuple(gr.skip() for _ in range(5))
-        return run_one(image, method, opacity)
+            return gr.skip(), gr.skip()
+        _, _, heatmap, _, new_state = run_one(image, method, opacity)
+        return heatmap, new_state
 
     fn = served if batch else run_one
 
@@ -235,7 +244,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         method.change(
             rerun_with_method,
             inputs=[image, method, opacity, state],
-            outputs=outputs,
+            outputs=[heatmap, state],
             api_visibility="private",
             concurrency_id="model",
             preprocess=False,

@@ -212,6 +212,29 @@ def predict_volume_upload(volume: Any, method: str = "auto", *, classifier: Tumo
     return report.summary, report.label_value, report.tumor_probability_text, slider, heatmap, caption, probability_plot(report, key), report
 
 
+def empty_slider() -> gr.Slider:
+    """The slice slider before a volume is analysed: off, over nothing."""
+    return gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False, label="Slice")
+
+
+def predict_volume_for_page(volume: Any, method: str = "auto", *, classifier: TumorClassifier, uploads_only: bool = False) -> tuple:
+    """The volume tab's Analyze: :func:`predict_volume_upload`, with a bad upload said in the verdict panel.
+
+    The ``gr.Error`` the API endpoint raises would show in the page as a toast that goes
+    after 10 s and leaves an "Error" badge on every output, with nothing saying why; the
+    page shows the message where the verdict goes instead, as the slice tab does, and
+    clears the other outputs.
+
+    Returns:
+        The outputs of :func:`predict_volume_upload`; for a bad upload ``("### Cannot analyze
+        this volume\n<message>", None, "", empty slider, None, "", None, None)``.
+    """
+    try:
+        return predict_volume_upload(volume, method, classifier=classifier, uploads_only=uploads_only)
+    except gr.Error as error:
+        return f"### Cannot analyze this volume\n{error.message}", None, "", empty_slider(), None, "", None, None
+
+
 def show_slice(report: VolumeReport | None, index: float | None, method: str | None, *, classifier: TumorClassifier):
     """The slice slider's function: the heatmap, caption and plot of slice ``index`` of the state.
 
