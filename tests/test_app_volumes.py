@@ -8,6 +8,8 @@ pydicom (tests/volume_files.py); the classifier is the session's tiny fitted Con
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import stat
 from collections import Counter
@@ -230,6 +232,20 @@ def nifti_result(confident_classifier, files):
     return predict_volume_upload(str(files["nifti"]), "gradcam", classifier=confident_classifier)
 
 
+def test_rest_says_no_tumor_answer_for_a_volume_that_is_not_a_brain_mri(nifti_result):
+    """A head CT's REST answer read 'tumor: true' beside 'verdict: not_brain_mri': a client reading
+    only ``tumor`` was told of a tumour the app does not report."""
+    from tumor_classifier.app.rest import volume_report_to_json
+
+    report = nifti_result[-1]
+    flagged = dataclasses.replace(report.prediction, label=None, tumour=True, looks_like_mri=False, mri_reasons=["a CT"])
+    body = volume_report_to_json(dataclasses.replace(report, prediction=flagged))
+    assert body["verdict"] == "not_brain_mri" and body["label"] is None
+    assert body["tumor"] is None and body["not_brain_mri"] is True
+    mri = dataclasses.replace(report.prediction, label=report.prediction.model_label, looks_like_mri=True, mri_reasons=[])
+    assert volume_report_to_json(dataclasses.replace(report, prediction=mri))["tumor"] is mri.tumour  # a brain MRI keeps its answer
+
+
 def test_predict_volume_upload_gives_the_librarys_verdict(confident_classifier, files, nifti_result):
     verdict, label, tumor, slider, heatmap, caption, plot, state = nifti_result
     expected = confident_classifier.predict_volume(str(files["nifti"]), method="gradcam")
@@ -345,7 +361,8 @@ def test_rest_predict_volume(server, confident_classifier, files, bad_volumes):
         response = requests.post(server.url + "api/v1/predict_volume", files={"file": ("head.nii.gz", handle)}, timeout=120)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["label"] == expected.label and body["tumor"] == expected.tumour and body["key_slice"] == expected.key_slice
+    assert body["label"] == expected.label and body["tumor"] == (expected.tumour if expected.looks_like_mri else None)
+    assert body["key_slice"] == expected.key_slice
     assert body["slices"] == 20 and body["classified_slices"] == int(expected.classified.sum())
     assert [None if np.isnan(v) else pytest.approx(v, abs=1e-6) for v in expected.slice_tumour_probability] == body["slice_tumor_probability"]
     overlay = requests.post(

@@ -64,7 +64,9 @@ class VolumePredictionResponse(BaseModel):
 
     label: str | None = Field(description="'notumor' or the tumor type; null when the volume does not look like a brain MRI.")
     verdict: Literal["tumor", "no_tumor", "not_brain_mri"] = Field(description="What the UI says of the volume.")
-    tumor: bool = Field(description="A run of `min_run` consecutive slices reached the threshold.")
+    tumor: bool | None = Field(
+        description="A run of `min_run` consecutive slices reached the threshold; null when the volume does not look like a brain MRI."
+    )
     tumor_probability: float = Field(description="Mean tumor probability over the slices of the qualifying runs (else the highest mean over `min_run` consecutive slices).")
     probabilities: dict[str, float] = Field(description="Class -> mean probability over the slices the verdict rests on.")
     not_brain_mri: bool = Field(description="Most checked slices do not look like brain MRI; then no tumor type is given.")
@@ -90,7 +92,7 @@ def volume_report_to_json(report: VolumeReport, *, include_overlay: bool = False
     return VolumePredictionResponse(
         label=p.label,
         verdict=report.verdict,
-        tumor=p.tumour,
+        tumor=p.tumour if p.looks_like_mri else None,  # as `label`: no answer about a tumour for a CT
         tumor_probability=p.tumour_probability,
         probabilities=p.probabilities,
         not_brain_mri=not p.looks_like_mri,
