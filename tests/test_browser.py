@@ -255,6 +255,13 @@ def test_a_nifti_volume_gets_a_verdict_and_the_slider_moves_the_heatmap(page, co
     page.wait_for_function("(words) => document.querySelector('#slice-caption').innerText.startsWith(words)", arg=f"Slice {other} of 0-19:")
     _loaded_src(page, "#slice-plot", plot_src)
     assert other_src != key_src
+    # A number beyond the last slice, typed in the slider's box: the last slice, said in the
+    # box too, rather than Gradio's range error and "Error" badges on the heatmap and plot.
+    page.fill("#slice input[type=number]", "200")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#slice-caption').innerText.startsWith('Slice 19 of 0-19')")
+    page.wait_for_function("() => document.querySelector('#slice input[type=number]').value === '19'")
+    assert page.locator(".toast-body").count() == 0 and "Error" not in page.inner_text("#slice-heatmap")
     screenshot = tmp_path / "app-volume-slider.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000

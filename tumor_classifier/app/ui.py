@@ -20,7 +20,7 @@ from ..reports import DISCLAIMER
 from ..visualization import DEFAULT_COLORMAP, overlay
 from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
 from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
-from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice
+from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice, shown_slice
 from .volume_uploads import ACCEPTED_VOLUME_TEXT, PICKER_SUFFIXES, is_volume_name
 
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
@@ -92,6 +92,14 @@ def _on_new_volume(payload: Any):
     return message, None, "", empty_slider(), None, "", None, None, gr.Button(interactive=usable)
 
 
+def _show_slice_and_say_it(report: Any, index: Any, method: Any, *, classifier: TumorClassifier):
+    """:func:`~.volume_analysis.show_slice`, and the slice it shows for the slider (a plain number:
+    a component update would rebuild the session's slider from its constructor, range 0-1)."""
+    heatmap, caption, plot = show_slice(report, index, method, classifier=classifier)
+    shown = shown_slice(report, index)
+    return heatmap, caption, plot, 0 if shown is None else shown
+
+
 def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
     """The volume tab: upload, method, verdict, slice slider, the slice's heatmap and the probability plot.
 
@@ -131,8 +139,13 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
         api_description=VOLUME_API_DESCRIPTION,
         **analysis,
     )
-    viewer = functools.partial(show_slice, classifier=classifier)
-    shown = dict(outputs=[heatmap, caption, plot], api_visibility="private", concurrency_id="model", trigger_mode="always_last")
+    viewer = functools.partial(_show_slice_and_say_it, classifier=classifier)
+    # preprocess=False: a number typed beyond the slider's range reaches show_slice, which
+    # clips it, and the slider is given the slice shown; Gradio's own range check would
+    # answer with a toast and "Error" badges on the heatmap and the plot.
+    shown = dict(
+        outputs=[heatmap, caption, plot, slider], api_visibility="private", concurrency_id="model", trigger_mode="always_last", preprocess=False
+    )
     slider.input(viewer, inputs=[state, slider, method], show_progress="minimal", **shown)
     method.change(viewer, inputs=[state, slider, method], **shown)
     reset = dict(outputs=[*outputs, button], api_visibility="private", show_progress="hidden")

@@ -235,6 +235,15 @@ def predict_volume_for_page(volume: Any, method: str = "auto", *, classifier: Tu
         return f"### Cannot analyze this volume\n{error.message}", None, "", empty_slider(), None, "", None, None
 
 
+def shown_slice(report: VolumeReport | None, index: Any) -> int | None:
+    """The slice :func:`show_slice` shows for the slider's ``index``: rounded and clipped to the
+    volume (a number typed in the slider's box may lie beyond it); ``None`` before any volume
+    is analysed or for no number."""
+    if report is None or isinstance(index, bool) or not isinstance(index, (int, float)) or math.isnan(index):
+        return None
+    return int(np.clip(round(float(index)), 0, len(report.prediction.classified) - 1))
+
+
 def show_slice(report: VolumeReport | None, index: float | None, method: str | None, *, classifier: TumorClassifier):
     """The slice slider's function: the heatmap, caption and plot of slice ``index`` of the state.
 
@@ -243,9 +252,9 @@ def show_slice(report: VolumeReport | None, index: float | None, method: str | N
     Raises:
         gr.Error: An unknown method or a slice outside the volume.
     """
-    if report is None or index is None or (isinstance(index, float) and math.isnan(index)):
+    index = shown_slice(report, index)
+    if index is None:
         return gr.skip(), gr.skip(), gr.skip()
-    index = int(np.clip(round(float(index)), 0, len(report.prediction.classified) - 1))
     try:
         heatmap, caption = slice_overlay(report, index, method, classifier=classifier)
     except TumorClassifierError as error:
