@@ -153,6 +153,30 @@ def test_cli_json_for_a_dicom_folder_and_a_clear_error_for_ct(model_dir, tmp_pat
     assert "not MRI" in rows[1]["error"]
 
 
+def test_cli_volumes_beside_images_one_disclaimer_and_names_that_tell_files_apart(model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    volume = write_nifti(tmp_path / "head.nii.gz", phantom())
+    slices = load_volume(volume).slices
+    for folder in ("a", "b"):  # two scans with one name
+        (tmp_path / folder).mkdir()
+        Image.fromarray(slices[len(slices) // 2]).save(tmp_path / folder / "scan.png")
+    images = [str(tmp_path / "a" / "scan.png"), str(tmp_path / "b" / "scan.png")]
+    assert main(["predict", str(volume), *images, "--model", str(model_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Research use only") == 1
+    rows = [line.split()[0] for line in printed.splitlines() if "scan.png" in line]
+    assert len(rows) == 2 and rows[0] != rows[1]  # not "scan.png" twice
+
+
+def test_cli_json_gives_no_tumour_answer_for_a_volume_flagged_not_mri(model_dir, tmp_path, capsys):
+    volume = write_nifti(tmp_path / "head.nii.gz", phantom())
+    assert main(["predict", str(volume), "--model", str(model_dir), "--json"]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["looks_like_mri"] is False  # the tiny test model's check flags the phantom
+    assert row["label"] is None and row["tumour"] is None and row["model_label"] in CLASSES
+
+
 def test_the_mni152_template_is_a_healthy_brain_mri(one_torch_thread):
     """A real healthy T1 with skull that CI has (nilearn's wheel), with the shipped model.
 

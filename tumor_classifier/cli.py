@@ -75,6 +75,8 @@ def _predict(args: argparse.Namespace) -> int:
     volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
     images = [path for path in args.images if path not in volumes]
     if not images:
+        if not args.json:
+            print(NOT_DIAGNOSTIC)
         return 1 if volume_failures else 0
     readable, decoded, failures = [], [], []
     for path in images:
@@ -117,12 +119,13 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps({"image": str(path), "error": message}))
     else:
         classes = list(classifier.classes_)
+        names = _table_names([row["image"] for row in rows])
         print(f"{'image':<40} {'class':<13} " + " ".join(f"{c[:10]:>10}" for c in classes) + "  tumor  verdict")
-        for row in rows:
+        for row, name in zip(rows, names):
             # A flagged input shows no probabilities: they would read as a tumor type.
             shown = row["verdict"] != "not_brain_mri"
             print(
-                f"{Path(row['image']).name[:40]:<40} {row['label']:<13} "
+                f"{name:<40} {row['label']:<13} "
                 + " ".join(f"{row['probabilities'][c]:>10.3f}" if shown else f"{'-':>10}" for c in classes)
                 + (f"  {row['tumor_probability']:.3f}" if shown else "      -")
                 + f"  {row['message']}"
@@ -132,6 +135,14 @@ def _predict(args: argparse.Namespace) -> int:
     for path, message in failures:
         print(f"error: {message}", file=sys.stderr)
     return 1 if failures or volume_failures else 0
+
+
+def _table_names(paths: Sequence[str], width: int = 40) -> list[str]:
+    """The table's image column: file names, or the paths as given when two names are alike
+    (a/scan.jpg and b/scan.jpg); a longer one keeps its end, where the name is."""
+    names = [Path(path).name for path in paths]
+    shown = names if len(set(names)) == len(names) else [str(path) for path in paths]
+    return [text if len(text) <= width else "..." + text[-(width - 3):] for text in shown]
 
 
 def _overlay_folder(out: str) -> Path:
@@ -241,7 +252,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                 "volume": str(path),
                 "label": result.label,
                 "model_label": result.model_label,
-                "tumour": result.tumour,
+                "tumour": result.tumour if result.looks_like_mri else None,  # as label: no answer for a CT
                 "tumor_probability": result.tumour_probability,
                 "probabilities": result.probabilities,
                 "key_slice": result.key_slice,
@@ -282,8 +293,6 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                     print(f"  {row['slice']:>5}  {row['tumor_probability']:.3f} " + " ".join(f"{row[c]:>10.3f}" for c in classes))
                 else:
                     print(f"  {row['slice']:>5}  (not at brain level, not classified)")
-    if not args.json:
-        print(NOT_DIAGNOSTIC)
     return failures
 
 
