@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from tumor_classifier.exceptions import TumorClassifierError
 from tumor_classifier.training import run_training
 from tumor_classifier.training_arguments import DataArguments, ModelArguments, MRITrainingArguments
 
@@ -52,5 +53,17 @@ def main(argv: list[str] | None = None):
     return result
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The script's entry point: :func:`main`, with the package's errors (a missing folder, a
+    corrupt image, a bad option value) as one ``train_hf.py: error:`` line on stderr and exit
+    status 1 instead of a traceback. Argument parsing errors exit with 2, as argparse does."""
+    try:
+        main(argv)
+    except TumorClassifierError as error:
+        print(f"train_hf.py: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -193,3 +193,15 @@ def test_fit_and_train_hf_share_the_model_defaults():
     training_args = MRITrainingArguments(output_dir="unused")
     assert (params["learning_rate"], params["weight_decay"]) == (training_args.learning_rate, training_args.weight_decay)
     assert params["augment"] is True  # AugmentationConfig's defaults, as DataArguments take them
+
+
+def test_a_bad_data_folder_ends_the_script_with_one_line_not_a_traceback(tmp_path, capsys):
+    """The entry point turns the package's errors into one 'error:' line and exit status 1."""
+    output = tmp_path / "model"
+    status = train_hf.cli(["--data_dir", str(tmp_path / "no-such-folder"), "--output_dir", str(output)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("train_hf.py: error: ") and "no-such-folder" in err and "is not a folder" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not output.exists()
+
