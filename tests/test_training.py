@@ -205,3 +205,60 @@ def test_a_bad_data_folder_ends_the_script_with_one_line_not_a_traceback(tmp_pat
     assert "Traceback" not in err and err.count("\n") == 1
     assert not output.exists()
 
+
+
+def _write_config(tmp_path, **config):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_json_config_takes_an_object_for_config_overrides(data_dir, tmp_path):
+    """JSON is the natural way to write config_overrides in a JSON config: an object, not a quoted string."""
+    from conftest import TINY_CONVNEXT
+
+    args = _args(data_dir, tmp_path / "unused", "--max_steps", "1")
+    config = _write_config(tmp_path, config_overrides=TINY_CONVNEXT, backbone="convnext", from_scratch=True)
+    _, model_args, _ = train_hf.parse_arguments([config, *args[:args.index("--config_overrides")]])
+    assert json.loads(model_args.config_overrides) == TINY_CONVNEXT
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"epochs": 3}, "unknown key.*'epochs'"),
+        ({"learning_rat": 0.01}, "unknown key.*'learning_rat'"),  # argparse would take it for learning_rate
+        ({"num_train_epochs": [1, 2]}, "num_train_epochs"),
+        ([1, 2], "a JSON object"),
+    ],
+)
+def test_a_json_config_with_a_wrong_key_or_value_is_refused_by_name(tmp_path, config, expected):
+    from tumor_classifier import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=expected) as caught:
+        train_hf.parse_arguments([_write_config(tmp_path, **config) if isinstance(config, dict) else _json_file(tmp_path, config)])
+    assert "config.json" in str(caught.value) and "--help" in str(caught.value)
+
+
+def _json_file(tmp_path, value):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(value))
+    return str(path)
+
+
+@pytest.mark.parametrize("text, expected", [(None, "no such file"), ('{"data_dir": "x",}', "not valid JSON")])
+def test_an_unreadable_json_config_is_named(tmp_path, text, expected):
+    from tumor_classifier import InvalidArgumentError
+
+    path = tmp_path / "config.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InvalidArgumentError, match=expected):
+        train_hf.parse_arguments([str(path)])
+
+
+def test_an_unknown_command_line_option_is_refused_by_name():
+    from tumor_classifier import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="unknown option.*--epochs 3"):
+        train_hf.parse_arguments(["--epochs", "3"])
