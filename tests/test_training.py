@@ -262,3 +262,14 @@ def test_an_unknown_command_line_option_is_refused_by_name():
 
     with pytest.raises(InvalidArgumentError, match="unknown option.*--epochs 3"):
         train_hf.parse_arguments(["--epochs", "3"])
+
+
+@pytest.mark.parametrize("overrides, expected", [("{bad", "not valid JSON"), ("[1, 2]", "a JSON object")])
+def test_config_overrides_that_are_not_a_json_object_are_refused_by_name(overrides, expected):
+    from tumor_classifier import InvalidArgumentError
+    from tumor_classifier.data import CLASS_NAMES
+    from tumor_classifier.recipe import create_run_model
+    from tumor_classifier.training_arguments import ModelArguments
+
+    with pytest.raises(InvalidArgumentError, match=f"config_overrides.*{expected}"):
+        create_run_model(ModelArguments(backbone="convnext", from_scratch=True, image_size=32, config_overrides=overrides), CLASS_NAMES)

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from transformers import PreTrainedModel
 
+from .exceptions import InvalidArgumentError
 from .losses import class_weights, make_loss_function, tumor_columns_of
 from .models import create_model
 from .training_arguments import ModelArguments
@@ -29,10 +30,23 @@ def create_run_model(model_args: ModelArguments, class_names: Sequence[str], *, 
 
     Returns:
         A new ``transformers`` model from :func:`~tumor_classifier.models.create_model`.
+
+    Raises:
+        InvalidArgumentError: ``config_overrides`` is not a JSON object.
     """
     overrides = model_args.config_overrides
     if isinstance(overrides, str):
-        overrides = json.loads(overrides) if overrides else None
+        try:
+            overrides = json.loads(overrides) if overrides.strip() else None
+        except json.JSONDecodeError as error:
+            raise InvalidArgumentError(
+                f"config_overrides {overrides!r} is not valid JSON ({error}); give a JSON object of config "
+                'attributes, e.g. \'{"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}\'.'
+            ) from None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise InvalidArgumentError(
+            f"config_overrides must be a JSON object (a dict) of config attributes; got {overrides!r}."
+        )
     return create_model(
         model_args.backbone,
         class_names=class_names,
