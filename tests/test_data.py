@@ -137,3 +137,19 @@ def test_data_report_command_prints_counts_modes_and_duplicates(tmp_path, data_d
     assert "train: 32 images" in out and "test: 13 images" in out
     assert "byte-identical:              1" in out
     assert "storage modes:" in out
+
+
+def test_binary_training_takes_tumour_and_healthy_folders(tmp_path, data_dir):
+    """A user's own tumour / no-tumour set, in the names such sets use (Br35H: yes / no)."""
+    for tumour, healthy in (("tumour", "healthy"), ("Tumor", "normal"), ("yes", "no")):
+        root = tmp_path / f"{tumour}-{healthy}"
+        shutil.copytree(data_dir / "Training" / "glioma", root / tumour)
+        shutil.copytree(data_dir / "Training" / "notumor", root / healthy)
+        data = load_mri_dataset(root, binary=True, validation_size=0.25, test_size=0.25)
+        assert data["train"].features["label"].names == ["notumor", "tumor"]
+        for split in data.values():
+            for path, label in zip(split["path"], split["label"]):
+                assert (label == 1) == (f"/{tumour}/" in path), path
+    # Without binary the folder names say no tumour type: the error says what to do.
+    with pytest.raises(InvalidDatasetError, match="'tumour'.*binary"):
+        load_mri_dataset(tmp_path / "tumour-healthy")

@@ -28,7 +28,8 @@ class DataArguments:
         default="../shared/data/brain-tumor-mri",
         metadata={"help": "Folder in the Kaggle layout (Training/<class>/, Testing/<class>/), an image folder, or a Hub data set id."},
     )
-    binary: bool = field(default=False, metadata={"help": "Train tumor / no tumor instead of the four classes."})
+    binary: bool = field(default=False, metadata={"help": "Train tumor / no tumor instead of the four classes; the class folders may then "
+                                                   "also be named tumor, tumour or yes (and healthy, normal or no)."})
     validation_size: float = field(default=0.1, metadata={"help": "Fraction of train carved out (stratified) as validation."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the train / validation carving."})
     crop_to_head: bool = field(default=True, metadata={"help": "Crop each image to the head's bounding box."})
