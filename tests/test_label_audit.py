@@ -246,3 +246,29 @@ def test_the_loader_applies_the_audit_to_train_and_validation_only(tmp_path, dat
     binary = load_mri_dataset(data_dir, binary=True, validation_size=0.25, seed=0)
     relabelled_binary = apply_label_audit_to_dataset(binary["train"], entries, data_dir)
     assert set(relabelled_binary.features["label"].names) == {"notumor", "tumor"}
+
+
+def test_the_audit_applies_to_a_binary_set_with_its_own_folder_names_and_subfolders(tmp_path, data_dir):
+    """A tumour / healthy set whose tumour images sit in subfolders (one per patient, say)."""
+    import shutil
+
+    from tumor_classifier.data import load_mri_dataset
+    from tumor_classifier.label_audit import apply_label_audit_to_dataset, read_label_audit
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir / "Training" / "glioma", root / "Training" / "tumour" / "patient-1")
+    shutil.copytree(data_dir / "Training" / "notumor", root / "Training" / "healthy")
+    shutil.copytree(data_dir / "Testing", root / "Testing", ignore=lambda folder, names: [n for n in names if n in ("meningioma", "pituitary")])
+    tumour = sorted((root / "Training" / "tumour" / "patient-1").glob("*.jpg"))
+    audit = tmp_path / "audit.csv"
+    audit.write_text(
+        "file,action,new_label,reason\n"
+        f"Training/tumour/patient-1/{tumour[0].name},exclude,,test row\n"
+        f"Training/tumour/patient-1/{tumour[1].name},relabel,notumor,test row\n"
+    )
+    data = load_mri_dataset(root, binary=True, validation_size=0.25, seed=0)
+    entries = read_label_audit(audit)
+    audited = {name: apply_label_audit_to_dataset(data[name], entries, root) for name in ("train", "validation")}
+    labels = {p: split.features["label"].names[y] for split in audited.values() for p, y in zip(split["path"], split["label"])}
+    assert str(tumour[0]) not in labels and labels[str(tumour[1])] == "notumor" and labels[str(tumour[2])] == "tumor"
+    assert len(labels) == len(data["train"]) + len(data["validation"]) - 1

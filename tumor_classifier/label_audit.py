@@ -263,10 +263,10 @@ def apply_label_audit_to_dataset(split: "Dataset", entries: Sequence[AuditEntry]
         raise InvalidDatasetError("A label audit matches files by path; this data set has no 'path' column (a Hub data set?).")
     names = split.features["label"].names
     binary = list(names) == list(BINARY_CLASS_NAMES)
-    # A binary split's labels say only tumor / notumor; the audit speaks of the four
-    # classes, which the class folder of each file still tells.
-    items = [(path, canonical_class_name(Path(path).parent.name) if binary else names[label])
-             for path, label in zip(split["path"], split["label"])]
+    # A binary split's items keep their tumor / notumor label (a file's folder need not name
+    # a class: subfolders, or tumour / healthy folders); an entry's four-class new_label is
+    # turned into its binary view below.
+    items = [(path, names[label]) for path, label in zip(split["path"], split["label"])]
     kept, summary = apply_label_audit(items, entries, root)
     labels = {path: to_binary_label(name) if binary else name for path, name in kept}
     split = split.select([i for i, (path, _) in enumerate(items) if path in labels])
