@@ -272,3 +272,14 @@ def test_the_audit_applies_to_a_binary_set_with_its_own_folder_names_and_subfold
     labels = {p: split.features["label"].names[y] for split in audited.values() for p, y in zip(split["path"], split["label"])}
     assert str(tumour[0]) not in labels and labels[str(tumour[1])] == "notumor" and labels[str(tumour[2])] == "tumor"
     assert len(labels) == len(data["train"]) + len(data["validation"]) - 1
+
+
+def test_read_label_audit_takes_excel_utf8_and_names_another_encoding(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte order mark; a Latin-1 file is named, not a UnicodeDecodeError."""
+    path = tmp_path / "audit.csv"
+    path.write_bytes("\ufeff".encode() + (HEADER + "Training/glioma/a.jpg,exclude,,résumé of the mass\n").encode())
+    (entry,) = read_label_audit(path)
+    assert entry.file == "Training/glioma/a.jpg" and entry.reason == "résumé of the mass"
+    path.write_bytes((HEADER + "Training/glioma/a.jpg,exclude,,résumé\n").encode("latin-1"))
+    with pytest.raises(InvalidDatasetError, match="audit.csv.*not UTF-8.*save it as UTF-8"):
+        read_label_audit(path)

@@ -21,6 +21,7 @@ are reported beside the full split instead.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -86,7 +87,8 @@ def read_label_audit(path: str | os.PathLike) -> list[AuditEntry]:
         The entries in file order.
 
     Raises:
-        InvalidDatasetError: The file is missing; a column is missing; or a row (the
+        InvalidDatasetError: The file is missing or not UTF-8 text (a byte order mark is
+            fine); a column is missing; or a row (the
             message gives the file and line) has an empty, absolute or ``..`` file, a file
             already listed, an action other than ``exclude`` / ``relabel``, a ``relabel``
             without a known class (or to the class of the file's own folder), a
@@ -100,9 +102,15 @@ def read_label_audit(path: str | os.PathLike) -> list[AuditEntry]:
     path = Path(path)
     if not path.is_file():
         raise InvalidDatasetError(f"No label audit file at {path}; expected a CSV with the columns {','.join(AUDIT_COLUMNS)}.")
+    try:  # utf-8-sig: Excel's "CSV UTF-8" begins with a byte order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidDatasetError(
+            f"{path} is not UTF-8 text ({error}); save it as UTF-8 (in Excel: CSV UTF-8)."
+        ) from None
     entries: list[AuditEntry] = []
     seen: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         found = [name.strip() for name in reader.fieldnames or []]
         missing = [name for name in AUDIT_COLUMNS if name not in found]
