@@ -283,3 +283,23 @@ def test_read_label_audit_takes_excel_utf8_and_names_another_encoding(tmp_path):
     path.write_bytes((HEADER + "Training/glioma/a.jpg,exclude,,résumé\n").encode("latin-1"))
     with pytest.raises(InvalidDatasetError, match="audit.csv.*not UTF-8.*save it as UTF-8"):
         read_label_audit(path)
+
+
+def test_a_training_run_refuses_audit_rows_that_match_no_training_file(tmp_path, data_dir):
+    """A typo in a listed path must not leave the image the reviewer meant to drop in training."""
+    from tumor_classifier.preprocessing import MRIPreprocessor
+    from tumor_classifier.training_arguments import DataArguments
+    from tumor_classifier.training_data import load_splits
+
+    listed = sorted((data_dir / "Training" / "glioma").glob("*.jpg"))[0]
+    audit = tmp_path / "audit.csv"
+    audit.write_text(
+        HEADER
+        + f"Training/glioma/{listed.name},exclude,,found\n"
+        + "Training/glioma/Tr-gl_typo.jpg,exclude,,a typo\n"
+        + "Training/notumor/Tr-no_9999.jpg,relabel,glioma,another copy of the data\n"
+    )
+    args = DataArguments(data_dir=str(data_dir), label_audit=str(audit), pixel_cache_dir=None)
+    with pytest.raises(InvalidDatasetError, match=r"2 of the 3 rows.*Tr-gl_typo\.jpg, Training/notumor/Tr-no_9999\.jpg") as caught:
+        load_splits(args, MRIPreprocessor(size=32))
+    assert "audit.csv" in str(caught.value) and str(data_dir) in str(caught.value)

@@ -258,10 +258,22 @@ def apply_label_audit(
 # --------------------------------------------------------------------------- duplicates
 
 
-def apply_label_audit_to_dataset(split: "Dataset", entries: Sequence[AuditEntry], root: str | os.PathLike) -> "Dataset":
+def apply_label_audit_to_dataset(
+    split: "Dataset", entries: Sequence[AuditEntry], root: str | os.PathLike, *, return_summary: bool = False
+) -> "Dataset" | tuple["Dataset", dict[str, Any]]:
     """:func:`apply_label_audit` on a split of :func:`~tumor_classifier.data.load_mri_dataset`
     (``path`` and ``label`` columns): the excluded images are dropped and the relabelled
     ones get their new class (its tumour / no-tumour view for a binary split).
+
+    Args:
+        split: The split.
+        entries: The audit list (:func:`read_label_audit`).
+        root: The data root the entries' files are relative to.
+        return_summary: Also return :func:`apply_label_audit`'s summary (counts and the
+            ``unmatched_files`` of this split).
+
+    Returns:
+        The audited split, or ``(split, summary)`` with ``return_summary``.
 
     Raises:
         InvalidDatasetError: As :func:`apply_label_audit`; or the split has no ``path``
@@ -280,4 +292,4 @@ def apply_label_audit_to_dataset(split: "Dataset", entries: Sequence[AuditEntry]
     split = split.select([i for i, (path, _) in enumerate(items) if path in labels])
     if summary["relabelled"]:
         split = split.map(lambda batch: {"label": [names.index(labels[p]) for p in batch["path"]]}, batched=True)
-    return split
+    return (split, summary) if return_summary else split

@@ -48,7 +48,8 @@ class DataArguments:
     )
     label_audit: str | None = field(
         default=None,
-        metadata={"help": "CSV of training files to exclude or relabel (configs/label_audit.csv; see tumor_classifier.label_audit)."},
+        metadata={"help": "CSV of training files to exclude or relabel (configs/label_audit.csv; see tumor_classifier.label_audit); "
+                          "a row that names no training image of data_dir stops the run."},
     )
     tumour_only_dirs: list[str] = field(
         default_factory=list,

@@ -25,7 +25,7 @@ from .data import (
     load_tumour_only_images,
     near_duplicate_groups,
 )
-from .exceptions import InvalidArgumentError
+from .exceptions import InvalidArgumentError, InvalidDatasetError
 from .label_audit import apply_label_audit_to_dataset, read_label_audit
 from .pixels import PixelDataset, PixelPack, prepare_pixels, read_pixel_pack
 from .preprocessing import MRIPreprocessor
@@ -41,8 +41,19 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
     )
     if data_args.label_audit:
         entries = read_label_audit(data_args.label_audit)
+        unmatched = {entry.file for entry in entries}
         for name in ("train", "validation"):  # both carved from the training folder; never test
-            data[name] = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir)
+            data[name], summary = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir, return_summary=True)
+            unmatched &= set(summary["unmatched_files"])
+        if unmatched:  # a typo would leave the image the reviewer meant to drop in training
+            shown = sorted(unmatched)
+            raise InvalidDatasetError(
+                f"{len(shown)} of the {len(entries)} rows of the label audit {data_args.label_audit} name no "
+                f"training image of {data_args.data_dir}: {', '.join(shown[:5])}"
+                + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+                + "; a row's file is relative to the data folder (Training/<class>/<file>). Correct those rows, "
+                "or remove them (or --label_audit) if the list was written for another copy of the data."
+            )
     if data_args.max_train_samples:
         data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
     if data_args.max_eval_samples:
