@@ -273,3 +273,25 @@ def test_config_overrides_that_are_not_a_json_object_are_refused_by_name(overrid
 
     with pytest.raises(InvalidArgumentError, match=f"config_overrides.*{expected}"):
         create_run_model(ModelArguments(backbone="convnext", from_scratch=True, image_size=32, config_overrides=overrides), CLASS_NAMES)
+
+
+def test_resume_from_a_folder_that_is_no_checkpoint_is_refused_before_anything_is_written(data_dir, tmp_path):
+    from tumor_classifier import InvalidArgumentError
+
+    output = tmp_path / "model"
+    for value, expected in ((str(tmp_path / "no-such-checkpoint"), "no-such-checkpoint.*not a checkpoint folder"),
+                            ("true", "newest checkpoint.*has none")):
+        with pytest.raises(InvalidArgumentError, match=expected):
+            train_hf.main(_args(data_dir, output, "--max_steps", "1", "--resume_from_checkpoint", value))
+        assert not output.exists()
+
+
+def test_resume_true_continues_from_the_newest_checkpoint_in_the_output_folder(two_step_run, data_dir, tmp_path):
+    import shutil
+
+    output, _ = two_step_run
+    shutil.copytree(output / "checkpoint-2", tmp_path / "run" / "checkpoint-2")
+    resumed = train_hf.main(_args(data_dir, tmp_path / "run", "--max_steps", "3", "--resume_from_checkpoint", "true"))
+    assert resumed.metrics["training"]["global_steps"] == 3
+    history = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3]

@@ -147,6 +147,36 @@ def _reliability(val_logits: np.ndarray, val_labels: np.ndarray, temperature: fl
 
 
 
+def _checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
+    """The checkpoint folder ``--resume_from_checkpoint`` names: a ``checkpoint-N`` folder, or
+    ``true`` / ``last`` for the newest one in ``output_dir``; ``None`` when not resuming.
+
+    Raises:
+        InvalidArgumentError: The folder is not a checkpoint, or ``output_dir`` has none.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false", "none"):
+        return None
+    if isinstance(value, bool) or str(value).strip().lower() in ("true", "last"):
+        output_dir = Path(training_args.output_dir)
+        newest = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if newest is None:
+            raise InvalidArgumentError(
+                f"--resume_from_checkpoint {value} resumes the newest checkpoint-N folder in --output_dir "
+                f"{output_dir}, but it has none; name a checkpoint folder of an earlier run instead."
+            )
+        return newest
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise InvalidArgumentError(
+            f"--resume_from_checkpoint {value} is not a checkpoint folder (no trainer_state.json in it); give a "
+            "checkpoint-N folder of an earlier run (such as runs/model/checkpoint-500), or true for the newest "
+            "one in --output_dir."
+        )
+    return str(value)
+
+
 def run_training(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> TrainingResult:
     """Loads the data, trains, calibrates, evaluates and writes the model folder.
 
@@ -157,6 +187,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     from .reports import write_model_card
 
     class_names = BINARY_CLASS_NAMES if data_args.binary else CLASS_NAMES
+    resume_from = _checkpoint_to_resume(training_args)  # before hours of data preparation, not after
     # The finished folder is uploaded once at the end; the Trainer would otherwise push
     # every checkpoint and replace our model card with its own.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -215,7 +246,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             setattr(target, key, value)
 
     trainer = build_trainer(make_model(), preprocessor, train_set, eval_set, training_args, **common)
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
     model = trainer.model
 
     val_logits = predict_logits(trainer, sets["validation"])

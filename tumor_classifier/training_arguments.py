@@ -122,6 +122,10 @@ class MRITrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric that picks the best model."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: batches carry prepared pixels."})
     dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory (useless on CPU)."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Resume from this checkpoint-N folder of an earlier run, or 'true' for the newest one in output_dir."},
+    )
     max_train_minutes: float | None = field(
         default=None,
         metadata={"help": "Stop training after this many minutes (wall clock) and finish the run as usual: "
