@@ -153,3 +153,16 @@ def test_binary_training_takes_tumour_and_healthy_folders(tmp_path, data_dir):
     # Without binary the folder names say no tumour type: the error says what to do.
     with pytest.raises(InvalidDatasetError, match="'tumour'.*binary"):
         load_mri_dataset(tmp_path / "tumour-healthy")
+
+
+def test_a_training_run_refuses_a_class_without_training_images(tmp_path, data_dir):
+    """The model would get a pituitary output that no image ever trained."""
+    from tumor_classifier.preprocessing import MRIPreprocessor
+    from tumor_classifier.training_arguments import DataArguments
+    from tumor_classifier.training_data import load_splits
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir, root, ignore=lambda folder, names: [n for n in names if n == "pituitary" and folder.endswith("Training")])
+    (root / "Training" / "pituitary").mkdir()  # present but empty
+    with pytest.raises(InvalidDatasetError, match=r"no training image of the class pituitary.*Training/pituitary"):
+        load_splits(DataArguments(data_dir=str(root), pixel_cache_dir=None), MRIPreprocessor(size=32))

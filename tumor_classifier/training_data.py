@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from transformers import TrainingArguments
 from .data import (
     ANY_TUMOR,
     find_duplicates,
+    find_split_dirs,
     fingerprint,
     group_split,
     image_sources,
@@ -54,6 +56,7 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
                 + "; a row's file is relative to the data folder (Training/<class>/<file>). Correct those rows, "
                 "or remove them (or --label_audit) if the list was written for another copy of the data."
             )
+    _check_every_class_is_trained(data, data_args)
     if data_args.max_train_samples:
         data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
     if data_args.max_eval_samples:
@@ -67,6 +70,25 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
         if data_args.tumour_only_dirs:
             arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
     return data, arrays
+
+
+def _check_every_class_is_trained(data, data_args: DataArguments) -> None:
+    """Refuses a class with no image in train and validation (an empty or missing class
+    folder): the model would get an output that no image ever trained."""
+    names = data["train"].features["label"].names
+    counts = np.bincount(np.concatenate([data["train"]["label"], data["validation"]["label"]]).astype(int), minlength=len(names))
+    missing = [name for name, count in zip(names, counts) if count == 0]
+    if not missing:
+        return
+    root = Path(data_args.data_dir)
+    where = find_split_dirs(root).get("train", root) if root.is_dir() else None
+    folders = f" (the folder {' / '.join(str(where / name) for name in missing)} is empty or missing)" if where else ""
+    raise InvalidDatasetError(
+        f"{data_args.data_dir} has no training image of the class {', '.join(missing)}{folders}; the model "
+        f"({', '.join(names)}) would have an output no image trained. Add its images"
+        + (", or train tumour / no tumour with --binary" if not data_args.binary else "")
+        + "; TumorClassifier.fit trains any set of class names."
+    )
 
 
 def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
