@@ -166,3 +166,10 @@ def test_a_training_run_refuses_a_class_without_training_images(tmp_path, data_d
     (root / "Training" / "pituitary").mkdir()  # present but empty
     with pytest.raises(InvalidDatasetError, match=r"no training image of the class pituitary.*Training/pituitary"):
         load_splits(DataArguments(data_dir=str(root), pixel_cache_dir=None), MRIPreprocessor(size=32))
+
+
+def test_an_empty_source_is_refused_not_read_as_the_working_directory(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(data_dir / "Training")  # a folder that would load
+    for source in ("", "  "):
+        with pytest.raises(InvalidDatasetError, match="empty"):
+            load_mri_dataset(source)

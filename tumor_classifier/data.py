@@ -255,6 +255,8 @@ def load_mri_dataset(
     """
     from datasets import DatasetDict
 
+    if not str(source).strip():  # Path("") is the working directory, which is not what was meant
+        raise InvalidDatasetError("The data source is empty; pass a folder in the Kaggle layout, an image folder or a Hub data set id.")
     path = Path(source)
     if path.is_dir():
         splits = _from_local_folder(path, binary)
