@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     data_args, model_args, training_args = parse_arguments(argv)
     result = run_training(data_args, model_args, training_args)
+    if training_args.process_index != 0:  # under torchrun every process gets here; one line says it
+        return result
     if "pixel_pack" in result.metrics:
         counts = ", ".join(f"{name} {count}" for name, count in result.metrics["pixel_pack"].items())
         print(f"pixel pack written to {result.output_dir}: {counts} images")
