@@ -303,3 +303,27 @@ def test_a_training_run_refuses_audit_rows_that_match_no_training_file(tmp_path,
     with pytest.raises(InvalidDatasetError, match=r"2 of the 3 rows.*Tr-gl_typo\.jpg, Training/notumor/Tr-no_9999\.jpg") as caught:
         load_splits(args, MRIPreprocessor(size=32))
     assert "audit.csv" in str(caught.value) and str(data_dir) in str(caught.value)
+
+
+def test_a_training_run_reports_the_same_image_under_two_classes(tmp_path, data_dir, caplog):
+    """The duplicate check compared test with train only; one slice filed as glioma and as
+    notumor in the training folder went unreported."""
+    import logging
+    import shutil
+
+    from tumor_classifier.data import load_mri_dataset
+    from tumor_classifier.training_data import cross_class_duplicates
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir, root)
+    copied = sorted((root / "Training" / "glioma").glob("*.jpg"))[0]
+    shutil.copy(copied, root / "Training" / "notumor" / "copy-of-a-glioma.jpg")
+    data = load_mri_dataset(root, validation_size=0.25, seed=0)
+    with caplog.at_level(logging.WARNING, logger="tumor_classifier.training_data"):
+        groups = cross_class_duplicates(data)
+    assert len(groups) == 1
+    assert sorted(groups[0]["labels"]) == ["glioma", "notumor"]
+    assert sorted(Path(p).name for p in groups[0]["paths"]) == sorted([copied.name, "copy-of-a-glioma.jpg"])
+    assert "1 group of near-duplicate training images" in caplog.text and "copy-of-a-glioma.jpg" in caplog.text
+    assert "--label_audit" in caplog.text
+    assert cross_class_duplicates(load_mri_dataset(data_dir, validation_size=0.25, seed=0)) == []

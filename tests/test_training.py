@@ -50,6 +50,7 @@ def test_two_step_run_writes_a_complete_model_folder(two_step_run):
     assert metrics["test_without_near_duplicates"]["n"] == metrics["duplicates"]["without_near_duplicate"]
     assert metrics["training"]["global_steps"] == 2
     assert metrics["calibration"]["temperature"] > 0
+    assert metrics["training_duplicates_across_classes"] == []  # checked, and none in the shipped slices
     config = json.loads((output / "config.json").read_text())
     assert config["id2label"] == {"0": "glioma", "1": "meningioma", "2": "notumor", "3": "pituitary"}
     card = (output / "README.md").read_text()

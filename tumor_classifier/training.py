@@ -44,7 +44,7 @@ from .pixels import (
 from .preprocessing import MRIPreprocessor
 from .recipe import create_run_model, make_run_loss
 from .training_arguments import DataArguments, ModelArguments, MRITrainingArguments
-from .training_data import duplicate_check, joined_dataset, load_pack, load_splits
+from .training_data import cross_class_duplicates, duplicate_check, joined_dataset, load_pack, load_splits
 
 #: Names that lived here before the split and stay importable from here.
 __all__ = [
@@ -205,6 +205,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         arrays = pack.arrays
     else:
         data, arrays = load_splits(data_args, preprocessor, training_args)
+    # Said before training, by one process: a slice filed under two classes is a labelling error.
+    cross_class = cross_class_duplicates(data) if data is not None and training_args.process_index == 0 else None
     if data_args.write_pixel_pack:
         path = Path(data_args.write_pixel_pack)
         if training_args.process_index == 0:
@@ -283,6 +285,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             if clean is not None:
                 metrics["test_without_near_duplicates"] = classification_metrics(arrays["test"][1][clean], test_proba[clean], class_names)
                 metrics["duplicates"] = summary
+        if cross_class is not None:
+            metrics["training_duplicates_across_classes"] = cross_class
         metrics["training"] = {
             "backbone": model_args.backbone,
             "from_scratch": model_args.from_scratch,

@@ -138,6 +138,40 @@ def load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_nam
     return pack
 
 
+def cross_class_duplicates(data) -> list[dict[str, Any]]:
+    """Near-duplicate groups of train and validation images filed under different classes,
+    with a warning that names them: the same slice trained as two answers (or validated
+    against another label) is a labelling error the test-versus-train check cannot see.
+
+    Returns:
+        One ``{"paths": [...], "labels": [...]}`` per group, largest first.
+    """
+    from .label_audit import find_cross_class_duplicates
+
+    names = data["train"].features["label"].names
+    splits = [data["train"], data["validation"]]
+    sources = [source for split in splits for source in image_sources(split)]
+    labels = [names[label] for split in splits for label in split["label"]]
+    plain = [fingerprint(source) for source in sources]
+    groups = find_cross_class_duplicates(list(zip(sources, labels)), mirror=False, fingerprints=(plain, []))
+    found = [{"paths": [_shown(sources[i]) for i in group.indices], "labels": list(group.labels)} for group in groups]
+    if found:
+        shown = "; ".join(
+            " = ".join(f"{path} [{label}]" for path, label in zip(group["paths"], group["labels"])) for group in found[:3]
+        )
+        logger.warning(
+            "%d group%s of near-duplicate training images carr%s different classes: %s%s. Keep one label per "
+            "slice: list the wrong copies in a --label_audit CSV (exclude or relabel).",
+            len(found), "" if len(found) == 1 else "s", "ies" if len(found) == 1 else "y", shown,
+            f" and {len(found) - 3} more (metrics.json)" if len(found) > 3 else "",
+        )
+    return found
+
+
+def _shown(source: Any) -> str:
+    return str(source.get("path") or "<image bytes>") if isinstance(source, dict) else str(source)
+
+
 def duplicate_check(data) -> Any:
     references = image_sources(data["train"]) + image_sources(data["validation"])
     return find_duplicates(references, image_sources(data["test"]))
