@@ -173,3 +173,17 @@ def test_an_empty_source_is_refused_not_read_as_the_working_directory(tmp_path, 
     for source in ("", "  "):
         with pytest.raises(InvalidDatasetError, match="empty"):
             load_mri_dataset(source)
+
+
+def test_a_corrupt_training_image_is_named_with_what_to_do(tmp_path, data_dir):
+    from tumor_classifier.preprocessing import MRIPreprocessor
+    from tumor_classifier.training_arguments import DataArguments
+    from tumor_classifier.training_data import load_splits
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir, root)
+    whole = sorted((root / "Training" / "notumor").glob("*.jpg"))[0].read_bytes()
+    (root / "Training" / "notumor" / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(InvalidDatasetError, match=r"truncated\.jpg.*corrupt.*remove or replace it.*data-report") as caught:
+        load_splits(DataArguments(data_dir=str(root), validation_size=0.25, pixel_cache_dir=None), MRIPreprocessor(size=32))
+    assert "numpy array" not in str(caught.value)  # the accepted inputs of predict say nothing here

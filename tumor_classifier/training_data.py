@@ -27,7 +27,7 @@ from .data import (
     load_tumour_only_images,
     near_duplicate_groups,
 )
-from .exceptions import InvalidArgumentError, InvalidDatasetError
+from .exceptions import InvalidArgumentError, InvalidDatasetError, InvalidImageError
 from .label_audit import apply_label_audit_to_dataset, read_label_audit
 from .pixels import PixelDataset, PixelPack, prepare_pixels, read_pixel_pack
 from .preprocessing import MRIPreprocessor
@@ -65,11 +65,25 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
             data[split] = data[split].shuffle(seed=data_args.split_seed).select(range(count))
     cache = data_args.pixel_cache_dir or None
     first = training_args.main_process_first(desc="preparing pixels") if training_args else contextlib.nullcontext()
-    with first:
+    with first, _naming_unreadable_images(data_args.data_dir):
         arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
         if data_args.tumour_only_dirs:
             arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
     return data, arrays
+
+
+@contextlib.contextmanager
+def _naming_unreadable_images(data_dir: str):
+    """A file of the data that cannot be decoded stops the run with what to do about it."""
+    try:
+        yield
+    except InvalidImageError as error:
+        # The decoder's message ends with the inputs predict() accepts, which says nothing here.
+        reason = str(error).split("; accepted:")[0]
+        raise InvalidDatasetError(
+            f"{reason}. It is one of the images this run reads; remove or replace it and run again "
+            f"(`tumor-classifier data-report {data_dir}` lists every unreadable file of the folder at once)."
+        ) from None
 
 
 def _check_every_class_is_trained(data, data_args: DataArguments) -> None:
