@@ -296,3 +296,56 @@ def test_resume_true_continues_from_the_newest_checkpoint_in_the_output_folder(t
     assert resumed.metrics["training"]["global_steps"] == 3
     history = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "loss" in e] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--tumour_only_dirs", "no-such-tumour-folder"], "no-such-tumour-folder does not exist"),
+        (["--label_audit", "no-such-audit.csv"], "No label audit file at no-such-audit.csv"),
+        (["--config_overrides", "{bad"], "config_overrides.*not valid JSON"),
+    ],
+)
+def test_a_bad_option_is_refused_before_the_images_are_prepared(data_dir, tmp_path, extra, expected):
+    """The images take minutes to prepare; an option that cannot work says so first. A
+    corrupt image in the data would stop the preparation: the error must be the option's."""
+    import shutil
+
+    from tumor_classifier import TumorClassifierError
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    (root / "Training" / "glioma" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    args = _args(root, tmp_path / "model", "--max_steps", "1", "--pixel_cache_dir", "")
+    if extra[0] == "--config_overrides":
+        args = args[: args.index("--config_overrides")] + args[args.index("--config_overrides") + 2 :]
+    with pytest.raises(TumorClassifierError, match=expected):
+        train_hf.main([*args, *extra])
+
+
+def test_the_same_seed_trains_the_same_model(data_dir, tmp_path):
+    """--seed decides the from-scratch weights too: ensemble members differ by --seed alone,
+    and a run can be repeated."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for name, torch_seed in (("first", 1), ("second", 2)):
+        torch.manual_seed(torch_seed)  # whatever ran before in this process
+        train_hf.main(_args(data_dir, tmp_path / name, "--max_steps", "1", "--eval_strategy", "no",
+                            "--save_strategy", "no", "--load_best_model_at_end", "false", "--no_calibrate"))
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], msg=key)
+
+
+def test_fit_with_the_same_random_state_fits_the_same_model(train_images):
+    from conftest import TINY_CONVNEXT
+
+    paths, labels = train_images
+    probabilities = []
+    for torch_seed in (1, 2):
+        torch.manual_seed(torch_seed)
+        clf = TumorClassifier("convnext", from_scratch=True, image_size=32, epochs=1, batch_size=8, verbose=0,
+                              random_state=3, config_overrides=TINY_CONVNEXT).fit(paths, labels)
+        probabilities.append(clf.predict_proba(paths[:4]))
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)

@@ -218,7 +218,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
 
     def make_model(trial=None):
         dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
-        return create_run_model(model_args, class_names, dropout=dropout)
+        return create_run_model(model_args, class_names, dropout=dropout, seed=training_args.seed)
 
     common = dict(
         augmentation=data_args.augmentation(),
