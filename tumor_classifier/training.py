@@ -25,7 +25,7 @@ import torch
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 
 from .augmentation import AugmentationConfig, BatchAugmenter
-from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR
+from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR, load_tumour_only_images
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .mri_trainer import MRITrainer, TimeLimitCallback
@@ -198,6 +198,14 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     preprocessor = MRIPreprocessor(
         size=model_args.image_size, crop_to_head=data_args.crop_to_head, skull_strip=data_args.skull_strip
     )
+    def make_model(trial=None):
+        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
+        return create_run_model(model_args, class_names, dropout=dropout, seed=training_args.seed)
+
+    # Options that cannot work fail now, not after minutes of preparing the images.
+    model = None if data_args.write_pixel_pack else make_model()
+    if data_args.tumour_only_dirs:
+        load_tumour_only_images(data_args.tumour_only_dirs)
     if data_args.pixel_pack and data_args.write_pixel_pack:
         raise InvalidArgumentError("--write_pixel_pack makes a pack from data_dir; it cannot be combined with --pixel_pack.")
     if data_args.pixel_pack:
@@ -215,10 +223,6 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             write_pixel_pack(path, pack, jpeg_quality=data_args.pixel_pack_jpeg_quality)
         return TrainingResult(path, {"pixel_pack": {name: len(labels) for name, (_, labels) in arrays.items()}})
     sets = {name: PixelDataset(*arrays[name]) for name in arrays}
-
-    def make_model(trial=None):
-        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
-        return create_run_model(model_args, class_names, dropout=dropout, seed=training_args.seed)
 
     common = dict(
         augmentation=data_args.augmentation(),
@@ -247,7 +251,9 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             target = model_args if key == "dropout" else training_args
             setattr(target, key, value)
 
-    trainer = build_trainer(make_model(), preprocessor, train_set, eval_set, training_args, **common)
+    if best is not None:  # the search's best dropout
+        model = make_model()
+    trainer = build_trainer(model, preprocessor, train_set, eval_set, training_args, **common)
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     model = trainer.model
 
