@@ -137,3 +137,53 @@ def test_data_report_command_prints_counts_modes_and_duplicates(tmp_path, data_d
     assert "train: 32 images" in out and "test: 13 images" in out
     assert "byte-identical:              1" in out
     assert "storage modes:" in out
+
+
+def test_binary_training_takes_tumour_and_healthy_folders(tmp_path, data_dir):
+    """A user's own tumour / no-tumour set, in the names such sets use (Br35H: yes / no)."""
+    for tumour, healthy in (("tumour", "healthy"), ("Tumor", "normal"), ("yes", "no")):
+        root = tmp_path / f"{tumour}-{healthy}"
+        shutil.copytree(data_dir / "Training" / "glioma", root / tumour)
+        shutil.copytree(data_dir / "Training" / "notumor", root / healthy)
+        data = load_mri_dataset(root, binary=True, validation_size=0.25, test_size=0.25)
+        assert data["train"].features["label"].names == ["notumor", "tumor"]
+        for split in data.values():
+            for path, label in zip(split["path"], split["label"]):
+                assert (label == 1) == (f"/{tumour}/" in path), path
+    # Without binary the folder names say no tumour type: the error says what to do.
+    with pytest.raises(InvalidDatasetError, match="'tumour'.*binary"):
+        load_mri_dataset(tmp_path / "tumour-healthy")
+
+
+def test_a_training_run_refuses_a_class_without_training_images(tmp_path, data_dir):
+    """The model would get a pituitary output that no image ever trained."""
+    from tumor_classifier.preprocessing import MRIPreprocessor
+    from tumor_classifier.training_arguments import DataArguments
+    from tumor_classifier.training_data import load_splits
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir, root, ignore=lambda folder, names: [n for n in names if n == "pituitary" and folder.endswith("Training")])
+    (root / "Training" / "pituitary").mkdir()  # present but empty
+    with pytest.raises(InvalidDatasetError, match=r"no training image of the class pituitary.*Training/pituitary"):
+        load_splits(DataArguments(data_dir=str(root), pixel_cache_dir=None), MRIPreprocessor(size=32))
+
+
+def test_an_empty_source_is_refused_not_read_as_the_working_directory(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(data_dir / "Training")  # a folder that would load
+    for source in ("", "  "):
+        with pytest.raises(InvalidDatasetError, match="empty"):
+            load_mri_dataset(source)
+
+
+def test_a_corrupt_training_image_is_named_with_what_to_do(tmp_path, data_dir):
+    from tumor_classifier.preprocessing import MRIPreprocessor
+    from tumor_classifier.training_arguments import DataArguments
+    from tumor_classifier.training_data import load_splits
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir, root)
+    whole = sorted((root / "Training" / "notumor").glob("*.jpg"))[0].read_bytes()
+    (root / "Training" / "notumor" / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(InvalidDatasetError, match=r"truncated\.jpg.*corrupt.*remove or replace it.*data-report") as caught:
+        load_splits(DataArguments(data_dir=str(root), validation_size=0.25, pixel_cache_dir=None), MRIPreprocessor(size=32))
+    assert "numpy array" not in str(caught.value)  # the accepted inputs of predict say nothing here

@@ -246,3 +246,84 @@ def test_the_loader_applies_the_audit_to_train_and_validation_only(tmp_path, dat
     binary = load_mri_dataset(data_dir, binary=True, validation_size=0.25, seed=0)
     relabelled_binary = apply_label_audit_to_dataset(binary["train"], entries, data_dir)
     assert set(relabelled_binary.features["label"].names) == {"notumor", "tumor"}
+
+
+def test_the_audit_applies_to_a_binary_set_with_its_own_folder_names_and_subfolders(tmp_path, data_dir):
+    """A tumour / healthy set whose tumour images sit in subfolders (one per patient, say)."""
+    import shutil
+
+    from tumor_classifier.data import load_mri_dataset
+    from tumor_classifier.label_audit import apply_label_audit_to_dataset, read_label_audit
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir / "Training" / "glioma", root / "Training" / "tumour" / "patient-1")
+    shutil.copytree(data_dir / "Training" / "notumor", root / "Training" / "healthy")
+    shutil.copytree(data_dir / "Testing", root / "Testing", ignore=lambda folder, names: [n for n in names if n in ("meningioma", "pituitary")])
+    tumour = sorted((root / "Training" / "tumour" / "patient-1").glob("*.jpg"))
+    audit = tmp_path / "audit.csv"
+    audit.write_text(
+        "file,action,new_label,reason\n"
+        f"Training/tumour/patient-1/{tumour[0].name},exclude,,test row\n"
+        f"Training/tumour/patient-1/{tumour[1].name},relabel,notumor,test row\n"
+    )
+    data = load_mri_dataset(root, binary=True, validation_size=0.25, seed=0)
+    entries = read_label_audit(audit)
+    audited = {name: apply_label_audit_to_dataset(data[name], entries, root) for name in ("train", "validation")}
+    labels = {p: split.features["label"].names[y] for split in audited.values() for p, y in zip(split["path"], split["label"])}
+    assert str(tumour[0]) not in labels and labels[str(tumour[1])] == "notumor" and labels[str(tumour[2])] == "tumor"
+    assert len(labels) == len(data["train"]) + len(data["validation"]) - 1
+
+
+def test_read_label_audit_takes_excel_utf8_and_names_another_encoding(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte order mark; a Latin-1 file is named, not a UnicodeDecodeError."""
+    path = tmp_path / "audit.csv"
+    path.write_bytes("\ufeff".encode() + (HEADER + "Training/glioma/a.jpg,exclude,,résumé of the mass\n").encode())
+    (entry,) = read_label_audit(path)
+    assert entry.file == "Training/glioma/a.jpg" and entry.reason == "résumé of the mass"
+    path.write_bytes((HEADER + "Training/glioma/a.jpg,exclude,,résumé\n").encode("latin-1"))
+    with pytest.raises(InvalidDatasetError, match="audit.csv.*not UTF-8.*save it as UTF-8"):
+        read_label_audit(path)
+
+
+def test_a_training_run_refuses_audit_rows_that_match_no_training_file(tmp_path, data_dir):
+    """A typo in a listed path must not leave the image the reviewer meant to drop in training."""
+    from tumor_classifier.preprocessing import MRIPreprocessor
+    from tumor_classifier.training_arguments import DataArguments
+    from tumor_classifier.training_data import load_splits
+
+    listed = sorted((data_dir / "Training" / "glioma").glob("*.jpg"))[0]
+    audit = tmp_path / "audit.csv"
+    audit.write_text(
+        HEADER
+        + f"Training/glioma/{listed.name},exclude,,found\n"
+        + "Training/glioma/Tr-gl_typo.jpg,exclude,,a typo\n"
+        + "Training/notumor/Tr-no_9999.jpg,relabel,glioma,another copy of the data\n"
+    )
+    args = DataArguments(data_dir=str(data_dir), label_audit=str(audit), pixel_cache_dir=None)
+    with pytest.raises(InvalidDatasetError, match=r"2 of the 3 rows.*Tr-gl_typo\.jpg, Training/notumor/Tr-no_9999\.jpg") as caught:
+        load_splits(args, MRIPreprocessor(size=32))
+    assert "audit.csv" in str(caught.value) and str(data_dir) in str(caught.value)
+
+
+def test_a_training_run_reports_the_same_image_under_two_classes(tmp_path, data_dir, caplog):
+    """The duplicate check compared test with train only; one slice filed as glioma and as
+    notumor in the training folder went unreported."""
+    import logging
+    import shutil
+
+    from tumor_classifier.data import load_mri_dataset
+    from tumor_classifier.training_data import cross_class_duplicates
+
+    root = tmp_path / "own"
+    shutil.copytree(data_dir, root)
+    copied = sorted((root / "Training" / "glioma").glob("*.jpg"))[0]
+    shutil.copy(copied, root / "Training" / "notumor" / "copy-of-a-glioma.jpg")
+    data = load_mri_dataset(root, validation_size=0.25, seed=0)
+    with caplog.at_level(logging.WARNING, logger="tumor_classifier.training_data"):
+        groups = cross_class_duplicates(data)
+    assert len(groups) == 1
+    assert sorted(groups[0]["labels"]) == ["glioma", "notumor"]
+    assert sorted(Path(p).name for p in groups[0]["paths"]) == sorted([copied.name, "copy-of-a-glioma.jpg"])
+    assert "1 group of near-duplicate training images" in caplog.text and "copy-of-a-glioma.jpg" in caplog.text
+    assert "--label_audit" in caplog.text
+    assert cross_class_duplicates(load_mri_dataset(data_dir, validation_size=0.25, seed=0)) == []

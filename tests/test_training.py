@@ -50,6 +50,7 @@ def test_two_step_run_writes_a_complete_model_folder(two_step_run):
     assert metrics["test_without_near_duplicates"]["n"] == metrics["duplicates"]["without_near_duplicate"]
     assert metrics["training"]["global_steps"] == 2
     assert metrics["calibration"]["temperature"] > 0
+    assert metrics["training_duplicates_across_classes"] == []  # checked, and none in the shipped slices
     config = json.loads((output / "config.json").read_text())
     assert config["id2label"] == {"0": "glioma", "1": "meningioma", "2": "notumor", "3": "pituitary"}
     card = (output / "README.md").read_text()
@@ -117,7 +118,7 @@ def test_two_processes_with_torchrun(data_dir, tmp_path):
     assert metrics["training"]["global_steps"] == 2
     # Evaluation gathers both processes' shards: every test image is counted once.
     assert metrics["test"]["n"] == 12 and np.asarray(metrics["test"]["confusion_matrix"]).sum() == 12
-    assert "model written to" in completed.stdout
+    assert completed.stdout.count("model written to") == 1  # one line per run, not one per process
 
 
 def test_push_to_hub_without_a_reachable_hub_fails_before_training(data_dir, tmp_path, monkeypatch):
@@ -193,3 +194,158 @@ def test_fit_and_train_hf_share_the_model_defaults():
     training_args = MRITrainingArguments(output_dir="unused")
     assert (params["learning_rate"], params["weight_decay"]) == (training_args.learning_rate, training_args.weight_decay)
     assert params["augment"] is True  # AugmentationConfig's defaults, as DataArguments take them
+
+
+def test_a_bad_data_folder_ends_the_script_with_one_line_not_a_traceback(tmp_path, capsys):
+    """The entry point turns the package's errors into one 'error:' line and exit status 1."""
+    output = tmp_path / "model"
+    status = train_hf.cli(["--data_dir", str(tmp_path / "no-such-folder"), "--output_dir", str(output)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("train_hf.py: error: ") and "no-such-folder" in err and "is not a folder" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not output.exists()
+
+
+
+def _write_config(tmp_path, **config):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_json_config_takes_an_object_for_config_overrides(data_dir, tmp_path):
+    """JSON is the natural way to write config_overrides in a JSON config: an object, not a quoted string."""
+    from conftest import TINY_CONVNEXT
+
+    args = _args(data_dir, tmp_path / "unused", "--max_steps", "1")
+    config = _write_config(tmp_path, config_overrides=TINY_CONVNEXT, backbone="convnext", from_scratch=True)
+    _, model_args, _ = train_hf.parse_arguments([config, *args[:args.index("--config_overrides")]])
+    assert json.loads(model_args.config_overrides) == TINY_CONVNEXT
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"epochs": 3}, "unknown key.*'epochs'"),
+        ({"learning_rat": 0.01}, "unknown key.*'learning_rat'"),  # argparse would take it for learning_rate
+        ({"num_train_epochs": [1, 2]}, "num_train_epochs"),
+        ([1, 2], "a JSON object"),
+    ],
+)
+def test_a_json_config_with_a_wrong_key_or_value_is_refused_by_name(tmp_path, config, expected):
+    from tumor_classifier import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=expected) as caught:
+        train_hf.parse_arguments([_write_config(tmp_path, **config) if isinstance(config, dict) else _json_file(tmp_path, config)])
+    assert "config.json" in str(caught.value) and "--help" in str(caught.value)
+
+
+def _json_file(tmp_path, value):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(value))
+    return str(path)
+
+
+@pytest.mark.parametrize("text, expected", [(None, "no such file"), ('{"data_dir": "x",}', "not valid JSON")])
+def test_an_unreadable_json_config_is_named(tmp_path, text, expected):
+    from tumor_classifier import InvalidArgumentError
+
+    path = tmp_path / "config.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InvalidArgumentError, match=expected):
+        train_hf.parse_arguments([str(path)])
+
+
+def test_an_unknown_command_line_option_is_refused_by_name():
+    from tumor_classifier import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="unknown option.*--epochs 3"):
+        train_hf.parse_arguments(["--epochs", "3"])
+
+
+@pytest.mark.parametrize("overrides, expected", [("{bad", "not valid JSON"), ("[1, 2]", "a JSON object")])
+def test_config_overrides_that_are_not_a_json_object_are_refused_by_name(overrides, expected):
+    from tumor_classifier import InvalidArgumentError
+    from tumor_classifier.data import CLASS_NAMES
+    from tumor_classifier.recipe import create_run_model
+    from tumor_classifier.training_arguments import ModelArguments
+
+    with pytest.raises(InvalidArgumentError, match=f"config_overrides.*{expected}"):
+        create_run_model(ModelArguments(backbone="convnext", from_scratch=True, image_size=32, config_overrides=overrides), CLASS_NAMES)
+
+
+def test_resume_from_a_folder_that_is_no_checkpoint_is_refused_before_anything_is_written(data_dir, tmp_path):
+    from tumor_classifier import InvalidArgumentError
+
+    output = tmp_path / "model"
+    for value, expected in ((str(tmp_path / "no-such-checkpoint"), "no-such-checkpoint.*not a checkpoint folder"),
+                            ("true", "newest checkpoint.*has none")):
+        with pytest.raises(InvalidArgumentError, match=expected):
+            train_hf.main(_args(data_dir, output, "--max_steps", "1", "--resume_from_checkpoint", value))
+        assert not output.exists()
+
+
+def test_resume_true_continues_from_the_newest_checkpoint_in_the_output_folder(two_step_run, data_dir, tmp_path):
+    import shutil
+
+    output, _ = two_step_run
+    shutil.copytree(output / "checkpoint-2", tmp_path / "run" / "checkpoint-2")
+    resumed = train_hf.main(_args(data_dir, tmp_path / "run", "--max_steps", "3", "--resume_from_checkpoint", "true"))
+    assert resumed.metrics["training"]["global_steps"] == 3
+    history = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--tumour_only_dirs", "no-such-tumour-folder"], "no-such-tumour-folder does not exist"),
+        (["--label_audit", "no-such-audit.csv"], "No label audit file at no-such-audit.csv"),
+        (["--config_overrides", "{bad"], "config_overrides.*not valid JSON"),
+    ],
+)
+def test_a_bad_option_is_refused_before_the_images_are_prepared(data_dir, tmp_path, extra, expected):
+    """The images take minutes to prepare; an option that cannot work says so first. A
+    corrupt image in the data would stop the preparation: the error must be the option's."""
+    import shutil
+
+    from tumor_classifier import TumorClassifierError
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    (root / "Training" / "glioma" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    args = _args(root, tmp_path / "model", "--max_steps", "1", "--pixel_cache_dir", "")
+    if extra[0] == "--config_overrides":
+        args = args[: args.index("--config_overrides")] + args[args.index("--config_overrides") + 2 :]
+    with pytest.raises(TumorClassifierError, match=expected):
+        train_hf.main([*args, *extra])
+
+
+def test_the_same_seed_trains_the_same_model(data_dir, tmp_path):
+    """--seed decides the from-scratch weights too: ensemble members differ by --seed alone,
+    and a run can be repeated."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for name, torch_seed in (("first", 1), ("second", 2)):
+        torch.manual_seed(torch_seed)  # whatever ran before in this process
+        train_hf.main(_args(data_dir, tmp_path / name, "--max_steps", "1", "--eval_strategy", "no",
+                            "--save_strategy", "no", "--load_best_model_at_end", "false", "--no_calibrate"))
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], msg=key)
+
+
+def test_fit_with_the_same_random_state_fits_the_same_model(train_images):
+    from conftest import TINY_CONVNEXT
+
+    paths, labels = train_images
+    probabilities = []
+    for torch_seed in (1, 2):
+        torch.manual_seed(torch_seed)
+        clf = TumorClassifier("convnext", from_scratch=True, image_size=32, epochs=1, batch_size=8, verbose=0,
+                              random_state=3, config_overrides=TINY_CONVNEXT).fit(paths, labels)
+        probabilities.append(clf.predict_proba(paths[:4]))
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)

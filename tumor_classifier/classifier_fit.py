@@ -86,7 +86,7 @@ def fit_model(estimator, X: Any, y: Sequence[str] | None) -> tuple[Any, MRIPrepr
         label_smoothing=estimator.label_smoothing,
         config_overrides=estimator.config_overrides,
     )
-    model = create_run_model(recipe, list(classes))
+    model = create_run_model(recipe, list(classes), seed=estimator.random_state)
     with tempfile.TemporaryDirectory(prefix="tumor-classifier-fit-") as workdir:
         args = MRITrainingArguments(
             output_dir=workdir,

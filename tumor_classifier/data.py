@@ -67,6 +67,9 @@ _CLASS_ALIASES = {
     "pituitarytumor": "pituitary",
     "pituitarytumour": "pituitary",
 }
+#: Folder and label names of a tumour / no-tumour set that name no tumour type (Br35H: yes / no);
+#: read only for the binary view, where they are "tumor".
+_BINARY_TUMOR_ALIASES = ("tumor", "tumour", "yes")
 
 
 def canonical_class_name(name: str) -> str:
@@ -81,15 +84,28 @@ def canonical_class_name(name: str) -> str:
     """
     key = re.sub(r"[^a-z]", "", name.lower())
     if key not in _CLASS_ALIASES:
+        binary_hint = (
+            " For a tumour / no-tumour set (tumor, tumour or yes beside notumor, healthy or no), train the "
+            "binary view (binary=True, train_hf.py --binary)."
+        )
         raise InvalidDatasetError(
             f"Unknown class folder or label {name!r}; expected one of {', '.join(CLASS_NAMES)} "
             "(aliases such as glioma_tumor, no_tumor, normal are accepted)."
+            + (binary_hint if key in _BINARY_TUMOR_ALIASES else "")
+            + " TumorClassifier.fit takes any class names."
         )
     return _CLASS_ALIASES[key]
 
 
 def to_binary_label(name: str) -> str:
-    """``"notumor"`` stays, every tumor type becomes ``"tumor"``."""
+    """``"notumor"`` (or an alias) stays, every tumor type becomes ``"tumor"``; so do
+    ``tumor``, ``tumour`` and ``yes``, names of a set labelled only tumour / no tumour.
+
+    Raises:
+        InvalidDatasetError: The name matches no known class.
+    """
+    if re.sub(r"[^a-z]", "", name.lower()) in _BINARY_TUMOR_ALIASES:
+        return "tumor"
     return NO_TUMOR if canonical_class_name(name) == NO_TUMOR else "tumor"
 
 
@@ -105,10 +121,12 @@ def find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def list_image_files(directory: str | os.PathLike) -> list[tuple[str, str]]:
+def list_image_files(directory: str | os.PathLike, *, binary: bool = False) -> list[tuple[str, str]]:
     """Lists ``(path, class name)`` for every image in ``directory/<class>/``.
 
     Files are sorted, so the order (and every seeded split made from it) is stable.
+    With ``binary`` the class names are :data:`BINARY_CLASS_NAMES` (see
+    :func:`to_binary_label`), so folders such as ``tumour`` / ``healthy`` are read too.
 
     Raises:
         InvalidDatasetError: No class folder with images is found.
@@ -116,7 +134,7 @@ def list_image_files(directory: str | os.PathLike) -> list[tuple[str, str]]:
     directory = Path(directory)
     items: list[tuple[str, str]] = []
     for class_dir in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
-        label = canonical_class_name(class_dir.name)
+        label = to_binary_label(class_dir.name) if binary else canonical_class_name(class_dir.name)
         for path in sorted(class_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 items.append((str(path), label))
@@ -154,7 +172,7 @@ def _from_local_folder(root: Path, binary: bool) -> dict[str, "Dataset"]:
     splits = find_split_dirs(root)
     if not splits:  # an imagefolder without split folders: everything is train
         splits = {"train": root}
-    return {split: _dataset_from_files(list_image_files(path), binary) for split, path in splits.items()}
+    return {split: _dataset_from_files(list_image_files(path, binary=binary), binary) for split, path in splits.items()}
 
 
 def _from_hub(repo_id: str, binary: bool, revision: str | None) -> dict[str, "Dataset"]:
@@ -237,6 +255,8 @@ def load_mri_dataset(
     """
     from datasets import DatasetDict
 
+    if not str(source).strip():  # Path("") is the working directory, which is not what was meant
+        raise InvalidDatasetError("The data source is empty; pass a folder in the Kaggle layout, an image folder or a Hub data set id.")
     path = Path(source)
     if path.is_dir():
         splits = _from_local_folder(path, binary)
@@ -318,7 +338,7 @@ def as_sources(X: Any) -> list[Any]:
 
 def load_image_folder(directory: str | os.PathLike, *, binary: bool = False) -> "Dataset":
     """One folder of ``<class>/`` subfolders as a single ``Dataset`` (no splitting)."""
-    return _dataset_from_files(list_image_files(directory), binary)
+    return _dataset_from_files(list_image_files(directory, binary=binary), binary)
 
 
 def load_tumour_only_images(directories: Sequence[str | os.PathLike]) -> list[str]:

@@ -21,6 +21,7 @@ are reported beside the full split instead.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -86,7 +87,8 @@ def read_label_audit(path: str | os.PathLike) -> list[AuditEntry]:
         The entries in file order.
 
     Raises:
-        InvalidDatasetError: The file is missing; a column is missing; or a row (the
+        InvalidDatasetError: The file is missing or not UTF-8 text (a byte order mark is
+            fine); a column is missing; or a row (the
             message gives the file and line) has an empty, absolute or ``..`` file, a file
             already listed, an action other than ``exclude`` / ``relabel``, a ``relabel``
             without a known class (or to the class of the file's own folder), a
@@ -100,9 +102,15 @@ def read_label_audit(path: str | os.PathLike) -> list[AuditEntry]:
     path = Path(path)
     if not path.is_file():
         raise InvalidDatasetError(f"No label audit file at {path}; expected a CSV with the columns {','.join(AUDIT_COLUMNS)}.")
+    try:  # utf-8-sig: Excel's "CSV UTF-8" begins with a byte order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidDatasetError(
+            f"{path} is not UTF-8 text ({error}); save it as UTF-8 (in Excel: CSV UTF-8)."
+        ) from None
     entries: list[AuditEntry] = []
     seen: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         found = [name.strip() for name in reader.fieldnames or []]
         missing = [name for name in AUDIT_COLUMNS if name not in found]
@@ -250,10 +258,22 @@ def apply_label_audit(
 # --------------------------------------------------------------------------- duplicates
 
 
-def apply_label_audit_to_dataset(split: "Dataset", entries: Sequence[AuditEntry], root: str | os.PathLike) -> "Dataset":
+def apply_label_audit_to_dataset(
+    split: "Dataset", entries: Sequence[AuditEntry], root: str | os.PathLike, *, return_summary: bool = False
+) -> "Dataset" | tuple["Dataset", dict[str, Any]]:
     """:func:`apply_label_audit` on a split of :func:`~tumor_classifier.data.load_mri_dataset`
     (``path`` and ``label`` columns): the excluded images are dropped and the relabelled
     ones get their new class (its tumour / no-tumour view for a binary split).
+
+    Args:
+        split: The split.
+        entries: The audit list (:func:`read_label_audit`).
+        root: The data root the entries' files are relative to.
+        return_summary: Also return :func:`apply_label_audit`'s summary (counts and the
+            ``unmatched_files`` of this split).
+
+    Returns:
+        The audited split, or ``(split, summary)`` with ``return_summary``.
 
     Raises:
         InvalidDatasetError: As :func:`apply_label_audit`; or the split has no ``path``
@@ -263,13 +283,13 @@ def apply_label_audit_to_dataset(split: "Dataset", entries: Sequence[AuditEntry]
         raise InvalidDatasetError("A label audit matches files by path; this data set has no 'path' column (a Hub data set?).")
     names = split.features["label"].names
     binary = list(names) == list(BINARY_CLASS_NAMES)
-    # A binary split's labels say only tumor / notumor; the audit speaks of the four
-    # classes, which the class folder of each file still tells.
-    items = [(path, canonical_class_name(Path(path).parent.name) if binary else names[label])
-             for path, label in zip(split["path"], split["label"])]
+    # A binary split's items keep their tumor / notumor label (a file's folder need not name
+    # a class: subfolders, or tumour / healthy folders); an entry's four-class new_label is
+    # turned into its binary view below.
+    items = [(path, names[label]) for path, label in zip(split["path"], split["label"])]
     kept, summary = apply_label_audit(items, entries, root)
     labels = {path: to_binary_label(name) if binary else name for path, name in kept}
     split = split.select([i for i, (path, _) in enumerate(items) if path in labels])
     if summary["relabelled"]:
         split = split.map(lambda batch: {"label": [names.index(labels[p]) for p in batch["path"]]}, batched=True)
-    return split
+    return (split, summary) if return_summary else split

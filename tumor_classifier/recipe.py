@@ -11,14 +11,18 @@ import json
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel
 
+from .exceptions import InvalidArgumentError
 from .losses import class_weights, make_loss_function, tumor_columns_of
 from .models import create_model
 from .training_arguments import ModelArguments
 
 
-def create_run_model(model_args: ModelArguments, class_names: Sequence[str], *, dropout: float | None = None) -> PreTrainedModel:
+def create_run_model(
+    model_args: ModelArguments, class_names: Sequence[str], *, dropout: float | None = None, seed: int | None = None
+) -> PreTrainedModel:
     """The model a run trains: ``model_args``' backbone, start (from scratch or a checkpoint), size and dropout.
 
     Args:
@@ -26,13 +30,36 @@ def create_run_model(model_args: ModelArguments, class_names: Sequence[str], *, 
             line) or a dict (:meth:`TumorClassifier.fit`).
         class_names: Label index -> class name (the head's size and ``id2label``).
         dropout: Replaces ``model_args.dropout`` (a hyperparameter search's trial).
+        seed: Seeds the random weights (a from-scratch model, a new head), so that a run's
+            ``--seed`` or fit's ``random_state`` decides them; the process's random state is
+            left as it was. ``None``: whatever the process's state gives.
 
     Returns:
         A new ``transformers`` model from :func:`~tumor_classifier.models.create_model`.
+
+    Raises:
+        InvalidArgumentError: ``config_overrides`` is not a JSON object.
     """
     overrides = model_args.config_overrides
     if isinstance(overrides, str):
-        overrides = json.loads(overrides) if overrides else None
+        try:
+            overrides = json.loads(overrides) if overrides.strip() else None
+        except json.JSONDecodeError as error:
+            raise InvalidArgumentError(
+                f"config_overrides {overrides!r} is not valid JSON ({error}); give a JSON object of config "
+                'attributes, e.g. \'{"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}\'.'
+            ) from None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise InvalidArgumentError(
+            f"config_overrides must be a JSON object (a dict) of config attributes; got {overrides!r}."
+        )
+    with torch.random.fork_rng(devices=[]):  # the weights are made on the CPU
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _create(model_args, class_names, dropout, overrides)
+
+
+def _create(model_args: ModelArguments, class_names: Sequence[str], dropout: float | None, overrides: dict | None) -> PreTrainedModel:
     return create_model(
         model_args.backbone,
         class_names=class_names,

@@ -25,7 +25,7 @@ import torch
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 
 from .augmentation import AugmentationConfig, BatchAugmenter
-from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR
+from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR, load_tumour_only_images
 from .exceptions import InvalidArgumentError, TumorClassifierError
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .mri_trainer import MRITrainer, TimeLimitCallback
@@ -44,7 +44,7 @@ from .pixels import (
 from .preprocessing import MRIPreprocessor
 from .recipe import create_run_model, make_run_loss
 from .training_arguments import DataArguments, ModelArguments, MRITrainingArguments
-from .training_data import duplicate_check, joined_dataset, load_pack, load_splits
+from .training_data import cross_class_duplicates, duplicate_check, joined_dataset, load_pack, load_splits
 
 #: Names that lived here before the split and stay importable from here.
 __all__ = [
@@ -147,6 +147,36 @@ def _reliability(val_logits: np.ndarray, val_labels: np.ndarray, temperature: fl
 
 
 
+def _checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
+    """The checkpoint folder ``--resume_from_checkpoint`` names: a ``checkpoint-N`` folder, or
+    ``true`` / ``last`` for the newest one in ``output_dir``; ``None`` when not resuming.
+
+    Raises:
+        InvalidArgumentError: The folder is not a checkpoint, or ``output_dir`` has none.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false", "none"):
+        return None
+    if isinstance(value, bool) or str(value).strip().lower() in ("true", "last"):
+        output_dir = Path(training_args.output_dir)
+        newest = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if newest is None:
+            raise InvalidArgumentError(
+                f"--resume_from_checkpoint {value} resumes the newest checkpoint-N folder in --output_dir "
+                f"{output_dir}, but it has none; name a checkpoint folder of an earlier run instead."
+            )
+        return newest
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise InvalidArgumentError(
+            f"--resume_from_checkpoint {value} is not a checkpoint folder (no trainer_state.json in it); give a "
+            "checkpoint-N folder of an earlier run (such as runs/model/checkpoint-500), or true for the newest "
+            "one in --output_dir."
+        )
+    return str(value)
+
+
 def run_training(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> TrainingResult:
     """Loads the data, trains, calibrates, evaluates and writes the model folder.
 
@@ -157,6 +187,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     from .reports import write_model_card
 
     class_names = BINARY_CLASS_NAMES if data_args.binary else CLASS_NAMES
+    resume_from = _checkpoint_to_resume(training_args)  # before hours of data preparation, not after
     # The finished folder is uploaded once at the end; the Trainer would otherwise push
     # every checkpoint and replace our model card with its own.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -167,6 +198,14 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     preprocessor = MRIPreprocessor(
         size=model_args.image_size, crop_to_head=data_args.crop_to_head, skull_strip=data_args.skull_strip
     )
+    def make_model(trial=None):
+        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
+        return create_run_model(model_args, class_names, dropout=dropout, seed=training_args.seed)
+
+    # Options that cannot work fail now, not after minutes of preparing the images.
+    model = None if data_args.write_pixel_pack else make_model()
+    if data_args.tumour_only_dirs:
+        load_tumour_only_images(data_args.tumour_only_dirs)
     if data_args.pixel_pack and data_args.write_pixel_pack:
         raise InvalidArgumentError("--write_pixel_pack makes a pack from data_dir; it cannot be combined with --pixel_pack.")
     if data_args.pixel_pack:
@@ -174,6 +213,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         arrays = pack.arrays
     else:
         data, arrays = load_splits(data_args, preprocessor, training_args)
+    # Said before training, by one process: a slice filed under two classes is a labelling error.
+    cross_class = cross_class_duplicates(data) if data is not None and training_args.process_index == 0 else None
     if data_args.write_pixel_pack:
         path = Path(data_args.write_pixel_pack)
         if training_args.process_index == 0:
@@ -182,10 +223,6 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             write_pixel_pack(path, pack, jpeg_quality=data_args.pixel_pack_jpeg_quality)
         return TrainingResult(path, {"pixel_pack": {name: len(labels) for name, (_, labels) in arrays.items()}})
     sets = {name: PixelDataset(*arrays[name]) for name in arrays}
-
-    def make_model(trial=None):
-        dropout = trial.params["dropout"] if trial is not None and "dropout" in trial.params else None
-        return create_run_model(model_args, class_names, dropout=dropout)
 
     common = dict(
         augmentation=data_args.augmentation(),
@@ -214,8 +251,10 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             target = model_args if key == "dropout" else training_args
             setattr(target, key, value)
 
-    trainer = build_trainer(make_model(), preprocessor, train_set, eval_set, training_args, **common)
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if best is not None:  # the search's best dropout
+        model = make_model()
+    trainer = build_trainer(model, preprocessor, train_set, eval_set, training_args, **common)
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
     model = trainer.model
 
     val_logits = predict_logits(trainer, sets["validation"])
@@ -252,6 +291,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             if clean is not None:
                 metrics["test_without_near_duplicates"] = classification_metrics(arrays["test"][1][clean], test_proba[clean], class_names)
                 metrics["duplicates"] = summary
+        if cross_class is not None:
+            metrics["training_duplicates_across_classes"] = cross_class
         metrics["training"] = {
             "backbone": model_args.backbone,
             "from_scratch": model_args.from_scratch,

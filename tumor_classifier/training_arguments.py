@@ -28,7 +28,8 @@ class DataArguments:
         default="../shared/data/brain-tumor-mri",
         metadata={"help": "Folder in the Kaggle layout (Training/<class>/, Testing/<class>/), an image folder, or a Hub data set id."},
     )
-    binary: bool = field(default=False, metadata={"help": "Train tumor / no tumor instead of the four classes."})
+    binary: bool = field(default=False, metadata={"help": "Train tumor / no tumor instead of the four classes; the class folders may then "
+                                                   "also be named tumor, tumour or yes (and healthy, normal or no)."})
     validation_size: float = field(default=0.1, metadata={"help": "Fraction of train carved out (stratified) as validation."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the train / validation carving."})
     crop_to_head: bool = field(default=True, metadata={"help": "Crop each image to the head's bounding box."})
@@ -47,7 +48,8 @@ class DataArguments:
     )
     label_audit: str | None = field(
         default=None,
-        metadata={"help": "CSV of training files to exclude or relabel (configs/label_audit.csv; see tumor_classifier.label_audit)."},
+        metadata={"help": "CSV of training files to exclude or relabel (configs/label_audit.csv; see tumor_classifier.label_audit); "
+                          "a row that names no training image of data_dir stops the run."},
     )
     tumour_only_dirs: list[str] = field(
         default_factory=list,
@@ -120,6 +122,10 @@ class MRITrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric that picks the best model."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: batches carry prepared pixels."})
     dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory (useless on CPU)."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Resume from this checkpoint-N folder of an earlier run, or 'true' for the newest one in output_dir."},
+    )
     max_train_minutes: float | None = field(
         default=None,
         metadata={"help": "Stop training after this many minutes (wall clock) and finish the run as usual: "

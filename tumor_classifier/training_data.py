@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from transformers import TrainingArguments
 from .data import (
     ANY_TUMOR,
     find_duplicates,
+    find_split_dirs,
     fingerprint,
     group_split,
     image_sources,
@@ -25,7 +27,7 @@ from .data import (
     load_tumour_only_images,
     near_duplicate_groups,
 )
-from .exceptions import InvalidArgumentError
+from .exceptions import InvalidArgumentError, InvalidDatasetError, InvalidImageError
 from .label_audit import apply_label_audit_to_dataset, read_label_audit
 from .pixels import PixelDataset, PixelPack, prepare_pixels, read_pixel_pack
 from .preprocessing import MRIPreprocessor
@@ -41,8 +43,20 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
     )
     if data_args.label_audit:
         entries = read_label_audit(data_args.label_audit)
+        unmatched = {entry.file for entry in entries}
         for name in ("train", "validation"):  # both carved from the training folder; never test
-            data[name] = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir)
+            data[name], summary = apply_label_audit_to_dataset(data[name], entries, data_args.data_dir, return_summary=True)
+            unmatched &= set(summary["unmatched_files"])
+        if unmatched:  # a typo would leave the image the reviewer meant to drop in training
+            shown = sorted(unmatched)
+            raise InvalidDatasetError(
+                f"{len(shown)} of the {len(entries)} rows of the label audit {data_args.label_audit} name no "
+                f"training image of {data_args.data_dir}: {', '.join(shown[:5])}"
+                + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+                + "; a row's file is relative to the data folder (Training/<class>/<file>). Correct those rows, "
+                "or remove them (or --label_audit) if the list was written for another copy of the data."
+            )
+    _check_every_class_is_trained(data, data_args)
     if data_args.max_train_samples:
         data["train"] = data["train"].shuffle(seed=data_args.split_seed).select(range(min(data_args.max_train_samples, len(data["train"]))))
     if data_args.max_eval_samples:
@@ -51,11 +65,44 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
             data[split] = data[split].shuffle(seed=data_args.split_seed).select(range(count))
     cache = data_args.pixel_cache_dir or None
     first = training_args.main_process_first(desc="preparing pixels") if training_args else contextlib.nullcontext()
-    with first:
+    with first, _naming_unreadable_images(data_args.data_dir):
         arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
         if data_args.tumour_only_dirs:
             arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
     return data, arrays
+
+
+@contextlib.contextmanager
+def _naming_unreadable_images(data_dir: str):
+    """A file of the data that cannot be decoded stops the run with what to do about it."""
+    try:
+        yield
+    except InvalidImageError as error:
+        # The decoder's message ends with the inputs predict() accepts, which says nothing here.
+        reason = str(error).split("; accepted:")[0]
+        raise InvalidDatasetError(
+            f"{reason}. It is one of the images this run reads; remove or replace it and run again "
+            f"(`tumor-classifier data-report {data_dir}` lists every unreadable file of the folder at once)."
+        ) from None
+
+
+def _check_every_class_is_trained(data, data_args: DataArguments) -> None:
+    """Refuses a class with no image in train and validation (an empty or missing class
+    folder): the model would get an output that no image ever trained."""
+    names = data["train"].features["label"].names
+    counts = np.bincount(np.concatenate([data["train"]["label"], data["validation"]["label"]]).astype(int), minlength=len(names))
+    missing = [name for name, count in zip(names, counts) if count == 0]
+    if not missing:
+        return
+    root = Path(data_args.data_dir)
+    where = find_split_dirs(root).get("train", root) if root.is_dir() else None
+    folders = f" (the folder {' / '.join(str(where / name) for name in missing)} is empty or missing)" if where else ""
+    raise InvalidDatasetError(
+        f"{data_args.data_dir} has no training image of the class {', '.join(missing)}{folders}; the model "
+        f"({', '.join(names)}) would have an output no image trained. Add its images"
+        + (", or train tumour / no tumour with --binary" if not data_args.binary else "")
+        + "; TumorClassifier.fit trains any set of class names."
+    )
 
 
 def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -103,6 +150,40 @@ def load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_nam
             if name == "test":
                 pack.test_clean = None  # indices of the full split no longer apply
     return pack
+
+
+def cross_class_duplicates(data) -> list[dict[str, Any]]:
+    """Near-duplicate groups of train and validation images filed under different classes,
+    with a warning that names them: the same slice trained as two answers (or validated
+    against another label) is a labelling error the test-versus-train check cannot see.
+
+    Returns:
+        One ``{"paths": [...], "labels": [...]}`` per group, largest first.
+    """
+    from .label_audit import find_cross_class_duplicates
+
+    names = data["train"].features["label"].names
+    splits = [data["train"], data["validation"]]
+    sources = [source for split in splits for source in image_sources(split)]
+    labels = [names[label] for split in splits for label in split["label"]]
+    plain = [fingerprint(source) for source in sources]
+    groups = find_cross_class_duplicates(list(zip(sources, labels)), mirror=False, fingerprints=(plain, []))
+    found = [{"paths": [_shown(sources[i]) for i in group.indices], "labels": list(group.labels)} for group in groups]
+    if found:
+        shown = "; ".join(
+            " = ".join(f"{path} [{label}]" for path, label in zip(group["paths"], group["labels"])) for group in found[:3]
+        )
+        logger.warning(
+            "%d group%s of near-duplicate training images carr%s different classes: %s%s. Keep one label per "
+            "slice: list the wrong copies in a --label_audit CSV (exclude or relabel).",
+            len(found), "" if len(found) == 1 else "s", "ies" if len(found) == 1 else "y", shown,
+            f" and {len(found) - 3} more (metrics.json)" if len(found) > 3 else "",
+        )
+    return found
+
+
+def _shown(source: Any) -> str:
+    return str(source.get("path") or "<image bytes>") if isinstance(source, dict) else str(source)
 
 
 def duplicate_check(data) -> Any:
