@@ -2,7 +2,11 @@
 slices, and finds tumours whatever the MRI contrast (measured here, not read from its
 metrics.json)."""
 
+import json
+import shutil
+
 import numpy as np
+import pytest
 
 from tumor_classifier import CLASS_NAMES, TumorClassifier
 from tumor_classifier.classifier import DEFAULT_MODEL_DIR
@@ -46,3 +50,21 @@ def test_shipped_model_finds_tumours_whatever_the_contrast(test_images, train_im
     brightened = clf.predict([gamma(g, 0.4) for g in grays])
     assert (inverted == "notumor").sum() <= 3, inverted
     assert (brightened == "notumor").sum() <= 3, brightened
+
+
+# -- `tumor-classifier evaluate` with the shipped model ------------------------------------------
+def test_evaluate_refuses_a_folder_with_training_but_no_testing(data_dir, tmp_path, capsys):
+    """Without a Testing split, a random part of Training used to be scored as "test": the
+    images the shipped model was trained on. Refused; the Training folder itself, given as a
+    plain image folder, is evaluated whole when that is really meant."""
+    from tumor_classifier.cli import main
+
+    source = tmp_path / "data"
+    shutil.copytree(data_dir / "Training", source / "Training")
+    out = tmp_path / "report"
+    assert main(["evaluate", str(source), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "no test split" in error and "Testing" in error and str(source / "Training") in error, error
+    assert not out.exists()
+    assert main(["evaluate", str(source / "Training"), "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 32

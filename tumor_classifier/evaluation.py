@@ -52,8 +52,8 @@ def evaluate_dataset(
 
     Args:
         classifier: A fitted :class:`~tumor_classifier.TumorClassifier`.
-        source: Folder in the Kaggle layout (its ``Testing`` split is evaluated; with no
-            test split, the whole folder is), or a Hub data set id.
+        source: Folder in the Kaggle layout (its ``Testing`` split is evaluated), a plain
+            image folder (``<class>/``, evaluated whole), or a Hub data set id.
         out_dir: Report folder (created).
         dedup: Also evaluate the test images with no near duplicate in the training
             split. ``None``: when the source has a training split. ``True`` without a
@@ -64,11 +64,20 @@ def evaluate_dataset(
         The :class:`EvaluationResult`.
 
     Raises:
-        InvalidDatasetError: The source cannot be read, or ``dedup`` has no training split.
+        InvalidDatasetError: The source cannot be read, has a training split but no test
+            split, or ``dedup`` has no training split.
     """
     out_dir = Path(out_dir)
     root = Path(source)
     splits = find_split_dirs(root) if root.is_dir() else {}
+    if "train" in splits and "test" not in splits:
+        # load_mri_dataset would carve a "test" split out of the training images: the very
+        # images a model was trained on, reported as held out.
+        raise InvalidDatasetError(
+            f"{source} has a training split ({splits['train'].name}) but no test split (Testing or test); evaluate "
+            "scores held-out images, and a part carved from the training images is not held out. Pass the folder "
+            f"that holds Testing/, or {splits['train']} itself to evaluate all of its images as a plain image folder."
+        )
     if root.is_dir() and "train" not in splits:
         # Only a test folder, or a plain image folder: evaluate all of it; nothing to compare with.
         data, has_train = None, False
