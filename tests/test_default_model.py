@@ -68,3 +68,16 @@ def test_evaluate_refuses_a_folder_with_training_but_no_testing(data_dir, tmp_pa
     assert not out.exists()
     assert main(["evaluate", str(source / "Training"), "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 32
+
+
+@pytest.mark.parametrize("bad", ["a file", "inside a file"])
+def test_evaluate_refuses_an_unusable_report_folder_before_predicting(bad, data_dir, tmp_path, capsys):
+    from tumor_classifier.cli import main
+
+    blocker = tmp_path / "report.txt"
+    blocker.write_text("not a folder")
+    out = blocker if bad == "a file" else blocker / "report"
+    assert main(["evaluate", str(data_dir), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out}" in error and "Traceback" not in error, error
+    assert blocker.read_text() == "not a folder"

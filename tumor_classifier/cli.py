@@ -304,8 +304,9 @@ def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_dataset
+    from .evaluation import check_report_folder, evaluate_dataset
 
+    check_report_folder(args.out, name="--out")  # before the model loads and the images are predicted
     classifier = _load(args.model, args.backend)
     result = evaluate_dataset(classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None), batch_size=args.batch_size)
     _print_figures(result.metrics, ("test", "test_without_near_duplicates"))

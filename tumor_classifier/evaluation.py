@@ -8,6 +8,7 @@ split and for its part with no near duplicate in the training split.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import find_duplicates, find_split_dirs, image_sources, load_image_folder, load_mri_dataset
-from .exceptions import InvalidDatasetError
+from .exceptions import InvalidArgumentError, InvalidDatasetError
 from .metrics import classification_metrics
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
 from .reports import DISCLAIMER, metrics_table, per_class_table
@@ -38,6 +39,35 @@ def _predict_in_batches(classifier, sources: list[Any], batch_size: int) -> np.n
             parts.append(classifier.predict_proba(sources[start : start + batch_size]))
             progress.update(len(parts[-1]))
     return np.concatenate(parts)
+
+
+def check_report_folder(out_dir: str | Path, *, name: str = "The report folder") -> Path:
+    """Refuses a report folder that cannot hold the report, before anything is predicted.
+
+    Nothing is created: the folder, or the nearest folder above it that exists, must be a
+    writable folder.
+
+    Args:
+        out_dir: The report folder (it may not exist yet).
+        name: How the message names it (the CLI says ``--out``).
+
+    Returns:
+        ``out_dir`` as a ``Path``.
+
+    Raises:
+        InvalidArgumentError: ``out_dir`` is a file, lies under a file, or cannot be written.
+    """
+    folder = Path(out_dir)
+    nearest = folder
+    while not nearest.exists() and nearest.parent != nearest:
+        nearest = nearest.parent
+    if nearest == folder and not folder.is_dir():
+        raise InvalidArgumentError(f"{name} {out_dir} is a file, not a folder; give a folder for the report (it is created if missing).")
+    if not nearest.is_dir():
+        raise InvalidArgumentError(f"{name} {out_dir} cannot be created: {nearest} is a file. Give a folder for the report.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{name} {out_dir} cannot be written: {nearest} is not writable by this user. Give a writable folder.")
+    return folder
 
 
 def evaluate_dataset(
@@ -66,8 +96,9 @@ def evaluate_dataset(
     Raises:
         InvalidDatasetError: The source cannot be read, has a training split but no test
             split, or ``dedup`` has no training split.
+        InvalidArgumentError: ``out_dir`` cannot hold the report (see :func:`check_report_folder`).
     """
-    out_dir = Path(out_dir)
+    out_dir = check_report_folder(out_dir)
     root = Path(source)
     splits = find_split_dirs(root) if root.is_dir() else {}
     if "train" in splits and "test" not in splits:
