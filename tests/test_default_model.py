@@ -81,3 +81,11 @@ def test_evaluate_refuses_an_unusable_report_folder_before_predicting(bad, data_
     error = capsys.readouterr().err
     assert f"--out {out}" in error and "Traceback" not in error, error
     assert blocker.read_text() == "not a folder"
+
+
+def test_evaluate_refuses_a_batch_size_below_one(data_dir, tmp_path, capsys):
+    from tumor_classifier.cli import main
+
+    assert main(["evaluate", str(data_dir), "--out", str(tmp_path / "report"), "--batch-size", "0"]) == 2
+    assert "--batch-size 0" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

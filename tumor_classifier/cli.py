@@ -306,6 +306,8 @@ def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import check_report_folder, evaluate_dataset
 
+    if args.batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size {args.batch_size}: give a positive number of images per forward pass (default 64).")
     check_report_folder(args.out, name="--out")  # before the model loads and the images are predicted
     classifier = _load(args.model, args.backend)
     result = evaluate_dataset(classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None), batch_size=args.batch_size)

@@ -96,8 +96,11 @@ def evaluate_dataset(
     Raises:
         InvalidDatasetError: The source cannot be read, has a training split but no test
             split, or ``dedup`` has no training split.
-        InvalidArgumentError: ``out_dir`` cannot hold the report (see :func:`check_report_folder`).
+        InvalidArgumentError: ``out_dir`` cannot hold the report (see :func:`check_report_folder`),
+            or ``batch_size`` is not a positive integer.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive number of images per forward pass, got {batch_size!r}.")
     out_dir = check_report_folder(out_dir)
     root = Path(source)
     splits = find_split_dirs(root) if root.is_dir() else {}
