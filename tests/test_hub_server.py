@@ -141,3 +141,27 @@ def test_point_hub_at_is_undone_after_the_test(hub_server: HubServer, tmp_path: 
         assert os.environ["HF_TOKEN"] == DEFAULT_TOKEN
     assert (constants.ENDPOINT, constants.HF_HUB_CACHE, huggingface_hub.hf_api.api.endpoint) == saved
     assert transformers_hub._hf_api is saved_transformers_api
+
+
+def test_a_loaded_model_pushed_to_the_hub_carries_what_its_card_shows(hub_env: HubEnv, tmp_path: Path) -> None:
+    """push_to_hub of a loaded model keeps the folder's model card; the plots and metrics
+    that card shows travel with it, so the Hub page has no broken images."""
+    import numpy as np
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+
+    shipped = TumorClassifier.from_pretrained()
+    shipped.push_to_hub("org/shipped")
+
+    files = set(HfApi().list_repo_files("org/shipped"))
+    card = Path(hf_hub_download("org/shipped", "README.md", cache_dir=tmp_path / "peek")).read_text()
+    assert card == (DEFAULT_MODEL_DIR / "README.md").read_text()
+    shown = set(re.findall(r"\]\(([^)\s]+\.png)\)", card))
+    assert shown, "the shipped card shows its plots"
+    assert shown | {"metrics.json"} <= files, sorted(shown - files)
+
+    hub_env.use_fresh_cache(tmp_path / "fresh-cache")
+    loaded = TumorClassifier.from_pretrained("org/shipped")
+    example = DEFAULT_MODEL_DIR.parent / "examples" / "glioma.jpg"
+    np.testing.assert_allclose(loaded.predict_proba(example), shipped.predict_proba(example), atol=1e-6)

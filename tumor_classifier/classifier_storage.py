@@ -33,6 +33,8 @@ BACKENDS = ("torch", "onnx")
 ONNX_FILES = ("model.onnx", "onnx_config.json")
 #: Folder of the model that ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+#: What a model card shows beside the weights: pushed with the card it came with.
+CARD_FILES = ("metrics.json", "*.png")
 #: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
 #: (``ensemble.json`` and one transformers folder per member under ``members/``).
 MODEL_FILES = [
@@ -151,11 +153,19 @@ def push_to_hub(estimator, repo_id: str, *, token: str | None = None, private: b
     check_hub_reachable()
     with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
         save_pretrained(estimator, folder)
-        source_card = estimator.model_folder_ / "README.md" if estimator.model_folder_ else None
-        card = source_card.read_text() if source_card and source_card.is_file() else (
-            "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
-            f"# Brain tumor MRI classifier\n\nClasses: {', '.join(estimator.classes_)}.\n\n> {DISCLAIMER}\n"
-        )
+        source = estimator.model_folder_
+        source_card = source / "README.md" if source else None
+        if source_card and source_card.is_file():
+            card = source_card.read_text()
+            # The card shows the folder's plots and figures: they travel with it, or the
+            # Hub page would show broken images.
+            for companion in sorted({path for pattern in CARD_FILES for path in source.glob(pattern) if path.is_file()}):
+                shutil.copyfile(companion, Path(folder) / companion.name)
+        else:
+            card = (
+                "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
+                f"# Brain tumor MRI classifier\n\nClasses: {', '.join(estimator.classes_)}.\n\n> {DISCLAIMER}\n"
+            )
         (Path(folder) / "README.md").write_text(card)
         return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
 
