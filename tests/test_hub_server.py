@@ -165,3 +165,36 @@ def test_a_loaded_model_pushed_to_the_hub_carries_what_its_card_shows(hub_env: H
     loaded = TumorClassifier.from_pretrained("org/shipped")
     example = DEFAULT_MODEL_DIR.parent / "examples" / "glioma.jpg"
     np.testing.assert_allclose(loaded.predict_proba(example), shipped.predict_proba(example), atol=1e-6)
+
+
+def test_a_model_that_cannot_be_found_gets_a_message_saying_what_was_wrong(
+    hub_env: HubEnv, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing revision, repository, uncached id offline or local folder each get one line
+    saying which of them it was, not "neither a local folder nor a Hub id" plus the Hub's
+    multi-line HTTP text."""
+    from tumor_classifier import ModelLoadError, TumorClassifier
+
+    HfApi().create_repo("org/tiny")
+    HfApi().upload_folder(folder_path=tiny_model_dir, repo_id="org/tiny")
+    assert list(TumorClassifier.from_pretrained("org/tiny").classes_)[0] == "glioma"
+
+    def message(source: str, **kwargs) -> str:
+        with pytest.raises(ModelLoadError) as info:
+            TumorClassifier.from_pretrained(source, **kwargs)
+        text = str(info.value)
+        assert "\n" not in text, text
+        return text
+
+    text = message("org/tiny", revision="no-such-branch")
+    assert "revision 'no-such-branch'" in text and "'org/tiny'" in text and hub_env.base_url in text, text
+    assert "neither" not in text, text
+    text = message("org/no-such-model")
+    assert "'org/no-such-model'" in text and "no model repository" in text and hub_env.base_url in text, text
+    missing_folder = tmp_path / "no-such-folder"
+    text = message(str(missing_folder))
+    assert f"{missing_folder} does not exist" in text, text
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    text = message("org/never-downloaded")
+    assert "HF_HUB_OFFLINE" in text and "not in the Hub cache" in text, text
+    assert TumorClassifier.from_pretrained("org/tiny").classes_[0] == "glioma"  # cached: loads offline

@@ -207,18 +207,28 @@ def resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_o
     path = Path(source).expanduser()
     if path.is_dir():
         if not is_model_folder(path):
-            raise ModelLoadError(
-                f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
-                "save_pretrained, train_hf.py or build_ensemble."
-            )
+            raise ModelLoadError(_not_a_model_folder(path))
         return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file; expected a model folder written by save_pretrained, train_hf.py or build_ensemble, or a Hub model id (org/name).")
+    text = str(source)
+    if text.startswith(("/", ".", "~", "\\")) or text.count("/") > 1 or "\\" in text:
+        # A Hub id is "name" or "org/name": this was meant as a folder.
+        raise ModelLoadError(f"{text} does not exist; expected a model folder written by save_pretrained, train_hf.py or build_ensemble, or a Hub model id (org/name).")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    endpoint = constants.ENDPOINT
     try:
         return Path(
             snapshot_download(
-                str(source),
+                text,
                 revision=revision,
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
@@ -226,7 +236,39 @@ def resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_o
                 allow_patterns=MODEL_FILES + list(extra_patterns),
             )
         )
-    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+    except RevisionNotFoundError as error:
         raise ModelLoadError(
-            f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
+            f"The Hub model {text!r} at {endpoint} has no revision {revision!r}; give a branch, tag or commit id it has "
+            "(or no revision, for main)."
         ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelLoadError(
+            f"{text!r} is not a local folder, and the Hub at {endpoint} has no model repository {text!r} "
+            "(or it is private: log in with `hf auth login` or pass token=)."
+        ) from error
+    except LocalEntryNotFoundError as error:
+        why = (
+            "local_files_only=True" if local_files_only
+            else "offline mode is on (HF_HUB_OFFLINE)" if constants.is_offline_mode()
+            else f"the Hub at {endpoint} cannot be reached"
+        )
+        raise ModelLoadError(
+            f"{text!r} is not a local folder, and it is not in the Hub cache{'' if revision is None else f' at revision {revision!r}'} "
+            f"while {why}; download it once online, or give a model folder."
+        ) from error
+    except HFValidationError as error:
+        raise ModelLoadError(
+            f"{text!r} is neither a local folder nor a valid Hub model id (org/name: letters, digits, '-', '_' and '.')."
+        ) from error
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelLoadError(
+            f"Could not download the Hub model {text!r} from {endpoint} ({type(error).__name__}: {first_line})."
+        ) from error
+
+
+def _not_a_model_folder(path: Path) -> str:
+    return (
+        f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
+        "save_pretrained, train_hf.py or build_ensemble."
+    )
