@@ -19,7 +19,7 @@ import requests
 from tumor_classifier import MRIPreprocessor, TumorClassifier
 from tumor_classifier.cli import main
 from tumor_classifier.ensemble import build_ensemble
-from tumor_classifier.exceptions import ExportError, MissingDependencyError
+from tumor_classifier.exceptions import ExportError, MissingDependencyError, ModelLoadError
 from tumor_classifier.onnx_backend import ONNX_CONFIG_NAME, ONNX_MODEL_NAME, OnnxClassifier
 from tumor_classifier.onnx_export import INT8_MODEL_NAME, OPSET, cached_graph_dir, model_fingerprint
 
@@ -197,3 +197,31 @@ def test_an_onnx_predict_imports_neither_transformers_nor_captum(model_with_grap
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout
     assert json.loads(done.stdout.splitlines()[0])["label"] in TumorClassifier.from_pretrained(model_with_graph).classes_.tolist() + ["not_brain_mri"]
+
+
+@pytest.fixture(scope="module")
+def tiny_with_graph(tiny_model_dir, tmp_path_factory):
+    """The random-weight 32 px model with its own graph, exported by the CLI."""
+    folder = tmp_path_factory.mktemp("onnx") / "tiny-with-graph"
+    shutil.copytree(tiny_model_dir, folder)
+    assert main(["export", "--format", "onnx", str(folder), str(folder)]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("where", ["model folder", "cache"])
+def test_a_damaged_graph_says_how_to_mend_it(where, tiny_with_graph, test_images, tmp_path, monkeypatch):
+    folder = shutil.copytree(tiny_with_graph, tmp_path / "model")
+    if where == "cache":
+        monkeypatch.setenv("TUMOR_CLASSIFIER_CACHE", str(tmp_path / "cache"))
+        (folder / ONNX_MODEL_NAME).unlink()
+        TumorClassifier.from_pretrained(folder, backend="onnx")  # exports into the cache
+        graph = cached_graph_dir(model_fingerprint(folder, MRIPreprocessor.from_pretrained(folder))) / ONNX_MODEL_NAME
+    else:
+        graph = folder / ONNX_MODEL_NAME
+    graph.write_bytes(graph.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError) as info:
+        TumorClassifier.from_pretrained(folder, backend="onnx")
+    message = str(info.value)
+    assert str(graph) in message and "delete it" in message, message
+    if where == "model folder":
+        assert f"tumor-classifier export --format onnx {folder} {folder}" in message, message

@@ -98,7 +98,10 @@ def load_pretrained(
         if graph_dir is None:
             fingerprint = model_fingerprint(folder, preprocessor)
             graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
-        graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+        try:
+            graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{error} {_mend_graph(Path(graph_dir), Path(folder))}") from error
         MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
     backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
     estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
@@ -112,6 +115,16 @@ def load_pretrained(
     estimator.backend_, estimator.onnx_model_ = backend, graph
     estimator.source_ = str(source) if source is not None else "default"
     return estimator
+
+
+def _mend_graph(graph_dir: Path, folder: Path) -> str:
+    """What to do about a graph that would not load: in the model folder, or in the cache."""
+    if graph_dir == folder:
+        return (
+            f"Re-export it with `tumor-classifier export --format onnx {folder} {folder}`, or delete it and its "
+            f"{ONNX_FILES[1]} to have a graph exported into the cache."
+        )
+    return f"It is a cached export of the model in {folder}: delete it (or the folder {graph_dir}) to have it exported again."
 
 
 def export_onnx(estimator, directory: str | os.PathLike, *, images: Any = None, tolerance: float | None = None, quantize: bool = False):
