@@ -208,6 +208,18 @@ def tiny_with_graph(tiny_model_dir, tmp_path_factory):
     return folder
 
 
+def test_an_exported_graph_folder_given_as_the_model_says_what_it_needs(tiny_with_graph, test_images, tmp_path, capsys):
+    """`export MODEL OUT` writes a graph-only folder for other runtimes; given to --model it
+    used to read as a folder missing its config.json, with no word of the graph in it."""
+    graph_only = tmp_path / "exported"
+    graph_only.mkdir()
+    for name in (ONNX_MODEL_NAME, ONNX_CONFIG_NAME, "preprocessor_config.json"):
+        shutil.copy(tiny_with_graph / name, graph_only / name)
+    assert main(["predict", str(test_images[0][0]), "--model", str(graph_only), "--backend", "onnx"]) == 2
+    error = capsys.readouterr().err
+    assert f"{graph_only} holds an exported ONNX graph" in error and "model folder it was exported from" in error, error
+
+
 @pytest.mark.parametrize("where", ["model folder", "cache"])
 def test_a_damaged_graph_says_how_to_mend_it(where, tiny_with_graph, test_images, tmp_path, monkeypatch):
     folder = shutil.copytree(tiny_with_graph, tmp_path / "model")

@@ -281,6 +281,14 @@ def resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_o
 
 
 def _not_a_model_folder(path: Path) -> str:
+    graph = [name for name in ONNX_FILES if (path / name).is_file()]
+    if graph:  # what `export --format onnx MODEL OUT` writes into another folder
+        return (
+            f"{path} holds an exported ONNX graph ({', '.join(graph)}) but no model (config.json and model.safetensors). "
+            "from_pretrained and --model take the model folder it was exported from; with backend 'onnx' a graph "
+            "exported into that folder (`tumor-classifier export --format onnx MODEL_DIR MODEL_DIR`) is used as it is. "
+            "A graph-only folder is for onnxruntime itself."
+        )
     return (
         f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
         "save_pretrained, train_hf.py or build_ensemble."
