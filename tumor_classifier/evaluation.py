@@ -150,7 +150,7 @@ def evaluate_dataset(
     for name, idx in subsets.items():
         suffix = "" if name == "test" else "_dedup"
         files.append(plot_confusion_matrix(metrics[name]["confusion_matrix"], model_classes, out_dir / f"confusion_matrix{suffix}.png", f"Confusion matrix ({name})"))
-        files += plot_roc_pr(y_true[idx], proba[idx], model_classes, out_dir, suffix)
+        files += plot_roc_pr(y_true[idx], proba[idx], model_classes, out_dir, suffix, split=name)
     files.append(plot_reliability({name: (proba[idx], y_true[idx]) for name, idx in subsets.items()}, out_dir / "reliability.png"))
     per_class = "\n\n".join(f"### {name}\n\n{per_class_table(metrics[name])}" for name in subsets)
     files.append(out_dir / "per_class.md")
