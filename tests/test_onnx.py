@@ -237,3 +237,14 @@ def test_a_damaged_graph_says_how_to_mend_it(where, tiny_with_graph, test_images
     assert str(graph) in message and "delete it" in message, message
     if where == "model folder":
         assert f"tumor-classifier export --format onnx {folder} {folder}" in message, message
+
+
+@pytest.mark.parametrize("bad", ["a file", "inside a file"])
+def test_export_refuses_an_out_that_cannot_be_a_folder(bad, tiny_model_dir, tmp_path, capsys):
+    blocker = tmp_path / "graph.txt"
+    blocker.write_text("not a folder")
+    out = blocker if bad == "a file" else blocker / "graph"
+    assert main(["export", "--format", "onnx", str(tiny_model_dir), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(out) in error and "folder" in error and "Traceback" not in error, error
+    assert blocker.read_text() == "not a folder"

@@ -8,7 +8,6 @@ split and for its part with no near duplicate in the training split.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from .data import find_duplicates, find_split_dirs, image_sources, load_image_folder, load_mri_dataset
 from .exceptions import InvalidArgumentError, InvalidDatasetError
 from .metrics import classification_metrics
+from .model_folder import check_writable_folder
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
 from .reports import DISCLAIMER, metrics_table, per_class_table
 
@@ -44,30 +44,12 @@ def _predict_in_batches(classifier, sources: list[Any], batch_size: int) -> np.n
 def check_report_folder(out_dir: str | Path, *, name: str = "The report folder") -> Path:
     """Refuses a report folder that cannot hold the report, before anything is predicted.
 
-    Nothing is created: the folder, or the nearest folder above it that exists, must be a
-    writable folder.
-
-    Args:
-        out_dir: The report folder (it may not exist yet).
-        name: How the message names it (the CLI says ``--out``).
-
-    Returns:
-        ``out_dir`` as a ``Path``.
+    See :func:`~tumor_classifier.model_folder.check_writable_folder` (nothing is created).
 
     Raises:
         InvalidArgumentError: ``out_dir`` is a file, lies under a file, or cannot be written.
     """
-    folder = Path(out_dir)
-    nearest = folder
-    while not nearest.exists() and nearest.parent != nearest:
-        nearest = nearest.parent
-    if nearest == folder and not folder.is_dir():
-        raise InvalidArgumentError(f"{name} {out_dir} is a file, not a folder; give a folder for the report (it is created if missing).")
-    if not nearest.is_dir():
-        raise InvalidArgumentError(f"{name} {out_dir} cannot be created: {nearest} is a file. Give a folder for the report.")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise InvalidArgumentError(f"{name} {out_dir} cannot be written: {nearest} is not writable by this user. Give a writable folder.")
-    return folder
+    return check_writable_folder(out_dir, name=name, what="the report")
 
 
 def evaluate_dataset(

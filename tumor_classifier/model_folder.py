@@ -316,6 +316,38 @@ def check_model_folder(path: str | os.PathLike) -> None:
             )
 
 
+def check_writable_folder(path: str | os.PathLike, *, name: str, what: str) -> Path:
+    """Refuses a folder to write into that cannot be one, before any work is done.
+
+    Nothing is created: ``path``, or the nearest folder above it that exists, must be a
+    writable folder.
+
+    Args:
+        path: The folder (it may not exist yet).
+        name: How the message names it (``"--out"``, ``"The report folder"``).
+        what: What goes there, for the message (``"the report"``).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        InvalidArgumentError: ``path`` is a file, lies under a file, or cannot be written.
+    """
+    from .exceptions import InvalidArgumentError
+
+    folder = Path(path)
+    nearest = folder
+    while not nearest.exists() and nearest.parent != nearest:
+        nearest = nearest.parent
+    if nearest == folder and not folder.is_dir():
+        raise InvalidArgumentError(f"{name} {path} is a file, not a folder; give a folder for {what} (it is created if missing).")
+    if not nearest.is_dir():
+        raise InvalidArgumentError(f"{name} {path} cannot be created as a folder: {nearest} is a file. Give a folder for {what}.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{name} {path} cannot be written: {nearest} is not writable by this user. Give a writable folder for {what}.")
+    return folder
+
+
 def resolve_inside(folder: str | os.PathLike, relative: str | os.PathLike, *, what: str) -> Path:
     """``folder / relative`` with links resolved, refused unless it lies inside ``folder``.
 

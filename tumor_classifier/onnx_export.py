@@ -64,7 +64,7 @@ from .onnx_backend import (
     OnnxClassifier,
     import_onnxruntime,
 )
-from .model_folder import read_json_limited
+from .model_folder import check_writable_folder, read_json_limited
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
 __all__ = [
@@ -337,13 +337,14 @@ def export_onnx(
         ExportError: The exporter failed, or the graph's probabilities differ from the
             torch model's by more than ``tolerance`` (no file is left behind then), or
             ``directory`` already holds a different preprocessing.
+        InvalidArgumentError: ``directory`` is a file, lies under one, or is not writable.
         InvalidImageError: A verification image cannot be read.
 
     Example:
         >>> export_onnx(clf.model_, clf.preprocessor_, "exported/")      # doctest: +SKIP
     """
     require_exporter()
-    directory = Path(directory)
+    directory = check_writable_folder(directory, name="The export folder", what="the graph")
     _check_preprocessing(directory, preprocessor)
     pixels = _verification_pixels(preprocessor, images)
     graph_module = _LogitsGraph(model).eval()
