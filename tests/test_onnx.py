@@ -248,3 +248,14 @@ def test_export_refuses_an_out_that_cannot_be_a_folder(bad, tiny_model_dir, tmp_
     error = capsys.readouterr().err
     assert str(out) in error and "folder" in error and "Traceback" not in error, error
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "inf"])
+def test_export_refuses_a_tolerance_that_no_graph_can_meet_or_every_graph_meets(tolerance, tiny_model_dir, tmp_path, capsys):
+    """A negative or NaN tolerance used to export, then blame the exporter for a
+    'mistranslated operation'; an infinite one accepted any graph."""
+    out = tmp_path / "graph"
+    assert main(["export", "--format", "onnx", str(tiny_model_dir), str(out), "--tolerance", tolerance]) == 2
+    error = capsys.readouterr().err
+    assert f"--tolerance {tolerance}" in error and "mistranslated" not in error, error
+    assert not out.exists()

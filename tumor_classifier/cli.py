@@ -331,7 +331,10 @@ def _export(args: argparse.Namespace) -> int:
     from .classifier import TumorClassifier
     from .model_folder import check_writable_folder
 
-    check_writable_folder(args.out, name="OUT", what="the graph")  # before minutes of loading and exporting
+    from .onnx_export import check_tolerance
+
+    check_tolerance(args.tolerance, name="--tolerance")  # both before minutes of loading and exporting
+    check_writable_folder(args.out, name="OUT", what="the graph")
     classifier = TumorClassifier.from_pretrained(None if args.model == "default" else args.model)
     result = classifier.export_onnx(args.out, images=args.images, tolerance=args.tolerance, quantize=args.quantize)
     print(result.summary())

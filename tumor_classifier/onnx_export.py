@@ -43,6 +43,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -53,7 +54,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .exceptions import ExportError, MissingDependencyError
+from .exceptions import ExportError, InvalidArgumentError, MissingDependencyError
 from .onnx_backend import (
     INPUT_NAME,
     INSTALL_HINT,
@@ -206,6 +207,24 @@ def check_agreement(difference: float, tolerance: float, *, compared: str, n_ima
         )
 
 
+def check_tolerance(tolerance: Any, *, name: str = "tolerance") -> float:
+    """The largest accepted probability difference, refused unless a finite number >= 0.
+
+    A negative or NaN tolerance fails every graph (and the failure would blame the
+    exporter); an infinite one accepts any. Probabilities lie in [0, 1].
+
+    Raises:
+        InvalidArgumentError: ``tolerance`` is not a finite number >= 0.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (math.isfinite(tolerance) and tolerance >= 0):
+        shown = f"{tolerance:g}" if isinstance(tolerance, float) else repr(tolerance)
+        raise InvalidArgumentError(
+            f"{name} {shown}: give the largest accepted probability difference against torch, "
+            f"a finite number >= 0 (default {DEFAULT_TOLERANCE:g})."
+        )
+    return float(tolerance)
+
+
 def model_fingerprint(folder: str | os.PathLike, preprocessor: MRIPreprocessor) -> str:
     """SHA-256 over what decides a model folder's graph: its configs, weights and preprocessing.
 
@@ -337,12 +356,14 @@ def export_onnx(
         ExportError: The exporter failed, or the graph's probabilities differ from the
             torch model's by more than ``tolerance`` (no file is left behind then), or
             ``directory`` already holds a different preprocessing.
-        InvalidArgumentError: ``directory`` is a file, lies under one, or is not writable.
+        InvalidArgumentError: ``directory`` is a file, lies under one, or is not writable, or
+            ``tolerance`` is not a finite number >= 0.
         InvalidImageError: A verification image cannot be read.
 
     Example:
         >>> export_onnx(clf.model_, clf.preprocessor_, "exported/")      # doctest: +SKIP
     """
+    check_tolerance(tolerance)
     require_exporter()
     directory = check_writable_folder(directory, name="The export folder", what="the graph")
     _check_preprocessing(directory, preprocessor)
