@@ -389,34 +389,44 @@ def export_onnx(
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}, "
         f"onnxscript {importlib.metadata.version('onnxscript')}",
     }
+    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # deepest first
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=directory) as staging:
-        staging = Path(staging)
-        run_exporter(graph_module, (preprocessor.num_channels, preprocessor.size, preprocessor.size), staging / ONNX_MODEL_NAME,
-                     output_name=OUTPUT_NAME, what=type(model).__name__)
-        (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        graph = OnnxClassifier.load(staging, threads=torch.get_num_threads())
-        difference = float(np.abs(_onnx_proba(graph, pixels, preprocessor) - reference[None]).max())
-        _LOGGER.info("ONNX export check: max |probability difference| against torch %.2e on %d real images", difference, len(pixels))
-        check_agreement(difference, tolerance, compared="The exported graph's probabilities", n_images=len(pixels),
-                        directory=directory, advice="The exporter mistranslated an operation; report it with the model's config.")
-        config["verification"] = {"images": len(pixels), "max_probability_difference": difference, "tolerance": tolerance}
-        int8 = {}
-        if quantize:
-            _quantize(staging / ONNX_MODEL_NAME, staging / INT8_MODEL_NAME)
-            proba8 = _int8_proba(staging, pixels, preprocessor)
-            int8 = {
-                "int8_identical_labels": int((proba8.argmax(1) == reference.argmax(1)).sum()),
-                "int8_max_probability_difference": float(np.abs(proba8 - reference).max()),
-            }
-            config["int8"] = {"file": INT8_MODEL_NAME, "quantization": "dynamic int8, MatMul/Gemm weights, per channel",
-                              "images": len(pixels), **int8}
-        (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        for name in (ONNX_MODEL_NAME, ONNX_CONFIG_NAME, INT8_MODEL_NAME):
-            if (staging / name).is_file():
-                os.replace(staging / name, directory / name)
-        if not quantize:
-            (directory / INT8_MODEL_NAME).unlink(missing_ok=True)  # would describe other weights
+    try:
+        with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=directory) as staging:
+            staging = Path(staging)
+            run_exporter(graph_module, (preprocessor.num_channels, preprocessor.size, preprocessor.size), staging / ONNX_MODEL_NAME,
+                         output_name=OUTPUT_NAME, what=type(model).__name__)
+            (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            graph = OnnxClassifier.load(staging, threads=torch.get_num_threads())
+            difference = float(np.abs(_onnx_proba(graph, pixels, preprocessor) - reference[None]).max())
+            _LOGGER.info("ONNX export check: max |probability difference| against torch %.2e on %d real images", difference, len(pixels))
+            check_agreement(difference, tolerance, compared="The exported graph's probabilities", n_images=len(pixels),
+                            directory=directory, advice="The exporter mistranslated an operation; report it with the model's config.")
+            config["verification"] = {"images": len(pixels), "max_probability_difference": difference, "tolerance": tolerance}
+            int8 = {}
+            if quantize:
+                _quantize(staging / ONNX_MODEL_NAME, staging / INT8_MODEL_NAME)
+                proba8 = _int8_proba(staging, pixels, preprocessor)
+                int8 = {
+                    "int8_identical_labels": int((proba8.argmax(1) == reference.argmax(1)).sum()),
+                    "int8_max_probability_difference": float(np.abs(proba8 - reference).max()),
+                }
+                config["int8"] = {"file": INT8_MODEL_NAME, "quantization": "dynamic int8, MatMul/Gemm weights, per channel",
+                                  "images": len(pixels), **int8}
+            (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            for name in (ONNX_MODEL_NAME, ONNX_CONFIG_NAME, INT8_MODEL_NAME):
+                if (staging / name).is_file():
+                    os.replace(staging / name, directory / name)
+            if not quantize:
+                (directory / INT8_MODEL_NAME).unlink(missing_ok=True)  # would describe other weights
+    except BaseException:
+        # "Nothing was written": not even the folders made for the graph.
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     if not (directory / PROCESSOR_CONFIG_NAME).is_file():
         preprocessor.save_pretrained(directory)
     return OnnxExport(
