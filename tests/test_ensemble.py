@@ -401,3 +401,10 @@ def test_an_ensemble_built_over_a_single_model_folder_leaves_no_stale_model(memb
     assert not (folder / "config.json").exists() and not (folder / "model.safetensors").exists()
     expected = TumorClassifier.from_pretrained(member_dirs[0]).predict_proba(test_images[0][:1])
     assert TumorClassifier.from_pretrained(folder).predict_proba(test_images[0][:1]).shape == expected.shape
+
+
+def test_members_that_are_not_model_folders_are_named_for_what_they_are(member_dirs, ensemble_dir, tmp_path):
+    with pytest.raises(TumorClassifierError, match=rf"{re.escape(str(tmp_path / 'nowhere'))} does not exist"):
+        build_ensemble([member_dirs[0], tmp_path / "nowhere"])
+    with pytest.raises(TumorClassifierError, match=rf"{re.escape(str(ensemble_dir))} is an ensemble itself.*model folders its members came from"):
+        build_ensemble([member_dirs[0], ensemble_dir])

@@ -279,6 +279,16 @@ def build_ensemble(
                 )
     preprocessors = []
     for folder in folders:
+        if not folder.is_dir():
+            raise InvalidArgumentError(
+                f"{folder} {'is a file' if folder.exists() else 'does not exist'}; ensemble members are model folders "
+                "written by train_hf.py or TumorClassifier.save_pretrained."
+            )
+        if is_ensemble_folder(folder):
+            raise InvalidArgumentError(
+                f"{folder} is an ensemble itself, and an ensemble cannot be a member: build the new ensemble from "
+                "the model folders its members came from (train_hf.py or save_pretrained outputs)."
+            )
         if not (folder / PROCESSOR_CONFIG_NAME).is_file():
             raise TumorClassifierError(
                 f"{folder} has no {PROCESSOR_CONFIG_NAME}; ensemble members must be folders written by "
