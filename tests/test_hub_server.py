@@ -6,7 +6,9 @@ the same code paths that talk to huggingface.co in production.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import re
 from pathlib import Path
 
@@ -198,3 +200,40 @@ def test_a_model_that_cannot_be_found_gets_a_message_saying_what_was_wrong(
     text = message("org/never-downloaded")
     assert "HF_HUB_OFFLINE" in text and "not in the Hub cache" in text, text
     assert TumorClassifier.from_pretrained("org/tiny").classes_[0] == "glioma"  # cached: loads offline
+
+
+def _datasets_use_the_stand_in(hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """datasets keeps its own copy of the endpoint and the offline switch (read at import)."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub_env.base_url)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", hub_env.base_url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+
+
+def test_evaluate_refuses_a_hub_data_set_without_a_test_split(
+    hub_env: HubEnv, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The Kaggle layout uploaded as it is (Training/, Testing/) reads as one split on the
+    Hub: evaluate used to carve 15% of all the images, training ones included, and report
+    it as the test split. Refused; the same data with a test split is evaluated on it."""
+    from tumor_classifier.cli import main
+
+    _datasets_use_the_stand_in(hub_env, monkeypatch, tmp_path)
+    HfApi().create_repo("org/kaggle-layout", repo_type="dataset")
+    HfApi().upload_folder(folder_path=data_dir, repo_id="org/kaggle-layout", repo_type="dataset")
+    out = tmp_path / "report"
+    assert main(["evaluate", "org/kaggle-layout", "--out", str(out), "--no-dedup"]) == 2
+    error = capsys.readouterr().err
+    assert "'org/kaggle-layout' has no test split" in error and "its splits: train" in error, error
+    assert not out.exists()
+
+    lowercase = tmp_path / "lowercase"
+    for split, name in (("Training", "train"), ("Testing", "test")):
+        shutil.copytree(data_dir / split, lowercase / name)
+    HfApi().create_repo("org/split-folders", repo_type="dataset")
+    HfApi().upload_folder(folder_path=lowercase, repo_id="org/split-folders", repo_type="dataset")
+    assert main(["evaluate", "org/split-folders", "--out", str(out), "--no-dedup"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 12

@@ -41,6 +41,20 @@ def _predict_in_batches(classifier, sources: list[Any], batch_size: int) -> np.n
     return np.concatenate(parts)
 
 
+def _hub_split_names(source: str | Path) -> list[str] | None:
+    """The split names ``datasets`` gives a Hub data set, or None when it cannot tell
+    (then :func:`~tumor_classifier.data.load_mri_dataset` reports what is wrong)."""
+    try:
+        from datasets import load_dataset_builder
+
+        builder = load_dataset_builder(str(source))
+    except Exception:  # noqa: BLE001 - datasets raises many types; load_mri_dataset says what failed
+        return None
+    # A fresh builder knows its data files per split; one read back from the cache, its splits.
+    names = [str(name) for name in (builder.info.splits or builder.config.data_files or ())]
+    return names or None
+
+
 def check_report_folder(out_dir: str | Path, *, name: str = "The report folder") -> Path:
     """Refuses a report folder that cannot hold the report, before anything is predicted.
 
@@ -77,7 +91,7 @@ def evaluate_dataset(
 
     Raises:
         InvalidDatasetError: The source cannot be read, has a training split but no test
-            split, or ``dedup`` has no training split.
+            split (a folder or a Hub data set), or ``dedup`` has no training split.
         InvalidArgumentError: ``out_dir`` cannot hold the report (see :func:`check_report_folder`),
             or ``batch_size`` is not a positive integer.
     """
@@ -99,6 +113,15 @@ def evaluate_dataset(
         data, has_train = None, False
         test = load_image_folder(splits.get("test", root))
     else:
+        names = _hub_split_names(source) if not root.exists() else None
+        if names is not None and not any(name.lower() in ("test", "testing") for name in names):
+            # As for a folder: load_mri_dataset would carve the "test" split out of the training images.
+            raise InvalidDatasetError(
+                f"The Hub data set {str(source)!r} has no test split (its splits: {', '.join(names)}); evaluate scores "
+                "held-out images, and a part carved from the training images is not held out. Upload its test images "
+                "as a split of their own: datasets recognises split folders named in lowercase (train/, test/), so a "
+                "Kaggle layout uploaded with Training/ and Testing/ reads as one train split."
+            )
         data, has_train = load_mri_dataset(source), True
         test = data["test"]
     class_names = test.features["label"].names
