@@ -197,3 +197,34 @@ def test_the_model_card_says_how_plain_transformers_loads_an_efficientnet(tmp_pa
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["EfficientNetLiteForImageClassification", "pituitary"]
+
+
+def test_a_model_with_other_spellings_of_the_classes_gets_the_right_verdict(tmp_path):
+    """A plain transformers folder saved by someone else with the SARTAJ spellings
+    (no_tumor, glioma_tumor ...): its no-tumour class used to be read as a tumour type,
+    'Tumor detected: no_tumor', and tumor_probability refused it. The names are read
+    through the package's aliases; the saved config keeps its own."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+    from tumor_classifier.preprocessing import MRIPreprocessor
+
+    names = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 6.0, 0.0]))  # always "no_tumor", 99%
+    model.save_pretrained(tmp_path / "sartaj")
+    MRIPreprocessor(size=32).save_pretrained(tmp_path / "sartaj")
+
+    clf = TumorClassifier.from_pretrained(tmp_path / "sartaj")
+    scan = DEFAULT_MODEL_DIR.parent / "examples" / "notumor.jpg"
+    assert list(clf.classes_) == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert clf.predict(scan).tolist() == ["notumor"]
+    assert clf.tumor_probability(scan)[0] < 0.05
+    assert clf.verdicts([scan])[0].kind == "no_tumor"
+    assert clf.model_.config.id2label[2] == "no_tumor"

@@ -113,8 +113,33 @@ def load_pretrained(
         estimator.classes_ = np.asarray(graph.class_names, dtype=object)
         estimator._load_torch_model = functools.partial(load_torch_model, Path(folder))
     estimator.backend_, estimator.onnx_model_ = backend, graph
+    estimator.classes_ = canonical_classes(estimator.classes_)
     estimator.source_ = str(source) if source is not None else "default"
     return estimator
+
+
+def canonical_classes(classes: Any) -> np.ndarray:
+    """A loaded model's class names read through the package's aliases.
+
+    A model saved elsewhere may spell the classes ``no_tumor``, ``glioma_tumor`` or
+    ``normal`` (as the SARTAJ data does); the verdict, ``tumor_probability`` and
+    ``evaluate`` know ``notumor``, ``glioma`` ... (:func:`~tumor_classifier.data.canonical_class_name`).
+    A name with no alias stays as it is, and nothing is renamed when two names would
+    become one. The model's own ``config.json`` is not changed.
+
+    Returns:
+        object array of the names, in the model's output order.
+    """
+    from .data import canonical_class_name
+    from .exceptions import InvalidDatasetError
+
+    names = []
+    for name in classes:
+        try:
+            names.append(canonical_class_name(str(name)))
+        except InvalidDatasetError:  # a class this package has no alias for (e.g. a binary "tumor")
+            names.append(str(name))
+    return np.asarray(names if len(set(names)) == len(names) else list(classes), dtype=object)
 
 
 def _mend_graph(graph_dir: Path, folder: Path) -> str:
