@@ -78,7 +78,10 @@ def load_pretrained(
         if backend == "onnx" and preprocessor is not None:
             from .onnx_export import fresh_graph_dir
 
-            graph_dir, _ = fresh_graph_dir(folder, preprocessor)
+            try:
+                graph_dir, _ = fresh_graph_dir(folder, preprocessor)
+            except ModelLoadError as error:  # an onnx_config.json that cannot be read
+                raise ModelLoadError(f"{error} {_mend_graph(Path(folder), Path(folder))}") from error
         # With a fresh graph the torch model waits until explain() needs it.
         model = load_torch_model(Path(folder)) if graph_dir is None else None
         if preprocessor is None:
