@@ -408,3 +408,17 @@ def test_members_that_are_not_model_folders_are_named_for_what_they_are(member_d
         build_ensemble([member_dirs[0], tmp_path / "nowhere"])
     with pytest.raises(TumorClassifierError, match=rf"{re.escape(str(ensemble_dir))} is an ensemble itself.*model folders its members came from"):
         build_ensemble([member_dirs[0], ensemble_dir])
+
+
+def test_an_ensemble_card_does_not_offer_plain_transformers_for_the_whole_folder(tmp_path):
+    """The Hub offers "Use this model with transformers" from the card's library_name; an
+    ensemble folder has no config.json, so that snippet fails. A single model keeps it."""
+    from tumor_classifier.metrics import classification_metrics
+    from tumor_classifier.reports import write_model_card
+
+    validation = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["notumor", "tumor"])
+    single = {"validation": validation, "training": {"backbone": "convnext", "image_size": 64}}
+    ensemble = dict(single, members=[{"seed": 0, "validation_accuracy": 1.0}, {"seed": 1, "validation_accuracy": 1.0}])
+    assert "library_name: transformers\n" in write_model_card(tmp_path / "single", single, [], ["notumor", "tumor"]).read_text()
+    card = write_model_card(tmp_path / "ensemble", ensemble, [], ["notumor", "tumor"]).read_text()
+    assert "library_name: transformers" not in card and "library_name: tumor-classifier" in card

@@ -87,6 +87,9 @@ def write_model_card(
         "resizes and normalises, while this package first converts to grayscale and crops to\n"
         "the head, as in training."
     )
+    # The Hub turns library_name into a "use with transformers" snippet; an ensemble folder
+    # has no config.json for it, so it names this package instead.
+    library = "tumor-classifier" if members else "transformers"
     applied = calibration.get("applied", "by folding it into the head")
     tumour_only = metrics.get("validation_tumour_only")
     tumour_only_text = ""
@@ -100,7 +103,7 @@ def write_model_card(
         )
     curves = "![loss](loss_curve.png) ![accuracy](accuracy_curve.png) " if log_history else ""
     card = f"""---
-library_name: transformers
+library_name: {library}
 pipeline_tag: image-classification
 license: apache-2.0
 tags:
