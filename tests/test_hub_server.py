@@ -237,3 +237,38 @@ def test_evaluate_refuses_a_hub_data_set_without_a_test_split(
     HfApi().upload_folder(folder_path=lowercase, repo_id="org/split-folders", repo_type="dataset")
     assert main(["evaluate", "org/split-folders", "--out", str(out), "--no-dedup"]) == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 12
+
+
+def test_a_stale_graph_in_a_hub_repository_never_sends_the_user_into_the_hub_cache(
+    hub_env: HubEnv, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository whose model.onnx was exported from other weights: the graph is passed
+    over and a fresh one exported to the package's cache. The warning used to advise
+    re-exporting into the Hub cache's snapshot folder (a path the user must never write);
+    it names the repository instead, and nothing is written into the snapshot."""
+    import torch
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.cli import main
+    from tumor_classifier.models import create_model
+    from tumor_classifier.preprocessing import MRIPreprocessor
+
+    monkeypatch.setenv("TUMOR_CLASSIFIER_CACHE", str(tmp_path / "tc-cache"))
+    exported = Path(shutil.copytree(tiny_model_dir, tmp_path / "exported"))
+    assert main(["export", "--format", "onnx", str(exported), str(exported)]) == 0
+    repo = tmp_path / "repo"
+    torch.manual_seed(1)  # other weights than the graph's
+    create_model("convnext", class_names=["glioma", "meningioma", "notumor", "pituitary"], from_scratch=True, image_size=32,
+                 config_overrides={"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}).save_pretrained(repo)
+    MRIPreprocessor(size=32).save_pretrained(repo)
+    for name in ("model.onnx", "onnx_config.json"):
+        shutil.copy(exported / name, repo / name)
+    HfApi().create_repo("org/stale-graph")
+    HfApi().upload_folder(folder_path=repo, repo_id="org/stale-graph")
+
+    with pytest.warns(UserWarning, match="org/stale-graph") as caught:
+        clf = TumorClassifier.from_pretrained("org/stale-graph", backend="onnx")
+    message = " ".join(str(w.message) for w in caught)
+    assert str(hub_env.cache_dir) not in message, message
+    snapshot = clf.model_folder_
+    assert {p.name for p in snapshot.iterdir()} <= {p.name for p in repo.iterdir()}

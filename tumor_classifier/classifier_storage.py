@@ -69,6 +69,8 @@ def load_pretrained(
         source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
         extra_patterns=ONNX_FILES if backend == "onnx" else (),
     )
+    # A Hub snapshot lives in the Hub cache: messages name the repository, never ask to write there.
+    hub_id = str(source) if folder != DEFAULT_MODEL_DIR and not Path(str(source)).expanduser().is_dir() else None
     graph_dir = None
     try:
         # Every file is checked before transformers reads it (see model_folder): the
@@ -79,9 +81,9 @@ def load_pretrained(
             from .onnx_export import fresh_graph_dir
 
             try:
-                graph_dir, _ = fresh_graph_dir(folder, preprocessor)
+                graph_dir, _ = fresh_graph_dir(folder, preprocessor, hub_id=hub_id)
             except ModelLoadError as error:  # an onnx_config.json that cannot be read
-                raise ModelLoadError(f"{error} {_mend_graph(Path(folder), Path(folder))}") from error
+                raise ModelLoadError(f"{error} {_mend_graph(Path(folder), Path(folder), hub_id)}") from error
         # With a fresh graph the torch model waits until explain() needs it.
         model = load_torch_model(Path(folder)) if graph_dir is None else None
         if preprocessor is None:
@@ -104,7 +106,7 @@ def load_pretrained(
         try:
             graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
         except ModelLoadError as error:
-            raise ModelLoadError(f"{error} {_mend_graph(Path(graph_dir), Path(folder))}") from error
+            raise ModelLoadError(f"{error} {_mend_graph(Path(graph_dir), Path(folder), hub_id)}") from error
         MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
     backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
     estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
@@ -145,8 +147,13 @@ def canonical_classes(classes: Any) -> np.ndarray:
     return np.asarray(names if len(set(names)) == len(names) else list(classes), dtype=object)
 
 
-def _mend_graph(graph_dir: Path, folder: Path) -> str:
+def _mend_graph(graph_dir: Path, folder: Path, hub_id: str | None = None) -> str:
     """What to do about a graph that would not load: in the model folder, or in the cache."""
+    if graph_dir == folder and hub_id:
+        return (
+            f"It came with the Hub repository {hub_id}: its owner can re-export it (`tumor-classifier export --format "
+            "onnx MODEL_DIR MODEL_DIR`) and push it again; until then load it with backend='torch'."
+        )
     if graph_dir == folder:
         return (
             f"Re-export it with `tumor-classifier export --format onnx {folder} {folder}`, or delete it and its "

@@ -258,13 +258,19 @@ def cached_graph_dir(fingerprint: str) -> Path:
     return root / "onnx" / fingerprint[:32]
 
 
-def fresh_graph_dir(folder: str | os.PathLike, preprocessor: MRIPreprocessor) -> tuple[Path | None, str]:
+def fresh_graph_dir(folder: str | os.PathLike, preprocessor: MRIPreprocessor, *, hub_id: str | None = None) -> tuple[Path | None, str]:
     """Where a graph of the model in ``folder`` is, if one was exported from exactly it.
 
     Looks in the folder itself (a model folder may carry ``model.onnx``), then in the
     cache (:func:`cached_graph_dir`). A graph whose ``onnx_config.json`` names another
     fingerprint was exported from other weights or preprocessing and is passed over,
     with a warning when it sits in the model folder.
+
+    Args:
+        folder: The model folder.
+        preprocessor: Its preprocessing.
+        hub_id: The Hub repository ``folder`` is a downloaded snapshot of: the warning
+            then names the repository, never the snapshot (the Hub cache is not for writing).
 
     Returns:
         ``(directory or None, fingerprint)``.
@@ -278,10 +284,14 @@ def fresh_graph_dir(folder: str | os.PathLike, preprocessor: MRIPreprocessor) ->
         if isinstance(config, dict) and config.get("source_fingerprint") == fingerprint:
             return candidate, fingerprint
         if candidate == Path(folder):
+            mend = (
+                "Its owner can re-export it (`tumor-classifier export --format onnx MODEL_DIR MODEL_DIR`) and push it again."
+                if hub_id else f"Re-export it with `tumor-classifier export --format onnx {folder} {folder}`."
+            )
             warnings.warn(
-                f"{candidate / ONNX_MODEL_NAME} was exported from other weights or preprocessing than the model "
-                f"in {folder}, so it is not used; a fresh graph is exported to the cache. Re-export it with "
-                f"`tumor-classifier export --format onnx {folder} {folder}`.",
+                f"{f'The model.onnx of the Hub repository {hub_id}' if hub_id else candidate / ONNX_MODEL_NAME} was exported "
+                f"from other weights or preprocessing than the model {'beside it' if hub_id else f'in {folder}'}, so it is "
+                f"not used; a fresh graph is exported to the cache. {mend}",
                 stacklevel=3,
             )
     return None, fingerprint
