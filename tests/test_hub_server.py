@@ -272,3 +272,22 @@ def test_a_stale_graph_in_a_hub_repository_never_sends_the_user_into_the_hub_cac
     assert str(hub_env.cache_dir) not in message, message
     snapshot = clf.model_folder_
     assert {p.name for p in snapshot.iterdir()} <= {p.name for p in repo.iterdir()}
+
+
+def test_push_to_hub_without_a_namespace_lands_in_the_users_namespace(hub_env: HubEnv, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """push_to_hub("my-model"), as transformers' own push_to_hub allows: the Hub creates
+    the repository under the token's user, and the upload must go there (it went to
+    "my-model" and failed with a 404 after the repository was created)."""
+    import numpy as np
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+
+    clf = TumorClassifier.from_pretrained(tiny_model_dir)
+    url = clf.push_to_hub("my-model")
+    user = hub_env.server.state.user
+    assert f"/{user}/my-model/" in url, url
+    hub_env.use_fresh_cache(tmp_path / "fresh-cache")
+    example = DEFAULT_MODEL_DIR.parent / "examples" / "glioma.jpg"
+    loaded = TumorClassifier.from_pretrained(f"{user}/my-model")
+    np.testing.assert_allclose(loaded.predict_proba(example), clf.predict_proba(example), atol=1e-6)
