@@ -378,3 +378,47 @@ def test_push_to_hub_then_from_pretrained_downloads_every_member(ensemble_classi
     gets = [path for method, path in hub_env.server.state.requests if method == "GET"]
     assert any(re.fullmatch(r"/org/tumor-ensemble/resolve/[^/]+/members/member-2/model\.safetensors", p) for p in gets)
     np.testing.assert_array_equal(pulled.predict_proba(test_images[0]), ensemble_classifier.predict_proba(test_images[0]))
+
+
+def test_build_ensemble_never_writes_into_a_members_folder(member_dirs, tmp_path):
+    """output_dir = a member's folder used to add ensemble.json and members/ beside the
+    member's own config.json and weights: the member's folder then loaded as the ensemble."""
+    import shutil
+
+    member = shutil.copytree(member_dirs[0], tmp_path / "seed-0")
+    before = sorted(p.name for p in member.iterdir())
+    for target in (member, member / "ensemble"):
+        with pytest.raises(TumorClassifierError, match=rf"output_dir {re.escape(str(target))} .*member {re.escape(str(member))}"):
+            build_ensemble([member, member_dirs[1]], output_dir=target)
+    assert sorted(p.name for p in member.iterdir()) == before
+
+
+def test_an_ensemble_built_over_a_single_model_folder_leaves_no_stale_model(member_dirs, test_images, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(member_dirs[2], tmp_path / "was-single")
+    build_ensemble(member_dirs[:2], output_dir=folder)
+    assert not (folder / "config.json").exists() and not (folder / "model.safetensors").exists()
+    expected = TumorClassifier.from_pretrained(member_dirs[0]).predict_proba(test_images[0][:1])
+    assert TumorClassifier.from_pretrained(folder).predict_proba(test_images[0][:1]).shape == expected.shape
+
+
+def test_members_that_are_not_model_folders_are_named_for_what_they_are(member_dirs, ensemble_dir, tmp_path):
+    with pytest.raises(TumorClassifierError, match=rf"{re.escape(str(tmp_path / 'nowhere'))} does not exist"):
+        build_ensemble([member_dirs[0], tmp_path / "nowhere"])
+    with pytest.raises(TumorClassifierError, match=rf"{re.escape(str(ensemble_dir))} is an ensemble itself.*model folders its members came from"):
+        build_ensemble([member_dirs[0], ensemble_dir])
+
+
+def test_an_ensemble_card_does_not_offer_plain_transformers_for_the_whole_folder(tmp_path):
+    """The Hub offers "Use this model with transformers" from the card's library_name; an
+    ensemble folder has no config.json, so that snippet fails. A single model keeps it."""
+    from tumor_classifier.metrics import classification_metrics
+    from tumor_classifier.reports import write_model_card
+
+    validation = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["notumor", "tumor"])
+    single = {"validation": validation, "training": {"backbone": "convnext", "image_size": 64}}
+    ensemble = dict(single, members=[{"seed": 0, "validation_accuracy": 1.0}, {"seed": 1, "validation_accuracy": 1.0}])
+    assert "library_name: transformers\n" in write_model_card(tmp_path / "single", single, [], ["notumor", "tumor"]).read_text()
+    card = write_model_card(tmp_path / "ensemble", ensemble, [], ["notumor", "tumor"]).read_text()
+    assert "library_name: transformers" not in card and "library_name: tumor-classifier" in card

@@ -305,3 +305,40 @@ def test_the_checks_accept_what_save_pretrained_writes(saved_model):
     # Configs of other projects (ConvNeXt's shortest_edge, one mean for all channels) still read.
     other = MRIPreprocessor.from_hf_dict({"size": {"shortest_edge": 96}, "image_mean": 0.4, "image_std": [0.2, 0.3, 0.4]})
     assert (other.size, other.mean, other.std) == (96, 0.4, pytest.approx(0.3))
+
+
+# -- a config that does not describe the weights -----------------------------------------------
+def _vit_config(hidden_size: int) -> dict:
+    """A ViT config (another architecture) with the tiny ConvNeXt's four classes."""
+    from transformers import ViTConfig
+
+    classes = ["glioma", "meningioma", "notumor", "pituitary"]
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})
+    return config.to_dict()
+
+
+FOREIGN_CONFIGS = {
+    # The tiny ConvNeXt's head is Linear(64, 4): a 64-wide ViT's head takes those weights
+    # and every other ViT weight would be random, which transformers only logs.
+    "ViT config whose head fits": lambda config: _vit_config(64),
+    "ViT config whose head does not fit": lambda config: _vit_config(32),
+    "one layer more than the weights hold": lambda config: {**config, "depths": [2, 1, 1, 1]},
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_CONFIGS)
+def test_a_config_that_does_not_describe_the_weights_is_refused(case, tiny_model_dir, tmp_path, capfd):
+    """A config.json of another architecture (or with more layers) beside real weights would
+    load with freshly random weights and answer noise; it is refused naming both files, and
+    transformers' key-by-key report does not flood the terminal."""
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    config = json.loads((folder / CONFIG).read_text())
+    (folder / CONFIG).write_text(json.dumps(FOREIGN_CONFIGS[case](config)))
+    with pytest.raises(ModelLoadError) as info:
+        TumorClassifier.from_pretrained(folder)
+    message = str(info.value)
+    assert str(folder / CONFIG) in message and str(folder / WEIGHTS) in message, message
+    assert "do not match" in message and "report" not in message, message
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err

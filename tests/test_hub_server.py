@@ -6,7 +6,9 @@ the same code paths that talk to huggingface.co in production.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import re
 from pathlib import Path
 
@@ -141,3 +143,151 @@ def test_point_hub_at_is_undone_after_the_test(hub_server: HubServer, tmp_path: 
         assert os.environ["HF_TOKEN"] == DEFAULT_TOKEN
     assert (constants.ENDPOINT, constants.HF_HUB_CACHE, huggingface_hub.hf_api.api.endpoint) == saved
     assert transformers_hub._hf_api is saved_transformers_api
+
+
+def test_a_loaded_model_pushed_to_the_hub_carries_what_its_card_shows(hub_env: HubEnv, tmp_path: Path) -> None:
+    """push_to_hub of a loaded model keeps the folder's model card; the plots and metrics
+    that card shows travel with it, so the Hub page has no broken images."""
+    import numpy as np
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+
+    shipped = TumorClassifier.from_pretrained()
+    shipped.push_to_hub("org/shipped")
+
+    files = set(HfApi().list_repo_files("org/shipped"))
+    card = Path(hf_hub_download("org/shipped", "README.md", cache_dir=tmp_path / "peek")).read_text()
+    assert card == (DEFAULT_MODEL_DIR / "README.md").read_text()
+    shown = set(re.findall(r"\]\(([^)\s]+\.png)\)", card))
+    assert shown, "the shipped card shows its plots"
+    assert shown | {"metrics.json"} <= files, sorted(shown - files)
+
+    hub_env.use_fresh_cache(tmp_path / "fresh-cache")
+    loaded = TumorClassifier.from_pretrained("org/shipped")
+    example = DEFAULT_MODEL_DIR.parent / "examples" / "glioma.jpg"
+    np.testing.assert_allclose(loaded.predict_proba(example), shipped.predict_proba(example), atol=1e-6)
+
+
+def test_a_model_that_cannot_be_found_gets_a_message_saying_what_was_wrong(
+    hub_env: HubEnv, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing revision, repository, uncached id offline or local folder each get one line
+    saying which of them it was, not "neither a local folder nor a Hub id" plus the Hub's
+    multi-line HTTP text."""
+    from tumor_classifier import ModelLoadError, TumorClassifier
+
+    HfApi().create_repo("org/tiny")
+    HfApi().upload_folder(folder_path=tiny_model_dir, repo_id="org/tiny")
+    assert list(TumorClassifier.from_pretrained("org/tiny").classes_)[0] == "glioma"
+
+    def message(source: str, **kwargs) -> str:
+        with pytest.raises(ModelLoadError) as info:
+            TumorClassifier.from_pretrained(source, **kwargs)
+        text = str(info.value)
+        assert "\n" not in text, text
+        return text
+
+    text = message("org/tiny", revision="no-such-branch")
+    assert "revision 'no-such-branch'" in text and "'org/tiny'" in text and hub_env.base_url in text, text
+    assert "neither" not in text, text
+    text = message("org/no-such-model")
+    assert "'org/no-such-model'" in text and "no model repository" in text and hub_env.base_url in text, text
+    missing_folder = tmp_path / "no-such-folder"
+    text = message(str(missing_folder))
+    assert f"{missing_folder} does not exist" in text, text
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    text = message("org/never-downloaded")
+    assert "HF_HUB_OFFLINE" in text and "not in the Hub cache" in text, text
+    assert TumorClassifier.from_pretrained("org/tiny").classes_[0] == "glioma"  # cached: loads offline
+
+
+def _datasets_use_the_stand_in(hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """datasets keeps its own copy of the endpoint and the offline switch (read at import)."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub_env.base_url)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", hub_env.base_url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+
+
+def test_evaluate_refuses_a_hub_data_set_without_a_test_split(
+    hub_env: HubEnv, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The Kaggle layout uploaded as it is (Training/, Testing/) reads as one split on the
+    Hub: evaluate used to carve 15% of all the images, training ones included, and report
+    it as the test split. Refused; the same data with a test split is evaluated on it."""
+    from tumor_classifier.cli import main
+
+    _datasets_use_the_stand_in(hub_env, monkeypatch, tmp_path)
+    HfApi().create_repo("org/kaggle-layout", repo_type="dataset")
+    HfApi().upload_folder(folder_path=data_dir, repo_id="org/kaggle-layout", repo_type="dataset")
+    out = tmp_path / "report"
+    assert main(["evaluate", "org/kaggle-layout", "--out", str(out), "--no-dedup"]) == 2
+    error = capsys.readouterr().err
+    assert "'org/kaggle-layout' has no test split" in error and "its splits: train" in error, error
+    assert not out.exists()
+
+    lowercase = tmp_path / "lowercase"
+    for split, name in (("Training", "train"), ("Testing", "test")):
+        shutil.copytree(data_dir / split, lowercase / name)
+    HfApi().create_repo("org/split-folders", repo_type="dataset")
+    HfApi().upload_folder(folder_path=lowercase, repo_id="org/split-folders", repo_type="dataset")
+    assert main(["evaluate", "org/split-folders", "--out", str(out), "--no-dedup"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 12
+
+
+def test_a_stale_graph_in_a_hub_repository_never_sends_the_user_into_the_hub_cache(
+    hub_env: HubEnv, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository whose model.onnx was exported from other weights: the graph is passed
+    over and a fresh one exported to the package's cache. The warning used to advise
+    re-exporting into the Hub cache's snapshot folder (a path the user must never write);
+    it names the repository instead, and nothing is written into the snapshot."""
+    import torch
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.cli import main
+    from tumor_classifier.models import create_model
+    from tumor_classifier.preprocessing import MRIPreprocessor
+
+    monkeypatch.setenv("TUMOR_CLASSIFIER_CACHE", str(tmp_path / "tc-cache"))
+    exported = Path(shutil.copytree(tiny_model_dir, tmp_path / "exported"))
+    assert main(["export", "--format", "onnx", str(exported), str(exported)]) == 0
+    repo = tmp_path / "repo"
+    torch.manual_seed(1)  # other weights than the graph's
+    create_model("convnext", class_names=["glioma", "meningioma", "notumor", "pituitary"], from_scratch=True, image_size=32,
+                 config_overrides={"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}).save_pretrained(repo)
+    MRIPreprocessor(size=32).save_pretrained(repo)
+    for name in ("model.onnx", "onnx_config.json"):
+        shutil.copy(exported / name, repo / name)
+    HfApi().create_repo("org/stale-graph")
+    HfApi().upload_folder(folder_path=repo, repo_id="org/stale-graph")
+
+    with pytest.warns(UserWarning, match="org/stale-graph") as caught:
+        clf = TumorClassifier.from_pretrained("org/stale-graph", backend="onnx")
+    message = " ".join(str(w.message) for w in caught)
+    assert str(hub_env.cache_dir) not in message, message
+    snapshot = clf.model_folder_
+    assert {p.name for p in snapshot.iterdir()} <= {p.name for p in repo.iterdir()}
+
+
+def test_push_to_hub_without_a_namespace_lands_in_the_users_namespace(hub_env: HubEnv, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """push_to_hub("my-model"), as transformers' own push_to_hub allows: the Hub creates
+    the repository under the token's user, and the upload must go there (it went to
+    "my-model" and failed with a 404 after the repository was created)."""
+    import numpy as np
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+
+    clf = TumorClassifier.from_pretrained(tiny_model_dir)
+    url = clf.push_to_hub("my-model")
+    user = hub_env.server.state.user
+    assert f"/{user}/my-model/" in url, url
+    hub_env.use_fresh_cache(tmp_path / "fresh-cache")
+    example = DEFAULT_MODEL_DIR.parent / "examples" / "glioma.jpg"
+    loaded = TumorClassifier.from_pretrained(f"{user}/my-model")
+    np.testing.assert_allclose(loaded.predict_proba(example), clf.predict_proba(example), atol=1e-6)

@@ -1,5 +1,6 @@
 """The backbone registry and model construction."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,66 @@ def test_create_model_honours_what_it_is_given():
     assert model.training
     vit = create_model("vit", class_names=["a", "b", "c"], image_size=32, dropout=0.2, config_overrides=TINY["vit"])
     assert vit.config.hidden_dropout_prob == 0.2 and vit.config.image_size == 32 and vit.classifier.out_features == 3
+
+
+def test_the_model_card_says_how_plain_transformers_loads_an_efficientnet(tmp_path):
+    """The shipped EfficientNet-Lite is not a transformers architecture: plain transformers
+    loads it only once tumor_classifier.efficientnet has registered it (a bare `import
+    tumor_classifier` loads no torch). The card says so, and what it says works in a fresh
+    process, pipeline("image-classification") included."""
+    import subprocess
+    import sys
+
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+    from tumor_classifier.reports import write_model_card
+
+    from tumor_classifier.metrics import classification_metrics
+
+    validation = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["notumor", "tumor"])
+    metrics = {"validation": validation, "training": {"backbone": "efficientnet_lite0", "image_size": 160}}
+    card = write_model_card(tmp_path, metrics, [], ["notumor", "tumor"]).read_text()
+    assert "import tumor_classifier.efficientnet" in card
+    convnext = dict(metrics, training={"backbone": "convnext", "image_size": 64})
+    assert "import tumor_classifier.efficientnet" not in write_model_card(tmp_path / "c", convnext, [], ["notumor", "tumor"]).read_text()
+
+    script = (
+        "import tumor_classifier.efficientnet\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        f"folder = {str(DEFAULT_MODEL_DIR)!r}\n"
+        "print(type(AutoModelForImageClassification.from_pretrained(folder)).__name__)\n"
+        f"print(pipeline('image-classification', model=folder)({str(DEFAULT_MODEL_DIR.parent / 'examples' / 'pituitary.jpg')!r})[0]['label'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["EfficientNetLiteForImageClassification", "pituitary"]
+
+
+def test_a_model_with_other_spellings_of_the_classes_gets_the_right_verdict(tmp_path):
+    """A plain transformers folder saved by someone else with the SARTAJ spellings
+    (no_tumor, glioma_tumor ...): its no-tumour class used to be read as a tumour type,
+    'Tumor detected: no_tumor', and tumor_probability refused it. The names are read
+    through the package's aliases; the saved config keeps its own."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from tumor_classifier import TumorClassifier
+    from tumor_classifier.classifier import DEFAULT_MODEL_DIR
+    from tumor_classifier.preprocessing import MRIPreprocessor
+
+    names = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 6.0, 0.0]))  # always "no_tumor", 99%
+    model.save_pretrained(tmp_path / "sartaj")
+    MRIPreprocessor(size=32).save_pretrained(tmp_path / "sartaj")
+
+    clf = TumorClassifier.from_pretrained(tmp_path / "sartaj")
+    scan = DEFAULT_MODEL_DIR.parent / "examples" / "notumor.jpg"
+    assert list(clf.classes_) == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert clf.predict(scan).tolist() == ["notumor"]
+    assert clf.tumor_probability(scan)[0] < 0.05
+    assert clf.verdicts([scan])[0].kind == "no_tumor"
+    assert clf.model_.config.id2label[2] == "no_tumor"

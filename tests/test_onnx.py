@@ -19,7 +19,7 @@ import requests
 from tumor_classifier import MRIPreprocessor, TumorClassifier
 from tumor_classifier.cli import main
 from tumor_classifier.ensemble import build_ensemble
-from tumor_classifier.exceptions import ExportError, MissingDependencyError
+from tumor_classifier.exceptions import ExportError, MissingDependencyError, ModelLoadError
 from tumor_classifier.onnx_backend import ONNX_CONFIG_NAME, ONNX_MODEL_NAME, OnnxClassifier
 from tumor_classifier.onnx_export import INT8_MODEL_NAME, OPSET, cached_graph_dir, model_fingerprint
 
@@ -129,7 +129,7 @@ def test_an_export_above_the_tolerance_fails_and_leaves_nothing(saved_model, tes
     clf = TumorClassifier.from_pretrained(saved_model)
     with pytest.raises(ExportError, match="above the tolerance 0"):
         clf.export_onnx(tmp_path / "strict", images=test_images[0], tolerance=0.0)
-    assert not (tmp_path / "strict" / ONNX_MODEL_NAME).exists()
+    assert not (tmp_path / "strict").exists()  # not even the folder it would have written to
 
 
 def test_without_onnxruntime_the_error_says_what_to_install(saved_model, monkeypatch, capsys):
@@ -197,3 +197,68 @@ def test_an_onnx_predict_imports_neither_transformers_nor_captum(model_with_grap
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout
     assert json.loads(done.stdout.splitlines()[0])["label"] in TumorClassifier.from_pretrained(model_with_graph).classes_.tolist() + ["not_brain_mri"]
+
+
+@pytest.fixture(scope="module")
+def tiny_with_graph(tiny_model_dir, tmp_path_factory):
+    """The random-weight 32 px model with its own graph, exported by the CLI."""
+    folder = tmp_path_factory.mktemp("onnx") / "tiny-with-graph"
+    shutil.copytree(tiny_model_dir, folder)
+    assert main(["export", "--format", "onnx", str(folder), str(folder)]) == 0
+    return folder
+
+
+def test_an_exported_graph_folder_given_as_the_model_says_what_it_needs(tiny_with_graph, test_images, tmp_path, capsys):
+    """`export MODEL OUT` writes a graph-only folder for other runtimes; given to --model it
+    used to read as a folder missing its config.json, with no word of the graph in it."""
+    graph_only = tmp_path / "exported"
+    graph_only.mkdir()
+    for name in (ONNX_MODEL_NAME, ONNX_CONFIG_NAME, "preprocessor_config.json"):
+        shutil.copy(tiny_with_graph / name, graph_only / name)
+    assert main(["predict", str(test_images[0][0]), "--model", str(graph_only), "--backend", "onnx"]) == 2
+    error = capsys.readouterr().err
+    assert f"{graph_only} holds an exported ONNX graph" in error and "model folder it was exported from" in error, error
+
+
+@pytest.mark.parametrize("where", ["model folder", "cache", "its description"])
+def test_a_damaged_graph_says_how_to_mend_it(where, tiny_with_graph, test_images, tmp_path, monkeypatch):
+    folder = shutil.copytree(tiny_with_graph, tmp_path / "model")
+    if where == "its description":
+        graph = folder / ONNX_CONFIG_NAME
+    elif where == "cache":
+        monkeypatch.setenv("TUMOR_CLASSIFIER_CACHE", str(tmp_path / "cache"))
+        (folder / ONNX_MODEL_NAME).unlink()
+        TumorClassifier.from_pretrained(folder, backend="onnx")  # exports into the cache
+        graph = cached_graph_dir(model_fingerprint(folder, MRIPreprocessor.from_pretrained(folder))) / ONNX_MODEL_NAME
+    else:
+        graph = folder / ONNX_MODEL_NAME
+    data = graph.read_bytes()
+    graph.write_bytes(data[: min(5000, len(data) // 2)])  # truncated
+    with pytest.raises(ModelLoadError) as info:
+        TumorClassifier.from_pretrained(folder, backend="onnx")
+    message = str(info.value)
+    assert str(graph) in message and "delete it" in message, message
+    if where != "cache":
+        assert f"tumor-classifier export --format onnx {folder} {folder}" in message, message
+
+
+@pytest.mark.parametrize("bad", ["a file", "inside a file"])
+def test_export_refuses_an_out_that_cannot_be_a_folder(bad, tiny_model_dir, tmp_path, capsys):
+    blocker = tmp_path / "graph.txt"
+    blocker.write_text("not a folder")
+    out = blocker if bad == "a file" else blocker / "graph"
+    assert main(["export", "--format", "onnx", str(tiny_model_dir), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(out) in error and "folder" in error and "Traceback" not in error, error
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "inf"])
+def test_export_refuses_a_tolerance_that_no_graph_can_meet_or_every_graph_meets(tolerance, tiny_model_dir, tmp_path, capsys):
+    """A negative or NaN tolerance used to export, then blame the exporter for a
+    'mistranslated operation'; an infinite one accepted any graph."""
+    out = tmp_path / "graph"
+    assert main(["export", "--format", "onnx", str(tiny_model_dir), str(out), "--tolerance", tolerance]) == 2
+    error = capsys.readouterr().err
+    assert f"--tolerance {tolerance}" in error and "mistranslated" not in error, error
+    assert not out.exists()

@@ -33,6 +33,8 @@ BACKENDS = ("torch", "onnx")
 ONNX_FILES = ("model.onnx", "onnx_config.json")
 #: Folder of the model that ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+#: What a model card shows beside the weights: pushed with the card it came with.
+CARD_FILES = ("metrics.json", "*.png")
 #: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
 #: (``ensemble.json`` and one transformers folder per member under ``members/``).
 MODEL_FILES = [
@@ -67,6 +69,8 @@ def load_pretrained(
         source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
         extra_patterns=ONNX_FILES if backend == "onnx" else (),
     )
+    # A Hub snapshot lives in the Hub cache: messages name the repository, never ask to write there.
+    hub_id = str(source) if folder != DEFAULT_MODEL_DIR and not Path(str(source)).expanduser().is_dir() else None
     graph_dir = None
     try:
         # Every file is checked before transformers reads it (see model_folder): the
@@ -76,7 +80,10 @@ def load_pretrained(
         if backend == "onnx" and preprocessor is not None:
             from .onnx_export import fresh_graph_dir
 
-            graph_dir, _ = fresh_graph_dir(folder, preprocessor)
+            try:
+                graph_dir, _ = fresh_graph_dir(folder, preprocessor, hub_id=hub_id)
+            except ModelLoadError as error:  # an onnx_config.json that cannot be read
+                raise ModelLoadError(f"{error} {_mend_graph(Path(folder), Path(folder), hub_id)}") from error
         # With a fresh graph the torch model waits until explain() needs it.
         model = load_torch_model(Path(folder)) if graph_dir is None else None
         if preprocessor is None:
@@ -96,7 +103,10 @@ def load_pretrained(
         if graph_dir is None:
             fingerprint = model_fingerprint(folder, preprocessor)
             graph_dir = export_onnx(model, preprocessor, cached_graph_dir(fingerprint), fingerprint=fingerprint).directory
-        graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+        try:
+            graph = OnnxClassifier.load(graph_dir, threads=torch.get_num_threads())
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{error} {_mend_graph(Path(graph_dir), Path(folder), hub_id)}") from error
         MRICheck.load().prepare_engine("onnx")  # its graph too, exported once into the same cache
     backbone = getattr(model.config, "backbone_name", model.config.model_type) if model is not None else graph.config["backbone"]
     estimator = cls(backbone=backbone, image_size=preprocessor.size, crop_to_head=preprocessor.crop_to_head, skull_strip=preprocessor.skull_strip)
@@ -108,8 +118,48 @@ def load_pretrained(
         estimator.classes_ = np.asarray(graph.class_names, dtype=object)
         estimator._load_torch_model = functools.partial(load_torch_model, Path(folder))
     estimator.backend_, estimator.onnx_model_ = backend, graph
+    estimator.classes_ = canonical_classes(estimator.classes_)
     estimator.source_ = str(source) if source is not None else "default"
     return estimator
+
+
+def canonical_classes(classes: Any) -> np.ndarray:
+    """A loaded model's class names read through the package's aliases.
+
+    A model saved elsewhere may spell the classes ``no_tumor``, ``glioma_tumor`` or
+    ``normal`` (as the SARTAJ data does); the verdict, ``tumor_probability`` and
+    ``evaluate`` know ``notumor``, ``glioma`` ... (:func:`~tumor_classifier.data.canonical_class_name`).
+    A name with no alias stays as it is, and nothing is renamed when two names would
+    become one. The model's own ``config.json`` is not changed.
+
+    Returns:
+        object array of the names, in the model's output order.
+    """
+    from .data import canonical_class_name
+    from .exceptions import InvalidDatasetError
+
+    names = []
+    for name in classes:
+        try:
+            names.append(canonical_class_name(str(name)))
+        except InvalidDatasetError:  # a class this package has no alias for (e.g. a binary "tumor")
+            names.append(str(name))
+    return np.asarray(names if len(set(names)) == len(names) else list(classes), dtype=object)
+
+
+def _mend_graph(graph_dir: Path, folder: Path, hub_id: str | None = None) -> str:
+    """What to do about a graph that would not load: in the model folder, or in the cache."""
+    if graph_dir == folder and hub_id:
+        return (
+            f"It came with the Hub repository {hub_id}: its owner can re-export it (`tumor-classifier export --format "
+            "onnx MODEL_DIR MODEL_DIR`) and push it again; until then load it with backend='torch'."
+        )
+    if graph_dir == folder:
+        return (
+            f"Re-export it with `tumor-classifier export --format onnx {folder} {folder}`, or delete it and its "
+            f"{ONNX_FILES[1]} to have a graph exported into the cache."
+        )
+    return f"It is a cached export of the model in {folder}: delete it (or the folder {graph_dir}) to have it exported again."
 
 
 def export_onnx(estimator, directory: str | os.PathLike, *, images: Any = None, tolerance: float | None = None, quantize: bool = False):
@@ -151,11 +201,19 @@ def push_to_hub(estimator, repo_id: str, *, token: str | None = None, private: b
     check_hub_reachable()
     with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
         save_pretrained(estimator, folder)
-        source_card = estimator.model_folder_ / "README.md" if estimator.model_folder_ else None
-        card = source_card.read_text() if source_card and source_card.is_file() else (
-            "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
-            f"# Brain tumor MRI classifier\n\nClasses: {', '.join(estimator.classes_)}.\n\n> {DISCLAIMER}\n"
-        )
+        source = estimator.model_folder_
+        source_card = source / "README.md" if source else None
+        if source_card and source_card.is_file():
+            card = source_card.read_text()
+            # The card shows the folder's plots and figures: they travel with it, or the
+            # Hub page would show broken images.
+            for companion in sorted({path for pattern in CARD_FILES for path in source.glob(pattern) if path.is_file()}):
+                shutil.copyfile(companion, Path(folder) / companion.name)
+        else:
+            card = (
+                "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
+                f"# Brain tumor MRI classifier\n\nClasses: {', '.join(estimator.classes_)}.\n\n> {DISCLAIMER}\n"
+            )
         (Path(folder) / "README.md").write_text(card)
         return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
 
@@ -197,18 +255,28 @@ def resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_o
     path = Path(source).expanduser()
     if path.is_dir():
         if not is_model_folder(path):
-            raise ModelLoadError(
-                f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
-                "save_pretrained, train_hf.py or build_ensemble."
-            )
+            raise ModelLoadError(_not_a_model_folder(path))
         return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file; expected a model folder written by save_pretrained, train_hf.py or build_ensemble, or a Hub model id (org/name).")
+    text = str(source)
+    if text.startswith(("/", ".", "~", "\\")) or text.count("/") > 1 or "\\" in text:
+        # A Hub id is "name" or "org/name": this was meant as a folder.
+        raise ModelLoadError(f"{text} does not exist; expected a model folder written by save_pretrained, train_hf.py or build_ensemble, or a Hub model id (org/name).")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    endpoint = constants.ENDPOINT
     try:
         return Path(
             snapshot_download(
-                str(source),
+                text,
                 revision=revision,
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
@@ -216,7 +284,47 @@ def resolve_model_folder(source, *, revision=None, cache_dir=None, local_files_o
                 allow_patterns=MODEL_FILES + list(extra_patterns),
             )
         )
-    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+    except RevisionNotFoundError as error:
         raise ModelLoadError(
-            f"{source!r} is neither a local model folder nor a reachable Hub model id ({type(error).__name__}: {error})."
+            f"The Hub model {text!r} at {endpoint} has no revision {revision!r}; give a branch, tag or commit id it has "
+            "(or no revision, for main)."
         ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelLoadError(
+            f"{text!r} is not a local folder, and the Hub at {endpoint} has no model repository {text!r} "
+            "(or it is private: log in with `hf auth login` or pass token=)."
+        ) from error
+    except LocalEntryNotFoundError as error:
+        why = (
+            "local_files_only=True" if local_files_only
+            else "offline mode is on (HF_HUB_OFFLINE)" if constants.is_offline_mode()
+            else f"the Hub at {endpoint} cannot be reached"
+        )
+        raise ModelLoadError(
+            f"{text!r} is not a local folder, and it is not in the Hub cache{'' if revision is None else f' at revision {revision!r}'} "
+            f"while {why}; download it once online, or give a model folder."
+        ) from error
+    except HFValidationError as error:
+        raise ModelLoadError(
+            f"{text!r} is neither a local folder nor a valid Hub model id (org/name: letters, digits, '-', '_' and '.')."
+        ) from error
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelLoadError(
+            f"Could not download the Hub model {text!r} from {endpoint} ({type(error).__name__}: {first_line})."
+        ) from error
+
+
+def _not_a_model_folder(path: Path) -> str:
+    graph = [name for name in ONNX_FILES if (path / name).is_file()]
+    if graph:  # what `export --format onnx MODEL OUT` writes into another folder
+        return (
+            f"{path} holds an exported ONNX graph ({', '.join(graph)}) but no model (config.json and model.safetensors). "
+            "from_pretrained and --model take the model folder it was exported from; with backend 'onnx' a graph "
+            "exported into that folder (`tumor-classifier export --format onnx MODEL_DIR MODEL_DIR`) is used as it is. "
+            "A graph-only folder is for onnxruntime itself."
+        )
+    return (
+        f"{path} has no config.json (nor {ENSEMBLE_CONFIG_NAME}); expected a folder written by "
+        "save_pretrained, train_hf.py or build_ensemble."
+    )

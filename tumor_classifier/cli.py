@@ -304,8 +304,11 @@ def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_dataset
+    from .evaluation import check_report_folder, evaluate_dataset
 
+    if args.batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size {args.batch_size}: give a positive number of images per forward pass (default 64).")
+    check_report_folder(args.out, name="--out")  # before the model loads and the images are predicted
     classifier = _load(args.model, args.backend)
     result = evaluate_dataset(classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None), batch_size=args.batch_size)
     _print_figures(result.metrics, ("test", "test_without_near_duplicates"))
@@ -326,7 +329,12 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .classifier import TumorClassifier
+    from .model_folder import check_writable_folder
 
+    from .onnx_export import check_tolerance
+
+    check_tolerance(args.tolerance, name="--tolerance")  # both before minutes of loading and exporting
+    check_writable_folder(args.out, name="OUT", what="the graph")
     classifier = TumorClassifier.from_pretrained(None if args.model == "default" else args.model)
     result = classifier.export_onnx(args.out, images=args.images, tolerance=args.tolerance, quantize=args.quantize)
     print(result.summary())

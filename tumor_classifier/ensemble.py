@@ -156,7 +156,8 @@ class EnsembleForImageClassification(torch.nn.Module):
 
         Args:
             directory: Target folder (created if missing). Member folders already there
-                are replaced, so a smaller ensemble leaves no stale member behind.
+                are replaced, so a smaller ensemble leaves no stale member behind, and a
+                single model's config.json and weights there are removed.
             dtype: Storage dtype of the weights. Half precision by default: it halves the
                 size of a shipped model, and for the shipped 3.4 M ConvNeXt it moves no
                 probability of the test slices by more than 5e-4. Loading always
@@ -170,6 +171,9 @@ class EnsembleForImageClassification(torch.nn.Module):
         members_dir = directory / MEMBERS_DIR
         if members_dir.exists():
             shutil.rmtree(members_dir)
+        # A single model saved here before would sit beside ensemble.json: one folder, one model.
+        for stale in ("config.json", "model.safetensors", "model.safetensors.index.json"):
+            (directory / stale).unlink(missing_ok=True)
         names = [f"member-{index}" for index in range(len(self.members))]
         for name, member in zip(names, self.members):
             # A copy, so the caller's model keeps computing in its own dtype.
@@ -254,7 +258,8 @@ def build_ensemble(
 
     Raises:
         TumorClassifierError: No folders, a folder without ``preprocessor_config.json``,
-            or members whose preprocessing or classes differ (the message names them).
+            members whose preprocessing or classes differ (the message names them), or an
+            ``output_dir`` that is (inside) a member's folder.
         ModelLoadError: A member folder cannot be loaded.
 
     Example:
@@ -263,8 +268,27 @@ def build_ensemble(
     folders = [Path(folder) for folder in member_dirs]
     if not folders:
         raise InvalidArgumentError("build_ensemble needs at least one member folder; got none.")
+    if output_dir is not None:
+        target = Path(os.path.realpath(output_dir))
+        for folder in folders:
+            member = Path(os.path.realpath(folder))
+            if target == member or member in target.parents:
+                raise InvalidArgumentError(
+                    f"output_dir {output_dir} is {'' if target == member else 'inside '}the folder of the member {folder}: "
+                    "the ensemble would be written into a member's model folder. Give a folder of its own."
+                )
     preprocessors = []
     for folder in folders:
+        if not folder.is_dir():
+            raise InvalidArgumentError(
+                f"{folder} {'is a file' if folder.exists() else 'does not exist'}; ensemble members are model folders "
+                "written by train_hf.py or TumorClassifier.save_pretrained."
+            )
+        if is_ensemble_folder(folder):
+            raise InvalidArgumentError(
+                f"{folder} is an ensemble itself, and an ensemble cannot be a member: build the new ensemble from "
+                "the model folders its members came from (train_hf.py or save_pretrained outputs)."
+            )
         if not (folder / PROCESSOR_CONFIG_NAME).is_file():
             raise TumorClassifierError(
                 f"{folder} has no {PROCESSOR_CONFIG_NAME}; ensemble members must be folders written by "

@@ -17,8 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import find_duplicates, find_split_dirs, image_sources, load_image_folder, load_mri_dataset
-from .exceptions import InvalidDatasetError
+from .exceptions import InvalidArgumentError, InvalidDatasetError
 from .metrics import classification_metrics
+from .model_folder import check_writable_folder
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
 from .reports import DISCLAIMER, metrics_table, per_class_table
 
@@ -40,6 +41,31 @@ def _predict_in_batches(classifier, sources: list[Any], batch_size: int) -> np.n
     return np.concatenate(parts)
 
 
+def _hub_split_names(source: str | Path) -> list[str] | None:
+    """The split names ``datasets`` gives a Hub data set, or None when it cannot tell
+    (then :func:`~tumor_classifier.data.load_mri_dataset` reports what is wrong)."""
+    try:
+        from datasets import load_dataset_builder
+
+        builder = load_dataset_builder(str(source))
+    except Exception:  # noqa: BLE001 - datasets raises many types; load_mri_dataset says what failed
+        return None
+    # A fresh builder knows its data files per split; one read back from the cache, its splits.
+    names = [str(name) for name in (builder.info.splits or builder.config.data_files or ())]
+    return names or None
+
+
+def check_report_folder(out_dir: str | Path, *, name: str = "The report folder") -> Path:
+    """Refuses a report folder that cannot hold the report, before anything is predicted.
+
+    See :func:`~tumor_classifier.model_folder.check_writable_folder` (nothing is created).
+
+    Raises:
+        InvalidArgumentError: ``out_dir`` is a file, lies under a file, or cannot be written.
+    """
+    return check_writable_folder(out_dir, name=name, what="the report")
+
+
 def evaluate_dataset(
     classifier,
     source: str | Path,
@@ -52,8 +78,8 @@ def evaluate_dataset(
 
     Args:
         classifier: A fitted :class:`~tumor_classifier.TumorClassifier`.
-        source: Folder in the Kaggle layout (its ``Testing`` split is evaluated; with no
-            test split, the whole folder is), or a Hub data set id.
+        source: Folder in the Kaggle layout (its ``Testing`` split is evaluated), a plain
+            image folder (``<class>/``, evaluated whole), or a Hub data set id.
         out_dir: Report folder (created).
         dedup: Also evaluate the test images with no near duplicate in the training
             split. ``None``: when the source has a training split. ``True`` without a
@@ -64,16 +90,38 @@ def evaluate_dataset(
         The :class:`EvaluationResult`.
 
     Raises:
-        InvalidDatasetError: The source cannot be read, or ``dedup`` has no training split.
+        InvalidDatasetError: The source cannot be read, has a training split but no test
+            split (a folder or a Hub data set), or ``dedup`` has no training split.
+        InvalidArgumentError: ``out_dir`` cannot hold the report (see :func:`check_report_folder`),
+            or ``batch_size`` is not a positive integer.
     """
-    out_dir = Path(out_dir)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive number of images per forward pass, got {batch_size!r}.")
+    out_dir = check_report_folder(out_dir)
     root = Path(source)
     splits = find_split_dirs(root) if root.is_dir() else {}
+    if "train" in splits and "test" not in splits:
+        # load_mri_dataset would carve a "test" split out of the training images: the very
+        # images a model was trained on, reported as held out.
+        raise InvalidDatasetError(
+            f"{source} has a training split ({splits['train'].name}) but no test split (Testing or test); evaluate "
+            "scores held-out images, and a part carved from the training images is not held out. Pass the folder "
+            f"that holds Testing/, or {splits['train']} itself to evaluate all of its images as a plain image folder."
+        )
     if root.is_dir() and "train" not in splits:
         # Only a test folder, or a plain image folder: evaluate all of it; nothing to compare with.
         data, has_train = None, False
         test = load_image_folder(splits.get("test", root))
     else:
+        names = _hub_split_names(source) if not root.exists() else None
+        if names is not None and not any(name.lower() in ("test", "testing") for name in names):
+            # As for a folder: load_mri_dataset would carve the "test" split out of the training images.
+            raise InvalidDatasetError(
+                f"The Hub data set {str(source)!r} has no test split (its splits: {', '.join(names)}); evaluate scores "
+                "held-out images, and a part carved from the training images is not held out. Upload its test images "
+                "as a split of their own: datasets recognises split folders named in lowercase (train/, test/), so a "
+                "Kaggle layout uploaded with Training/ and Testing/ reads as one train split."
+            )
         data, has_train = load_mri_dataset(source), True
         test = data["test"]
     class_names = test.features["label"].names
@@ -107,7 +155,7 @@ def evaluate_dataset(
     for name, idx in subsets.items():
         suffix = "" if name == "test" else "_dedup"
         files.append(plot_confusion_matrix(metrics[name]["confusion_matrix"], model_classes, out_dir / f"confusion_matrix{suffix}.png", f"Confusion matrix ({name})"))
-        files += plot_roc_pr(y_true[idx], proba[idx], model_classes, out_dir, suffix)
+        files += plot_roc_pr(y_true[idx], proba[idx], model_classes, out_dir, suffix, split=name)
     files.append(plot_reliability({name: (proba[idx], y_true[idx]) for name, idx in subsets.items()}, out_dir / "reliability.png"))
     per_class = "\n\n".join(f"### {name}\n\n{per_class_table(metrics[name])}" for name in subsets)
     files.append(out_dir / "per_class.md")

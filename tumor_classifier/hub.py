@@ -58,6 +58,9 @@ def push_folder_to_hub(
 ) -> str:
     """Creates ``repo_id`` if needed and uploads a saved model folder in one commit.
 
+    A ``repo_id`` without a namespace (``"my-model"``) is created, and uploaded to, under
+    the token's user, as transformers' ``push_to_hub`` does.
+
     Only safetensors weights, configs, metrics, plots and the model card travel;
     checkpoints and pickled files are left out.
 
@@ -80,7 +83,8 @@ def push_folder_to_hub(
     api = HfApi(token=token)
     step = f"create the repository {repo_id}"
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        # "my-model" without a namespace is created under the token's user: upload there.
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
         step = f"upload {folder} to {repo_id}"
         info = api.upload_folder(
             repo_id=repo_id,

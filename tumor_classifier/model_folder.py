@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -315,6 +316,38 @@ def check_model_folder(path: str | os.PathLike) -> None:
             )
 
 
+def check_writable_folder(path: str | os.PathLike, *, name: str, what: str) -> Path:
+    """Refuses a folder to write into that cannot be one, before any work is done.
+
+    Nothing is created: ``path``, or the nearest folder above it that exists, must be a
+    writable folder.
+
+    Args:
+        path: The folder (it may not exist yet).
+        name: How the message names it (``"--out"``, ``"The report folder"``).
+        what: What goes there, for the message (``"the report"``).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        InvalidArgumentError: ``path`` is a file, lies under a file, or cannot be written.
+    """
+    from .exceptions import InvalidArgumentError
+
+    folder = Path(path)
+    nearest = folder
+    while not nearest.exists() and nearest.parent != nearest:
+        nearest = nearest.parent
+    if nearest == folder and not folder.is_dir():
+        raise InvalidArgumentError(f"{name} {path} is a file, not a folder; give a folder for {what} (it is created if missing).")
+    if not nearest.is_dir():
+        raise InvalidArgumentError(f"{name} {path} cannot be created as a folder: {nearest} is a file. Give a folder for {what}.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{name} {path} cannot be written: {nearest} is not writable by this user. Give a writable folder for {what}.")
+    return folder
+
+
 def resolve_inside(folder: str | os.PathLike, relative: str | os.PathLike, *, what: str) -> Path:
     """``folder / relative`` with links resolved, refused unless it lies inside ``folder``.
 
@@ -355,6 +388,57 @@ def quiet_weights() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+class _LoadReportFilter(logging.Filter):
+    """Drops transformers' key-by-key load report of one folder (refused with our own message)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = str(folder)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("LOAD REPORT" in message and self.folder in message)
+
+
+@contextlib.contextmanager
+def _without_load_report(folder: Path) -> Iterator[None]:
+    """Without transformers' load report for ``folder``: :func:`_check_loading` refuses what it
+    would list, in one message. Only the report naming this folder is dropped, so a load in
+    another thread keeps its own."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _LoadReportFilter(folder)
+    logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report_filter)
+
+
+def _check_loading(loading: dict[str, Any], folder: Path, model_type: str) -> None:
+    """Refuses a model some of whose weights were not in the file: transformers would have
+    filled them with random values, and the model would answer noise.
+
+    Raises:
+        ModelLoadError: Weights missing from ``model.safetensors`` or of another shape; the
+            message counts them and names a few.
+    """
+    missing = sorted(loading.get("missing_keys") or ())
+    mismatched = sorted(str(entry[0]) for entry in loading.get("mismatched_keys") or ())
+    if not missing and not mismatched:
+        return  # weights in the file that the model does not use are harmless
+    unused = sorted(loading.get("unexpected_keys") or ())
+    found = [
+        f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for names, what in ((missing, "weights missing"), (mismatched, "of another shape"), (unused, "in the file but not in the model"))
+        if names
+    ]
+    raise ModelLoadError(
+        f"{folder / CONFIG_NAME} (model_type {model_type!r}) and {folder / WEIGHTS_NAME} do not match: "
+        f"{'; '.join(found)}. The config does not belong to these weights (another architecture or size); "
+        "put back the config.json saved with them, or save the model again with save_pretrained."
+    )
+
+
 def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
     """Checks a single-model folder and loads it: safetensors only, float32, eval mode.
 
@@ -366,7 +450,8 @@ def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
 
     Raises:
         ModelLoadError: The folder fails :func:`check_model_folder`, transformers cannot
-            build the config or the model from it, or a weight is NaN or infinite.
+            build the config or the model from it, the config describes weights the file
+            does not hold (another architecture or size), or a weight is NaN or infinite.
     """
     from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -380,14 +465,18 @@ def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
     except Exception as error:  # transformers raises many types for a bad config
         raise ModelLoadError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from error
     try:
-        with quiet_weights():
-            model = AutoModelForImageClassification.from_pretrained(
-                folder, config=config, dtype=torch.float32, use_safetensors=True, local_files_only=True
+        # Sizes that differ are reported in the loading info (and refused below) rather than
+        # raised by transformers with a pointer to its key-by-key report.
+        with quiet_weights(), _without_load_report(folder):
+            model, loading = AutoModelForImageClassification.from_pretrained(
+                folder, config=config, dtype=torch.float32, use_safetensors=True, local_files_only=True,
+                ignore_mismatched_sizes=True, output_loading_info=True,
             )
     except Exception as error:
         raise ModelLoadError(
             f"Could not load {folder / WEIGHTS_NAME} with {config_path}: {type(error).__name__}: {error}"
         ) from error
+    _check_loading(loading, folder, config.model_type)
     broken = [
         name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]

@@ -43,6 +43,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -53,7 +54,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .exceptions import ExportError, MissingDependencyError
+from .exceptions import ExportError, InvalidArgumentError, MissingDependencyError
 from .onnx_backend import (
     INPUT_NAME,
     INSTALL_HINT,
@@ -64,7 +65,7 @@ from .onnx_backend import (
     OnnxClassifier,
     import_onnxruntime,
 )
-from .model_folder import read_json_limited
+from .model_folder import check_writable_folder, read_json_limited
 from .preprocessing import PROCESSOR_CONFIG_NAME, MRIPreprocessor
 
 __all__ = [
@@ -206,6 +207,24 @@ def check_agreement(difference: float, tolerance: float, *, compared: str, n_ima
         )
 
 
+def check_tolerance(tolerance: Any, *, name: str = "tolerance") -> float:
+    """The largest accepted probability difference, refused unless a finite number >= 0.
+
+    A negative or NaN tolerance fails every graph (and the failure would blame the
+    exporter); an infinite one accepts any. Probabilities lie in [0, 1].
+
+    Raises:
+        InvalidArgumentError: ``tolerance`` is not a finite number >= 0.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (math.isfinite(tolerance) and tolerance >= 0):
+        shown = f"{tolerance:g}" if isinstance(tolerance, float) else repr(tolerance)
+        raise InvalidArgumentError(
+            f"{name} {shown}: give the largest accepted probability difference against torch, "
+            f"a finite number >= 0 (default {DEFAULT_TOLERANCE:g})."
+        )
+    return float(tolerance)
+
+
 def model_fingerprint(folder: str | os.PathLike, preprocessor: MRIPreprocessor) -> str:
     """SHA-256 over what decides a model folder's graph: its configs, weights and preprocessing.
 
@@ -239,13 +258,19 @@ def cached_graph_dir(fingerprint: str) -> Path:
     return root / "onnx" / fingerprint[:32]
 
 
-def fresh_graph_dir(folder: str | os.PathLike, preprocessor: MRIPreprocessor) -> tuple[Path | None, str]:
+def fresh_graph_dir(folder: str | os.PathLike, preprocessor: MRIPreprocessor, *, hub_id: str | None = None) -> tuple[Path | None, str]:
     """Where a graph of the model in ``folder`` is, if one was exported from exactly it.
 
     Looks in the folder itself (a model folder may carry ``model.onnx``), then in the
     cache (:func:`cached_graph_dir`). A graph whose ``onnx_config.json`` names another
     fingerprint was exported from other weights or preprocessing and is passed over,
     with a warning when it sits in the model folder.
+
+    Args:
+        folder: The model folder.
+        preprocessor: Its preprocessing.
+        hub_id: The Hub repository ``folder`` is a downloaded snapshot of: the warning
+            then names the repository, never the snapshot (the Hub cache is not for writing).
 
     Returns:
         ``(directory or None, fingerprint)``.
@@ -259,10 +284,14 @@ def fresh_graph_dir(folder: str | os.PathLike, preprocessor: MRIPreprocessor) ->
         if isinstance(config, dict) and config.get("source_fingerprint") == fingerprint:
             return candidate, fingerprint
         if candidate == Path(folder):
+            mend = (
+                "Its owner can re-export it (`tumor-classifier export --format onnx MODEL_DIR MODEL_DIR`) and push it again."
+                if hub_id else f"Re-export it with `tumor-classifier export --format onnx {folder} {folder}`."
+            )
             warnings.warn(
-                f"{candidate / ONNX_MODEL_NAME} was exported from other weights or preprocessing than the model "
-                f"in {folder}, so it is not used; a fresh graph is exported to the cache. Re-export it with "
-                f"`tumor-classifier export --format onnx {folder} {folder}`.",
+                f"{f'The model.onnx of the Hub repository {hub_id}' if hub_id else candidate / ONNX_MODEL_NAME} was exported "
+                f"from other weights or preprocessing than the model {'beside it' if hub_id else f'in {folder}'}, so it is "
+                f"not used; a fresh graph is exported to the cache. {mend}",
                 stacklevel=3,
             )
     return None, fingerprint
@@ -337,13 +366,16 @@ def export_onnx(
         ExportError: The exporter failed, or the graph's probabilities differ from the
             torch model's by more than ``tolerance`` (no file is left behind then), or
             ``directory`` already holds a different preprocessing.
+        InvalidArgumentError: ``directory`` is a file, lies under one, or is not writable, or
+            ``tolerance`` is not a finite number >= 0.
         InvalidImageError: A verification image cannot be read.
 
     Example:
         >>> export_onnx(clf.model_, clf.preprocessor_, "exported/")      # doctest: +SKIP
     """
+    check_tolerance(tolerance)
     require_exporter()
-    directory = Path(directory)
+    directory = check_writable_folder(directory, name="The export folder", what="the graph")
     _check_preprocessing(directory, preprocessor)
     pixels = _verification_pixels(preprocessor, images)
     graph_module = _LogitsGraph(model).eval()
@@ -367,34 +399,44 @@ def export_onnx(
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}, "
         f"onnxscript {importlib.metadata.version('onnxscript')}",
     }
+    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # deepest first
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=directory) as staging:
-        staging = Path(staging)
-        run_exporter(graph_module, (preprocessor.num_channels, preprocessor.size, preprocessor.size), staging / ONNX_MODEL_NAME,
-                     output_name=OUTPUT_NAME, what=type(model).__name__)
-        (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        graph = OnnxClassifier.load(staging, threads=torch.get_num_threads())
-        difference = float(np.abs(_onnx_proba(graph, pixels, preprocessor) - reference[None]).max())
-        _LOGGER.info("ONNX export check: max |probability difference| against torch %.2e on %d real images", difference, len(pixels))
-        check_agreement(difference, tolerance, compared="The exported graph's probabilities", n_images=len(pixels),
-                        directory=directory, advice="The exporter mistranslated an operation; report it with the model's config.")
-        config["verification"] = {"images": len(pixels), "max_probability_difference": difference, "tolerance": tolerance}
-        int8 = {}
-        if quantize:
-            _quantize(staging / ONNX_MODEL_NAME, staging / INT8_MODEL_NAME)
-            proba8 = _int8_proba(staging, pixels, preprocessor)
-            int8 = {
-                "int8_identical_labels": int((proba8.argmax(1) == reference.argmax(1)).sum()),
-                "int8_max_probability_difference": float(np.abs(proba8 - reference).max()),
-            }
-            config["int8"] = {"file": INT8_MODEL_NAME, "quantization": "dynamic int8, MatMul/Gemm weights, per channel",
-                              "images": len(pixels), **int8}
-        (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        for name in (ONNX_MODEL_NAME, ONNX_CONFIG_NAME, INT8_MODEL_NAME):
-            if (staging / name).is_file():
-                os.replace(staging / name, directory / name)
-        if not quantize:
-            (directory / INT8_MODEL_NAME).unlink(missing_ok=True)  # would describe other weights
+    try:
+        with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=directory) as staging:
+            staging = Path(staging)
+            run_exporter(graph_module, (preprocessor.num_channels, preprocessor.size, preprocessor.size), staging / ONNX_MODEL_NAME,
+                         output_name=OUTPUT_NAME, what=type(model).__name__)
+            (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            graph = OnnxClassifier.load(staging, threads=torch.get_num_threads())
+            difference = float(np.abs(_onnx_proba(graph, pixels, preprocessor) - reference[None]).max())
+            _LOGGER.info("ONNX export check: max |probability difference| against torch %.2e on %d real images", difference, len(pixels))
+            check_agreement(difference, tolerance, compared="The exported graph's probabilities", n_images=len(pixels),
+                            directory=directory, advice="The exporter mistranslated an operation; report it with the model's config.")
+            config["verification"] = {"images": len(pixels), "max_probability_difference": difference, "tolerance": tolerance}
+            int8 = {}
+            if quantize:
+                _quantize(staging / ONNX_MODEL_NAME, staging / INT8_MODEL_NAME)
+                proba8 = _int8_proba(staging, pixels, preprocessor)
+                int8 = {
+                    "int8_identical_labels": int((proba8.argmax(1) == reference.argmax(1)).sum()),
+                    "int8_max_probability_difference": float(np.abs(proba8 - reference).max()),
+                }
+                config["int8"] = {"file": INT8_MODEL_NAME, "quantization": "dynamic int8, MatMul/Gemm weights, per channel",
+                                  "images": len(pixels), **int8}
+            (staging / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            for name in (ONNX_MODEL_NAME, ONNX_CONFIG_NAME, INT8_MODEL_NAME):
+                if (staging / name).is_file():
+                    os.replace(staging / name, directory / name)
+            if not quantize:
+                (directory / INT8_MODEL_NAME).unlink(missing_ok=True)  # would describe other weights
+    except BaseException:
+        # "Nothing was written": not even the folders made for the graph.
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     if not (directory / PROCESSOR_CONFIG_NAME).is_file():
         preprocessor.save_pretrained(directory)
     return OnnxExport(

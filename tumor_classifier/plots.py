@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 
 def _subplots(figsize: tuple[float, float]):
@@ -25,7 +25,9 @@ def _save(figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    title = figure.axes[0].get_title() if figure.axes else ""
+    # The title also as the PNG's Title, for a viewer's window and for a check that reads the file.
+    figure.savefig(path, dpi=110, metadata={"Title": title} if title else None)
     return path
 
 
@@ -75,28 +77,51 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     return _save(figure, path)
 
 
-def plot_roc_pr(
-    y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], directory: str | Path, suffix: str = ""
-) -> list[Path]:
-    """One-vs-rest ROC and precision-recall curves per class: ``roc{suffix}.png``, ``pr{suffix}.png``."""
-    paths = []
-    for name, curve, axes_labels in (
-        (f"roc{suffix}.png", roc_curve, ("false positive rate", "true positive rate")),
-        (f"pr{suffix}.png", precision_recall_curve, ("recall", "precision")),
+def roc_pr_figures(
+    y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], split: str | None = None
+) -> tuple[Figure, Figure]:
+    """One-vs-rest ROC and precision-recall figures, one curve per class.
+
+    Args:
+        y_true: int (n,) class indices into ``class_names``.
+        proba: float (n, k) probabilities, columns following ``class_names``.
+        class_names: The k class names.
+        split: Named in the titles (e.g. ``"test_without_near_duplicates"``), so two
+            reports' figures cannot be mistaken for each other.
+
+    Returns:
+        ``(roc, pr)``. Legends give each class's area (ROC AUC, average precision); a class
+        with no image, or only images, of its own in ``y_true`` has no curve and says so.
+    """
+    figures = []
+    for curve, area, area_name, axes_labels, title in (
+        (roc_curve, roc_auc_score, "AUC", ("false positive rate", "true positive rate"), "ROC, one vs rest"),
+        (precision_recall_curve, average_precision_score, "AP", ("recall", "precision"), "Precision-recall, one vs rest"),
     ):
         figure, axis = _subplots(figsize=(5, 4.5))
         for index, class_name in enumerate(class_names):
             positives = np.asarray(y_true) == index
             if positives.all() or not positives.any():
+                why = "no image of this class" if not positives.any() else "only images of this class"
+                axis.plot([], [], " ", label=f"{class_name}: {why}, no curve")  # a legend line, nothing drawn
                 continue
             first, second, _ = curve(positives, proba[:, index])
             x, y = (first, second) if curve is roc_curve else (second, first)
-            axis.plot(x, y, label=class_name)
+            axis.plot(x, y, label=f"{class_name} ({area_name} {area(positives, proba[:, index]):.3f})")
         axis.set(xlabel=axes_labels[0], ylabel=axes_labels[1], xlim=(0, 1), ylim=(0, 1.02))
-        axis.set_title("ROC (one vs rest)" if curve is roc_curve else "Precision-recall (one vs rest)")
+        axis.set_title(f"{title} ({split})" if split else title)
         axis.legend(loc="lower right" if curve is roc_curve else "lower left")
-        paths.append(_save(figure, Path(directory) / name))
-    return paths
+        figures.append(figure)
+    return figures[0], figures[1]
+
+
+def plot_roc_pr(
+    y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], directory: str | Path, suffix: str = "",
+    split: str | None = None,
+) -> list[Path]:
+    """Writes :func:`roc_pr_figures` as ``roc{suffix}.png`` and ``pr{suffix}.png``; returns their paths."""
+    roc, pr = roc_pr_figures(y_true, proba, class_names, split=split)
+    return [_save(roc, Path(directory) / f"roc{suffix}.png"), _save(pr, Path(directory) / f"pr{suffix}.png")]
 
 
 def plot_reliability(

@@ -67,18 +67,29 @@ def write_model_card(
     duplicates = metrics.get("duplicates", {})
     members = metrics.get("members")
     title = f"ensemble of {len(members)} {training.get('backbone', 'model')} models" if members else training.get("backbone", "model")
+    # EfficientNet-Lite is this package's architecture, not transformers': the Auto classes
+    # know it once tumor_classifier.efficientnet is imported (`import tumor_classifier`
+    # alone imports no torch, so it does not register it).
+    registration = (
+        " once `import tumor_classifier.efficientnet` has registered EfficientNet-Lite with its Auto classes"
+        if str(training.get("backbone", "")).startswith("efficientnet")
+        else ""
+    )
     loading = (
         "An ensemble folder (`ensemble.json`, `members/member-*/`) loads with this package; each\n"
-        "member folder on its own also loads with plain `transformers`. The ensemble's logits are\n"
+        f"member folder on its own also loads with plain `transformers`{registration}. The ensemble's logits are\n"
         "the mean of the members' logits divided by the ensemble temperature.\n\n"
         + "| member | seed | epochs | validation accuracy |\n|---|---|---|---|\n"
         + "\n".join(f"| {i} | {m.get('seed')} | {m.get('epochs_run') or 0:.0f} | {_pct(m.get('validation_accuracy'))} |" for i, m in enumerate(members))
         if members
         else "The folder also loads with plain `transformers` (`AutoModelForImageClassification`,\n"
-        "`AutoImageProcessor`, `pipeline(\"image-classification\")`); plain transformers only\n"
+        f"`AutoImageProcessor`, `pipeline(\"image-classification\")`){registration}; plain transformers only\n"
         "resizes and normalises, while this package first converts to grayscale and crops to\n"
         "the head, as in training."
     )
+    # The Hub turns library_name into a "use with transformers" snippet; an ensemble folder
+    # has no config.json for it, so it names this package instead.
+    library = "tumor-classifier" if members else "transformers"
     applied = calibration.get("applied", "by folding it into the head")
     tumour_only = metrics.get("validation_tumour_only")
     tumour_only_text = ""
@@ -92,7 +103,7 @@ def write_model_card(
         )
     curves = "![loss](loss_curve.png) ![accuracy](accuracy_curve.png) " if log_history else ""
     card = f"""---
-library_name: transformers
+library_name: {library}
 pipeline_tag: image-classification
 license: apache-2.0
 tags:
