@@ -393,7 +393,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             ``return_attributions`` a tuple ``(labels, maps)``.
         """
         self._check_fitted()
-        explanations.resolve_method(self, method)  # a wrong name is an error, with or without maps
+        if method != "auto":  # a wrong name is an error, with or without maps ("auto" would load an ONNX model's torch twin)
+            explanations.resolve_method(self, method)
         decoded = decode_each(as_sources(X))
         prepared = [self.preprocessor_.prepare(d.gray) for d in decoded]
         proba = self._proba(prepared)
