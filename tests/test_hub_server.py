@@ -253,6 +253,11 @@ def test_a_stale_graph_in_a_hub_repository_never_sends_the_user_into_the_hub_cac
     from tumor_classifier.models import create_model
     from tumor_classifier.preprocessing import MRIPreprocessor
 
+    from tumor_classifier.mri_check import MRICheck
+
+    # The MRI check's feature graph is loaded once per process: load it in the session's
+    # cache first, or this test's cache would become its home for every later test.
+    MRICheck.load()._backbone.graph()
     monkeypatch.setenv("TUMOR_CLASSIFIER_CACHE", str(tmp_path / "tc-cache"))
     exported = Path(shutil.copytree(tiny_model_dir, tmp_path / "exported"))
     assert main(["export", "--format", "onnx", str(exported), str(exported)]) == 0
