@@ -252,7 +252,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                 "volume": str(path),
                 "label": result.label,
                 "model_label": result.model_label,
-                "tumour": result.tumour if result.looks_like_mri else None,  # as label: no answer for a CT
+                "tumour": result.tumour_answer,
                 "tumor_probability": result.tumour_probability,
                 "probabilities": result.probabilities,
                 "key_slice": result.key_slice,

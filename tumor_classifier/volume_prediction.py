@@ -142,6 +142,11 @@ class VolumePrediction:
         """``"tumor"``, ``"no_tumor"`` or ``"not_brain_mri"`` (a flagged volume whatever the slices say)."""
         return NOT_BRAIN_MRI if not self.looks_like_mri else "tumor" if self.tumour else "no_tumor"
 
+    @property
+    def tumour_answer(self) -> bool | None:
+        """``tumour`` for a brain MRI; ``None`` for a flagged volume (as ``label``: no answer for a CT)."""
+        return self.tumour if self.looks_like_mri else None
+
     def slice_table(self) -> list[dict[str, Any]]:
         """One dict per slice: ``slice``, ``classified``, ``tumor_probability`` and each class's probability."""
         classes = list(self.probabilities)

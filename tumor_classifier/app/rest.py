@@ -92,7 +92,7 @@ def volume_report_to_json(report: VolumeReport, *, include_overlay: bool = False
     return VolumePredictionResponse(
         label=p.label,
         verdict=report.verdict,
-        tumor=p.tumour if p.looks_like_mri else None,  # as `label`: no answer about a tumour for a CT
+        tumor=p.tumour_answer,
         tumor_probability=p.tumour_probability,
         probabilities=p.probabilities,
         not_brain_mri=not p.looks_like_mri,
