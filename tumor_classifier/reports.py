@@ -45,6 +45,53 @@ def per_class_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def data_text(metrics: dict[str, Any]) -> str:
+    """Where the training images came from and how many each split had, as the run recorded it."""
+    training = metrics.get("training", {})
+    data, pack_source = training.get("data"), training.get("pixel_pack_source")
+    where = (
+        f"the images of `{pack_source}`, prepared as the pixel pack `{data}`" if data and pack_source
+        else f"`{data}`" if data
+        else "not recorded"
+    )  # fmt: skip
+    counts = [f"{training['train_images']} training images"] if training.get("train_images") is not None else []
+    counts += [f"{metrics[split]['n']} {split} images" for split in ("validation", "test") if split in metrics]
+    return f"Data: {where}" + (f" ({', '.join(counts)})." if counts else ".")
+
+
+def _data_sources(metrics: dict[str, Any]) -> str:
+    training = metrics.get("training", {})
+    sources = [training.get("pixel_pack_source") or training.get("data")]
+    sources += (metrics.get("validation_tumour_only") or {}).get("sources", [])
+    named = [f"`{source}`" for source in sources if source]
+    return " and ".join(named) if named else "its training data"
+
+
+def duplicates_text(metrics: dict[str, Any]) -> str:
+    """What the check of test images against the training and validation images found, in
+    the counts it measured; nothing where there is no test split."""
+    if "test" not in metrics:
+        return "There is no test split: the figures above are validation figures only."
+    duplicates = metrics.get("duplicates")
+    if not duplicates:
+        return "The test split was not checked for near duplicates of training images."
+    # The summary names its threshold: phash_within_<distance>.
+    within = next((key for key in duplicates if key.startswith("phash_within_")), "phash_within_?")
+    rule = f"pHash Hamming distance <= {within.rsplit('_', 1)[-1]}"
+    queries, clean, exact = duplicates["queries"], duplicates["without_near_duplicate"], duplicates["byte_identical"]
+    near = queries - clean
+    if near == 0:
+        return (
+            f"No test image has a near duplicate ({rule}) among the training and validation images, so\n"
+            "`test_without_near_duplicates` is the full test split."
+        )
+    return (
+        f"{near} of the {queries} test images have a near duplicate ({rule}) among the training and\n"
+        f"validation images ({exact} of them byte-identical), so the full test split's accuracy may be\n"
+        f"inflated; `test_without_near_duplicates` keeps only the {clean} test images without one."
+    )
+
+
 def write_model_card(
     directory: str | Path,
     metrics: dict[str, Any],
@@ -64,7 +111,6 @@ def write_model_card(
     sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates") if k in metrics}
     training = metrics.get("training", {})
     calibration = metrics.get("calibration", {})
-    duplicates = metrics.get("duplicates", {})
     members = metrics.get("members")
     title = f"ensemble of {len(members)} {training.get('backbone', 'model')} models" if members else training.get("backbone", "model")
     # EfficientNet-Lite is this package's architecture, not transformers': the Auto classes
@@ -120,6 +166,8 @@ Trained with `train_hf.py` of the `tumor-classifier` package
 ({'from scratch' if training.get('from_scratch') else 'fine-tuned'}, {training.get('image_size')} px,
 {training.get('epochs_run', 0):.0f} epochs, {training.get('train_images', '?')} training images).
 
+{data_text(metrics)}
+
 > {DISCLAIMER}
 
 ## Use
@@ -136,9 +184,7 @@ clf.predict(["scan.jpg"]), clf.predict_proba(["scan.jpg"])
 
 {metrics_table(sections)}
 {tumour_only_text}
-`test_without_near_duplicates` keeps only the {duplicates.get('without_near_duplicate', '?')} test images
-with no near duplicate (pHash Hamming distance <= 4) in the training data: the full test split
-overlaps training ({duplicates.get('byte_identical', '?')} byte-identical images), so its accuracy is inflated.
+{duplicates_text(metrics)}
 
 Per class on the {shown} split:
 
@@ -151,8 +197,8 @@ Calibration: temperature {calibration.get('temperature', 1.0):.3f} fitted on val
 
 ## Limitations
 
-Trained on one public data set of 2-D slices (figshare, SARTAJ, Br35H); scans from other
-scanners, sequences or orientations may be classified worse than these figures say.
+Trained only on the 2-D slices of {_data_sources(metrics)}; scans from other scanners, sequences,
+orientations or sources may be classified worse than these figures say.
 """
     path = directory / "README.md"
     path.write_text(card)

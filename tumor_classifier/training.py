@@ -306,6 +306,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "world_size": int(training_args.world_size),
             "hyperparameter_search": best,
             "data": str(data_args.pixel_pack or data_args.data_dir),
+            **({"pixel_pack_source": pack.source} if data is None and pack.source else {}),  # for the card
         }
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
