@@ -65,7 +65,7 @@ def test_a_card_reports_the_duplicates_measured_not_a_fixed_sentence(own_data_ru
     duplicates = json.loads((own_data_run / "metrics.json").read_text())["duplicates"]
     assert duplicates["byte_identical"] == 1  # the copied slice, found
     near = duplicates["queries"] - duplicates["without_near_duplicate"]
-    assert f"{near} of the {duplicates['queries']} test images have a near duplicate" in card
+    assert f"{near} of the {duplicates['queries']} test images have a near duplicate" in card.replace("\n", " ")
     assert "1 of them byte-identical" in card
 
 
@@ -92,3 +92,30 @@ def test_a_card_without_duplicates_does_not_call_the_test_split_inflated(tmp_pat
     assert "No test image has a near duplicate" in card
     assert "`org/scans`" in card and not any(claim in card for claim in KAGGLE_ONLY)
 
+@pytest.mark.parametrize(("epochs", "images", "expected"), [
+    (1.0, 1, "1 epoch, 1 training image"),
+    (2.0, 5, "2 epochs, 5 training images"),
+    (0.67, 9, "0.67 epochs, 9 training images"),
+])  # fmt: skip
+def test_a_card_counts_in_words_that_agree_with_the_number(tmp_path, epochs, images, expected):
+    validation = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["notumor", "tumor"])
+    metrics = {"validation": validation, "training": {"backbone": "convnext", "image_size": 64, "epochs_run": epochs, "train_images": images}}
+    card = write_model_card(tmp_path, metrics, [], ["notumor", "tumor"]).read_text()
+    assert expected in card.replace("\n", " ")
+
+
+def test_the_card_of_a_train_hf_run_says_1_epoch(own_data_run):
+    card = (own_data_run / "README.md").read_text().replace("\n", " ")
+    assert "1 epoch," in card and "1 epochs" not in card
+
+
+
+def test_a_card_says_one_duplicate_in_the_singular(tmp_path):
+    validation = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["notumor", "tumor"])
+    metrics = {
+        "validation": validation, "test": validation, "test_without_near_duplicates": validation,
+        "duplicates": {"queries": 2, "byte_identical": 1, "same_phash": 1, "phash_within_4": 1, "without_near_duplicate": 1},
+        "training": {"backbone": "convnext", "image_size": 64, "epochs_run": 1.0, "train_images": 20},
+    }  # fmt: skip
+    card = write_model_card(tmp_path, metrics, [], ["notumor", "tumor"]).read_text().replace("\n", " ")
+    assert "1 of the 2 test images has a near duplicate" in card and "keeps only the 1 test image without one" in card

@@ -23,6 +23,16 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}%"
 
 
+def _number(value: Any) -> str:
+    """A count or a fractional epoch as people write it: 3, 0.67, 43.8."""
+    return f"{round(float(value), 2):g}"
+
+
+def _count(value: Any, noun: str, plural: str | None = None) -> str:
+    """``value`` and the noun in the number that agrees with it: 1 epoch, 2 epochs, 0.5 epochs."""
+    return f"{_number(value)} {noun if float(value) == 1 else plural or noun + 's'}"
+
+
 def metrics_table(sections: dict[str, dict[str, Any]]) -> str:
     """A Markdown table with one row per evaluated split."""
     rows = [
@@ -54,8 +64,8 @@ def data_text(metrics: dict[str, Any]) -> str:
         else f"`{data}`" if data
         else "not recorded"
     )  # fmt: skip
-    counts = [f"{training['train_images']} training images"] if training.get("train_images") is not None else []
-    counts += [f"{metrics[split]['n']} {split} images" for split in ("validation", "test") if split in metrics]
+    counts = [_count(training["train_images"], "training image")] if training.get("train_images") is not None else []
+    counts += [_count(metrics[split]["n"], f"{split} image") for split in ("validation", "test") if split in metrics]
     return f"Data: {where}" + (f" ({', '.join(counts)})." if counts else ".")
 
 
@@ -86,9 +96,9 @@ def duplicates_text(metrics: dict[str, Any]) -> str:
             "`test_without_near_duplicates` is the full test split."
         )
     return (
-        f"{near} of the {queries} test images have a near duplicate ({rule}) among the training and\n"
-        f"validation images ({exact} of them byte-identical), so the full test split's accuracy may be\n"
-        f"inflated; `test_without_near_duplicates` keeps only the {clean} test images without one."
+        f"{near} of the {_count(queries, 'test image')} {'has' if near == 1 else 'have'} a near duplicate ({rule}) among the\n"
+        f"training and validation images ({exact} of them byte-identical), so the full test split's accuracy\n"
+        f"may be inflated; `test_without_near_duplicates` keeps only the {_count(clean, 'test image')} without one."
     )
 
 
@@ -112,7 +122,7 @@ def write_model_card(
     training = metrics.get("training", {})
     calibration = metrics.get("calibration", {})
     members = metrics.get("members")
-    title = f"ensemble of {len(members)} {training.get('backbone', 'model')} models" if members else training.get("backbone", "model")
+    title = f"ensemble of {_count(len(members), str(training.get('backbone', 'model')) + ' model')}" if members else training.get("backbone", "model")
     # EfficientNet-Lite is this package's architecture, not transformers': the Auto classes
     # know it once tumor_classifier.efficientnet is imported (`import tumor_classifier`
     # alone imports no torch, so it does not register it).
@@ -126,7 +136,7 @@ def write_model_card(
         f"member folder on its own also loads with plain `transformers`{registration}. The ensemble's logits are\n"
         "the mean of the members' logits divided by the ensemble temperature.\n\n"
         + "| member | seed | epochs | validation accuracy |\n|---|---|---|---|\n"
-        + "\n".join(f"| {i} | {m.get('seed')} | {m.get('epochs_run') or 0:.0f} | {_pct(m.get('validation_accuracy'))} |" for i, m in enumerate(members))
+        + "\n".join(f"| {i} | {m.get('seed')} | {_number(m.get('epochs_run') or 0)} | {_pct(m.get('validation_accuracy'))} |" for i, m in enumerate(members))
         if members
         else "The folder also loads with plain `transformers` (`AutoModelForImageClassification`,\n"
         f"`AutoImageProcessor`, `pipeline(\"image-classification\")`){registration}; plain transformers only\n"
@@ -143,10 +153,15 @@ def write_model_card(
         sources = ", ".join(map(str, tumour_only.get("sources", []))) or "images labelled only 'tumour'"
         tumour_only_text = (
             f"\nTumour-only validation ({sources}; type unknown, held out by near-duplicate group): "
-            f"{tumour_only['images']} images, tumour sensitivity {_pct(tumour_only['sensitivity'])} "
-            f"(share not called notumor). {tumour_only.get('train_images', 0)} more such images were "
+            f"{_count(tumour_only['images'], 'image')}, tumour sensitivity {_pct(tumour_only['sensitivity'])} "
+            f"(share not called notumor). {_count(tumour_only.get('train_images', 0), 'more such image')} "
+            f"{'was' if tumour_only.get('train_images', 0) == 1 else 'were'} "
             "trained on with the partial-label loss.\n"
         )
+    run = ["from scratch" if training.get("from_scratch") else "fine-tuned", f"{training.get('image_size')} px"]
+    run += [_count(training["epochs_run"], "epoch")] if training.get("epochs_run") is not None else []
+    run += [_count(training["train_images"], "training image")] if training.get("train_images") is not None else []
+    run_text = ", ".join(run)
     curves = "![loss](loss_curve.png) ![accuracy](accuracy_curve.png) " if log_history else ""
     card = f"""---
 library_name: {library}
@@ -163,8 +178,7 @@ tags:
 
 Classifies one brain MRI slice as {', '.join(class_names)}.
 Trained with `train_hf.py` of the `tumor-classifier` package
-({'from scratch' if training.get('from_scratch') else 'fine-tuned'}, {training.get('image_size')} px,
-{training.get('epochs_run', 0):.0f} epochs, {training.get('train_images', '?')} training images).
+({run_text}).
 
 {data_text(metrics)}
 
