@@ -13,6 +13,9 @@ import pytest
 from train_runs import tiny_run_args  # also puts the repository on sys.path
 
 import train_hf  # noqa: E402
+from conftest import TINY_CONVNEXT  # noqa: E402
+from tumor_classifier import TumorClassifier  # noqa: E402
+from tumor_classifier.data import carve_indices  # noqa: E402
 from tumor_classifier.metrics import classification_metrics  # noqa: E402
 from tumor_classifier.reports import write_model_card  # noqa: E402
 
@@ -119,3 +122,59 @@ def test_a_card_says_one_duplicate_in_the_singular(tmp_path):
     }  # fmt: skip
     card = write_model_card(tmp_path, metrics, [], ["notumor", "tumor"]).read_text().replace("\n", " ")
     assert "1 of the 2 test images has a near duplicate" in card and "keeps only the 1 test image without one" in card
+
+@pytest.fixture(scope="module")
+def fitted_folder(fitted_classifier, tmp_path_factory) -> Path:
+    return fitted_classifier.save_pretrained(tmp_path_factory.mktemp("cards") / "fitted")
+
+
+def test_a_fitted_and_saved_model_gets_a_card_with_the_figures_fit_measured(fitted_folder, fitted_classifier, train_images):
+    card = _assert_shows_only_files_it_has(fitted_folder)
+    metrics = json.loads((fitted_folder / "metrics.json").read_text())
+    assert "TumorClassifier.fit" in card and "train_hf.py" not in card
+    assert not any(claim in card for claim in KAGGLE_ONLY)
+    assert "| test |" not in card and "test_without_near_duplicates" not in card  # fit measures no test split
+    # The validation row is the held-out calibration images, measured again here.
+    paths, labels = train_images
+    _, held_out = carve_indices(np.asarray(labels), 0.25, 0)
+    predicted = fitted_classifier.predict([paths[i] for i in held_out])
+    accuracy = float(np.mean(predicted == np.asarray(labels)[held_out]))
+    assert metrics["validation"]["n"] == len(held_out) == 8
+    assert metrics["validation"]["accuracy"] == pytest.approx(accuracy)
+    assert f"| validation | 8 | {100 * accuracy:.2f}% |" in card
+    assert "30 epochs" in card.replace("\n", " ") and f"{32 - 8} training images" in card.replace("\n", " ")
+
+
+def test_a_fit_without_held_out_images_reports_no_figures(train_images, tmp_path, one_torch_thread):
+    paths, labels = train_images
+    clf = TumorClassifier("convnext", from_scratch=True, image_size=32, epochs=1, batch_size=16, validation_size=0,
+                          augment=False, config_overrides=TINY_CONVNEXT, verbose=0)  # fmt: skip
+    folder = clf.fit(paths, labels).save_pretrained(tmp_path / "model")
+    card = _assert_shows_only_files_it_has(folder)
+    assert "| validation |" not in card and "n/a" not in card and "nan" not in card
+    assert "no images were held out" in card
+    assert "temperature" not in card.lower().replace("no temperature", "")
+
+
+def test_a_loaded_model_saved_elsewhere_keeps_its_card_and_what_it_shows(fitted_folder, tmp_path):
+    again = TumorClassifier.from_pretrained(fitted_folder).save_pretrained(tmp_path / "again")
+    assert (again / "README.md").read_text() == (fitted_folder / "README.md").read_text()
+    assert (again / "metrics.json").read_text() == (fitted_folder / "metrics.json").read_text()
+    _assert_shows_only_files_it_has(again)
+    TumorClassifier.from_pretrained(again).save_pretrained(again)  # onto itself: nothing lost
+    assert (again / "README.md").read_text() == (fitted_folder / "README.md").read_text()
+
+
+
+def test_a_model_saved_without_a_recorded_training_gets_a_card_that_claims_only_its_classes(tiny_model_dir, tmp_path):
+    """A folder from elsewhere (no card, no record of its training): the card names the
+    classes and no figures; an ensemble's does not offer plain transformers for the folder."""
+    from tumor_classifier.ensemble import build_ensemble
+
+    single = TumorClassifier.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "single")
+    card = _assert_shows_only_files_it_has(single)
+    assert "library_name: transformers\n" in card and "glioma, meningioma, notumor, pituitary" in card
+    assert "| validation |" not in card and not any(claim in card for claim in KAGGLE_ONLY)
+    build_ensemble([tiny_model_dir, tiny_model_dir], output_dir=tmp_path / "members")
+    ensemble = TumorClassifier.from_pretrained(tmp_path / "members").save_pretrained(tmp_path / "ensemble")
+    assert "library_name: tumor-classifier\n" in (ensemble / "README.md").read_text()

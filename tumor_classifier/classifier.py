@@ -75,6 +75,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         model_: The fitted ``transformers`` model, in eval mode; for a loaded ensemble an
             :class:`~tumor_classifier.ensemble.EnsembleForImageClassification`.
         preprocessor_: The :class:`MRIPreprocessor` the model was trained with.
+        fit_metrics_: What :meth:`fit` measured (training counts; validation metrics and
+            calibration on the held-out images, if any), shaped as ``train_hf.py``'s
+            ``metrics.json``; :meth:`save_pretrained` writes it and a model card from it.
     """
 
     def __init__(
@@ -146,8 +149,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """
         from .classifier_fit import fit_model
 
-        model, preprocessor = fit_model(self, X, y)
+        model, preprocessor, measured = fit_model(self, X, y)
         self._set_fitted(model, preprocessor)
+        self.fit_metrics_ = measured  # for save_pretrained's model card
         self.source_ = "fitted in memory"
         return self
 

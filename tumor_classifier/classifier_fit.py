@@ -32,14 +32,21 @@ import numpy as np
 from .augmentation import AugmentationConfig
 from .data import ANY_TUMOR, ANY_TUMOR_NAME, NO_TUMOR, as_sources, carve_indices
 from .exceptions import InvalidArgumentError, InvalidDatasetError
-from .metrics import fit_temperature
+from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
 from .preprocessing import MRIPreprocessor
 
+#: ``metrics["training"]["trained_with"]`` of a model trained by :meth:`TumorClassifier.fit`.
+FIT = "TumorClassifier.fit"
 
-def fit_model(estimator, X: Any, y: Sequence[str] | None) -> tuple[Any, MRIPreprocessor]:
-    """The trained, calibrated model and its preprocessing for :meth:`TumorClassifier.fit` (documented there).
+
+def fit_model(estimator, X: Any, y: Sequence[str] | None) -> tuple[Any, MRIPreprocessor, dict[str, Any]]:
+    """The trained, calibrated model, its preprocessing and what fit measured, for
+    :meth:`TumorClassifier.fit` (documented there).
 
     ``estimator`` supplies the parameters only; the caller sets the fitted state.
+    What fit measured is shaped as a ``train_hf.py`` run's ``metrics.json``, for the
+    model card: ``training`` always, and ``validation`` and ``calibration`` on the
+    held-out calibration images when there are any.
     """
     from .progress import show_progress
     from .losses import tumor_columns_of
@@ -115,8 +122,20 @@ def fit_model(estimator, X: Any, y: Sequence[str] | None) -> tuple[Any, MRIPrepr
         )
         show_progress(trainer, estimator.verbose)
         trainer.train()
+        measured: dict[str, Any] = {"training": {
+            "trained_with": FIT,
+            "backbone": estimator.backbone,
+            "from_scratch": estimator.from_scratch,
+            "image_size": estimator.image_size,
+            "epochs_run": float(trainer.state.epoch or 0),
+            "train_images": int(train_idx.size),
+            "images_given": int(len(labels)),
+        }}  # fmt: skip
         val_idx = val_idx[labels[val_idx] != ANY_TUMOR]  # the temperature needs a class per image
         if val_idx.size:
             logits = predict_logits(trainer, PixelDataset(pixels[val_idx], labels[val_idx]))
-            fold_temperature(model, fit_temperature(logits, labels[val_idx]))
-    return model, preprocessor
+            temperature = fit_temperature(logits, labels[val_idx])
+            fold_temperature(model, temperature)
+            measured["validation"] = classification_metrics(labels[val_idx], softmax(logits, temperature), list(classes))
+            measured["calibration"] = calibration_summary(logits, labels[val_idx], temperature)
+    return model, preprocessor, measured

@@ -190,31 +190,41 @@ def save_pretrained(estimator, directory: str | os.PathLike) -> Path:
     with quiet_weights():
         estimator.model_.save_pretrained(directory)
     estimator.preprocessor_.save_pretrained(directory)
+    _write_card(estimator, directory)
     return directory
+
+
+def _write_card(estimator, directory: Path) -> None:
+    """The model card of a saved folder: a loaded model keeps its folder's card and what the
+    card shows; a model fitted here gets one from what fit measured (and its metrics.json);
+    any other a card that claims nothing but the classes."""
+    import json
+
+    from .reports import write_model_card, write_plain_model_card
+
+    source = estimator.model_folder_
+    if source is not None and (source / "README.md").is_file():
+        if source.resolve() == directory.resolve():
+            return  # saved back into its own folder: the card is already there
+        # The card shows the folder's plots and figures: they travel with it.
+        for companion in sorted({path for pattern in ("README.md", *CARD_FILES) for path in source.glob(pattern) if path.is_file()}):
+            shutil.copyfile(companion, directory / companion.name)
+        return
+    measured = estimator.__dict__.get("fit_metrics_") if source is None else None
+    if measured is None:
+        write_plain_model_card(directory, list(estimator.classes_), ensemble=is_ensemble_folder(directory))
+        return
+    (directory / "metrics.json").write_text(json.dumps(measured, indent=2) + "\n")
+    write_model_card(directory, measured, [], list(estimator.classes_))
 
 
 def push_to_hub(estimator, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str) -> str:
     """:meth:`TumorClassifier.push_to_hub` of a fitted ``estimator`` (documented there)."""
     from .hub import check_hub_reachable, push_folder_to_hub
-    from .reports import DISCLAIMER
 
     check_hub_reachable()
     with tempfile.TemporaryDirectory(prefix="tumor-classifier-push-") as folder:
-        save_pretrained(estimator, folder)
-        source = estimator.model_folder_
-        source_card = source / "README.md" if source else None
-        if source_card and source_card.is_file():
-            card = source_card.read_text()
-            # The card shows the folder's plots and figures: they travel with it, or the
-            # Hub page would show broken images.
-            for companion in sorted({path for pattern in CARD_FILES for path in source.glob(pattern) if path.is_file()}):
-                shutil.copyfile(companion, Path(folder) / companion.name)
-        else:
-            card = (
-                "---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
-                f"# Brain tumor MRI classifier\n\nClasses: {', '.join(estimator.classes_)}.\n\n> {DISCLAIMER}\n"
-            )
-        (Path(folder) / "README.md").write_text(card)
+        save_pretrained(estimator, folder)  # with its model card and what the card shows
         return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
 
 

@@ -58,10 +58,11 @@ def per_class_table(metrics: dict[str, Any]) -> str:
 def data_text(metrics: dict[str, Any]) -> str:
     """Where the training images came from and how many each split had, as the run recorded it."""
     training = metrics.get("training", {})
-    data, pack_source = training.get("data"), training.get("pixel_pack_source")
+    data, pack_source, given = training.get("data"), training.get("pixel_pack_source"), training.get("images_given")
     where = (
         f"the images of `{pack_source}`, prepared as the pixel pack `{data}`" if data and pack_source
         else f"`{data}`" if data
+        else f"the {_count(given, 'image')} given to `{training.get('trained_with')}`" if given is not None
         else "not recorded"
     )  # fmt: skip
     counts = [_count(training["train_images"], "training image")] if training.get("train_images") is not None else []
@@ -74,7 +75,9 @@ def _data_sources(metrics: dict[str, Any]) -> str:
     sources = [training.get("pixel_pack_source") or training.get("data")]
     sources += (metrics.get("validation_tumour_only") or {}).get("sources", [])
     named = [f"`{source}`" for source in sources if source]
-    return " and ".join(named) if named else "its training data"
+    if named:
+        return " and ".join(named)
+    return f"the images given to `{training['trained_with']}`" if training.get("trained_with") else "its training data"
 
 
 def duplicates_text(metrics: dict[str, Any]) -> str:
@@ -102,6 +105,63 @@ def duplicates_text(metrics: dict[str, Any]) -> str:
     )
 
 
+def _tumour_only_text(metrics: dict[str, Any]) -> str:
+    tumour_only = metrics.get("validation_tumour_only")
+    if not tumour_only:
+        return ""
+    sources = ", ".join(map(str, tumour_only.get("sources", []))) or "images labelled only 'tumour'"
+    trained = tumour_only.get("train_images", 0)
+    return (
+        f"\nTumour-only validation ({sources}; type unknown, held out by near-duplicate group): "
+        f"{_count(tumour_only['images'], 'image')}, tumour sensitivity {_pct(tumour_only['sensitivity'])} "
+        f"(share not called notumor). {_count(trained, 'more such image')} {'was' if trained == 1 else 'were'} "
+        "trained on with the partial-label loss.\n"
+    )
+
+
+def _calibration_text(metrics: dict[str, Any]) -> str:
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return "The probabilities are not calibrated: no images were held out to fit a temperature."
+    applied = calibration.get("applied", "by folding it into the head")
+    return (
+        f"Calibration: temperature {calibration['temperature']:.3f} fitted on validation and applied\n"
+        f"{applied}; validation ECE {calibration['validation_ece_before']:.4f} before, "
+        f"{calibration['validation_ece_after']:.4f} after."
+    )
+
+
+def evaluation_text(metrics: dict[str, Any], shown: str | None) -> str:
+    """The card's evaluation: the measured splits, or why there are none."""
+    if shown is None:
+        return (
+            "There are no figures: no images were held out from training (validation_size=0, or too few\n"
+            "images of a class to hold one out), so the model was neither evaluated nor calibrated."
+        )
+    sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates") if k in metrics}
+    return (
+        f"{metrics_table(sections)}\n{_tumour_only_text(metrics)}\n{duplicates_text(metrics)}\n\n"
+        f"Per class on the {shown} split:\n\n{per_class_table(metrics[shown])}\n\n{_calibration_text(metrics)}"
+    )
+
+
+def _library(ensemble: bool) -> str:
+    # The Hub turns library_name into a "use with transformers" snippet; an ensemble folder
+    # has no config.json for it, so it names this package instead.
+    return "tumor-classifier" if ensemble else "transformers"
+
+
+def write_plain_model_card(directory: str | Path, class_names: Sequence[str], *, ensemble: bool = False) -> Path:
+    """A model card that claims nothing but the classes, for a model whose training this
+    package did not record (a folder from elsewhere, saved again without its card)."""
+    path = Path(directory) / "README.md"
+    path.write_text(
+        f"---\nlibrary_name: {_library(ensemble)}\npipeline_tag: image-classification\ntags:\n- tumor-classifier\n---\n\n"
+        f"# Brain tumor MRI classifier\n\nClasses: {', '.join(class_names)}.\n\n> {DISCLAIMER}\n"
+    )
+    return path
+
+
 def write_model_card(
     directory: str | Path,
     metrics: dict[str, Any],
@@ -112,15 +172,19 @@ def write_model_card(
 ) -> Path:
     """Writes the plots and ``README.md`` (a Hub model card) into a model folder."""
     directory = Path(directory)
+    plots = []  # (alt text, file name) of what was drawn: the card shows nothing else
     if log_history:
         plot_training_curves(log_history, directory)
-    shown = "test" if "test" in metrics else "validation"  # a pack without its test split trains too
-    plot_confusion_matrix(metrics[shown]["confusion_matrix"], class_names, directory / "confusion_matrix.png", f"{shown.capitalize()} confusion matrix")
+        plots += [("loss", "loss_curve.png"), ("accuracy", "accuracy_curve.png")]
+    # A pack without its test split trains too, and fit may hold out nothing.
+    shown = "test" if "test" in metrics else "validation" if "validation" in metrics else None
+    if shown:
+        plot_confusion_matrix(metrics[shown]["confusion_matrix"], class_names, directory / "confusion_matrix.png", f"{shown.capitalize()} confusion matrix")
+        plots.append(("confusion", "confusion_matrix.png"))
     if reliability:
         plot_reliability(reliability, directory / "reliability.png")
-    sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates") if k in metrics}
+        plots.append(("reliability", "reliability.png"))
     training = metrics.get("training", {})
-    calibration = metrics.get("calibration", {})
     members = metrics.get("members")
     title = f"ensemble of {_count(len(members), str(training.get('backbone', 'model')) + ' model')}" if members else training.get("backbone", "model")
     # EfficientNet-Lite is this package's architecture, not transformers': the Auto classes
@@ -143,28 +207,13 @@ def write_model_card(
         "resizes and normalises, while this package first converts to grayscale and crops to\n"
         "the head, as in training."
     )
-    # The Hub turns library_name into a "use with transformers" snippet; an ensemble folder
-    # has no config.json for it, so it names this package instead.
-    library = "tumor-classifier" if members else "transformers"
-    applied = calibration.get("applied", "by folding it into the head")
-    tumour_only = metrics.get("validation_tumour_only")
-    tumour_only_text = ""
-    if tumour_only:
-        sources = ", ".join(map(str, tumour_only.get("sources", []))) or "images labelled only 'tumour'"
-        tumour_only_text = (
-            f"\nTumour-only validation ({sources}; type unknown, held out by near-duplicate group): "
-            f"{_count(tumour_only['images'], 'image')}, tumour sensitivity {_pct(tumour_only['sensitivity'])} "
-            f"(share not called notumor). {_count(tumour_only.get('train_images', 0), 'more such image')} "
-            f"{'was' if tumour_only.get('train_images', 0) == 1 else 'were'} "
-            "trained on with the partial-label loss.\n"
-        )
     run = ["from scratch" if training.get("from_scratch") else "fine-tuned", f"{training.get('image_size')} px"]
     run += [_count(training["epochs_run"], "epoch")] if training.get("epochs_run") is not None else []
     run += [_count(training["train_images"], "training image")] if training.get("train_images") is not None else []
     run_text = ", ".join(run)
-    curves = "![loss](loss_curve.png) ![accuracy](accuracy_curve.png) " if log_history else ""
+    figures = " ".join(f"![{alt}]({name})" for alt, name in plots)
     card = f"""---
-library_name: {library}
+library_name: {_library(bool(members))}
 pipeline_tag: image-classification
 license: apache-2.0
 tags:
@@ -177,7 +226,7 @@ tags:
 # Brain tumor MRI classifier ({title})
 
 Classifies one brain MRI slice as {', '.join(class_names)}.
-Trained with `train_hf.py` of the `tumor-classifier` package
+Trained with `{training.get('trained_with', 'train_hf.py')}` of the `tumor-classifier` package
 ({run_text}).
 
 {data_text(metrics)}
@@ -196,18 +245,9 @@ clf.predict(["scan.jpg"]), clf.predict_proba(["scan.jpg"])
 
 ## Evaluation
 
-{metrics_table(sections)}
-{tumour_only_text}
-{duplicates_text(metrics)}
+{evaluation_text(metrics, shown)}
 
-Per class on the {shown} split:
-
-{per_class_table(metrics[shown])}
-
-Calibration: temperature {calibration.get('temperature', 1.0):.3f} fitted on validation and applied
-{applied}; validation ECE {calibration.get('validation_ece_before', float('nan')):.4f} before, {calibration.get('validation_ece_after', float('nan')):.4f} after.
-
-{curves}![confusion](confusion_matrix.png) ![reliability](reliability.png)
+{figures}
 
 ## Limitations
 
