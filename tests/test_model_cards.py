@@ -15,9 +15,10 @@ from train_runs import tiny_run_args  # also puts the repository on sys.path
 import train_hf  # noqa: E402
 from conftest import TINY_CONVNEXT  # noqa: E402
 from tumor_classifier import TumorClassifier  # noqa: E402
+from tumor_classifier.classifier import DEFAULT_MODEL_DIR  # noqa: E402
 from tumor_classifier.data import carve_indices  # noqa: E402
 from tumor_classifier.metrics import classification_metrics  # noqa: E402
-from tumor_classifier.reports import write_model_card  # noqa: E402
+from tumor_classifier.reports import metrics_table, write_model_card  # noqa: E402
 
 #: What only the Kaggle brain-tumour set (and the shipped model trained on it) can claim.
 KAGGLE_ONLY = ("figshare", "SARTAJ", "Br35H")
@@ -178,3 +179,11 @@ def test_a_model_saved_without_a_recorded_training_gets_a_card_that_claims_only_
     build_ensemble([tiny_model_dir, tiny_model_dir], output_dir=tmp_path / "members")
     ensemble = TumorClassifier.from_pretrained(tmp_path / "members").save_pretrained(tmp_path / "ensemble")
     assert "library_name: tumor-classifier\n" in (ensemble / "README.md").read_text()
+
+def test_the_shipped_card_says_plain_transformers_needs_the_efficientnet_import():
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert "once `import tumor_classifier.efficientnet` has registered EfficientNet-Lite" in card
+    # Its figures are still those of metrics.json.
+    metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
+    sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates")}
+    assert metrics_table(sections) in card
