@@ -187,3 +187,13 @@ def test_the_shipped_card_says_plain_transformers_needs_the_efficientnet_import(
     metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
     sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates")}
     assert metrics_table(sections) in card
+
+
+def test_the_card_of_a_run_without_calibration_says_it_is_not_calibrated(own_data, tmp_path, one_torch_thread):
+    output = tmp_path / "model"
+    train_hf.main(tiny_run_args(own_data, output, "--max_steps", "1", "--no_calibrate", "--pixel_cache_dir", "",
+                                "--save_strategy", "no", "--load_best_model_at_end", "false"))  # fmt: skip
+    card = (output / "README.md").read_text()
+    ece = json.loads((output / "metrics.json").read_text())["calibration"]["validation_ece_before"]
+    assert "fitted on validation" not in card and "folding it into the head" not in card
+    assert f"The probabilities are not calibrated (`--no_calibrate`); validation ECE {ece:.4f}." in card

@@ -123,6 +123,11 @@ def _calibration_text(metrics: dict[str, Any]) -> str:
     calibration = metrics.get("calibration")
     if not calibration:
         return "The probabilities are not calibrated: no images were held out to fit a temperature."
+    if calibration.get("skipped"):
+        return (
+            f"The probabilities are not calibrated (`{calibration['skipped']}`); validation ECE "
+            f"{calibration['validation_ece_before']:.4f}."
+        )
     applied = calibration.get("applied", "by folding it into the head")
     return (
         f"Calibration: temperature {calibration['temperature']:.3f} fitted on validation and applied\n"

@@ -263,6 +263,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     calibration = calibration_summary(val_logits, val_labels, temperature)
     if model_args.calibrate:
         fold_temperature(model, temperature)
+    else:  # the card must not say a temperature was fitted
+        calibration["skipped"] = "--no_calibrate"
     metrics: dict[str, Any] = {
         "validation": classification_metrics(val_labels, softmax(val_logits, temperature), class_names),
         "calibration": calibration,
