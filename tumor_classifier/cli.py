@@ -100,7 +100,8 @@ def _predict(args: argparse.Namespace) -> int:
                 "verdict": verdict.kind,
                 "message": verdict.text,
                 "probabilities": probabilities,
-                "tumor_probability": 1.0 - probabilities[NO_TUMOR] if NO_TUMOR in probabilities else math.nan,
+                # None (JSON null) without a no-tumour class: NaN is not JSON.
+                "tumor_probability": 1.0 - probabilities[NO_TUMOR] if NO_TUMOR in probabilities else None,
                 "uncertain": max(probabilities.values()) < classifier.uncertainty_threshold,
                 "looks_like_mri": verdict.brain_mri,
                 "mri_score": verdict.mri_score,
@@ -127,7 +128,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(
                 f"{name:<40} {row['label']:<13} "
                 + " ".join(f"{row['probabilities'][c]:>10.3f}" if shown else f"{'-':>10}" for c in classes)
-                + (f"  {row['tumor_probability']:.3f}" if shown else "      -")
+                + (f"  {row['tumor_probability']:.3f}" if shown and row["tumor_probability"] is not None else "      -")
                 + f"  {row['message']}"
                 + (f"  -> {row['overlay']}" if "overlay" in row else "")
             )
