@@ -78,6 +78,32 @@ def test_predict_json_reports_readable_images_and_fails_for_the_rest(model_dir, 
     assert "broken.png" in captured.err
 
 
+@pytest.fixture(scope="module")
+def model_without_no_tumour_class(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its classes renamed a, b, c, d: a model trained on other classes, no 'notumor'."""
+    folder = tmp_path_factory.mktemp("classes-abcd") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate("abcd")}
+    config["label2id"] = {name: i for i, name in enumerate("abcd")}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_predict_without_a_no_tumour_class_prints_valid_json_and_no_nan(model_without_no_tumour_class, test_images, capsys):
+    """No 'notumor' class, no tumour probability: JSON null (NaN is not JSON), '-' in the table."""
+    image = str(test_images[0][0])
+    assert main(["predict", image, "--model", str(model_without_no_tumour_class), "--json"]) == 0
+    line = capsys.readouterr().out.strip()
+    row = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON: {line}"))
+    assert row["tumor_probability"] is None and set(row["probabilities"]) == set("abcd")
+    assert main(["predict", image, "--model", str(model_without_no_tumour_class)]) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed.lower()
+    header, table_row = printed.splitlines()[:2]
+    assert header.split()[-2:] == ["tumor", "verdict"] and table_row.split()[6] == "-"
+
+
 @pytest.mark.parametrize("where", ["a file", "below a file"])
 def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(where, test_images, tmp_path, capsys):
     taken = tmp_path / "results.txt"

@@ -34,10 +34,19 @@ EXPLAIN_METHODS = ("auto", "gradcam", "smoothgrad", "smoothgrad_contrast", "hire
                    "integrated_gradients", "occlusion")
 
 
+#: The name of the shipped model wherever a command takes a model (--model, MODEL, ensemble members).
+DEFAULT_MODEL = "default"
+
+
+def _model_source(model: str | None) -> str | None:
+    """A model as the user named it, as ``from_pretrained`` takes it: ``None`` for the shipped one."""
+    return None if model == DEFAULT_MODEL else model
+
+
 def _load(model: str | None, backend: str = "torch"):
     from .classifier import TumorClassifier
 
-    return TumorClassifier.from_pretrained(model, backend=backend)
+    return TumorClassifier.from_pretrained(_model_source(model), backend=backend)
 
 
 def _figure_text(explanation) -> tuple[str, str]:
@@ -100,7 +109,8 @@ def _predict(args: argparse.Namespace) -> int:
                 "verdict": verdict.kind,
                 "message": verdict.text,
                 "probabilities": probabilities,
-                "tumor_probability": 1.0 - probabilities[NO_TUMOR] if NO_TUMOR in probabilities else math.nan,
+                # None (JSON null) without a no-tumour class: NaN is not JSON.
+                "tumor_probability": 1.0 - probabilities[NO_TUMOR] if NO_TUMOR in probabilities else None,
                 "uncertain": max(probabilities.values()) < classifier.uncertainty_threshold,
                 "looks_like_mri": verdict.brain_mri,
                 "mri_score": verdict.mri_score,
@@ -127,7 +137,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(
                 f"{name:<40} {row['label']:<13} "
                 + " ".join(f"{row['probabilities'][c]:>10.3f}" if shown else f"{'-':>10}" for c in classes)
-                + (f"  {row['tumor_probability']:.3f}" if shown else "      -")
+                + (f"  {row['tumor_probability']:.3f}" if shown and row["tumor_probability"] is not None else "      -")
                 + f"  {row['message']}"
                 + (f"  -> {row['overlay']}" if "overlay" in row else "")
             )
@@ -317,9 +327,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
+    from .classifier_storage import DEFAULT_MODEL_DIR
     from .training import make_ensemble
 
-    result = make_ensemble(args.members, args.out, data_dir=args.data)
+    members = [DEFAULT_MODEL_DIR if member == DEFAULT_MODEL else member for member in args.members]
+    result = make_ensemble(members, args.out, data_dir=args.data)
     calibration = result.metrics["calibration"]
     print(f"ensemble of {len(args.members)} written to {args.out}: temperature {calibration['temperature']:.3f}, "
           f"validation ECE {calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
@@ -335,7 +347,7 @@ def _export(args: argparse.Namespace) -> int:
 
     check_tolerance(args.tolerance, name="--tolerance")  # both before minutes of loading and exporting
     check_writable_folder(args.out, name="OUT", what="the graph")
-    classifier = TumorClassifier.from_pretrained(None if args.model == "default" else args.model)
+    classifier = TumorClassifier.from_pretrained(_model_source(args.model))
     result = classifier.export_onnx(args.out, images=args.images, tolerance=args.tolerance, quantize=args.quantize)
     print(result.summary())
     return 0
@@ -365,14 +377,15 @@ def _serve(args: argparse.Namespace) -> int:
             'pip install "tumor-classifier[app]"'
         ) from None
 
-    serve(model=args.model, host=args.host, port=args.port, backend=args.backend)
+    serve(model=_model_source(args.model), host=args.host, port=args.port, backend=args.backend)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tumor-classifier", description="Brain-tumor MRI classification. " + NOT_DIAGNOSTIC)
     commands = parser.add_subparsers(dest="command", required=True)
-    model_help = "Model folder or Hub id (default: the model shipped with the package)."
+    model_help = (f"Model folder or Hub id; '{DEFAULT_MODEL}' (or leaving it out) for the model shipped with the package "
+                  f"(./{DEFAULT_MODEL} for a folder of that name).")
     backend_help = ("Inference engine: torch (default) or onnx (onnxruntime, pip install \"tumor-classifier[onnx]\"; "
                     "the graph is the model folder's model.onnx or exported once into a cache). Heatmaps always use torch.")
 
@@ -410,14 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     ensemble = commands.add_parser("ensemble", help="Combine train_hf.py model folders into one calibrated ensemble folder with its report.")
-    ensemble.add_argument("members", nargs="+", help="Model folders written by train_hf.py (same preprocessing, classes and validation split).")
+    ensemble.add_argument("members", nargs="+", help="Model folders written by train_hf.py (same preprocessing, classes and validation "
+                          f"split); '{DEFAULT_MODEL}' for the shipped model.")
     ensemble.add_argument("--out", required=True, help="The ensemble folder to write.")
     ensemble.add_argument("--data", help="The data the members trained on (default: the folder their train_config.json names).")
     ensemble.set_defaults(handler=_ensemble)
 
     export = commands.add_parser("export", help="Export a model (an ensemble as one graph) to ONNX, verified against torch.")
     export.add_argument("--format", choices=["onnx"], required=True, help="Export format (onnx: model.onnx, opset 20, dynamic batch).")
-    export.add_argument("model", metavar="MODEL", help="Model folder or Hub id; 'default' for the shipped model.")
+    export.add_argument("model", metavar="MODEL", help=f"Model folder or Hub id; '{DEFAULT_MODEL}' for the shipped model.")
     export.add_argument("out", metavar="OUT", help="Folder to write model.onnx, onnx_config.json and preprocessor_config.json to "
                         "(the model folder itself, for from_pretrained(..., backend='onnx') with no export step).")
     export.add_argument("--images", nargs="+", help="Real images to verify the graph on (default: the package's four examples).")
