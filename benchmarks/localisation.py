@@ -55,7 +55,7 @@ def select_boxes(boxes: dict[str, Box], limit: int | None) -> list[Box]:
 
 def run_method(clf, randomised, data: Path, boxes: list[Box], method: str, tolerance_px: int, **options) -> list[ImageScore]:
     """Scores every box for one method; the first image is explained once untimed (warm-up).
-    ``options`` go to ``explain`` (``n_samples``, ``n_steps``)."""
+    ``options`` go to ``explain`` (``n_samples``, ``n_steps``, ``floor_percentile``)."""
     first = data / boxes[0].file
     clf.explain(first, method, **options)  # lazy imports and first-call allocations stay out of the times
     clf.predict(first)
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-randomisation", action="store_true", help="Skip the model-randomisation check.")
     parser.add_argument("--json", default=None, help="Write figures and per-image scores to this JSON file.")
     parser.add_argument("--n-samples", type=int, default=None, help="SmoothGrad's noisy copies (default: explain's).")
+    parser.add_argument("--floor-percentile", type=float, default=None,
+                        help="SmoothGrad display: head percentile subtracted from the map (default: explain's; 0: none).")
     parser.add_argument("--n-steps", type=int, default=None, help="Integrated Gradients' steps (default: explain's).")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries, per_image = {}, {}
     for method in args.methods:
-        options = {k: v for k, v in (("n_samples", args.n_samples), ("n_steps", args.n_steps)) if v is not None}
+        options = {k: v for k, v in (("n_samples", args.n_samples), ("n_steps", args.n_steps), ("floor_percentile", args.floor_percentile)) if v is not None}
         scores = run_method(clf, randomised, data, boxes, method, args.tolerance, **options)
         summaries[method] = summarise(scores)
         per_image[method] = [_jsonable(s) for s in scores]
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": str(data),
             "limit_per_class": args.limit,
             "threads": args.threads,
-            "options": {"n_samples": args.n_samples, "n_steps": args.n_steps},
+            "options": {"n_samples": args.n_samples, "n_steps": args.n_steps, "floor_percentile": args.floor_percentile},
             "tolerance_px": args.tolerance,
             "randomisation_seed": None if args.skip_randomisation else args.seed,
             "summary": {method: as_records(summary) for method, summary in summaries.items()},

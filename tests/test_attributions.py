@@ -100,8 +100,8 @@ TOY_OPTIONS = {
     "integrated_gradients": {"n_steps": 8},
     "occlusion": {"occlusion_window": 1, "occlusion_stride": 1},
     # No display post-processing: the raw SmoothGrad magnitude is what is hand-checked.
-    "smoothgrad": {"n_samples": 4, "clip_percentile": 100.0, "smoothing_sigma": 0.0},
-    "smoothgrad_contrast": {"n_samples": 4, "clip_percentile": 100.0, "smoothing_sigma": 0.0, "versus": 1},
+    "smoothgrad": {"n_samples": 4, "clip_percentile": 100.0, "floor_percentile": 0.0, "smoothing_sigma": 0.0},
+    "smoothgrad_contrast": {"n_samples": 4, "clip_percentile": 100.0, "floor_percentile": 0.0, "smoothing_sigma": 0.0, "versus": 1},
 }
 #: ToyNet's gradient is the same everywhere, so its SmoothGrad maps are flat (all zero after
 #: normalisation); SmoothGrad has its own hand-checked toys below.
@@ -312,7 +312,7 @@ def test_smoothgrad_of_a_linear_model_is_the_absolute_weight():
     weight = torch.tensor([[0.0, 1.0, -3.0, 0.5], [2.0, 0.0, 0.0, -1.0], [0.0, 0.0, 1.5, 0.0], [-0.5, 0.0, 0.0, 0.0]])
     model = LinearToy(weight)
     x = torch.cat([TOY_INPUT, TOY_INPUT])
-    raw = dict(head_only=False, clip_percentile=100.0, smoothing_sigma=0.0, n_samples=4)
+    raw = dict(head_only=False, clip_percentile=100.0, floor_percentile=0.0, smoothing_sigma=0.0, n_samples=4)
     maps = compute_attributions(model, x, [0, 1], "smoothgrad", **raw)
     expected = weight.abs().numpy() / 3.0
     np.testing.assert_allclose(maps, np.stack([expected, expected]), atol=1e-6)
@@ -320,6 +320,22 @@ def test_smoothgrad_of_a_linear_model_is_the_absolute_weight():
     clipped = compute_attributions(model, x[:1], [0], "smoothgrad", **{**raw, "clip_percentile": 75.0})
     ceiling = float(torch.quantile(weight.abs().flatten(), 0.75))
     np.testing.assert_allclose(clipped[0], np.minimum(weight.abs().numpy(), ceiling) / ceiling, atol=1e-6)
+
+
+def test_smoothgrad_display_floor_subtracts_the_percentile_and_keeps_the_maximum():
+    # |W|, less its median (no head mask: the whole image is the head), clipped at zero,
+    # then min-max scaled.
+    weight = torch.tensor([[0.0, 1.0, 3.0, -9.0], [2.0, 0.5, 0.0, 1.0], [0.0, 4.0, 1.5, 0.25], [0.5, 0.0, 0.0, 2.5]])
+    x = torch.zeros(1, 1, 4, 4)
+    raw = dict(head_only=False, clip_percentile=100.0, smoothing_sigma=0.0, n_samples=2)
+    maps = compute_attributions(LinearToy(weight), x, [0], "smoothgrad", floor_percentile=50.0, **raw)
+    floor = float(torch.quantile(weight.abs().flatten(), 0.5))
+    expected = (weight.abs() - floor).clamp_min(0.0)
+    np.testing.assert_allclose(maps[0], (expected / expected.max()).numpy(), atol=1e-6)
+    # Half the map shows no evidence, and the maximum is where it was without a floor.
+    unfloored = compute_attributions(LinearToy(weight), x, [0], "smoothgrad", floor_percentile=0.0, **raw)
+    assert (maps[0] == 0).mean() >= 0.5 and (unfloored[0] == 0).mean() < 0.5
+    assert maps[0].argmax() == unfloored[0].argmax()
 
 
 class LinearClasses(torch.nn.Module):
@@ -342,7 +358,7 @@ def test_smoothgrad_contrast_adds_the_map_of_the_class_against_versus():
         [[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
     ])
     model, x = LinearClasses(weights), torch.zeros(2, 1, 3, 3)
-    raw = dict(head_only=False, clip_percentile=100.0, smoothing_sigma=0.0, n_samples=3)
+    raw = dict(head_only=False, clip_percentile=100.0, floor_percentile=0.0, smoothing_sigma=0.0, n_samples=3)
     maps = compute_attributions(model, x, [0, 2], "smoothgrad_contrast", versus=2, **raw)
     plain, contrast = weights[0].abs() / 4.0, (weights[0] - weights[2]).abs() / 2.0
     combined = (plain + contrast).numpy()
@@ -360,7 +376,7 @@ def test_smoothgrad_display_blurs_with_a_gaussian_of_the_given_sigma():
     weight = torch.zeros(9, 9)
     weight[4, 4] = 1.0
     maps = compute_attributions(LinearToy(weight), torch.zeros(1, 1, 9, 9), [0], "smoothgrad",
-                                head_only=False, clip_percentile=100.0, smoothing_sigma=1.0, n_samples=2)
+                                head_only=False, clip_percentile=100.0, floor_percentile=0.0, smoothing_sigma=1.0, n_samples=2)
     # A single spike becomes the kernel: neighbours at distance 1 and sqrt(2) are
     # exp(-1/2) and exp(-1) of the centre, and the map is symmetric.
     assert np.unravel_index(maps[0].argmax(), (9, 9)) == (4, 4)
@@ -375,7 +391,7 @@ def test_smoothgrad_noise_is_seeded_per_image():
     generator = torch.Generator().manual_seed(3)
     model = LinearToy(torch.rand(8, 8, generator=generator) - 0.3, square=True)
     x = torch.rand(3, 1, 8, 8, generator=generator)
-    options = dict(head_only=False, n_samples=6, smoothing_sigma=0.0, clip_percentile=100.0)
+    options = dict(head_only=False, n_samples=6, smoothing_sigma=0.0, clip_percentile=100.0, floor_percentile=0.0)
     first = compute_attributions(model, x, 0, "smoothgrad", **options)
     np.testing.assert_array_equal(first, compute_attributions(model, x, 0, "smoothgrad", **options))
     # Neither the chunking nor an image's place in the batch changes its map.
@@ -385,7 +401,7 @@ def test_smoothgrad_noise_is_seeded_per_image():
     assert not np.allclose(first, compute_attributions(model, x, 0, "smoothgrad", seed=1, **options))
 
 
-@pytest.mark.parametrize(("name", "value"), [("n_samples", 0), ("noise_level", -0.1), ("clip_percentile", 101),
+@pytest.mark.parametrize(("name", "value"), [("n_samples", 0), ("noise_level", -0.1), ("clip_percentile", 101), ("floor_percentile", -1),
                                              ("smoothing_sigma", float("nan")), ("seed", 1.5)])
 def test_bad_smoothgrad_options_are_refused(name, value):
     with pytest.raises(TumorClassifierError, match=name):

@@ -283,7 +283,8 @@ def _legend_html() -> str:
         '<div style="display: flex; align-items: center; gap: 8px; font-size: 0.9em;">'
         f'<span>no evidence</span><div role="img" aria-label="colour bar" style="{bar}"></div><span>strongest</span></div>'
         '<div style="font-size: 0.9em;">Where the model found evidence for the class it names (for an input '
-        "that does not look like a brain MRI, for its top class); the scan shows through where it found none. "
+        "that does not look like a brain MRI, for its top class); the scan shows through where it found none, or "
+        "(for the SmoothGrad maps) no more than its usual level in this head. "
         "Not a map of the tumour's extent.</div>"
     )
 

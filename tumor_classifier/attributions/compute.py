@@ -17,7 +17,7 @@ from .folding import gradient_network
 from .gradients import SMOOTHGRAD_METHODS, _integrated_gradients, _smoothgrad
 from .layers import _model_type
 from .logits import LogitsModel, _ContrastModel, _unwrap
-from .maps import _display, _head_masks, _normalise, _peak_normalised
+from .maps import _display, _floored, _head_masks, _normalise, _peak_normalised
 from .occlusion import _occlusion
 from .state import _attribution_state, _autograd_ready
 
@@ -43,6 +43,14 @@ def default_method(model: torch.nn.Module) -> str:
       smoothgrad, 4 copies        68.5   53.5   87.0   65.0    8.5 %  6.6x
       gradcam                     45.0   35.0   70.0   30.0   10.6 %  1.5x
       ==========================  =====  =====  =====  =====  ======  ======
+
+      (Mass in box before the display floor; ``floor_percentile=50``, added on 2026-12-01,
+      subtracts the head's median from the SmoothGrad map: on the first 100 slices per
+      class the pointing game is unchanged, 66.3 %, and the mass in the box rises from
+      8.6 % to 17.0 % (box area 2.3 %): without it more than half the head of a glioma or
+      pituitary slice sat above half the peak and the whole head was coloured.
+      ``--methods smoothgrad_contrast --limit 100 --threads 1 --skip-randomisation
+      --floor-percentile 0`` / ``50``.)
 
       On two threads (the app's setting; ``--threads 2``, all 600, same pointing games)
       ``smoothgrad_contrast`` costs 5.6x ``predict``, ``smoothgrad`` 4.2x (4.6-4.9x
@@ -210,6 +218,7 @@ def compute_attributions(
     n_samples: int = 4,
     noise_level: float = 0.15,
     clip_percentile: float = 99.0,
+    floor_percentile: float = 50.0,
     smoothing_sigma: float | None = None,
     seed: int = 0,
     versus: int | None = None,
@@ -273,6 +282,10 @@ def compute_attributions(
             value range (max - min); Smilkov et al. recommend 0.1 to 0.2.
         clip_percentile: SmoothGrad display: values above this percentile (over the head,
             in ``[0, 100]``; 100 keeps all) are clipped to it.
+        floor_percentile: SmoothGrad display: the final map's value at this percentile
+            (over the head, in ``[0, 100]``; 0 keeps all) is subtracted and what falls
+            below is no evidence: 50, the head's median, shows what stands out from the
+            head's usual level (the maximum does not move; see :func:`default_method`).
         smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none;
             ``None``: :data:`SMOOTHING_FRACTION` of the input's side, 10 px at the shipped
             model's 160). Chosen on the tumour boxes: see :func:`default_method`.
@@ -318,6 +331,7 @@ def compute_attributions(
     n_samples = _positive_int("n_samples", n_samples)
     noise_level = _non_negative_number("noise_level", noise_level)
     clip_percentile = _non_negative_number("clip_percentile", clip_percentile, upper=100.0)
+    floor_percentile = _non_negative_number("floor_percentile", floor_percentile, upper=100.0)
     if smoothing_sigma is None:
         smoothing_sigma = SMOOTHING_FRACTION * pixel_values.shape[-1]
     smoothing_sigma = _non_negative_number("smoothing_sigma", smoothing_sigma)
@@ -355,6 +369,7 @@ def compute_attributions(
                     maps = maps * heads  # before clipping: the percentile is the head's
                 # Each map shown as its own display, peak 1; two maps (the contrast) are summed.
                 maps = sum(_peak_normalised(_display(single, heads, clip_percentile, smoothing_sigma)) for single in maps)
+                maps = _floored(maps, heads, floor_percentile)
             else:
                 base = _autograd_ready(_check_baseline(baseline, pixel_values))
                 if method == "integrated_gradients":

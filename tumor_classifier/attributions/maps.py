@@ -84,3 +84,22 @@ def _display(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float, 
             clipped.append(single)
         maps = torch.stack(clipped)
     return _gaussian_blur(maps, sigma)
+
+
+def _floored(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float) -> torch.Tensor:
+    """``(n, h, w)`` maps less their ``percentile`` (within the head), negatives to 0.
+
+    Blurred gradient maps are nowhere zero: without a floor half the head of a typical
+    slice sits above half the peak and the whole head is coloured. Subtracting the head's
+    median (``percentile`` 50) shows only what stands out from the head's usual level; the
+    order of the pixels above it, and so the maximum, is unchanged.
+    """
+    if percentile <= 0:
+        return maps
+    floored = []
+    for index, single in enumerate(maps):
+        inside = single if heads is None else single[heads[index] > 0]
+        if inside.numel():
+            single = (single - torch.quantile(inside.flatten().float(), percentile / 100.0)).clamp_min(0.0)
+        floored.append(single)
+    return torch.stack(floored)
