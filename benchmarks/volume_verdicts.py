@@ -1,4 +1,4 @@
-"""Volume verdicts of the shipped model: the table in the README's "Volumes" section.
+"""Volume verdicts of the shipped model (or `--model`): the table in the README's "Volumes" section.
 
 Two groups of volumes, kept apart on purpose:
 
@@ -13,7 +13,7 @@ brain MRI), what the aggregation alone says, the classified slices, the longest 
 tumour slices, and whether the volume passes the not-a-brain-MRI check (with its reason
 when not).
 
-    OMP_NUM_THREADS=1 python benchmarks/volume_verdicts.py [--data ../shared/data]
+    OMP_NUM_THREADS=1 python benchmarks/volume_verdicts.py [--data ../shared/data] [--model DIR]
         [--min-head-fraction 0.25 0.85] [--plane axial coronal sagittal] [--choose VOLUME ...] [--check VOLUME ...]
 """
 
@@ -69,6 +69,7 @@ def row(clf, path: str, fraction: float, plane: str = "axial") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped model)")
     parser.add_argument("--min-head-fraction", type=float, nargs="+", default=[MIN_HEAD_FRACTION])
     parser.add_argument("--plane", nargs="+", choices=["axial", "coronal", "sagittal"], default=["axial"])
     parser.add_argument("--choose", nargs="*", default=None, help="volumes to choose settings on")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     volumes = Path(args.data) / "volumes"
     choose = args.choose if args.choose is not None else [str(nilearn_template()), str(volumes / "nifti/healthy_t1ce_MR_Gd.nii.gz")]
     check = args.check if args.check is not None else [str(volumes / v) for v in CHECK]
-    clf = TumorClassifier.from_pretrained()
+    clf = TumorClassifier.from_pretrained(args.model)
     header = "| volume | plane | min_head_fraction | expected | label | aggregation alone | classified | longest run | looks like MRI | right | time |"
     for title, group in (("Chosen on (healthy, not in the issue's list)", choose), ("Checked (the issue's volumes)", check)):
         if not group:
