@@ -228,3 +228,36 @@ def test_a_model_with_other_spellings_of_the_classes_gets_the_right_verdict(tmp_
     assert clf.tumor_probability(scan)[0] < 0.05
     assert clf.verdicts([scan])[0].kind == "no_tumor"
     assert clf.model_.config.id2label[2] == "no_tumor"
+
+
+# ------------------------------------------------- config overrides the model cannot take
+@pytest.mark.parametrize(
+    "backbone, overrides, words",
+    [
+        ("convnext", {"depths": 1}, ["'depths' is 1 (int)", "ConvNextConfig takes list[int]"]),
+        ("convnext", {"layer_norm_eps": "small"}, ["'layer_norm_eps' is 'small' (str)", "ConvNextConfig takes float"]),
+        ("vit", {"num_hidden_layers": 1.5}, ["'num_hidden_layers' is 1.5 (float)", "ViTConfig takes int"]),
+        # EfficientNetLiteConfig declares no types: the preset's own values say what each attribute takes
+        ("efficientnet_lite0", {"dropout_rate": "abc"}, ["'dropout_rate' is 'abc' (str)", "EfficientNetLiteConfig takes float"]),
+        ("efficientnet_lite0", {"image_size": "32"}, ["'image_size' is '32' (str)", "EfficientNetLiteConfig takes int"]),
+        ("efficientnet_lite0", {"image_size": True}, ["'image_size' is True (bool)", "EfficientNetLiteConfig takes int"]),
+    ],
+)
+def test_a_wrongly_typed_override_is_refused_by_name(backbone, overrides, words):
+    with pytest.raises(InvalidArgumentError, match="config_overrides") as caught:
+        create_model(backbone, image_size=32, config_overrides=overrides)
+    for word in words:
+        assert word in str(caught.value), str(caught.value)
+
+
+def test_an_override_of_the_right_kind_is_taken_where_the_config_declares_no_types():
+    model = create_model("efficientnet_lite0", image_size=32, config_overrides={"dropout_rate": 0, "drop_connect_rate": 0.1})
+    assert model.config.dropout_rate == 0 and model.config.drop_connect_rate == 0.1
+
+
+@pytest.mark.parametrize("overrides", [{"hidden_sizes": [16, 32]}, {"hidden_sizes": [-1, 32, 48, 64]}])
+def test_overrides_that_build_no_model_are_refused_with_the_presets_values(overrides):
+    with pytest.raises(InvalidArgumentError) as caught:
+        create_model("convnext", image_size=32, config_overrides=overrides)
+    text = str(caught.value)
+    assert "config_overrides" in text and "build no convnext model" in text and "hidden_sizes=[40, 80, 160, 320]" in text, text

@@ -10,6 +10,7 @@ inside the functions that need them, so the ONNX backend predicts without transf
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ from .model_folder import ENSEMBLE_CONFIG_NAME, MEMBERS_DIR, is_ensemble_folder,
 from .mri_check import MRICheck
 from .preprocessing import MRIPreprocessor
 
+logger = logging.getLogger(__name__)
+
 #: Inference backends of :meth:`TumorClassifier.from_pretrained`.
 BACKENDS = ("torch", "onnx")
 #: What ``from_pretrained(..., backend="onnx")`` also downloads: a graph exported from the weights.
@@ -35,6 +38,20 @@ ONNX_FILES = ("model.onnx", "onnx_config.json")
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 #: What a model card shows beside the weights: pushed with the card it came with.
 CARD_FILES = ("metrics.json", "*.png")
+#: Files this package writes beside a model's weights that describe or stand in for that one
+#: model: train_hf.py's record (train_config.json, log_history.json, metrics.json) and its
+#: card's plots, and a graph exported into the folder (see ``onnx_export``'s int8 graph too).
+#: Saving another model into the folder removes them (:func:`save_pretrained`); no other file.
+MODEL_COMPANIONS = (
+    "metrics.json",
+    "train_config.json",
+    "log_history.json",
+    "loss_curve.png",
+    "accuracy_curve.png",
+    "confusion_matrix.png",
+    "reliability.png",
+    *ONNX_FILES,
+)
 #: What ``from_pretrained`` downloads from a Hub repository: a single model, or an ensemble
 #: (``ensemble.json`` and one transformers folder per member under ``members/``).
 MODEL_FILES = [
@@ -175,10 +192,20 @@ def export_onnx(estimator, directory: str | os.PathLike, *, images: Any = None, 
 
 
 def save_pretrained(estimator, directory: str | os.PathLike) -> Path:
-    """:meth:`TumorClassifier.save_pretrained` of a fitted ``estimator`` (documented there)."""
+    """:meth:`TumorClassifier.save_pretrained` of a fitted ``estimator`` (documented there).
+
+    A folder holds one model. Saved over another model, the files this package wrote for
+    that one (:data:`MODEL_COMPANIONS`: train_hf.py's train_config.json and log history,
+    the card's metrics and plots, an exported ONNX graph) are removed with it, and a warning
+    names those the new model does not replace: left behind, they would describe or stand in
+    for a model that is gone (``make_ensemble`` reads train_config.json). Files the package
+    did not write stay. Saved back into its own folder, a model keeps them all.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     from .ensemble import EnsembleForImageClassification
+
+    removed = [] if _is_own_folder(estimator, directory) else _remove_companions(directory)
 
     if isinstance(estimator.model_, EnsembleForImageClassification):
         stale = [directory / "config.json", directory / "model.safetensors"]
@@ -191,7 +218,29 @@ def save_pretrained(estimator, directory: str | os.PathLike) -> Path:
         estimator.model_.save_pretrained(directory)
     estimator.preprocessor_.save_pretrained(directory)
     _write_card(estimator, directory)
+    gone = [name for name in removed if not (directory / name).exists()]
+    if gone:
+        logger.warning(
+            "%s held another model's %s; removed, as they described that model. Save into a new or empty "
+            "folder to keep a trained folder whole.", directory, ", ".join(gone),
+        )
     return directory
+
+
+def _is_own_folder(estimator, directory: Path) -> bool:
+    """Whether ``directory`` is the folder the estimator's model was loaded from."""
+    source = estimator.model_folder_
+    return source is not None and Path(source).resolve() == directory.resolve()
+
+
+def _remove_companions(directory: Path) -> list[str]:
+    """Removes the :data:`MODEL_COMPANIONS` (and an int8 graph) in ``directory``; returns their names."""
+    from .onnx_export import INT8_MODEL_NAME
+
+    found = [name for name in (*MODEL_COMPANIONS, INT8_MODEL_NAME) if (directory / name).is_file()]
+    for name in found:
+        (directory / name).unlink()
+    return found
 
 
 def _write_card(estimator, directory: Path) -> None:
@@ -204,7 +253,7 @@ def _write_card(estimator, directory: Path) -> None:
 
     source = estimator.model_folder_
     if source is not None and (source / "README.md").is_file():
-        if source.resolve() == directory.resolve():
+        if _is_own_folder(estimator, directory):
             return  # saved back into its own folder: the card is already there
         # The card shows the folder's plots and figures: they travel with it.
         for companion in sorted({path for pattern in ("README.md", *CARD_FILES) for path in source.glob(pattern) if path.is_file()}):

@@ -213,6 +213,30 @@ def _from_hub(repo_id: str, binary: bool, revision: str | None) -> dict[str, "Da
     return splits
 
 
+def hub_kaggle_folder(source: str, *, revision: str | None = None) -> Path | None:
+    """The downloaded folder of a Hub data set uploaded in the Kaggle layout (``Training/<class>/``,
+    ``Testing/<class>/``), or ``None`` for any other source.
+
+    ``datasets`` reads such a repository as one train split (it knows split folders in
+    lowercase only): the Testing images would be trained on, and a test split carved from
+    both. Read as a folder, as the same data on disk is, it keeps its splits. Only the
+    images in ``<split>/<class>/`` are downloaded. ``None`` also when ``source`` is a local
+    path, no repository id, or the Hub cannot be reached (``load_mri_dataset`` then says
+    what is wrong), and when the images found lie in no split folder.
+    """
+    from huggingface_hub import snapshot_download
+
+    if Path(source).exists():
+        return None
+    patterns = [f"*/*/*{suffix}" for suffix in IMAGE_SUFFIXES] + [f"*/*/*{suffix.upper()}" for suffix in IMAGE_SUFFIXES]
+    try:
+        folder = Path(snapshot_download(str(source), repo_type="dataset", revision=revision, allow_patterns=patterns))
+    except (OSError, ValueError):  # unreachable, unknown, offline and not cached, not a repository id
+        return None
+    splits = find_split_dirs(folder)
+    return folder if "train" in splits and len(splits) > 1 else None
+
+
 def load_mri_dataset(
     source: str | os.PathLike,
     *,
@@ -229,7 +253,9 @@ def load_mri_dataset(
         source: A local folder in the Kaggle layout (``Training/<class>/``,
             ``Testing/<class>/``, or lowercase ``train``/``test``/``validation``), a plain
             image folder (``<class>/``; validation and test are then carved from it), or a
-            Hugging Face Hub data set id with an image and a class-label column.
+            Hugging Face Hub data set id: one uploaded in the Kaggle layout is read as its
+            downloaded folder (see :func:`hub_kaggle_folder`), any other needs an image and
+            a class-label column.
         binary: Label tumor / no tumor (:data:`BINARY_CLASS_NAMES`) instead of the four
             classes.
         validation_size: Fraction of train carved out, stratified and seeded, as
@@ -265,7 +291,8 @@ def load_mri_dataset(
             f"{source!r} is not a folder; pass a folder in the Kaggle layout or a Hub data set id (org/name)."
         )
     else:
-        splits = _from_hub(str(source), binary, revision)
+        folder = hub_kaggle_folder(str(source), revision=revision)
+        splits = _from_local_folder(folder, binary) if folder is not None else _from_hub(str(source), binary, revision)
     if "train" not in splits:
         raise InvalidDatasetError(f"{source!r} has no train split; found {sorted(splits)}.")
     train = splits["train"]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import find_duplicates, find_split_dirs, image_sources, load_image_folder, load_mri_dataset
+from .data import find_duplicates, find_split_dirs, hub_kaggle_folder, image_sources, load_image_folder, load_mri_dataset
 from .exceptions import InvalidArgumentError, InvalidDatasetError
 from .metrics import classification_metrics
 from .model_folder import check_writable_folder
@@ -79,7 +79,8 @@ def evaluate_dataset(
     Args:
         classifier: A fitted :class:`~tumor_classifier.TumorClassifier`.
         source: Folder in the Kaggle layout (its ``Testing`` split is evaluated), a plain
-            image folder (``<class>/``, evaluated whole), or a Hub data set id.
+            image folder (``<class>/``, evaluated whole), or a Hub data set id (one in the
+            Kaggle layout is read as its downloaded folder).
         out_dir: Report folder (created).
         dedup: Also evaluate the test images with no near duplicate in the training
             split. ``None``: when the source has a training split. ``True`` without a
@@ -99,6 +100,8 @@ def evaluate_dataset(
         raise InvalidArgumentError(f"batch_size must be a positive number of images per forward pass, got {batch_size!r}.")
     out_dir = check_report_folder(out_dir)
     root = Path(source)
+    if not root.exists():  # a Hub data set in the Kaggle layout is read as its downloaded folder
+        root = hub_kaggle_folder(str(source)) or root
     splits = find_split_dirs(root) if root.is_dir() else {}
     if "train" in splits and "test" not in splits:
         # load_mri_dataset would carve a "test" split out of the training images: the very
@@ -119,10 +122,9 @@ def evaluate_dataset(
             raise InvalidDatasetError(
                 f"The Hub data set {str(source)!r} has no test split (its splits: {', '.join(names)}); evaluate scores "
                 "held-out images, and a part carved from the training images is not held out. Upload its test images "
-                "as a split of their own: datasets recognises split folders named in lowercase (train/, test/), so a "
-                "Kaggle layout uploaded with Training/ and Testing/ reads as one train split."
+                "as a split of their own (a test split, or the Kaggle layout's Training/ and Testing/ folders)."
             )
-        data, has_train = load_mri_dataset(source), True
+        data, has_train = load_mri_dataset(root if root.is_dir() else source), True
         test = data["test"]
     class_names = test.features["label"].names
     model_classes = list(classifier.classes_)

@@ -15,11 +15,12 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
-
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 from transformers import (
     AutoModelForImageClassification,
     ConvNextConfig,
@@ -34,7 +35,7 @@ from transformers import (
 
 from .data import CLASS_NAMES
 from .efficientnet import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
-from .exceptions import InvalidArgumentError, ModelLoadError, UnknownBackboneError
+from .exceptions import InvalidArgumentError, ModelLoadError, TumorClassifierError, UnknownBackboneError
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,76 @@ def _check_create_arguments(
         )
 
 
+def _apply_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sets ``overrides`` on a from-scratch ``config``; returns the preset's own values of them.
+
+    Each value must be of the type the config's class declares for its attribute (the
+    strict dataclass of ``transformers`` checks it), or, where the class declares none (as
+    :class:`EfficientNetLiteConfig` does), of the kind of the preset's own value.
+
+    Raises:
+        InvalidArgumentError: An attribute the config does not have, or a value of the wrong type.
+    """
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:
+        raise InvalidArgumentError(
+            f"config_overrides {unknown} are not attributes of {type(config).__name__}; they would be ignored."
+        )
+    declared = {f.name: f.type for f in fields(config)}
+    preset = {key: getattr(config, key) for key in overrides}
+    for key, value in overrides.items():
+        takes = _type_text(declared[key]) if key in declared else _kind_text(preset[key])
+        if key not in declared and not _is_of_kind(value, preset[key]):
+            raise InvalidArgumentError(_wrong_type_text(config, key, value, takes))
+        try:
+            setattr(config, key, value)
+        except StrictDataclassFieldValidationError:
+            raise InvalidArgumentError(_wrong_type_text(config, key, value, takes)) from None
+    return preset
+
+
+def _wrong_type_text(config: PretrainedConfig, key: str, value: Any, takes: str) -> str:
+    return f"config_overrides: {key!r} is {value!r} ({type(value).__name__}); {type(config).__name__} takes {takes} there."
+
+
+def _unbuildable_text(backbone: str, config: PretrainedConfig, overrides: dict[str, Any], preset: dict[str, Any], error: Exception) -> str:
+    """Overrides the model's constructor failed on, with the preset's own values of those
+    attributes: the kind of value (type, list length, sign) each one takes."""
+    own = ", ".join(f"{key}={value!r}" for key, value in preset.items())
+    return (
+        f"config_overrides {json.dumps(overrides)} build no {backbone} model ({type(error).__name__}: {error}); "
+        f"each value must be of the kind the preset's own is ({own}) and fit the rest of its config "
+        f"({type(config).__name__})."
+    )
+
+
+def _type_text(annotation: Any) -> str:
+    """A type annotation as written in code: ``float``, ``list[int] | tuple[int, ...] | None``."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return text.replace("NoneType", "None")
+
+
+def _kind_text(value: Any) -> str:
+    """The type of a preset's value as written in code: ``float``, ``list[int]``."""
+    if isinstance(value, (list, tuple)) and value:
+        return f"{type(value).__name__}[{_kind_text(value[0])}]"
+    return type(value).__name__
+
+
+def _is_of_kind(value: Any, own: Any) -> bool:
+    """Whether ``value`` could stand where the preset has ``own``: the same type, an int for a
+    float, a list or tuple whose items are of the kind of ``own``'s; anything where ``own`` is None."""
+    if own is None:
+        return True
+    if isinstance(own, bool) or isinstance(value, bool):
+        return isinstance(own, bool) and isinstance(value, bool)
+    if isinstance(own, float):
+        return isinstance(value, (int, float))
+    if isinstance(own, (list, tuple)):
+        return isinstance(value, (list, tuple)) and (not own or all(_is_of_kind(item, own[0]) for item in value))
+    return isinstance(value, type(own))
+
+
 def create_model(
     backbone: str = "convnext",
     *,
@@ -268,7 +339,9 @@ def create_model(
     Raises:
         UnknownBackboneError: ``backbone`` is not registered.
         InvalidArgumentError: An argument that would be ignored or overridden (see above),
-            fewer than two or repeated class names, a bad ``image_size`` or ``dropout``.
+            fewer than two or repeated class names, a bad ``image_size`` or ``dropout``,
+            a ``config_overrides`` value of a type its attribute does not take, or values the
+            model cannot be built from (the message gives the preset's own values).
         ModelLoadError: The checkpoint could not be loaded (offline, wrong id).
     """
     spec = get_backbone(backbone)
@@ -277,16 +350,15 @@ def create_model(
     id2label, label2id = label_maps(class_names)
     if from_scratch:
         config = spec.scratch_config(image_size, dropout)
-        unknown = sorted(key for key in (config_overrides or {}) if not hasattr(config, key))
-        if unknown:
-            raise InvalidArgumentError(
-                f"config_overrides {unknown} are not attributes of {type(config).__name__}; they would be ignored."
-            )
-        for key, value in (config_overrides or {}).items():
-            setattr(config, key, value)
+        preset = _apply_overrides(config, config_overrides or {})
         config.num_labels = len(class_names)
         config.id2label, config.label2id = id2label, label2id
-        model = spec.model_class(config)
+        try:
+            model = spec.model_class(config)
+        except (IndexError, ValueError, TypeError, RuntimeError, StrictDataclassError) as error:
+            if not config_overrides or isinstance(error, TumorClassifierError):
+                raise
+            raise InvalidArgumentError(_unbuildable_text(spec.name, config, config_overrides, preset, error)) from None
     elif spec.offline_pretrained is not None and checkpoint is None:
         model = spec.offline_pretrained(len(class_names), image_size, dropout)
         model.config.id2label, model.config.label2id = id2label, label2id

@@ -7,18 +7,16 @@ default changed here changes both.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import PreTrainedModel
 
-from .exceptions import InvalidArgumentError, TumorClassifierError
+from .exceptions import InvalidArgumentError
 from .losses import class_weights, make_loss_function, tumor_columns_of
-from .models import create_model, get_backbone
+from .models import create_model
 from .training_arguments import ModelArguments
 
 
@@ -40,8 +38,9 @@ def create_run_model(
         A new ``transformers`` model from :func:`~tumor_classifier.models.create_model`.
 
     Raises:
-        InvalidArgumentError: ``config_overrides`` is not a JSON object, holds a value of a
-            type its config attribute does not take, or values the model cannot be built from.
+        InvalidArgumentError: ``config_overrides`` is not a JSON object, or
+            :func:`~tumor_classifier.models.create_model` refuses it (a value of a type its
+            config attribute does not take, values the model cannot be built from).
     """
     overrides = model_args.config_overrides
     if isinstance(overrides, str):
@@ -59,12 +58,6 @@ def create_run_model(
     with torch.random.fork_rng(devices=[]):  # the weights are made on the CPU
         if seed is not None:
             torch.manual_seed(seed)
-        return _create(model_args, class_names, dropout, overrides)
-
-
-def _create(model_args: ModelArguments, class_names: Sequence[str], dropout: float | None, overrides: dict | None) -> PreTrainedModel:
-    """:func:`create_model`, with the overrides' failures inside ``transformers`` said as the user's mistake."""
-    try:
         return create_model(
             model_args.backbone,
             class_names=class_names,
@@ -74,44 +67,6 @@ def _create(model_args: ModelArguments, class_names: Sequence[str], dropout: flo
             dropout=model_args.dropout if dropout is None else dropout,
             config_overrides=overrides,
         )
-    except TumorClassifierError:
-        raise
-    except StrictDataclassFieldValidationError as error:  # the config refused an attribute's type
-        raise InvalidArgumentError(_wrong_type_text(model_args.backbone, overrides or {}, error)) from None
-    except (IndexError, ValueError, TypeError, RuntimeError) as error:
-        if not overrides:
-            raise
-        raise InvalidArgumentError(_unbuildable_text(model_args, overrides, error)) from None
-
-
-def _wrong_type_text(backbone: str, overrides: dict[str, Any], error: StrictDataclassFieldValidationError) -> str:
-    """Which override the config refused, the value given and the types its attribute takes."""
-    config_class = get_backbone(backbone).model_class.config_class
-    refused = next((key for key in overrides if f"field '{key}'" in str(error)), None)
-    if refused is None:  # not one of the overrides: the message of transformers is all there is
-        return f"config_overrides: {config_class.__name__} refused a value: {error}"
-    value = overrides[refused]
-    accepted = {f.name: f.type for f in dataclasses.fields(config_class)}.get(refused)
-    takes = f"; {config_class.__name__} takes {_type_text(accepted)} there" if accepted is not None else ""
-    return f"config_overrides: {refused!r} is {value!r} ({type(value).__name__}){takes}."
-
-
-def _unbuildable_text(model_args: ModelArguments, overrides: dict[str, Any], error: Exception) -> str:
-    """Overrides the model's constructor failed on, with the preset's own values of those
-    attributes: the kind of value (type, list length, sign) each one takes."""
-    preset = get_backbone(model_args.backbone).scratch_config(model_args.image_size, model_args.dropout)
-    own = ", ".join(f"{key}={getattr(preset, key)!r}" for key in overrides if hasattr(preset, key))
-    return (
-        f"config_overrides {json.dumps(overrides)} build no {model_args.backbone} model ({type(error).__name__}: {error}); "
-        f"each value must be of the kind the preset's own is ({own}) and fit the rest of its config "
-        f"({type(preset).__name__})."
-    )
-
-
-def _type_text(annotation: Any) -> str:
-    """A type annotation as written in code: ``float``, ``list[int] | tuple[int, ...] | None``."""
-    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    return text.replace("NoneType", "None")
 
 
 def make_run_loss(model_args: ModelArguments, class_names: Sequence[str], train_labels: np.ndarray) -> Callable:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .augmentation import AugmentationConfig
+from .exceptions import InvalidArgumentError
 from .losses import LOSSES
 from .pixels import DEFAULT_CACHE
 
@@ -131,3 +132,31 @@ class MRITrainingArguments(TrainingArguments):
         metadata={"help": "Stop training after this many minutes (wall clock) and finish the run as usual: "
                   "calibrate, evaluate, save. For a lent machine with a fixed budget."},
     )
+
+    def __post_init__(self):
+        """``TrainingArguments``' checks, with a combination it refuses said as one line: what was
+        given and what works (``train_hf.py`` prints it as its ``error:`` line)."""
+        try:
+            super().__post_init__()
+        except InvalidArgumentError:
+            raise
+        except ValueError as error:
+            raise InvalidArgumentError(_refusal_text(self, error)) from None
+
+
+def _refusal_text(args: TrainingArguments, error: ValueError) -> str:
+    """A ``ValueError`` of ``TrainingArguments``' checks as one line; the best-checkpoint rules
+    (which this class turns on by default) with the options given and the ones that work."""
+    if "load_best_model_at_end" not in str(error):
+        return f"transformers refuses these training arguments: {' '.join(str(error).split())}"
+    evaluation, saving = (str(getattr(value, "value", value)) for value in (args.eval_strategy, args.save_strategy))
+    keeps = "--load_best_model_at_end (on by default) keeps the best validation checkpoint, so it needs a checkpoint at each evaluation"
+    instead = "--load_best_model_at_end false to keep the last weights"
+    if evaluation != saving:
+        works = [f"--save_strategy {evaluation}" + (" (with --save_steps a multiple of --eval_steps)" if evaluation == "steps" else "")]
+        works = (works if evaluation != "no" else []) + ([f"--eval_strategy {saving}"] if saving != "no" else [])
+        works += ["--save_strategy best"] if evaluation != "no" else []
+        return (f"{keeps}, but --eval_strategy is {evaluation!r} and --save_strategy {saving!r}; "
+                f"give {', or '.join([*works, instead])}.")
+    return (f"{keeps}, but --save_steps {args.save_steps:g} is no multiple of --eval_steps {args.eval_steps:g}; "
+            f"give --save_steps {args.eval_steps:g} (or another multiple of it), or {instead}.")

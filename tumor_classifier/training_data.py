@@ -18,11 +18,11 @@ from transformers import TrainingArguments
 
 from .data import (
     ANY_TUMOR,
-    IMAGE_SUFFIXES,
     find_duplicates,
     find_split_dirs,
     fingerprint,
     group_split,
+    hub_kaggle_folder,
     image_sources,
     load_mri_dataset,
     load_tumour_only_images,
@@ -41,7 +41,7 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
     """The data set's splits (``datasets``) and their prepared pixels.
 
     A Hub data set in the Kaggle layout is read as its downloaded folder (see
-    :func:`hub_kaggle_folder`); ``data_args.data_dir`` is left as given.
+    :func:`~tumor_classifier.data.hub_kaggle_folder`); ``data_args.data_dir`` is left as given.
     """
     first = training_args.main_process_first(desc="downloading the data") if training_args else contextlib.nullcontext()
     with first:
@@ -81,30 +81,6 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
         if data_args.tumour_only_dirs:
             arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
     return data, arrays
-
-
-def hub_kaggle_folder(source: str) -> Path | None:
-    """The downloaded folder of a Hub data set uploaded in the Kaggle layout (``Training/<class>/``,
-    ``Testing/<class>/``), or ``None`` for any other source.
-
-    ``datasets`` reads such a repository as one train split (it knows split folders in
-    lowercase only): the Testing images would be trained on and a test split carved from
-    both. Read as a folder, as the same data on disk is, it keeps its splits. Only the
-    images in ``<split>/<class>/`` are downloaded. ``None`` also when ``source`` is a local
-    path, no repository id, or the Hub cannot be reached (``load_mri_dataset`` then says
-    what is wrong), and when the images found lie in no split folder.
-    """
-    from huggingface_hub import snapshot_download
-
-    if Path(source).exists():
-        return None
-    patterns = [f"*/*/*{suffix}" for suffix in IMAGE_SUFFIXES] + [f"*/*/*{suffix.upper()}" for suffix in IMAGE_SUFFIXES]
-    try:
-        folder = Path(snapshot_download(str(source), repo_type="dataset", allow_patterns=patterns))
-    except (OSError, ValueError):  # unreachable, unknown, offline and not cached, not a repository id
-        return None
-    splits = find_split_dirs(folder)
-    return folder if "train" in splits and len(splits) > 1 else None
 
 
 @contextlib.contextmanager
