@@ -260,6 +260,12 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
         Saving one format over a folder of the other removes the other format's model
         files first, since ``from_pretrained`` would otherwise load the stale ensemble.
+        Saving over a folder that holds another model also removes what this package wrote
+        for that one (train_hf.py's ``train_config.json`` and log, the card's metrics and
+        plots, an exported ONNX graph; a warning names them): save into a new folder to
+        keep a trained folder whole. A model saved back into the folder it was loaded from
+        keeps them. A model card ``README.md`` is written: the loaded folder's, or one from
+        what :meth:`fit` measured on the images it held out.
         """
         self._check_fitted()
         return classifier_storage.save_pretrained(self, directory)
