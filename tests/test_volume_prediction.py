@@ -190,3 +190,30 @@ def test_the_mni152_template_is_a_healthy_brain_mri(one_torch_thread):
     result = TumorClassifier.from_pretrained().predict_volume(template, explain=False)
     assert result.looks_like_mri and result.label == "notumor" and not result.runs, (result.runs, result.mri_reasons)
     assert 0.2 < result.classified.mean() < 0.4  # brain-level slices only (53 of 189)
+
+
+def test_volume_figures_and_text_carry_the_volume_verdict_not_the_key_slices_own(clf, tmp_path, capsys):
+    """The key-slice overlay of a volume said what the 2-D check made of that one slice
+    ("Not a brain MRI") under a volume verdict of "tumour, glioma"; and a flagged volume's
+    printed summary and plot showed a tumour probability and runs as if they were an answer."""
+    import dataclasses
+
+    from tumor_classifier.cli import _volume_figure_text, _volume_plot_title, _volume_summary
+
+    result = clf.predict_volume(write_nifti(tmp_path / "head.nii.gz", phantom()))
+    assert not result.looks_like_mri  # the tiny test model's check flags the phantom
+    n = len(result.classified)
+    title, target = _volume_figure_text(result)
+    assert f"Axial slice {result.key_slice}/{n}" in title and "not a brain MRI" in title and "diagnostic" in title
+    assert target == "the model's top class"  # no tumour type named for a flagged volume
+    plot = _volume_plot_title(result, "head.nii.gz")
+    assert "head.nii.gz" in plot and "NOT A BRAIN MRI" in plot and "no answer" in plot
+    summary = _volume_summary(result)
+    assert "tumour probability" not in summary and "runs" not in summary and f"key slice {result.key_slice}" in summary
+    # The same volume had it passed the check, whatever its key slice's own check says.
+    passing = dataclasses.replace(result, looks_like_mri=True, label=result.model_label, tumour=True, runs=[(0, 2)])
+    title, target = _volume_figure_text(passing)
+    assert f"volume: {passing.label} (" in title and "not a brain mri" not in title.lower()
+    explained = max(result.explanation.probabilities, key=result.explanation.probabilities.get)
+    assert target == explained
+    assert "tumour probability" in _volume_summary(passing)

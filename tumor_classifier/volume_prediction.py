@@ -143,6 +143,14 @@ class VolumePrediction:
         return NOT_BRAIN_MRI if not self.looks_like_mri else "tumor" if self.tumour else "no_tumor"
 
     @property
+    def headline(self) -> str:
+        """The verdict in a few words, for printed results and figures: ``"tumour, type glioma (0.55)"``,
+        ``"no tumour"``, or ``"NOT A BRAIN MRI? no verdict given"`` for a flagged volume (no tumour answer)."""
+        if not self.looks_like_mri:
+            return "NOT A BRAIN MRI? no verdict given"
+        return f"tumour, type {self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
+
+    @property
     def tumour_answer(self) -> bool | None:
         """``tumour`` for a brain MRI; ``None`` for a flagged volume (as ``label``: no answer for a CT)."""
         return self.tumour if self.looks_like_mri else None
