@@ -591,3 +591,14 @@ def test_a_dicom_series_without_modality_is_read_with_a_note_saying_so(tmp_path)
     volume = load_volume(tmp_path / "s")
     assert volume.modality is None
     assert any("no Modality" in note for note in volume.notes)
+
+
+def test_slices_too_small_to_classify_are_refused_as_a_volume_with_the_plane_that_fits(tmp_path):
+    """A single sagittal DICOM slice cut axially gave 256 slices of 1 x 256 pixels, and the user
+    read 'Image 0: The numpy array of shape (256, 1) ... at least 8 pixels a side are needed'."""
+    write_dicom_series(tmp_path / "one", phantom()[..., 10:11])  # one axial slice: 24 x 28 pixels
+    assert load_volume(tmp_path / "one").slices.shape == (1, 28, 24)
+    with pytest.raises(InvalidVolumeError, match=r"sagittal slices of .* are 28x\d pixels.*at least 8.*axial plane"):
+        load_volume(tmp_path / "one", plane="sagittal")
+    with pytest.raises(InvalidVolumeError, match=r"slices of numpy array are 2x2 pixels.*at least 8 and at most 8192 pixels a side"):
+        load_volume(np.arange(5 * 2 * 2, dtype=np.float32).reshape(5, 2, 2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .encoded_images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from .exceptions import InvalidVolumeError
 from .volume_formats import _require
 
@@ -68,6 +69,38 @@ def cut(data: np.ndarray, affine: np.ndarray, plane: str = "axial", what: str = 
     if abs(row_mm - col_mm) > 0.01 * pixel:
         slices = _resample_in_plane(slices, row_mm / pixel, col_mm / pixel)
     return slices, (float(zooms[_SLICE_AXIS[plane]]), pixel, pixel)
+
+
+def check_slice_size(slices: np.ndarray, what: str, plane: str | None, affine: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> None:
+    """Refuses slices the 2-D model cannot take (sides outside MIN_IMAGE_SIDE..MAX_IMAGE_SIDE), naming a plane that fits.
+
+    Args:
+        slices: The cut slices (n, H, W).
+        what: How messages name the volume.
+        plane: The plane they were cut in; ``None`` for slices as given.
+        affine, shape: The voxels' affine and shape (x, y, z), to say which other plane gives slices that fit.
+
+    Raises:
+        InvalidVolumeError: A slice side is too small or too large.
+    """
+    height, width = slices.shape[1:]
+    if MIN_IMAGE_SIDE <= min(height, width) and max(height, width) <= MAX_IMAGE_SIDE:
+        return
+    hint = ""
+    if affine is not None and shape is not None:
+        nib = _require("nibabel")
+        ras = [0, 0, 0]  # the voxel counts along x, y, z of RAS+
+        for axis, (ras_axis, _) in enumerate(nib.orientations.io_orientation(affine)):
+            ras[int(ras_axis)] = int(shape[axis])
+        sides = {"axial": (ras[1], ras[0]), "coronal": (ras[2], ras[0]), "sagittal": (ras[2], ras[1])}
+        fitting = [p for p, (h, w) in sides.items() if p != plane and MIN_IMAGE_SIDE <= min(h, w) and max(h, w) <= MAX_IMAGE_SIDE]
+        if fitting:
+            hint = f" Cut it in the {' or '.join(fitting)} plane instead (plane=..., --plane on the command line)."
+    named = f"The {plane} slices of {what}" if plane else f"The slices of {what}"
+    raise InvalidVolumeError(
+        f"{named} are {width}x{height} pixels; the model classifies slices of at least {MIN_IMAGE_SIDE} and at most "
+        f"{MAX_IMAGE_SIDE} pixels a side.{hint}"
+    )
 
 
 def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES, what: str = "volume") -> tuple[float, float]:

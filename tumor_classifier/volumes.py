@@ -77,7 +77,7 @@ from .volume_formats import (
     _require,
     sniff,
 )
-from .volume_slices import PLANES, WINDOW_PERCENTILES, apply_window, cut, head_slices, robust_window
+from .volume_slices import PLANES, WINDOW_PERCENTILES, apply_window, check_slice_size, cut, head_slices, robust_window
 
 # Reading lives in volume_formats (sniffing, NIfTI) and dicom, slice geometry and
 # intensities in volume_slices; their public names stay importable from here.
@@ -174,15 +174,18 @@ def load_volume(
                 "pass a nibabel image (its affine says where the axes point) or a file instead."
             )
         data = _check_array(np.asarray(source), "numpy array", time_point, slices_first=True)
+        check_slice_size(data, "numpy array", None)
         window = robust_window(data, percentiles, "numpy array")
         return Volume(apply_window(data, window), None, None, window, "numpy array", orientation_known=False)
     raw = read_raw(source, series_uid=series_uid, time_point=time_point)
     if raw.affine is None:
         slices = np.ascontiguousarray(np.moveaxis(raw.data, 2, 0).transpose(0, 2, 1))  # stored order, rows first
+        check_slice_size(slices, raw.source, None)
         window = robust_window(slices, percentiles, raw.source)
         notes = raw.notes + ([f"The {plane} plane was not applied: without geometry the slices stay as stored."] if plane != "axial" else [])
         return Volume(apply_window(slices, window), None, None, window, raw.source, raw.modality, raw.series_uid, False, notes)
     slices, spacing = cut(raw.data, raw.affine, plane, raw.source)
+    check_slice_size(slices, raw.source, plane, raw.affine, raw.data.shape)
     window = robust_window(slices, percentiles, raw.source)
     return Volume(apply_window(slices, window), plane, spacing, window, raw.source, raw.modality, raw.series_uid, True, raw.notes)
 
