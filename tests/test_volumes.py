@@ -602,3 +602,22 @@ def test_slices_too_small_to_classify_are_refused_as_a_volume_with_the_plane_tha
         load_volume(tmp_path / "one", plane="sagittal")
     with pytest.raises(InvalidVolumeError, match=r"slices of numpy array are 2x2 pixels.*at least 8 and at most 8192 pixels a side"):
         load_volume(np.arange(5 * 2 * 2, dtype=np.float32).reshape(5, 2, 2))
+
+
+@pytest.mark.parametrize("name, compress", [("scan", True), ("scan.bin", False)])
+def test_nifti_content_under_another_name_is_read_as_nifti(tmp_path, name, compress):
+    """The reader tells NIfTI by its first bytes, and the archive walk lists such a file as a
+    volume; nibabel then refused it ('Cannot work out file type') for its name."""
+    import gzip
+
+    written = write_nifti(tmp_path / ("x.nii.gz" if compress else "x.nii"), phantom())
+    path = tmp_path / name
+    path.write_bytes(written.read_bytes())
+    assert gzip.open(path).read(1) if compress else True  # the bytes are what their name does not say
+    expected = load_volume(written)
+    volume = load_volume(path)
+    assert np.array_equal(volume.slices, expected.slices) and volume.source == name
+    two_d = nib.Nifti2Image(phantom(), np.eye(4))
+    nib.save(two_d, str(tmp_path / "y.nii"))
+    (tmp_path / "y2").write_bytes((tmp_path / "y.nii").read_bytes())
+    assert np.array_equal(load_volume(tmp_path / "y2").slices, expected.slices)

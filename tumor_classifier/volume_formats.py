@@ -124,6 +124,27 @@ def _nifti_raw(image: Any, what: str, time_point: int | None) -> _Raw:
     return _Raw(data, np.asarray(image.affine, dtype=np.float64), what, notes=notes)
 
 
+def _nifti_file_raw(path: Path, kind: str, time_point: int | None) -> _Raw:
+    """A NIfTI file's voxels; ``kind`` is what :func:`sniff` found (``nifti`` or ``nifti-gz``).
+
+    nibabel tells the format by the file's name, so a file whose content is NIfTI under another
+    name (no suffix, as some pipelines write them) is read from its bytes instead.
+    """
+    nib = _require("nibabel")
+    try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            return _nifti_raw(nib.load(str(path)), path.name, time_point)
+        with (gzip.open if kind == "nifti-gz" else open)(path, "rb") as handle:
+            nifti2 = handle.read(8)[4:8] in (b"n+2\x00", b"ni2\x00")
+            handle.seek(0)
+            image = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_stream(handle)
+            return _nifti_raw(image, path.name, time_point)  # the voxels are read while the file is open
+    except InvalidVolumeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - nibabel raises many kinds on damaged files
+        raise InvalidVolumeError(f"{path.name} could not be read as NIfTI ({type(error).__name__}: {error}).") from None
+
+
 def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
     """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
     if time_point is None:

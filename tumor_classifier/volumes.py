@@ -72,6 +72,7 @@ from .volume_formats import (
     MAX_VOXELS,
     MRI_MODALITIES,
     _check_array,
+    _nifti_file_raw,
     _nifti_raw,
     _Raw,
     _require,
@@ -216,13 +217,7 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
             f"{_KIND_WORDS.get(kind, kind)}; accepted: {ACCEPTED_VOLUMES}."
         )
     if kind in ("nifti", "nifti-gz"):
-        nib = _require("nibabel")
-
-        try:
-            image = nib.load(str(path))
-        except Exception as error:  # noqa: BLE001 - nibabel raises many kinds on damaged files
-            raise InvalidVolumeError(f"{path.name} could not be read as NIfTI ({type(error).__name__}: {error}).") from None
-        return _nifti_raw(image, path.name, time_point)
+        return _nifti_file_raw(path, kind, time_point)
     if kind == "dicom":
         return _dicom_scan_raw(scan_dicom(path), None, time_point)  # the header first: its size is checked
     raise InvalidVolumeError(f"{path.name} is {_KIND_WORDS.get(kind, kind)}, not a volume; accepted: {ACCEPTED_VOLUMES}.")
