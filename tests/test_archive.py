@@ -236,3 +236,18 @@ def test_ctrl_c_keeps_the_rows_predicted_so_far_and_says_how_to_resume(data_dir,
     assert "Traceback" not in err and "run the same command again to resume" in err
     kept = (parts_folder(output) / "rank0.csv").read_text().splitlines()
     assert 32 <= len(kept) - 1 < 600  # the batches predicted before Ctrl-C, header aside
+
+
+def test_the_walk_follows_linked_folders_once_and_lists_broken_volume_links(archive, tmp_path):
+    """A folder reached through a symbolic link (an archive arranged with links to the store) was
+    skipped without a word, and so was a NIfTI link whose target is gone."""
+    root = tmp_path / "linked"
+    root.mkdir()
+    (root / "store").symlink_to(archive / "nested", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # followed once, not forever
+    (root / "gone.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    names = {os.path.relpath(i.path, root): i.kind for i in find_inputs([root])}
+    assert names == {
+        "gone.nii.gz": VOLUME, "store/series": VOLUME,
+        **{f"store/notumor/{p.name}": SLICE for p in (archive / "nested" / "notumor").iterdir()},
+    }  # fmt: skip

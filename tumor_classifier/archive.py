@@ -3,11 +3,13 @@
 ``tumor-classifier predict DIR --recursive --output results.parquet`` (or ``.csv`` /
 ``.jsonl``) calls :func:`predict_archive`. Its parts:
 
-* **Walking** (:func:`find_inputs`): folders are walked in sorted order. A file named like
+* **Walking** (:func:`find_inputs`): folders are walked in sorted order, through symbolic
+  links (a folder reached twice, or a link loop, is walked once). A file named like
   an image the decoder reads (:data:`IMAGE_SUFFIXES`) is a ``slice``; a ``.nii`` /
   ``.nii.gz`` file, or a file whose first bytes say NIfTI, is a ``volume``; a folder that
   directly holds DICOM files is one ``volume`` (the series reader also reads its
-  subfolders, so the walk does not descend into it). Other files are not listed.
+  subfolders, so the walk does not descend into it). A NIfTI link whose target is gone is
+  listed (its row says so). Other files are not listed.
 * **Rows** (:func:`row_columns`): ``path``, ``kind``, ``label`` (the class, or
   ``not_brain_mri``), ``verdict`` (``tumor``, ``no_tumor``, ``uncertain`` or
   ``not_brain_mri``), ``tumor_probability``, ``p_<class>`` per class, ``looks_like_mri``,
@@ -138,6 +140,9 @@ def _items_in(folder: Path, names: Sequence[str]) -> tuple[list[ArchiveItem], bo
         try:
             if name.lower().endswith(IMAGE_SUFFIXES):
                 items.append(ArchiveItem(os.path.normpath(path), SLICE))
+            elif path.is_symlink() and not path.exists():  # a link whose target is gone: a row says so
+                if name.lower().endswith(NIFTI_SUFFIXES):
+                    items.append(ArchiveItem(os.path.normpath(path), VOLUME))
             elif not path.is_file():
                 continue
             else:
@@ -175,7 +180,12 @@ def find_inputs(paths: Sequence[str | os.PathLike], *, recursive: bool = True, e
             continue
         if not root.is_dir():
             raise InvalidArgumentError(f"{root} does not exist; give folders to walk or image / volume files.")
-        for folder, subfolders, names in os.walk(root):
+        walked: set[str] = set()  # real paths: a folder reached through links (or a link loop) is walked once
+        for folder, subfolders, names in os.walk(root, followlinks=True):
+            if os.path.realpath(folder) in walked:
+                subfolders[:] = []
+                continue
+            walked.add(os.path.realpath(folder))
             subfolders[:] = sorted(d for d in subfolders if os.path.normpath(Path(folder) / d) not in skip) if recursive else []
             items, series = _items_in(Path(folder), [n for n in names if os.path.normpath(Path(folder) / n) not in skip])
             if series:
