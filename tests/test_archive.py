@@ -251,3 +251,23 @@ def test_the_walk_follows_linked_folders_once_and_lists_broken_volume_links(arch
         "gone.nii.gz": VOLUME, "store/series": VOLUME,
         **{f"store/notumor/{p.name}": SLICE for p in (archive / "nested" / "notumor").iterdir()},
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_folder_holding_several_dicom_series_gets_a_row_per_series(tiny_model_dir, tmp_path, capsys, suffix):
+    """A study exported flat (every series' files in one folder) got one error row telling the
+    user to pass --series-uid, which an archive run does not take: none of its series was read."""
+    study = tmp_path / "archive" / "study"
+    mr_a, mr_b, ct = "1.2.3.1", "1.2.3.2", "1.2.3.3"
+    for uid, modality in ((mr_a, "MR"), (mr_b, "MR"), (ct, "CT")):
+        write_dicom_series(study, phantom(), series_uid=uid, modality=modality, names=[f"{uid}-{i}.dcm" for i in range(phantom().shape[2])])
+    write_dicom_series(tmp_path / "archive" / "single", phantom(), series_uid="1.2.3.9")
+    output = tmp_path / f"results{suffix}"
+    assert _run(tmp_path / "archive", output, tiny_model_dir) == 1  # the CT series is refused
+    rows = [(os.path.relpath(r["path"], tmp_path / "archive"), r["series_uid"], r["error"], r["slices"]) for r in _rows(output)]
+    assert [row[:2] for row in rows] == [("single", "1.2.3.9"), ("study", mr_a), ("study", mr_b), ("study", ct)]
+    assert rows[1][2] is None and rows[1][3] > 1 and rows[2][2] is None and "not MRI" in rows[3][2]
+    assert "4 rows (2 files found)" in capsys.readouterr().out
+    assert _run(tmp_path / "archive", output, tiny_model_dir) == 1  # resumed: nothing predicted again, no row lost
+    assert "0 files predicted (0 unreadable), 2 already done" in capsys.readouterr().out
+    assert [(os.path.relpath(r["path"], tmp_path / "archive"), r["series_uid"]) for r in _rows(output)] == [row[:2] for row in rows]

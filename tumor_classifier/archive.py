@@ -10,7 +10,8 @@
   directly holds DICOM files is one ``volume`` (the series reader also reads its
   subfolders, so the walk does not descend into it). A NIfTI link whose target is gone is
   listed (its row says so). Other files are not listed.
-* **Rows** (:func:`row_columns`): ``path``, ``kind``, ``label`` (the class, or
+* **Rows** (:func:`row_columns`): ``path``, ``kind``, ``series_uid`` (DICOM volumes; a
+  folder holding several series, a study exported flat, gets a row per series), ``label`` (the class, or
   ``not_brain_mri``), ``verdict`` (``tumor``, ``no_tumor``, ``uncertain`` or
   ``not_brain_mri``), ``tumor_probability``, ``p_<class>`` per class, ``looks_like_mri``,
   ``slices`` (slices classified: 1 for an image, those inside the head for a volume),
@@ -208,7 +209,7 @@ def shard(items: Sequence[ArchiveItem], rank: int, world_size: int) -> list[Arch
 
 def row_columns(classes: Sequence[str]) -> list[str]:
     """The output's columns, in order, for a model with these classes."""
-    return ["path", "kind", "label", "verdict", "tumor_probability", *(f"p_{c}" for c in classes), "looks_like_mri", "slices", "key_slice", "error"]
+    return ["path", "kind", "series_uid", "label", "verdict", "tumor_probability", *(f"p_{c}" for c in classes), "looks_like_mri", "slices", "key_slice", "error"]
 
 
 def _number(value: float | None) -> float | None:
@@ -251,13 +252,28 @@ def _slice_rows(classifier: Any, items: Sequence[ArchiveItem], columns: Sequence
     return [rows[item] for item in items]
 
 
-def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], plane: str, time_point: int | None) -> dict[str, Any]:
+def _volume_rows(classifier: Any, item: ArchiveItem, columns: Sequence[str], plane: str, time_point: int | None) -> list[dict[str, Any]]:
+    """A volume's row; a DICOM folder holding several series gets one row per series (their headers read once)."""
+    from .volumes import scan_dicom
+
+    source, series = item.path, [None]
     try:
-        result = classifier.predict_volume(item.path, plane=plane, time_point=time_point, explain=False)
+        if os.path.isdir(item.path):
+            source = scan_dicom(item.path)
+            if len(source.series) > 1:  # a study exported flat: every series is a volume of its own
+                series = sorted(source.series)
     except (TumorClassifierError, OSError) as error:
-        return _error_row(item, columns, error)
+        return [_error_row(item, columns, error)]
+    return [_volume_row(classifier, item, columns, source, uid, plane, time_point) for uid in series]
+
+
+def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], source: Any, series_uid: str | None, plane: str, time_point: int | None) -> dict[str, Any]:
+    try:
+        result = classifier.predict_volume(source, series_uid=series_uid, plane=plane, time_point=time_point, explain=False)
+    except (TumorClassifierError, OSError) as error:
+        return _error_row(item, columns, error, series_uid=series_uid)
     return _row(
-        item, columns,
+        item, columns, series_uid=series_uid or result.volume.series_uid,
         label=result.label or NOT_BRAIN_MRI,  # a flagged volume has no label
         verdict=result.verdict,
         tumor_probability=_number(result.tumour_probability),
@@ -266,9 +282,9 @@ def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], plan
     )  # fmt: skip
 
 
-def _error_row(item: ArchiveItem, columns: Sequence[str], error: BaseException) -> dict[str, Any]:
+def _error_row(item: ArchiveItem, columns: Sequence[str], error: BaseException, **values: Any) -> dict[str, Any]:
     # One line: a CSV or JSON lines row must not span lines (resume cuts at the last newline).
-    return _row(item, columns, error=" ".join(f"{type(error).__name__}: {error}".split()))
+    return _row(item, columns, error=" ".join(f"{type(error).__name__}: {error}".split()), **values)
 
 
 # ----------------------------------------------------------------------------- running
@@ -317,7 +333,7 @@ def predict_shard(
             while index < len(todo):
                 if todo[index].kind == VOLUME:
                     chunk = todo[index : index + 1]
-                    rows = [_volume_row(classifier, chunk[0], columns, plane, time_point)]
+                    rows = _volume_rows(classifier, chunk[0], columns, plane, time_point)
                 else:  # consecutive slice images, classified as one batch
                     end = index
                     while end < len(todo) and end - index < batch and todo[end].kind == SLICE:
