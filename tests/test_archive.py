@@ -176,9 +176,15 @@ def test_two_processes_under_torchrun_give_the_single_process_output(archive, ti
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--recursive"], "give --output results.parquet"), (["--output", "results.txt"], "must end in .parquet, .csv or .jsonl")],
+    [
+        (["--recursive"], "give --output results.parquet"),
+        (["--output", "results.txt"], "must end in .parquet, .csv or .jsonl"),
+        # It was taken and ignored: every series of a folder gets its own row.
+        (["--output", "results.csv", "--series-uid", "1.2.3"], "each DICOM series gets its own row"),
+    ],
 )
-def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, extra, message):
+def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)  # a relative --output that were not refused lands here
     assert main(["predict", str(archive), *extra]) == 2
     assert message in capsys.readouterr().err
 

@@ -177,6 +177,9 @@ def _predict_archive(args: argparse.Namespace) -> int:
     if not args.output or args.explain or args.slices or args.json:
         raise InvalidArgumentError("--recursive and --output write one row per file to a results file: give --output results.parquet "
                                    "(or .csv, .jsonl) and leave out --explain, --slices and --json, which are for printed results.")
+    if args.series_uid:
+        raise InvalidArgumentError("--series-uid chooses a series of one DICOM folder; with --output each DICOM series gets its own "
+                                   "row (a folder holding several, a row per series, named in the series_uid column): leave out --series-uid.")
     check_output(args.output)  # before the model loads
     classifier = _load(args.model, args.backend)
     try:
