@@ -217,3 +217,17 @@ def test_volume_figures_and_text_carry_the_volume_verdict_not_the_key_slices_own
     explained = max(result.explanation.probabilities, key=result.explanation.probabilities.get)
     assert target == explained
     assert "tumour probability" in _volume_summary(passing)
+
+
+def test_cli_predicts_each_sequence_of_a_brats_case_folder(model_dir, tmp_path, capsys):
+    """A BraTS case folder was refused as 'a directory, not an image file; give the path of one
+    image file', under an empty table header."""
+    case = tmp_path / "BraTS-GLI-00000-000"
+    case.mkdir()
+    for name in ("t2f", "t1n", "seg"):
+        write_nifti(case / f"BraTS-GLI-00000-000-{name}.nii.gz", phantom())
+    assert main(["predict", str(case), "--model", str(model_dir)]) == 0
+    printed = capsys.readouterr().out
+    verdicts = [line.split(": ")[0] for line in printed.splitlines() if line.startswith(str(case))]
+    assert verdicts == [str(case / "BraTS-GLI-00000-000-t1n.nii.gz"), str(case / "BraTS-GLI-00000-000-t2f.nii.gz")]
+    assert "image " not in printed  # no empty table of images

@@ -71,9 +71,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out and args.explain:  # without --explain nothing goes there, not even the folder
         _overlay_folder(args.out)  # before the model loads: a bad --out costs nothing
     classifier = _load(args.model, args.backend)
-    volumes = [path for path in args.images if _is_volume(path)]
+    inputs = [file for path in args.images for file in (_brats_sequences(path) or [path])]
+    volumes = [path for path in inputs if _is_volume(path)]
     volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
-    images = [path for path in args.images if path not in volumes]
+    images = [path for path in inputs if path not in volumes]
     if not images:
         if not args.json:
             print(NOT_DIAGNOSTIC)
@@ -196,6 +197,17 @@ def _predict_archive(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _brats_sequences(path: str) -> list[str]:
+    """A BraTS case folder's sequence files (t1n, t1c, t2w, t2f), each predicted as a volume; [] for other paths."""
+    from .volumes import BRATS_SEQUENCES, find_brats_files
+
+    try:
+        files = find_brats_files(path) if Path(path).is_dir() else {}
+    except (OSError, TumorClassifierError):  # unreadable, or two files for one sequence: the folder reader says what it is
+        return []
+    return [str(files[name]) for name in BRATS_SEQUENCES if name in files]
 
 
 def _is_volume(path: str) -> bool:
