@@ -621,3 +621,9 @@ def test_nifti_content_under_another_name_is_read_as_nifti(tmp_path, name, compr
     nib.save(two_d, str(tmp_path / "y.nii"))
     (tmp_path / "y2").write_bytes((tmp_path / "y.nii").read_bytes())
     assert np.array_equal(load_volume(tmp_path / "y2").slices, expected.slices)
+
+
+def test_a_folder_without_dicom_says_how_folders_of_images_and_brats_cases_are_read(tmp_path):
+    (tmp_path / "BraTS-GLI-00000-000-t1n.nii.gz").write_bytes(b"")
+    with pytest.raises(InvalidVolumeError, match=r"holds no DICOM files.*load_brats_case.*--recursive --output"):
+        load_volume(tmp_path)

@@ -143,7 +143,12 @@ def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | N
         return _dicom_files_raw([scan.source], scan.source.name, None, time_point, single_file=True)
     folder, series = scan.source, scan.series
     if not series:
-        raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({scan.skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
+        raise InvalidVolumeError(
+            f"The folder {folder} holds no DICOM files ({scan.skipped} other file(s)), and a folder is read as one DICOM "
+            f"series; accepted: {ACCEPTED_VOLUMES}. A BraTS case folder is read by load_brats_case (or predict it on the "
+            "command line: each sequence is a volume); a folder of images or volumes is walked by "
+            "tumor-classifier predict FOLDER --recursive --output results.csv."
+        )
     if series_uid is None and len(series) > 1:
         listing = "; ".join(f"{scan.described[uid]}, {len(paths)} files)" for uid, paths in sorted(series.items()))
         raise InvalidVolumeError(
