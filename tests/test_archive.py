@@ -277,3 +277,18 @@ def test_a_folder_holding_several_dicom_series_gets_a_row_per_series(tiny_model_
     assert _run(tmp_path / "archive", output, tiny_model_dir) == 1  # resumed: nothing predicted again, no row lost
     assert "0 files predicted (0 unreadable), 2 already done" in capsys.readouterr().out
     assert [(os.path.relpath(r["path"], tmp_path / "archive"), r["series_uid"]) for r in _rows(output)] == [row[:2] for row in rows]
+
+
+def test_a_zip_in_an_archive_gets_a_row_saying_to_unzip_it(tiny_model_dir, tmp_path, capsys):
+    """Zipped series were left out of the walk without a word: an archive of them gave no row."""
+    import zipfile
+
+    _, paths = write_dicom_series(tmp_path / "series", phantom())
+    (tmp_path / "archive").mkdir()
+    with zipfile.ZipFile(tmp_path / "archive" / "study.zip", "w") as bundle:
+        for path in paths:
+            bundle.write(path, path.name)
+    output = tmp_path / "results.jsonl"
+    assert _run(tmp_path / "archive", output, tiny_model_dir) == 1
+    [row] = _rows(output)
+    assert row["kind"] == VOLUME and "study.zip is a zip archive" in row["error"] and "unzip it" in row["error"]

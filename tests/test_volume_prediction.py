@@ -231,3 +231,17 @@ def test_cli_predicts_each_sequence_of_a_brats_case_folder(model_dir, tmp_path, 
     verdicts = [line.split(": ")[0] for line in printed.splitlines() if line.startswith(str(case))]
     assert verdicts == [str(case / "BraTS-GLI-00000-000-t1n.nii.gz"), str(case / "BraTS-GLI-00000-000-t2f.nii.gz")]
     assert "image " not in printed  # no empty table of images
+
+
+def test_cli_on_a_zip_of_a_dicom_series_says_to_unzip_it(model_dir, tmp_path, capsys):
+    """A zipped series (what PACS and the app's upload take) was refused as 'not an image in a
+    format this package reads; accepted: JPEG, PNG ...', with no word of volumes or zips."""
+    import zipfile
+
+    _, paths = write_dicom_series(tmp_path / "series", phantom())
+    with zipfile.ZipFile(tmp_path / "series.zip", "w") as bundle:
+        for path in paths:
+            bundle.write(path, f"series/{path.name}")
+    assert main(["predict", str(tmp_path / "series.zip"), "--model", str(model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "series.zip is a zip archive" in err and "unzip it" in err and "Traceback" not in err

@@ -9,7 +9,7 @@
   ``.nii.gz`` file, or a file whose first bytes say NIfTI, is a ``volume``; a folder that
   directly holds DICOM files is one ``volume`` (the series reader also reads its
   subfolders, so the walk does not descend into it). A NIfTI link whose target is gone is
-  listed (its row says so). Other files are not listed.
+  listed (its row says so), and so is a ``.zip`` (its row says to unzip it). Other files are not listed.
 * **Rows** (:func:`row_columns`): ``path``, ``kind``, ``series_uid`` (DICOM volumes; a
   folder holding several series, a study exported flat, gets a row per series), ``label`` (the class, or
   ``not_brain_mri``), ``verdict`` (``tumor``, ``no_tumor``, ``uncertain`` or
@@ -59,6 +59,8 @@ from .verdict import NOT_BRAIN_MRI
 
 SLICE, VOLUME = "slice", "volume"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Listed as volumes so that their rows say to unzip them (the volume reader reads files and folders).
+ZIP_SUFFIXES = (".zip",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Rows a process keeps before writing them out, and the longest it waits to write them.
 FLUSH_ROWS = 64
@@ -121,12 +123,14 @@ class ArchiveSummary:
 
 
 def _volume_kind(path: Path) -> str | None:
-    """``"nifti"``, ``"dicom"`` or ``None``: by the name when it says, else by the first bytes, read once."""
+    """``"nifti"``, ``"dicom"``, ``"zip"`` or ``None``: by the name when it says, else by the first bytes, read once."""
     from .volumes import sniff
 
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
+    if name.endswith(ZIP_SUFFIXES):
+        return "zip"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
     kind = sniff(path)
@@ -148,7 +152,7 @@ def _items_in(folder: Path, names: Sequence[str]) -> tuple[list[ArchiveItem], bo
                 continue
             else:
                 kind = _volume_kind(path)
-                if kind == "nifti":
+                if kind in ("nifti", "zip"):  # a zip's row says to unzip it
                     items.append(ArchiveItem(os.path.normpath(path), VOLUME))
                 elif kind == "dicom":
                     series = True

@@ -219,7 +219,7 @@ def _is_volume(path: str) -> bool:
         if candidate.is_dir():  # a series folder: some DICOM among its first files
             files = [f for _, f in zip(range(50), (f for f in candidate.rglob("*") if f.is_file()))]
             return any(sniff(f) == "dicom" for f in files)
-        if candidate.name.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom")):
+        if candidate.name.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom", ".zip")):  # a zip: the reader says to unzip it
             return True
         return candidate.is_file() and sniff(candidate) in ("nifti", "nifti-gz", "dicom")
     except OSError:  # a name too long, no permission ...: the image path reports it

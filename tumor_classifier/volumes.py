@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -210,6 +211,11 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
         raise InvalidVolumeError(f"{path} does not exist or is not a regular file or folder; accepted: {ACCEPTED_VOLUMES}.")
     kind = sniff(path)
     name = path.name.lower()
+    if kind == "other" and zipfile.is_zipfile(path):
+        raise InvalidVolumeError(
+            f"{path.name} is a zip archive; volumes are read from files and folders: unzip it and give the DICOM series "
+            f"folder or the NIfTI file inside (the app, tumor-classifier serve, takes a zip of one DICOM series). Accepted: {ACCEPTED_VOLUMES}."
+        )
     claims = "nifti" if name.endswith((".nii", ".nii.gz")) else "dicom" if name.endswith((".dcm", ".dicom", ".ima")) else None
     if claims and kind != claims and not (claims == "nifti" and kind == "nifti-gz"):
         raise InvalidVolumeError(
