@@ -627,3 +627,14 @@ def test_a_folder_without_dicom_says_how_folders_of_images_and_brats_cases_are_r
     (tmp_path / "BraTS-GLI-00000-000-t1n.nii.gz").write_bytes(b"")
     with pytest.raises(InvalidVolumeError, match=r"holds no DICOM files.*load_brats_case.*--recursive --output"):
         load_volume(tmp_path)
+
+
+def test_a_brats_segmentation_on_another_voxel_grid_is_refused_not_misplaced(tmp_path):
+    """A segmentation saved with another affine (here 2 mm voxels, or another origin) was cut to
+    the sequences' shape and its labels put on the wrong slices, without a word."""
+    for name, affine in (("spacing", np.diag([2.0, 2.0, 2.0, 1.0])), ("origin", np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 7.0], [0, 0, 0, 1]]))):
+        case = write_brats_case(tmp_path / name)
+        seg = next(case.glob("*seg.nii.gz"))
+        write_nifti(seg, np.asarray(nib.load(str(seg)).dataobj), affine)
+        with pytest.raises(InvalidDatasetError, match=r"do not share one voxel grid.*seg.*t1n.*co-registered"):
+            load_brats_case(case)

@@ -307,7 +307,7 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
 
     Raises:
         InvalidDatasetError: No sequence found, a requested one missing, or the files
-            disagree in shape.
+            disagree in shape or voxel grid (affine).
         InvalidVolumeError: A file cannot be read as a volume.
     """
     directory = Path(directory)
@@ -324,6 +324,7 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
     missing = [s for s in wanted if s not in files]
     if missing:
         raise InvalidDatasetError(f"The BraTS case {directory} has no {', '.join(missing)}; it has {', '.join(present)}.")
+    _check_one_grid(directory, {name: files[name] for name in [*wanted, "seg"] if name in files})
     volumes = {s: load_volume(files[s], plane=plane) for s in wanted}
     shapes = {s: v.slices.shape for s, v in volumes.items()}
     segmentation = None
@@ -337,6 +338,31 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
     if len(set(shapes.values())) > 1:
         raise InvalidDatasetError(f"The files of BraTS case {directory} disagree in shape after orientation: {shapes}.")
     return BratsCase(directory.name, volumes, segmentation, {k: v for k, v in files.items() if k in wanted or k == "seg"})
+
+
+def _check_one_grid(directory: Path, files: dict[str, Path]) -> None:
+    """Refuses a case whose files do not share one voxel grid (their affines, read from the headers).
+
+    Cut to one shape, files on different grids would still line up slice by slice, and a
+    segmentation's labels would land on the wrong voxels without a word.
+    """
+    nib = _require("nibabel")
+    grids = {}
+    for name, path in files.items():
+        try:
+            grids[name] = np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+        except Exception:  # noqa: BLE001 - a damaged header: the reader says what is wrong with it
+            continue
+    if not grids:
+        return
+    reference, affine = next(iter(grids.items()))
+    differ = [name for name, other in grids.items() if not np.allclose(other, affine, atol=1e-3)]
+    if differ:
+        raise InvalidDatasetError(
+            f"The files of BraTS case {directory} do not share one voxel grid: the affine of {', '.join(differ)} differs "
+            f"from {reference}'s ({files[reference].name}). A case's sequences and segmentation are co-registered on one "
+            "grid; resample them onto one first."
+        )
 
 
 def _brats_case_folders(root: Path) -> list[Path]:
