@@ -116,10 +116,12 @@ def test_four_d_needs_a_time_point(tmp_path):
         (np.ones((8, 8), dtype=np.float32), "2 dimension"),
         (np.ones((4, 4, 4, 2, 2), dtype=np.float32), "5 dimension"),
         (np.zeros(SHAPE, dtype=np.float32), "empty: every voxel is 0"),
+        # It was called "empty" too, which a user holding 13440 voxels of 7 cannot make sense of.
+        (np.full(SHAPE, 7, dtype=np.float32), "has no contrast: every voxel is 7"),
         (np.where(phantom() > 0, np.nan, 0).astype(np.float32), "NaN or infinite"),
         (np.where(phantom() > 0, np.inf, 0).astype(np.float32), "NaN or infinite"),
     ],
-    ids=["2d", "5d", "empty", "nan", "inf"],
+    ids=["2d", "5d", "empty", "constant", "nan", "inf"],
 )
 def test_bad_nifti_volumes_are_refused_clearly(tmp_path, data, message):
     path = write_nifti(tmp_path / "bad.nii.gz", data)

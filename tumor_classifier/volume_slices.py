@@ -115,9 +115,8 @@ def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PE
     minimum = float(flat.min())
     head = flat[flat > minimum]
     if head.size == 0:
-        raise InvalidVolumeError(
-            f"The {what} is empty: every voxel is {minimum:g}. A volume needs some signal to classify."
-        )
+        state = "is empty" if minimum == 0 else "has no contrast"
+        raise InvalidVolumeError(f"The {what} {state}: every voxel is {minimum:g}. A volume needs some signal to classify.")
     low = float(np.percentile(flat, percentiles[0]))
     high = float(np.percentile(head, percentiles[1]))
     if high <= low:
