@@ -640,3 +640,13 @@ def test_a_brats_segmentation_on_another_voxel_grid_is_refused_not_misplaced(tmp
         write_nifti(seg, np.asarray(nib.load(str(seg)).dataobj), affine)
         with pytest.raises(InvalidDatasetError, match=r"do not share one voxel grid.*seg.*t1n.*co-registered"):
             load_brats_case(case)
+
+
+def test_a_dicom_folder_reads_the_files_of_its_linked_subfolders(tmp_path):
+    """Series files reached through a linked subfolder were skipped (Path.rglob does not follow
+    links), so the folder 'held no DICOM files', or a series came out with slices missing."""
+    write_dicom_series(tmp_path / "store" / "series", phantom())
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "series").symlink_to(tmp_path / "store" / "series", target_is_directory=True)
+    (tmp_path / "study" / "loop").symlink_to(tmp_path / "study", target_is_directory=True)  # read once, not forever
+    assert np.array_equal(load_volume(tmp_path / "study").slices, load_volume(tmp_path / "store" / "series").slices)

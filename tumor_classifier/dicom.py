@@ -85,7 +85,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
     """Reads the headers of a DICOM file, or of every file under a folder, and groups them by series.
 
     Args:
-        source: A DICOM file or a folder (walked with its subfolders).
+        source: A DICOM file or a folder (walked with its subfolders, linked ones included).
 
     Returns:
         The :class:`DicomScan`; a folder's files that are not DICOM images are counted in
@@ -107,7 +107,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
             raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
         scan.series[uid], scan.headers[path], scan.described[uid] = [path], header, uid
         return scan
-    for path in sorted(p for p in path.rglob("*") if p.is_file()):
+    for path in _files_under(path):
         if path.name.upper() == "DICOMDIR" or sniff(path) != "dicom":
             scan.skipped += 1
             continue
@@ -134,6 +134,19 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
         scan.headers[path] = header
         scan.described.setdefault(uid, description)
     return scan
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files under a folder and its subfolders, through links (each real folder once: a link loop ends), sorted."""
+    files, walked = [], set()
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        files.extend(path for path in (Path(parent) / name for name in names) if path.is_file())
+    return sorted(files)
 
 
 def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | None) -> _Raw:
