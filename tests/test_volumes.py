@@ -650,3 +650,19 @@ def test_a_dicom_folder_reads_the_files_of_its_linked_subfolders(tmp_path):
     (tmp_path / "study" / "series").symlink_to(tmp_path / "store" / "series", target_is_directory=True)
     (tmp_path / "study" / "loop").symlink_to(tmp_path / "study", target_is_directory=True)  # read once, not forever
     assert np.array_equal(load_volume(tmp_path / "study").slices, load_volume(tmp_path / "store" / "series").slices)
+
+
+def test_a_truncated_dicom_in_a_series_is_named_as_such(tmp_path):
+    """A series file cut inside its pixels was called 'DICOM without pixel data (a report,
+    structure set ...)'; one cut inside its header was dropped without a word, and the volume
+    came out a slice short with only a note about uneven spacing."""
+    _, paths = write_dicom_series(tmp_path / "pixels", phantom())
+    data = paths[3].read_bytes()
+    paths[3].write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00") + 6])  # cut inside the PixelData element's header
+    with pytest.raises(InvalidVolumeError, match=rf"{paths[3].name} is an image whose pixel data is missing or cut short"):
+        load_volume(tmp_path / "pixels")
+    _, paths = write_dicom_series(tmp_path / "header", phantom())
+    paths[3].write_bytes(paths[3].read_bytes()[:300])
+    volume = load_volume(tmp_path / "header")
+    assert len(volume) == SHAPE[2] - 1
+    assert any("1 file that looks like DICOM could not be read and was left out" in note for note in volume.notes), volume.notes

@@ -58,6 +58,8 @@ class DicomScan:
         skipped: Files of a folder that are not DICOM images (other files, DICOMDIR,
             unreadable headers) or copies of an image listed already (same
             ``SOPInstanceUID``), read no further.
+        unreadable: Of those, the files that start like DICOM but whose header cannot be
+            read (damaged, cut short): a series may lack them, and the volume's notes say so.
     """
 
     source: Path
@@ -65,6 +67,7 @@ class DicomScan:
     headers: dict[Path, Any] = field(default_factory=dict)
     described: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    unreadable: int = 0
 
     def voxels(self, uid: str) -> int:
         """Voxels the series' headers declare: rows x columns x frames, summed over its files (none read).
@@ -115,6 +118,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
             if "Rows" not in header and "SeriesInstanceUID" not in header:  # not an image (read up to its pixels)
                 scan.skipped += 1
+                scan.unreadable += _declares_an_image(header)  # ... or an image's file cut inside its header
                 continue
             uid = str(header.get("SeriesInstanceUID", _NO_UID))
             instance = header.get("SOPInstanceUID")
@@ -125,8 +129,9 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
                 f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
                 f"'{header.get('SeriesDescription', '')}'"
             )
-        except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
+        except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones, and counted
             scan.skipped += 1
+            scan.unreadable += 1
             continue
         if instance is not None:
             instances.add(str(instance))
@@ -134,6 +139,13 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
         scan.headers[path] = header
         scan.described.setdefault(uid, description)
     return scan
+
+
+def _declares_an_image(header: Any) -> bool:
+    """Whether a header's file meta names an image storage class (MR Image Storage ...)."""
+    meta = getattr(header, "file_meta", None)
+    sop_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    return sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -172,7 +184,11 @@ def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | N
         raise InvalidVolumeError(f"The folder {folder} has no series {series_uid!r}; series found: {', '.join(sorted(series))}.")
     uid = series_uid or next(iter(series))
     _check_declared_voxels(scan, uid, str(folder))
-    return _dicom_files_raw(series[uid], str(folder), None if uid == _NO_UID else uid, time_point, single_file=False)
+    raw = _dicom_files_raw(series[uid], str(folder), None if uid == _NO_UID else uid, time_point, single_file=False)
+    if scan.unreadable:
+        count = "1 file that looks like DICOM" if scan.unreadable == 1 else f"{scan.unreadable} files that look like DICOM"
+        raw.notes.append(f"{count} could not be read and {'was' if scan.unreadable == 1 else 'were'} left out (damaged or cut short?): a slice may be missing.")
+    return raw
 
 
 def _check_declared_voxels(scan: DicomScan, uid: str, what: str) -> None:
@@ -288,6 +304,10 @@ def _interpret(path: Path, dataset: Any) -> tuple[str | None, str | None, list[_
             f"with Modality {' or '.join(MRI_MODALITIES)}."
         )
     if "PixelData" not in dataset:
+        if "Rows" in dataset and "Columns" in dataset:  # an image's header: the file ends before its pixels
+            raise InvalidVolumeError(
+                f"{path.name} is an image whose pixel data is missing or cut short (a truncated copy?); copy the file again."
+            )
         raise InvalidVolumeError(f"{path.name} is DICOM without pixel data (a report, structure set ...), not an image.")
     if int(dataset.get("SamplesPerPixel", 1)) != 1:
         raise InvalidVolumeError(
