@@ -139,7 +139,7 @@ def test_cli_predicts_a_nifti_with_slices_plot_and_overlay(model_dir, tmp_path, 
     assert f"{path}: " in printed and ("no tumour" in printed or "tumour, type" in printed or "NOT A BRAIN MRI" in printed)
     assert "(not at brain level, not classified)" in printed  # the --slices table
     files = sorted(p.name for p in out.iterdir())
-    assert any(name.startswith("head_key_slice_") for name in files) and "head_slice_probabilities.png" in files
+    assert any(name.startswith("000_head_key_slice_") for name in files) and "000_head_slice_probabilities.png" in files
     assert "Research use only" in printed
 
 
@@ -245,3 +245,20 @@ def test_cli_on_a_zip_of_a_dicom_series_says_to_unzip_it(model_dir, tmp_path, ca
     assert main(["predict", str(tmp_path / "series.zip"), "--model", str(model_dir)]) == 1
     err = capsys.readouterr().err
     assert "series.zip is a zip archive" in err and "unzip it" in err and "Traceback" not in err
+
+
+def test_cli_volume_figures_of_two_scans_with_one_name_do_not_overwrite_each_other(model_dir, tmp_path, capsys):
+    """a/t1c.nii.gz and b/t1c.nii.gz (two BraTS cases, say) wrote one t1c_slice_probabilities.png,
+    the second over the first; a series folder named by its UID became '1_...'."""
+    for case in ("a", "b"):
+        (tmp_path / case).mkdir()
+        write_nifti(tmp_path / case / "t1c.nii.gz", phantom())
+    write_dicom_series(tmp_path / "1.2.840.5", phantom())
+    volumes = [str(tmp_path / "a" / "t1c.nii.gz"), str(tmp_path / "b" / "t1c.nii.gz"), str(tmp_path / "1.2.840.5")]
+    out = tmp_path / "out"
+    assert main(["predict", *volumes, "--model", str(model_dir), "--explain", "--out", str(out)]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 6 and sum(name.endswith("_slice_probabilities.png") for name in files) == 3
+    assert any(name.startswith("002_1.2.840.5_") for name in files), files
+    printed = capsys.readouterr().out
+    assert all(str(out / name) in printed for name in files)  # each written file is named beside its volume

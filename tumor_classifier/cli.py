@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -272,7 +273,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
 
     out = Path(args.out) if args.out else None
     failures = 0
-    for path in paths:
+    for index, path in enumerate(paths):
         try:
             result = classifier.predict_volume(
                 path,
@@ -289,7 +290,8 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
         written = {}
         if out is not None and args.explain:
             out.mkdir(parents=True, exist_ok=True)
-            stem = Path(path).name.split(".")[0] or "volume"
+            # The index keeps a/t1c.nii.gz and b/t1c.nii.gz apart; a series folder keeps its dotted UID name.
+            stem = f"{index:03d}_" + (re.sub(r"\.(nii|nii\.gz|dcm|dicom|ima)$", "", Path(path).name, flags=re.IGNORECASE) or "volume")
             written["overlay"] = str(out / f"{stem}_key_slice_{result.key_slice:03d}_{result.explanation.method}.png")
             _volume_figure(result).save(written["overlay"])
             written["plot"] = str(
