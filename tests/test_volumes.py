@@ -666,3 +666,12 @@ def test_a_truncated_dicom_in_a_series_is_named_as_such(tmp_path):
     volume = load_volume(tmp_path / "header")
     assert len(volume) == SHAPE[2] - 1
     assert any("1 file that looks like DICOM could not be read and was left out" in note for note in volume.notes), volume.notes
+
+
+def test_an_array_with_a_leading_axis_of_one_is_a_3d_volume():
+    """(1, n, H, W), a batch of one as torch code holds a volume, was refused as '4-D: 1 time
+    points or channels. Choose one with time_point=0..0'. A NIfTI's (x, y, z, 1) was read already."""
+    slices = np.moveaxis(phantom(), 2, 0)
+    np.testing.assert_array_equal(load_volume(slices[None]).slices, load_volume(slices).slices)
+    with pytest.raises(InvalidVolumeError, match="2 time points or channels"):
+        load_volume(np.stack([slices, slices]))

@@ -164,6 +164,8 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         raise InvalidVolumeError(f"{what} holds {data.dtype} values; a volume of real intensities is accepted.")
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
         data = data[..., 0]
+    while slices_first and data.ndim > 3 and data.shape[0] == 1:  # so is (1, n, H, W), a batch of one
+        data = data[0]
     if slices_first and data.ndim == 4 and data.shape[-1] in (3, 4):  # np.stack of RGB images, not time points
         raise InvalidVolumeError(
             f"{what} has shape {data.shape}: colour (RGB or RGBA) slices. A volume of grey slices (n, H, W) is "
