@@ -334,6 +334,8 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
             print(f"  {name}: {target}")
         if args.slices:
             classes = list(result.probabilities)
+            if not result.looks_like_mri:
+                print("  (not a brain MRI? the per-slice probabilities below are the model's output, no answer about a tumour)")
             print("  slice  tumour " + " ".join(f"{c[:10]:>10}" for c in classes))
             for row in result.slice_table():
                 if row["classified"]:
