@@ -177,6 +177,7 @@ def test_cli_json_gives_no_tumour_answer_for_a_volume_flagged_not_mri(model_dir,
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["looks_like_mri"] is False  # the tiny test model's check flags the phantom
     assert row["label"] is None and row["tumour"] is None and row["model_label"] in CLASSES
+    assert row["verdict"] == "not_brain_mri"  # the key an image's JSON line and an archive row have
 
 
 def test_the_mni152_template_is_a_healthy_brain_mri(one_torch_thread):

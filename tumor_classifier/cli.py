@@ -308,6 +308,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
             row = {
                 "volume": str(path),
                 "label": result.label,
+                "verdict": result.verdict,
                 "model_label": result.model_label,
                 "tumour": result.tumour_answer,
                 "tumor_probability": result.tumour_probability,
