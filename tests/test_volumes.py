@@ -675,3 +675,14 @@ def test_an_array_with_a_leading_axis_of_one_is_a_3d_volume():
     np.testing.assert_array_equal(load_volume(slices[None]).slices, load_volume(slices).slices)
     with pytest.raises(InvalidVolumeError, match="2 time points or channels"):
         load_volume(np.stack([slices, slices]))
+
+
+def test_a_2d_nifti_is_refused_with_advice_that_works_for_a_nifti(tmp_path):
+    """A slice saved as a 2-D NIfTI was told it 'goes through TumorClassifier.predict instead',
+    which reads no NIfTI (nor does the command's image path)."""
+    flat = write_nifti(tmp_path / "slice.nii.gz", phantom()[:, :, 10])
+    with pytest.raises(InvalidVolumeError, match=r"has 2 dimension\(s\).*third axis of length 1") as caught:
+        load_volume(flat)
+    assert "TumorClassifier.predict instead" not in str(caught.value)
+    with pytest.raises(InvalidVolumeError, match="TumorClassifier.predict instead"):  # right for an array
+        load_volume(phantom()[:, :, 10])

@@ -184,10 +184,11 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         raise InvalidVolumeError(f"time_point={time_point} was given but {what} is {data.ndim}-D with no time axis.")
     data = np.asanyarray(data)
     if data.ndim != 3:
-        raise InvalidVolumeError(
-            f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). "
-            "A single 2-D slice goes through TumorClassifier.predict instead."
-        )
+        single = (
+            "A single 2-D slice goes through TumorClassifier.predict instead." if slices_first else
+            "A single slice saved as a 2-D file is read once saved with a third axis of length 1 (x, y, 1), or as a PNG."
+        )  # fmt: skip
+        raise InvalidVolumeError(f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). {single}")
     if 0 in data.shape:
         raise InvalidVolumeError(f"{what} is empty (shape {data.shape}); a volume needs at least one voxel along each of its 3 axes.")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
