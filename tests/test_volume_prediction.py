@@ -201,25 +201,23 @@ def test_volume_figures_and_text_carry_the_volume_verdict_not_the_key_slices_own
     printed summary and plot showed a tumour probability and runs as if they were an answer."""
     import dataclasses
 
-    from tumor_classifier.cli import _volume_figure_text, _volume_plot_title, _volume_summary
-
     result = clf.predict_volume(write_nifti(tmp_path / "head.nii.gz", phantom()))
     assert not result.looks_like_mri  # the tiny test model's check flags the phantom
     n = len(result.classified)
-    title, target = _volume_figure_text(result)
+    title, target = result.figure_text()
     assert f"Axial slice {result.key_slice}/{n}" in title and "not a brain MRI" in title and "diagnostic" in title
     assert target == "the model's top class"  # no tumour type named for a flagged volume
-    plot = _volume_plot_title(result, "head.nii.gz")
+    plot = result.plot_title("head.nii.gz")
     assert "head.nii.gz" in plot and "NOT A BRAIN MRI" in plot and "no answer" in plot
-    summary = _volume_summary(result)
+    summary = result.summary()
     assert "tumour probability" not in summary and "runs" not in summary and f"key slice {result.key_slice}" in summary
     # The same volume had it passed the check, whatever its key slice's own check says.
     passing = dataclasses.replace(result, looks_like_mri=True, label=result.model_label, tumour=True, runs=[(0, 2)])
-    title, target = _volume_figure_text(passing)
+    title, target = passing.figure_text()
     assert f"volume: {passing.label} (" in title and "not a brain mri" not in title.lower()
     explained = max(result.explanation.probabilities, key=result.explanation.probabilities.get)
     assert target == explained
-    assert "tumour probability" in _volume_summary(passing)
+    assert "tumour probability" in passing.summary()
 
 
 def test_cli_predicts_each_sequence_of_a_brats_case_folder(model_dir, tmp_path, capsys):

@@ -227,44 +227,12 @@ def _is_volume(path: str) -> bool:
         return False
 
 
-def _volume_figure_text(result) -> tuple[str, str]:
-    """The key-slice figure's title and what its map is evidence for: the volume's verdict and
-    which slice it is (the slice's own 2-D verdict is not the volume's); a flagged volume names no class.
-    Short enough for the title line of a 420-pixel figure."""
-    slice_at = f"{(result.volume.plane or 'given').capitalize()} slice {result.key_slice}/{len(result.classified)}"
-    if not result.looks_like_mri:
-        return f"{slice_at}; volume: not a brain MRI?; not diagnostic", "the model's top class"
-    verdict = f"{result.label} ({result.probabilities[result.label]:.2f})" if result.tumour else "no tumour"
-    title = f"{slice_at}; volume: {verdict}; not diagnostic"
-    probabilities = result.explanation.probabilities
-    return title, max(probabilities, key=probabilities.get)  # the class the map belongs to
-
-
 def _volume_figure(result):
-    """The exported key-slice heatmap, framed as :func:`_figure` frames an image's."""
+    """The exported key-slice heatmap, framed as :func:`_figure` frames an image's, with the volume's verdict."""
     from .visualization import annotate
 
-    title, target = _volume_figure_text(result)
+    title, target = result.figure_text()
     return annotate(result.explanation.overlay, title=title, target=target, method=result.explanation.method)
-
-
-def _volume_plot_title(result, name: str) -> str:
-    """The probability-along-slices plot's title: the volume, its verdict, and for a flagged one that the curve is no answer."""
-    plane = result.volume.plane or "given"
-    if not result.looks_like_mri:
-        return f"{name}: {result.headline}\nthe model's slice probabilities along the {plane} slices, no answer about a tumour"
-    return f"{name}: {result.headline}\ntumour probability along the {plane} slices (gaps: not at brain level, not classified)"
-
-
-def _volume_summary(result) -> str:
-    """The printed line under a volume's verdict; a flagged volume gets no tumour probability or runs (no answer)."""
-    where = f"{len(result.classified)} {result.volume.plane or 'given'} slices, {int(result.classified.sum())} at brain level classified"
-    if not result.looks_like_mri:
-        return f"key slice {result.key_slice}; {where}"
-    return (
-        f"tumour probability {result.tumour_probability:.3f}; runs of >= {result.min_run} slices at >= "
-        f"{result.threshold:g}: {result.runs or 'none'}; key slice {result.key_slice}; {where}"
-    )
 
 
 def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace) -> int:
@@ -301,7 +269,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                     threshold=result.threshold,
                     key_slice=result.key_slice,
                     runs=result.runs,
-                    title=_volume_plot_title(result, Path(path).name),
+                    title=result.plot_title(Path(path).name),
                 )
             )
         if args.json:
@@ -328,7 +296,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
             continue
         reasons = f" ({'; '.join(result.mri_reasons)})" if not result.looks_like_mri else ""
         print(f"{path}: {result.headline}{reasons}")
-        print(f"  {_volume_summary(result)}")
+        print(f"  {result.summary()}")
         for note in result.notes:
             print(f"  note: {note}")
         for name, target in written.items():
