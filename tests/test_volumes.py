@@ -686,3 +686,27 @@ def test_a_2d_nifti_is_refused_with_advice_that_works_for_a_nifti(tmp_path):
     assert "TumorClassifier.predict instead" not in str(caught.value)
     with pytest.raises(InvalidVolumeError, match="TumorClassifier.predict instead"):  # right for an array
         load_volume(phantom()[:, :, 10])
+
+
+def test_slice_edges_name_where_each_cut_puts_the_patient(tmp_path):
+    """The key-slice figure showed no orientation: a reader had to know that the image's left is
+    the patient's right. SLICE_EDGES letters the edges, checked here against the cut itself."""
+    from PIL import Image
+
+    from tumor_classifier.volume_slices import PLANES, SLICE_EDGES, mark_edges
+
+    path = write_nifti(tmp_path / "p.nii.gz", phantom())
+    for plane in PLANES:
+        slices = load_volume(path, plane=plane).slices
+        _, row, col = marker_position(slices)  # the anterior, patient-right marker
+        top, bottom, left, right = SLICE_EDGES[plane]
+        height, width = slices.shape[1:]
+        if "A" in (top, bottom):
+            assert (row < height / 2) == (top == "A"), plane
+        for near in ("R", "A"):
+            if near in (left, right):
+                assert (col < width / 2) == (left == near), plane
+    gray = Image.new("RGB", (240, 240), (128, 128, 128))
+    marked = np.asarray(mark_edges(gray, "axial"), dtype=int) - 128
+    assert np.abs(marked[100:140, :20]).max() > 0 and np.abs(marked[:20, 100:140]).max() > 0  # letters at the edges
+    assert np.abs(marked[60:180, 60:180]).max() == 0  # the slice itself untouched

@@ -228,11 +228,14 @@ def _is_volume(path: str) -> bool:
 
 
 def _volume_figure(result):
-    """The exported key-slice heatmap, framed as :func:`_figure` frames an image's, with the volume's verdict."""
+    """The exported key-slice heatmap, framed as :func:`_figure` frames an image's, with the volume's verdict
+    and, when the plane is known, the patient's directions lettered at the edges."""
     from .visualization import annotate
+    from .volume_slices import mark_edges
 
     title, target = result.figure_text()
-    return annotate(result.explanation.overlay, title=title, target=target, method=result.explanation.method)
+    overlay = result.explanation.overlay if result.volume.plane is None else mark_edges(result.explanation.overlay, result.volume.plane)
+    return annotate(overlay, title=title, target=target, method=result.explanation.method)
 
 
 def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace) -> int:

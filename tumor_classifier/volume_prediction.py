@@ -167,7 +167,8 @@ class VolumePrediction:
         verdict is not the volume's), short enough for the title line of a 420-pixel
         figure; a flagged volume names no class.
         """
-        slice_at = f"{(self.volume.plane or 'given').capitalize()} slice {self.key_slice}/{len(self.classified)}"
+        count = f"{self.key_slice}/{len(self.classified)}"
+        slice_at = f"{self.volume.plane.capitalize()} slice {count}" if self.volume.plane else f"Slice {count} as stored"
         if not self.looks_like_mri:
             return f"{slice_at}; volume: not a brain MRI?; not diagnostic", "the model's top class"
         verdict = f"{self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"

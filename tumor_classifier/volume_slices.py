@@ -21,6 +21,11 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 #: median of 400 random ones; quartiles 0.85 and 0.98): how :func:`frame_head` frames a slice.
 HEAD_FILL = 0.93
 
+#: Where :func:`cut` puts the patient in each plane's slices: the letters of the (top,
+#: bottom, left, right) image edges (A/P anterior/posterior, S/I superior/inferior, R/L the
+#: patient's right/left), for figures a reader must orient.
+SLICE_EDGES = {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"), "sagittal": ("S", "I", "A", "P")}
+
 # Axis letters of RAS+ after canonicalisation: 0 = x (left -> right), 1 = y (posterior ->
 # anterior), 2 = z (inferior -> superior).
 _SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -185,6 +190,29 @@ def frame_head(gray: np.ndarray, fill: float = HEAD_FILL) -> np.ndarray:
     row, col = (side - box.shape[0]) // 2, (side - box.shape[1]) // 2
     framed[row : row + box.shape[0], col : col + box.shape[1]] = box
     return framed
+
+
+def mark_edges(image, plane: str):
+    """A copy of a slice image (PIL, as its overlay) with :data:`SLICE_EDGES` lettered at the middle of each edge.
+
+    The letters are white on a dark box, a little inside the edges, so they read on any scan.
+    """
+    from PIL import ImageDraw
+
+    from .visualization import _font
+
+    marked = image.convert("RGB")
+    draw = ImageDraw.Draw(marked)
+    size = max(10, min(marked.size) // 16)
+    font = _font(size)
+    pad = max(2, size // 5)
+    width, height = marked.size
+    places = (((width / 2, pad), "mt"), ((width / 2, height - pad), "mb"), ((pad, height / 2), "lm"), ((width - pad, height / 2), "rm"))
+    for letter, ((x, y), anchor) in zip(SLICE_EDGES[plane], places):  # top, bottom, left, right
+        box = draw.textbbox((x, y), letter, font=font, anchor=anchor)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text((x, y), letter, fill=(255, 255, 255), font=font, anchor=anchor)
+    return marked
 
 
 def _resample_in_plane(slices: np.ndarray, row_factor: float, col_factor: float) -> np.ndarray:
