@@ -176,9 +176,15 @@ def test_two_processes_under_torchrun_give_the_single_process_output(archive, ti
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--recursive"], "give --output results.parquet"), (["--output", "results.txt"], "must end in .parquet, .csv or .jsonl")],
+    [
+        (["--recursive"], "give --output results.parquet"),
+        (["--output", "results.txt"], "must end in .parquet, .csv or .jsonl"),
+        # It was taken and ignored: every series of a folder gets its own row.
+        (["--output", "results.csv", "--series-uid", "1.2.3"], "each DICOM series gets its own row"),
+    ],
 )
-def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, extra, message):
+def test_archive_arguments_are_checked_before_any_work(archive, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)  # a relative --output that were not refused lands here
     assert main(["predict", str(archive), *extra]) == 2
     assert message in capsys.readouterr().err
 
@@ -236,3 +242,53 @@ def test_ctrl_c_keeps_the_rows_predicted_so_far_and_says_how_to_resume(data_dir,
     assert "Traceback" not in err and "run the same command again to resume" in err
     kept = (parts_folder(output) / "rank0.csv").read_text().splitlines()
     assert 32 <= len(kept) - 1 < 600  # the batches predicted before Ctrl-C, header aside
+
+
+def test_the_walk_follows_linked_folders_once_and_lists_broken_volume_links(archive, tmp_path):
+    """A folder reached through a symbolic link (an archive arranged with links to the store) was
+    skipped without a word, and so was a NIfTI link whose target is gone."""
+    root = tmp_path / "linked"
+    root.mkdir()
+    (root / "store").symlink_to(archive / "nested", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # followed once, not forever
+    (root / "gone.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    names = {os.path.relpath(i.path, root): i.kind for i in find_inputs([root])}
+    assert names == {
+        "gone.nii.gz": VOLUME, "store/series": VOLUME,
+        **{f"store/notumor/{p.name}": SLICE for p in (archive / "nested" / "notumor").iterdir()},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_folder_holding_several_dicom_series_gets_a_row_per_series(tiny_model_dir, tmp_path, capsys, suffix):
+    """A study exported flat (every series' files in one folder) got one error row telling the
+    user to pass --series-uid, which an archive run does not take: none of its series was read."""
+    study = tmp_path / "archive" / "study"
+    mr_a, mr_b, ct = "1.2.3.1", "1.2.3.2", "1.2.3.3"
+    for uid, modality in ((mr_a, "MR"), (mr_b, "MR"), (ct, "CT")):
+        write_dicom_series(study, phantom(), series_uid=uid, modality=modality, names=[f"{uid}-{i}.dcm" for i in range(phantom().shape[2])])
+    write_dicom_series(tmp_path / "archive" / "single", phantom(), series_uid="1.2.3.9")
+    output = tmp_path / f"results{suffix}"
+    assert _run(tmp_path / "archive", output, tiny_model_dir) == 1  # the CT series is refused
+    rows = [(os.path.relpath(r["path"], tmp_path / "archive"), r["series_uid"], r["error"], r["slices"]) for r in _rows(output)]
+    assert [row[:2] for row in rows] == [("single", "1.2.3.9"), ("study", mr_a), ("study", mr_b), ("study", ct)]
+    assert rows[1][2] is None and rows[1][3] > 1 and rows[2][2] is None and "not MRI" in rows[3][2]
+    assert "4 rows (2 files found)" in capsys.readouterr().out
+    assert _run(tmp_path / "archive", output, tiny_model_dir) == 1  # resumed: nothing predicted again, no row lost
+    assert "0 files predicted (0 unreadable), 2 already done" in capsys.readouterr().out
+    assert [(os.path.relpath(r["path"], tmp_path / "archive"), r["series_uid"]) for r in _rows(output)] == [row[:2] for row in rows]
+
+
+def test_a_zip_in_an_archive_gets_a_row_saying_to_unzip_it(tiny_model_dir, tmp_path, capsys):
+    """Zipped series were left out of the walk without a word: an archive of them gave no row."""
+    import zipfile
+
+    _, paths = write_dicom_series(tmp_path / "series", phantom())
+    (tmp_path / "archive").mkdir()
+    with zipfile.ZipFile(tmp_path / "archive" / "study.zip", "w") as bundle:
+        for path in paths:
+            bundle.write(path, path.name)
+    output = tmp_path / "results.jsonl"
+    assert _run(tmp_path / "archive", output, tiny_model_dir) == 1
+    [row] = _rows(output)
+    assert row["kind"] == VOLUME and "study.zip is a zip archive" in row["error"] and "unzip it" in row["error"]

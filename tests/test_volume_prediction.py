@@ -138,8 +138,10 @@ def test_cli_predicts_a_nifti_with_slices_plot_and_overlay(model_dir, tmp_path, 
     printed = capsys.readouterr().out
     assert f"{path}: " in printed and ("no tumour" in printed or "tumour, type" in printed or "NOT A BRAIN MRI" in printed)
     assert "(not at brain level, not classified)" in printed  # the --slices table
+    # The tiny model's check flags the phantom: its slice table is the model's output, no answer.
+    assert "NOT A BRAIN MRI" in printed and "per-slice probabilities below are the model's output, no answer about a tumour" in printed
     files = sorted(p.name for p in out.iterdir())
-    assert any(name.startswith("head_key_slice_") for name in files) and "head_slice_probabilities.png" in files
+    assert any(name.startswith("000_head_key_slice_") for name in files) and "000_head_slice_probabilities.png" in files
     assert "Research use only" in printed
 
 
@@ -175,6 +177,7 @@ def test_cli_json_gives_no_tumour_answer_for_a_volume_flagged_not_mri(model_dir,
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["looks_like_mri"] is False  # the tiny test model's check flags the phantom
     assert row["label"] is None and row["tumour"] is None and row["model_label"] in CLASSES
+    assert row["verdict"] == "not_brain_mri"  # the key an image's JSON line and an archive row have
 
 
 def test_the_mni152_template_is_a_healthy_brain_mri(one_torch_thread):
@@ -190,3 +193,73 @@ def test_the_mni152_template_is_a_healthy_brain_mri(one_torch_thread):
     result = TumorClassifier.from_pretrained().predict_volume(template, explain=False)
     assert result.looks_like_mri and result.label == "notumor" and not result.runs, (result.runs, result.mri_reasons)
     assert 0.2 < result.classified.mean() < 0.4  # brain-level slices only (53 of 189)
+
+
+def test_volume_figures_and_text_carry_the_volume_verdict_not_the_key_slices_own(clf, tmp_path, capsys):
+    """The key-slice overlay of a volume said what the 2-D check made of that one slice
+    ("Not a brain MRI") under a volume verdict of "tumour, glioma"; and a flagged volume's
+    printed summary and plot showed a tumour probability and runs as if they were an answer."""
+    import dataclasses
+
+    result = clf.predict_volume(write_nifti(tmp_path / "head.nii.gz", phantom()))
+    assert not result.looks_like_mri  # the tiny test model's check flags the phantom
+    n = len(result.classified)
+    title, target = result.figure_text()
+    assert f"Axial slice {result.key_slice}/{n}" in title and "not a brain MRI" in title and "diagnostic" in title
+    assert target == "the model's top class"  # no tumour type named for a flagged volume
+    plot = result.plot_title("head.nii.gz")
+    assert "head.nii.gz" in plot and "NOT A BRAIN MRI" in plot and "no answer" in plot
+    summary = result.summary()
+    assert "tumour probability" not in summary and "runs" not in summary and f"key slice {result.key_slice}" in summary
+    # The same volume had it passed the check, whatever its key slice's own check says.
+    passing = dataclasses.replace(result, looks_like_mri=True, label=result.model_label, tumour=True, runs=[(0, 2)])
+    title, target = passing.figure_text()
+    assert f"volume: {passing.label} (" in title and "not a brain mri" not in title.lower()
+    explained = max(result.explanation.probabilities, key=result.explanation.probabilities.get)
+    assert target == explained
+    assert "tumour probability" in passing.summary()
+
+
+def test_cli_predicts_each_sequence_of_a_brats_case_folder(model_dir, tmp_path, capsys):
+    """A BraTS case folder was refused as 'a directory, not an image file; give the path of one
+    image file', under an empty table header."""
+    case = tmp_path / "BraTS-GLI-00000-000"
+    case.mkdir()
+    for name in ("t2f", "t1n", "seg"):
+        write_nifti(case / f"BraTS-GLI-00000-000-{name}.nii.gz", phantom())
+    assert main(["predict", str(case), "--model", str(model_dir)]) == 0
+    printed = capsys.readouterr().out
+    verdicts = [line.split(": ")[0] for line in printed.splitlines() if line.startswith(str(case))]
+    assert verdicts == [str(case / "BraTS-GLI-00000-000-t1n.nii.gz"), str(case / "BraTS-GLI-00000-000-t2f.nii.gz")]
+    assert "image " not in printed  # no empty table of images
+
+
+def test_cli_on_a_zip_of_a_dicom_series_says_to_unzip_it(model_dir, tmp_path, capsys):
+    """A zipped series (what PACS and the app's upload take) was refused as 'not an image in a
+    format this package reads; accepted: JPEG, PNG ...', with no word of volumes or zips."""
+    import zipfile
+
+    _, paths = write_dicom_series(tmp_path / "series", phantom())
+    with zipfile.ZipFile(tmp_path / "series.zip", "w") as bundle:
+        for path in paths:
+            bundle.write(path, f"series/{path.name}")
+    assert main(["predict", str(tmp_path / "series.zip"), "--model", str(model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "series.zip is a zip archive" in err and "unzip it" in err and "Traceback" not in err
+
+
+def test_cli_volume_figures_of_two_scans_with_one_name_do_not_overwrite_each_other(model_dir, tmp_path, capsys):
+    """a/t1c.nii.gz and b/t1c.nii.gz (two BraTS cases, say) wrote one t1c_slice_probabilities.png,
+    the second over the first; a series folder named by its UID became '1_...'."""
+    for case in ("a", "b"):
+        (tmp_path / case).mkdir()
+        write_nifti(tmp_path / case / "t1c.nii.gz", phantom())
+    write_dicom_series(tmp_path / "1.2.840.5", phantom())
+    volumes = [str(tmp_path / "a" / "t1c.nii.gz"), str(tmp_path / "b" / "t1c.nii.gz"), str(tmp_path / "1.2.840.5")]
+    out = tmp_path / "out"
+    assert main(["predict", *volumes, "--model", str(model_dir), "--explain", "--out", str(out)]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 6 and sum(name.endswith("_slice_probabilities.png") for name in files) == 3
+    assert any(name.startswith("002_1.2.840.5_") for name in files), files
+    printed = capsys.readouterr().out
+    assert all(str(out / name) in printed for name in files)  # each written file is named beside its volume

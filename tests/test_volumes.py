@@ -116,10 +116,12 @@ def test_four_d_needs_a_time_point(tmp_path):
         (np.ones((8, 8), dtype=np.float32), "2 dimension"),
         (np.ones((4, 4, 4, 2, 2), dtype=np.float32), "5 dimension"),
         (np.zeros(SHAPE, dtype=np.float32), "empty: every voxel is 0"),
+        # It was called "empty" too, which a user holding 13440 voxels of 7 cannot make sense of.
+        (np.full(SHAPE, 7, dtype=np.float32), "has no contrast: every voxel is 7"),
         (np.where(phantom() > 0, np.nan, 0).astype(np.float32), "NaN or infinite"),
         (np.where(phantom() > 0, np.inf, 0).astype(np.float32), "NaN or infinite"),
     ],
-    ids=["2d", "5d", "empty", "nan", "inf"],
+    ids=["2d", "5d", "empty", "constant", "nan", "inf"],
 )
 def test_bad_nifti_volumes_are_refused_clearly(tmp_path, data, message):
     path = write_nifti(tmp_path / "bad.nii.gz", data)
@@ -591,3 +593,120 @@ def test_a_dicom_series_without_modality_is_read_with_a_note_saying_so(tmp_path)
     volume = load_volume(tmp_path / "s")
     assert volume.modality is None
     assert any("no Modality" in note for note in volume.notes)
+
+
+def test_slices_too_small_to_classify_are_refused_as_a_volume_with_the_plane_that_fits(tmp_path):
+    """A single sagittal DICOM slice cut axially gave 256 slices of 1 x 256 pixels, and the user
+    read 'Image 0: The numpy array of shape (256, 1) ... at least 8 pixels a side are needed'."""
+    write_dicom_series(tmp_path / "one", phantom()[..., 10:11])  # one axial slice: 24 x 28 pixels
+    assert load_volume(tmp_path / "one").slices.shape == (1, 28, 24)
+    with pytest.raises(InvalidVolumeError, match=r"sagittal slices of .* are 28x\d pixels.*at least 8.*axial plane"):
+        load_volume(tmp_path / "one", plane="sagittal")
+    with pytest.raises(InvalidVolumeError, match=r"slices of numpy array are 2x2 pixels.*at least 8 and at most 8192 pixels a side"):
+        load_volume(np.arange(5 * 2 * 2, dtype=np.float32).reshape(5, 2, 2))
+
+
+@pytest.mark.parametrize("name, compress", [("scan", True), ("scan.bin", False)])
+def test_nifti_content_under_another_name_is_read_as_nifti(tmp_path, name, compress):
+    """The reader tells NIfTI by its first bytes, and the archive walk lists such a file as a
+    volume; nibabel then refused it ('Cannot work out file type') for its name."""
+    import gzip
+
+    written = write_nifti(tmp_path / ("x.nii.gz" if compress else "x.nii"), phantom())
+    path = tmp_path / name
+    path.write_bytes(written.read_bytes())
+    assert gzip.open(path).read(1) if compress else True  # the bytes are what their name does not say
+    expected = load_volume(written)
+    volume = load_volume(path)
+    assert np.array_equal(volume.slices, expected.slices) and volume.source == name
+    two_d = nib.Nifti2Image(phantom(), np.eye(4))
+    nib.save(two_d, str(tmp_path / "y.nii"))
+    (tmp_path / "y2").write_bytes((tmp_path / "y.nii").read_bytes())
+    assert np.array_equal(load_volume(tmp_path / "y2").slices, expected.slices)
+
+
+def test_a_folder_without_dicom_says_how_folders_of_images_and_brats_cases_are_read(tmp_path):
+    (tmp_path / "BraTS-GLI-00000-000-t1n.nii.gz").write_bytes(b"")
+    with pytest.raises(InvalidVolumeError, match=r"holds no DICOM files.*load_brats_case.*--recursive --output"):
+        load_volume(tmp_path)
+
+
+def test_a_brats_segmentation_on_another_voxel_grid_is_refused_not_misplaced(tmp_path):
+    """A segmentation saved with another affine (here 2 mm voxels, or another origin) was cut to
+    the sequences' shape and its labels put on the wrong slices, without a word."""
+    for name, affine in (("spacing", np.diag([2.0, 2.0, 2.0, 1.0])), ("origin", np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 7.0], [0, 0, 0, 1]]))):
+        case = write_brats_case(tmp_path / name)
+        seg = next(case.glob("*seg.nii.gz"))
+        write_nifti(seg, np.asarray(nib.load(str(seg)).dataobj), affine)
+        with pytest.raises(InvalidDatasetError, match=r"do not share one voxel grid.*seg.*t1n.*co-registered"):
+            load_brats_case(case)
+
+
+def test_a_dicom_folder_reads_the_files_of_its_linked_subfolders(tmp_path):
+    """Series files reached through a linked subfolder were skipped (Path.rglob does not follow
+    links), so the folder 'held no DICOM files', or a series came out with slices missing."""
+    write_dicom_series(tmp_path / "store" / "series", phantom())
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "series").symlink_to(tmp_path / "store" / "series", target_is_directory=True)
+    (tmp_path / "study" / "loop").symlink_to(tmp_path / "study", target_is_directory=True)  # read once, not forever
+    assert np.array_equal(load_volume(tmp_path / "study").slices, load_volume(tmp_path / "store" / "series").slices)
+
+
+def test_a_truncated_dicom_in_a_series_is_named_as_such(tmp_path):
+    """A series file cut inside its pixels was called 'DICOM without pixel data (a report,
+    structure set ...)'; one cut inside its header was dropped without a word, and the volume
+    came out a slice short with only a note about uneven spacing."""
+    _, paths = write_dicom_series(tmp_path / "pixels", phantom())
+    data = paths[3].read_bytes()
+    paths[3].write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00") + 6])  # cut inside the PixelData element's header
+    with pytest.raises(InvalidVolumeError, match=rf"{paths[3].name} is an image whose pixel data is missing or cut short"):
+        load_volume(tmp_path / "pixels")
+    _, paths = write_dicom_series(tmp_path / "header", phantom())
+    paths[3].write_bytes(paths[3].read_bytes()[:300])
+    volume = load_volume(tmp_path / "header")
+    assert len(volume) == SHAPE[2] - 1
+    assert any("1 file that looks like DICOM could not be read and was left out" in note for note in volume.notes), volume.notes
+
+
+def test_an_array_with_a_leading_axis_of_one_is_a_3d_volume():
+    """(1, n, H, W), a batch of one as torch code holds a volume, was refused as '4-D: 1 time
+    points or channels. Choose one with time_point=0..0'. A NIfTI's (x, y, z, 1) was read already."""
+    slices = np.moveaxis(phantom(), 2, 0)
+    np.testing.assert_array_equal(load_volume(slices[None]).slices, load_volume(slices).slices)
+    with pytest.raises(InvalidVolumeError, match="2 time points or channels"):
+        load_volume(np.stack([slices, slices]))
+
+
+def test_a_2d_nifti_is_refused_with_advice_that_works_for_a_nifti(tmp_path):
+    """A slice saved as a 2-D NIfTI was told it 'goes through TumorClassifier.predict instead',
+    which reads no NIfTI (nor does the command's image path)."""
+    flat = write_nifti(tmp_path / "slice.nii.gz", phantom()[:, :, 10])
+    with pytest.raises(InvalidVolumeError, match=r"has 2 dimension\(s\).*third axis of length 1") as caught:
+        load_volume(flat)
+    assert "TumorClassifier.predict instead" not in str(caught.value)
+    with pytest.raises(InvalidVolumeError, match="TumorClassifier.predict instead"):  # right for an array
+        load_volume(phantom()[:, :, 10])
+
+
+def test_slice_edges_name_where_each_cut_puts_the_patient(tmp_path):
+    """The key-slice figure showed no orientation: a reader had to know that the image's left is
+    the patient's right. SLICE_EDGES letters the edges, checked here against the cut itself."""
+    from PIL import Image
+
+    from tumor_classifier.volume_slices import PLANES, SLICE_EDGES, mark_edges
+
+    path = write_nifti(tmp_path / "p.nii.gz", phantom())
+    for plane in PLANES:
+        slices = load_volume(path, plane=plane).slices
+        _, row, col = marker_position(slices)  # the anterior, patient-right marker
+        top, bottom, left, right = SLICE_EDGES[plane]
+        height, width = slices.shape[1:]
+        if "A" in (top, bottom):
+            assert (row < height / 2) == (top == "A"), plane
+        for near in ("R", "A"):
+            if near in (left, right):
+                assert (col < width / 2) == (left == near), plane
+    gray = Image.new("RGB", (240, 240), (128, 128, 128))
+    marked = np.asarray(mark_edges(gray, "axial"), dtype=int) - 128
+    assert np.abs(marked[100:140, :20]).max() > 0 and np.abs(marked[:20, 100:140]).max() > 0  # letters at the edges
+    assert np.abs(marked[60:180, 60:180]).max() == 0  # the slice itself untouched

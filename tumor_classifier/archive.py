@@ -3,12 +3,15 @@
 ``tumor-classifier predict DIR --recursive --output results.parquet`` (or ``.csv`` /
 ``.jsonl``) calls :func:`predict_archive`. Its parts:
 
-* **Walking** (:func:`find_inputs`): folders are walked in sorted order. A file named like
+* **Walking** (:func:`find_inputs`): folders are walked in sorted order, through symbolic
+  links (a folder reached twice, or a link loop, is walked once). A file named like
   an image the decoder reads (:data:`IMAGE_SUFFIXES`) is a ``slice``; a ``.nii`` /
   ``.nii.gz`` file, or a file whose first bytes say NIfTI, is a ``volume``; a folder that
   directly holds DICOM files is one ``volume`` (the series reader also reads its
-  subfolders, so the walk does not descend into it). Other files are not listed.
-* **Rows** (:func:`row_columns`): ``path``, ``kind``, ``label`` (the class, or
+  subfolders, so the walk does not descend into it). A NIfTI link whose target is gone is
+  listed (its row says so), and so is a ``.zip`` (its row says to unzip it). Other files are not listed.
+* **Rows** (:func:`row_columns`): ``path``, ``kind``, ``series_uid`` (DICOM volumes; a
+  folder holding several series, a study exported flat, gets a row per series), ``label`` (the class, or
   ``not_brain_mri``), ``verdict`` (``tumor``, ``no_tumor``, ``uncertain`` or
   ``not_brain_mri``), ``tumor_probability``, ``p_<class>`` per class, ``looks_like_mri``,
   ``slices`` (slices classified: 1 for an image, those inside the head for a volume),
@@ -56,6 +59,8 @@ from .verdict import NOT_BRAIN_MRI
 
 SLICE, VOLUME = "slice", "volume"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Listed as volumes so that their rows say to unzip them (the volume reader reads files and folders).
+ZIP_SUFFIXES = (".zip",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Rows a process keeps before writing them out, and the longest it waits to write them.
 FLUSH_ROWS = 64
@@ -118,12 +123,14 @@ class ArchiveSummary:
 
 
 def _volume_kind(path: Path) -> str | None:
-    """``"nifti"``, ``"dicom"`` or ``None``: by the name when it says, else by the first bytes, read once."""
+    """``"nifti"``, ``"dicom"``, ``"zip"`` or ``None``: by the name when it says, else by the first bytes, read once."""
     from .volumes import sniff
 
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
+    if name.endswith(ZIP_SUFFIXES):
+        return "zip"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
     kind = sniff(path)
@@ -138,11 +145,14 @@ def _items_in(folder: Path, names: Sequence[str]) -> tuple[list[ArchiveItem], bo
         try:
             if name.lower().endswith(IMAGE_SUFFIXES):
                 items.append(ArchiveItem(os.path.normpath(path), SLICE))
+            elif path.is_symlink() and not path.exists():  # a link whose target is gone: a row says so
+                if name.lower().endswith(NIFTI_SUFFIXES):
+                    items.append(ArchiveItem(os.path.normpath(path), VOLUME))
             elif not path.is_file():
                 continue
             else:
                 kind = _volume_kind(path)
-                if kind == "nifti":
+                if kind in ("nifti", "zip"):  # a zip's row says to unzip it
                     items.append(ArchiveItem(os.path.normpath(path), VOLUME))
                 elif kind == "dicom":
                     series = True
@@ -175,7 +185,12 @@ def find_inputs(paths: Sequence[str | os.PathLike], *, recursive: bool = True, e
             continue
         if not root.is_dir():
             raise InvalidArgumentError(f"{root} does not exist; give folders to walk or image / volume files.")
-        for folder, subfolders, names in os.walk(root):
+        walked: set[str] = set()  # real paths: a folder reached through links (or a link loop) is walked once
+        for folder, subfolders, names in os.walk(root, followlinks=True):
+            if os.path.realpath(folder) in walked:
+                subfolders[:] = []
+                continue
+            walked.add(os.path.realpath(folder))
             subfolders[:] = sorted(d for d in subfolders if os.path.normpath(Path(folder) / d) not in skip) if recursive else []
             items, series = _items_in(Path(folder), [n for n in names if os.path.normpath(Path(folder) / n) not in skip])
             if series:
@@ -198,7 +213,7 @@ def shard(items: Sequence[ArchiveItem], rank: int, world_size: int) -> list[Arch
 
 def row_columns(classes: Sequence[str]) -> list[str]:
     """The output's columns, in order, for a model with these classes."""
-    return ["path", "kind", "label", "verdict", "tumor_probability", *(f"p_{c}" for c in classes), "looks_like_mri", "slices", "key_slice", "error"]
+    return ["path", "kind", "series_uid", "label", "verdict", "tumor_probability", *(f"p_{c}" for c in classes), "looks_like_mri", "slices", "key_slice", "error"]
 
 
 def _number(value: float | None) -> float | None:
@@ -241,13 +256,28 @@ def _slice_rows(classifier: Any, items: Sequence[ArchiveItem], columns: Sequence
     return [rows[item] for item in items]
 
 
-def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], plane: str, time_point: int | None) -> dict[str, Any]:
+def _volume_rows(classifier: Any, item: ArchiveItem, columns: Sequence[str], plane: str, time_point: int | None) -> list[dict[str, Any]]:
+    """A volume's row; a DICOM folder holding several series gets one row per series (their headers read once)."""
+    from .volumes import scan_dicom
+
+    source, series = item.path, [None]
     try:
-        result = classifier.predict_volume(item.path, plane=plane, time_point=time_point, explain=False)
+        if os.path.isdir(item.path):
+            source = scan_dicom(item.path)
+            if len(source.series) > 1:  # a study exported flat: every series is a volume of its own
+                series = sorted(source.series)
     except (TumorClassifierError, OSError) as error:
-        return _error_row(item, columns, error)
+        return [_error_row(item, columns, error)]
+    return [_volume_row(classifier, item, columns, source, uid, plane, time_point) for uid in series]
+
+
+def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], source: Any, series_uid: str | None, plane: str, time_point: int | None) -> dict[str, Any]:
+    try:
+        result = classifier.predict_volume(source, series_uid=series_uid, plane=plane, time_point=time_point, explain=False)
+    except (TumorClassifierError, OSError) as error:
+        return _error_row(item, columns, error, series_uid=series_uid)
     return _row(
-        item, columns,
+        item, columns, series_uid=series_uid or result.volume.series_uid,
         label=result.label or NOT_BRAIN_MRI,  # a flagged volume has no label
         verdict=result.verdict,
         tumor_probability=_number(result.tumour_probability),
@@ -256,9 +286,9 @@ def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], plan
     )  # fmt: skip
 
 
-def _error_row(item: ArchiveItem, columns: Sequence[str], error: BaseException) -> dict[str, Any]:
+def _error_row(item: ArchiveItem, columns: Sequence[str], error: BaseException, **values: Any) -> dict[str, Any]:
     # One line: a CSV or JSON lines row must not span lines (resume cuts at the last newline).
-    return _row(item, columns, error=" ".join(f"{type(error).__name__}: {error}".split()))
+    return _row(item, columns, error=" ".join(f"{type(error).__name__}: {error}".split()), **values)
 
 
 # ----------------------------------------------------------------------------- running
@@ -307,7 +337,7 @@ def predict_shard(
             while index < len(todo):
                 if todo[index].kind == VOLUME:
                     chunk = todo[index : index + 1]
-                    rows = [_volume_row(classifier, chunk[0], columns, plane, time_point)]
+                    rows = _volume_rows(classifier, chunk[0], columns, plane, time_point)
                 else:  # consecutive slice images, classified as one batch
                     end = index
                     while end < len(todo) and end - index < batch and todo[end].kind == SLICE:

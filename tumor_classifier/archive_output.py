@@ -185,8 +185,14 @@ def parts_folder(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".parts")
 
 
+def _row_key(row: dict[str, Any]) -> tuple[str, str | None]:
+    """What names a row: its path and, for a folder holding several DICOM series, the series
+    (a CSV reads a missing one as ``""``; an output written before the column has none)."""
+    return row["path"], row.get("series_uid") or None
+
+
 def _written(output: Path) -> list[dict[str, Any]]:
-    """Every row the output and the parts hold (a later one wins for a path given twice)."""
+    """Every row the output and the parts hold (a later one wins for a row given twice)."""
     form = _format(output)
     sources = ([output] if output.exists() else []) + (form.parts(parts_folder(output)) if parts_folder(output).is_dir() else [])
     return [row for source in sources for row in form.read(source)]
@@ -202,17 +208,18 @@ def merge_parts(output: str | os.PathLike, order: Sequence[str], columns: Sequen
 
     Args:
         output: The results file.
-        order: Paths in the order their rows go (the walk); rows for other paths (files
-            gone since an earlier run) are kept, after these, sorted by path.
+        order: Paths in the order their rows go (the walk; the series of one folder by
+            ``series_uid``); rows for other paths (files gone since an earlier run) are kept,
+            after these, sorted by path.
         columns: The columns, in order.
 
     Returns:
         The rows written, in order (as read back: a CSV's empty cells are ``""``).
     """
     output = Path(output)
-    rows = {row["path"]: row for row in _written(output)}
+    rows = {_row_key(row): row for row in _written(output)}
     order = {path: index for index, path in enumerate(order)}
-    ranked = sorted(rows.values(), key=lambda row: (order.get(row["path"], len(order)), row["path"]))
+    ranked = sorted(rows.values(), key=lambda row: (order.get(row["path"], len(order)), *map(str, _row_key(row))))
     temporary = output.with_name(output.name + ".tmp")
     _format(output).write(temporary, ranked, columns)
     os.replace(temporary, output)

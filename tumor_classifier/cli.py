@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -80,9 +81,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out and args.explain:  # without --explain nothing goes there, not even the folder
         _overlay_folder(args.out)  # before the model loads: a bad --out costs nothing
     classifier = _load(args.model, args.backend)
-    volumes = [path for path in args.images if _is_volume(path)]
+    inputs = [file for path in args.images for file in (_brats_sequences(path) or [path])]
+    volumes = [path for path in inputs if _is_volume(path)]
     volume_failures = _predict_volumes(classifier, volumes, args) if volumes else 0
-    images = [path for path in args.images if path not in volumes]
+    images = [path for path in inputs if path not in volumes]
     if not images:
         if not args.json:
             print(NOT_DIAGNOSTIC)
@@ -187,6 +189,9 @@ def _predict_archive(args: argparse.Namespace) -> int:
     if not args.output or args.explain or args.slices or args.json:
         raise InvalidArgumentError("--recursive and --output write one row per file to a results file: give --output results.parquet "
                                    "(or .csv, .jsonl) and leave out --explain, --slices and --json, which are for printed results.")
+    if args.series_uid:
+        raise InvalidArgumentError("--series-uid chooses a series of one DICOM folder; with --output each DICOM series gets its own "
+                                   "row (a folder holding several, a row per series, named in the series_uid column): leave out --series-uid.")
     check_output(args.output)  # before the model loads
     classifier = _load(args.model, args.backend)
     try:
@@ -205,6 +210,17 @@ def _predict_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _brats_sequences(path: str) -> list[str]:
+    """A BraTS case folder's sequence files (t1n, t1c, t2w, t2f), each predicted as a volume; [] for other paths."""
+    from .volumes import BRATS_SEQUENCES, find_brats_files
+
+    try:
+        files = find_brats_files(path) if Path(path).is_dir() else {}
+    except (OSError, TumorClassifierError):  # unreadable, or two files for one sequence: the folder reader says what it is
+        return []
+    return [str(files[name]) for name in BRATS_SEQUENCES if name in files]
+
+
 def _is_volume(path: str) -> bool:
     """A folder holding DICOM, or a file named or sniffed as NIfTI / DICOM (other paths are images)."""
     from .volumes import sniff
@@ -214,11 +230,22 @@ def _is_volume(path: str) -> bool:
         if candidate.is_dir():  # a series folder: some DICOM among its first files
             files = [f for _, f in zip(range(50), (f for f in candidate.rglob("*") if f.is_file()))]
             return any(sniff(f) == "dicom" for f in files)
-        if candidate.name.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom")):
+        if candidate.name.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom", ".zip")):  # a zip: the reader says to unzip it
             return True
         return candidate.is_file() and sniff(candidate) in ("nifti", "nifti-gz", "dicom")
     except OSError:  # a name too long, no permission ...: the image path reports it
         return False
+
+
+def _volume_figure(result):
+    """The exported key-slice heatmap, framed as :func:`_figure` frames an image's, with the volume's verdict
+    and, when the plane is known, the patient's directions lettered at the edges."""
+    from .visualization import annotate
+    from .volume_slices import mark_edges
+
+    title, target = result.figure_text()
+    overlay = result.explanation.overlay if result.volume.plane is None else mark_edges(result.explanation.overlay, result.volume.plane)
+    return annotate(overlay, title=title, target=target, method=result.explanation.method)
 
 
 def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace) -> int:
@@ -227,7 +254,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
 
     out = Path(args.out) if args.out else None
     failures = 0
-    for path in paths:
+    for index, path in enumerate(paths):
         try:
             result = classifier.predict_volume(
                 path,
@@ -244,9 +271,10 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
         written = {}
         if out is not None and args.explain:
             out.mkdir(parents=True, exist_ok=True)
-            stem = Path(path).name.split(".")[0] or "volume"
+            # The index keeps a/t1c.nii.gz and b/t1c.nii.gz apart; a series folder keeps its dotted UID name.
+            stem = f"{index:03d}_" + (re.sub(r"\.(nii|nii\.gz|dcm|dicom|ima)$", "", Path(path).name, flags=re.IGNORECASE) or "volume")
             written["overlay"] = str(out / f"{stem}_key_slice_{result.key_slice:03d}_{result.explanation.method}.png")
-            _figure(result.explanation).save(written["overlay"])
+            _volume_figure(result).save(written["overlay"])
             written["plot"] = str(
                 plot_slice_probabilities(
                     result.slice_tumour_probability,
@@ -254,13 +282,14 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                     threshold=result.threshold,
                     key_slice=result.key_slice,
                     runs=result.runs,
-                    title=f"{Path(path).name}: tumour probability along the {result.volume.plane or 'given'} slices",
+                    title=result.plot_title(Path(path).name),
                 )
             )
         if args.json:
             row = {
                 "volume": str(path),
                 "label": result.label,
+                "verdict": result.verdict,
                 "model_label": result.model_label,
                 "tumour": result.tumour_answer,
                 "tumor_probability": result.tumour_probability,
@@ -278,25 +307,17 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                 row["slice_table"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in result.slice_table()]
             print(json.dumps(row))
             continue
-        volume = result.volume
-        where = f"{len(result.classified)} {volume.plane or 'given'} slices, {int(result.classified.sum())} at brain level classified"
-        if not result.looks_like_mri:
-            verdict = "NOT A BRAIN MRI? no verdict given (" + "; ".join(result.mri_reasons) + ")"
-        elif result.tumour:
-            verdict = f"tumour, type {result.label} ({result.probabilities[result.label]:.2f})"
-        else:
-            verdict = "no tumour"
-        print(f"{path}: {verdict}")
-        print(
-            f"  tumour probability {result.tumour_probability:.3f}; runs of >= {result.min_run} slices at >= "
-            f"{result.threshold:g}: {result.runs or 'none'}; key slice {result.key_slice}; {where}"
-        )
+        reasons = f" ({'; '.join(result.mri_reasons)})" if not result.looks_like_mri else ""
+        print(f"{path}: {result.headline}{reasons}")
+        print(f"  {result.summary()}")
         for note in result.notes:
             print(f"  note: {note}")
         for name, target in written.items():
             print(f"  {name}: {target}")
         if args.slices:
             classes = list(result.probabilities)
+            if not result.looks_like_mri:
+                print("  (not a brain MRI? the per-slice probabilities below are the model's output, no answer about a tumour)")
             print("  slice  tumour " + " ".join(f"{c[:10]:>10}" for c in classes))
             for row in result.slice_table():
                 if row["classified"]:

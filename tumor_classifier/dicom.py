@@ -58,6 +58,8 @@ class DicomScan:
         skipped: Files of a folder that are not DICOM images (other files, DICOMDIR,
             unreadable headers) or copies of an image listed already (same
             ``SOPInstanceUID``), read no further.
+        unreadable: Of those, the files that start like DICOM but whose header cannot be
+            read (damaged, cut short): a series may lack them, and the volume's notes say so.
     """
 
     source: Path
@@ -65,6 +67,7 @@ class DicomScan:
     headers: dict[Path, Any] = field(default_factory=dict)
     described: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    unreadable: int = 0
 
     def voxels(self, uid: str) -> int:
         """Voxels the series' headers declare: rows x columns x frames, summed over its files (none read).
@@ -85,7 +88,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
     """Reads the headers of a DICOM file, or of every file under a folder, and groups them by series.
 
     Args:
-        source: A DICOM file or a folder (walked with its subfolders).
+        source: A DICOM file or a folder (walked with its subfolders, linked ones included).
 
     Returns:
         The :class:`DicomScan`; a folder's files that are not DICOM images are counted in
@@ -107,7 +110,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
             raise InvalidVolumeError(f"{path.name} could not be read as DICOM ({type(error).__name__}: {error}).") from None
         scan.series[uid], scan.headers[path], scan.described[uid] = [path], header, uid
         return scan
-    for path in sorted(p for p in path.rglob("*") if p.is_file()):
+    for path in _files_under(path):
         if path.name.upper() == "DICOMDIR" or sniff(path) != "dicom":
             scan.skipped += 1
             continue
@@ -115,6 +118,7 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
             header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
             if "Rows" not in header and "SeriesInstanceUID" not in header:  # not an image (read up to its pixels)
                 scan.skipped += 1
+                scan.unreadable += _declares_an_image(header)  # ... or an image's file cut inside its header
                 continue
             uid = str(header.get("SeriesInstanceUID", _NO_UID))
             instance = header.get("SOPInstanceUID")
@@ -125,8 +129,9 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
                 f"{uid} ({header.get('Modality', '?')}, series {header.get('SeriesNumber', '?')} "
                 f"'{header.get('SeriesDescription', '')}'"
             )
-        except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones
+        except Exception:  # noqa: BLE001 - unreadable files are skipped like non-DICOM ones, and counted
             scan.skipped += 1
+            scan.unreadable += 1
             continue
         if instance is not None:
             instances.add(str(instance))
@@ -136,6 +141,26 @@ def scan_dicom(source: str | os.PathLike) -> DicomScan:
     return scan
 
 
+def _declares_an_image(header: Any) -> bool:
+    """Whether a header's file meta names an image storage class (MR Image Storage ...)."""
+    meta = getattr(header, "file_meta", None)
+    sop_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    return sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files under a folder and its subfolders, through links (each real folder once: a link loop ends), sorted."""
+    files, walked = [], set()
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        files.extend(path for path in (Path(parent) / name for name in names) if path.is_file())
+    return sorted(files)
+
+
 def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | None) -> _Raw:
     """The voxels of one series of a scan: the only one, or ``series_uid``'s; refuses more than MAX_VOXELS."""
     if not scan.source.is_dir():
@@ -143,7 +168,12 @@ def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | N
         return _dicom_files_raw([scan.source], scan.source.name, None, time_point, single_file=True)
     folder, series = scan.source, scan.series
     if not series:
-        raise InvalidVolumeError(f"The folder {folder} holds no DICOM files ({scan.skipped} other file(s)); accepted: {ACCEPTED_VOLUMES}.")
+        raise InvalidVolumeError(
+            f"The folder {folder} holds no DICOM files ({scan.skipped} other file(s)), and a folder is read as one DICOM "
+            f"series; accepted: {ACCEPTED_VOLUMES}. A BraTS case folder is read by load_brats_case (or predict it on the "
+            "command line: each sequence is a volume); a folder of images or volumes is walked by "
+            "tumor-classifier predict FOLDER --recursive --output results.csv."
+        )
     if series_uid is None and len(series) > 1:
         listing = "; ".join(f"{scan.described[uid]}, {len(paths)} files)" for uid, paths in sorted(series.items()))
         raise InvalidVolumeError(
@@ -154,7 +184,11 @@ def _dicom_scan_raw(scan: DicomScan, series_uid: str | None, time_point: int | N
         raise InvalidVolumeError(f"The folder {folder} has no series {series_uid!r}; series found: {', '.join(sorted(series))}.")
     uid = series_uid or next(iter(series))
     _check_declared_voxels(scan, uid, str(folder))
-    return _dicom_files_raw(series[uid], str(folder), None if uid == _NO_UID else uid, time_point, single_file=False)
+    raw = _dicom_files_raw(series[uid], str(folder), None if uid == _NO_UID else uid, time_point, single_file=False)
+    if scan.unreadable:
+        count = "1 file that looks like DICOM" if scan.unreadable == 1 else f"{scan.unreadable} files that look like DICOM"
+        raw.notes.append(f"{count} could not be read and {'was' if scan.unreadable == 1 else 'were'} left out (damaged or cut short?): a slice may be missing.")
+    return raw
 
 
 def _check_declared_voxels(scan: DicomScan, uid: str, what: str) -> None:
@@ -270,6 +304,10 @@ def _interpret(path: Path, dataset: Any) -> tuple[str | None, str | None, list[_
             f"with Modality {' or '.join(MRI_MODALITIES)}."
         )
     if "PixelData" not in dataset:
+        if "Rows" in dataset and "Columns" in dataset:  # an image's header: the file ends before its pixels
+            raise InvalidVolumeError(
+                f"{path.name} is an image whose pixel data is missing or cut short (a truncated copy?); copy the file again."
+            )
         raise InvalidVolumeError(f"{path.name} is DICOM without pixel data (a report, structure set ...), not an image.")
     if int(dataset.get("SamplesPerPixel", 1)) != 1:
         raise InvalidVolumeError(

@@ -124,6 +124,27 @@ def _nifti_raw(image: Any, what: str, time_point: int | None) -> _Raw:
     return _Raw(data, np.asarray(image.affine, dtype=np.float64), what, notes=notes)
 
 
+def _nifti_file_raw(path: Path, kind: str, time_point: int | None) -> _Raw:
+    """A NIfTI file's voxels; ``kind`` is what :func:`sniff` found (``nifti`` or ``nifti-gz``).
+
+    nibabel tells the format by the file's name, so a file whose content is NIfTI under another
+    name (no suffix, as some pipelines write them) is read from its bytes instead.
+    """
+    nib = _require("nibabel")
+    try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            return _nifti_raw(nib.load(str(path)), path.name, time_point)
+        with (gzip.open if kind == "nifti-gz" else open)(path, "rb") as handle:
+            nifti2 = handle.read(8)[4:8] in (b"n+2\x00", b"ni2\x00")
+            handle.seek(0)
+            image = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_stream(handle)
+            return _nifti_raw(image, path.name, time_point)  # the voxels are read while the file is open
+    except InvalidVolumeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - nibabel raises many kinds on damaged files
+        raise InvalidVolumeError(f"{path.name} could not be read as NIfTI ({type(error).__name__}: {error}).") from None
+
+
 def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
     """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
     if time_point is None:
@@ -143,6 +164,8 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         raise InvalidVolumeError(f"{what} holds {data.dtype} values; a volume of real intensities is accepted.")
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
         data = data[..., 0]
+    while slices_first and data.ndim > 3 and data.shape[0] == 1:  # so is (1, n, H, W), a batch of one
+        data = data[0]
     if slices_first and data.ndim == 4 and data.shape[-1] in (3, 4):  # np.stack of RGB images, not time points
         raise InvalidVolumeError(
             f"{what} has shape {data.shape}: colour (RGB or RGBA) slices. A volume of grey slices (n, H, W) is "
@@ -161,10 +184,11 @@ def _check_array(data: np.ndarray, what: str, time_point: int | None, *, slices_
         raise InvalidVolumeError(f"time_point={time_point} was given but {what} is {data.ndim}-D with no time axis.")
     data = np.asanyarray(data)
     if data.ndim != 3:
-        raise InvalidVolumeError(
-            f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). "
-            "A single 2-D slice goes through TumorClassifier.predict instead."
-        )
+        single = (
+            "A single 2-D slice goes through TumorClassifier.predict instead." if slices_first else
+            "A single slice saved as a 2-D file is read once saved with a third axis of length 1 (x, y, 1), or as a PNG."
+        )  # fmt: skip
+        raise InvalidVolumeError(f"{what} has {data.ndim} dimension(s), shape {data.shape}; a volume has 3 (or 4 with time_point). {single}")
     if 0 in data.shape:
         raise InvalidVolumeError(f"{what} is empty (shape {data.shape}); a volume needs at least one voxel along each of its 3 axes.")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():

@@ -143,6 +143,46 @@ class VolumePrediction:
         return NOT_BRAIN_MRI if not self.looks_like_mri else "tumor" if self.tumour else "no_tumor"
 
     @property
+    def headline(self) -> str:
+        """The verdict in a few words, for printed results and figures: ``"tumour, type glioma (0.55)"``,
+        ``"no tumour"``, or ``"NOT A BRAIN MRI? no verdict given"`` for a flagged volume (no tumour answer)."""
+        if not self.looks_like_mri:
+            return "NOT A BRAIN MRI? no verdict given"
+        return f"tumour, type {self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
+
+    def summary(self) -> str:
+        """The line printed under the headline; a flagged volume gets no tumour probability or runs (no answer)."""
+        where = f"{len(self.classified)} {self.volume.plane or 'given'} slices, {int(self.classified.sum())} at brain level classified"
+        if not self.looks_like_mri:
+            return f"key slice {self.key_slice}; {where}"
+        return (
+            f"tumour probability {self.tumour_probability:.3f}; runs of >= {self.min_run} slices at >= "
+            f"{self.threshold:g}: {self.runs or 'none'}; key slice {self.key_slice}; {where}"
+        )
+
+    def figure_text(self) -> tuple[str, str]:
+        """The key slice's heatmap figure: its title and the class its map is evidence for.
+
+        The title says which slice it is and the *volume's* verdict (the slice's own 2-D
+        verdict is not the volume's), short enough for the title line of a 420-pixel
+        figure; a flagged volume names no class.
+        """
+        count = f"{self.key_slice}/{len(self.classified)}"
+        slice_at = f"{self.volume.plane.capitalize()} slice {count}" if self.volume.plane else f"Slice {count} as stored"
+        if not self.looks_like_mri:
+            return f"{slice_at}; volume: not a brain MRI?; not diagnostic", "the model's top class"
+        verdict = f"{self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
+        probabilities = self.explanation.probabilities
+        return f"{slice_at}; volume: {verdict}; not diagnostic", max(probabilities, key=probabilities.get)
+
+    def plot_title(self, name: str) -> str:
+        """The probability-along-slices plot's title: ``name``, the verdict, and for a flagged volume that the curve is no answer."""
+        plane = self.volume.plane or "given"
+        if not self.looks_like_mri:
+            return f"{name}: {self.headline}\nthe model's slice probabilities along the {plane} slices, no answer about a tumour"
+        return f"{name}: {self.headline}\ntumour probability along the {plane} slices (gaps: not at brain level, not classified)"
+
+    @property
     def tumour_answer(self) -> bool | None:
         """``tumour`` for a brain MRI; ``None`` for a flagged volume (as ``label``: no answer for a CT)."""
         return self.tumour if self.looks_like_mri else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .encoded_images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from .exceptions import InvalidVolumeError
 from .volume_formats import _require
 
@@ -19,6 +20,11 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 #: Longer side of the head's box over the image side in the Kaggle Training slices (the
 #: median of 400 random ones; quartiles 0.85 and 0.98): how :func:`frame_head` frames a slice.
 HEAD_FILL = 0.93
+
+#: Where :func:`cut` puts the patient in each plane's slices: the letters of the (top,
+#: bottom, left, right) image edges (A/P anterior/posterior, S/I superior/inferior, R/L the
+#: patient's right/left), for figures a reader must orient.
+SLICE_EDGES = {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"), "sagittal": ("S", "I", "A", "P")}
 
 # Axis letters of RAS+ after canonicalisation: 0 = x (left -> right), 1 = y (posterior ->
 # anterior), 2 = z (inferior -> superior).
@@ -70,6 +76,38 @@ def cut(data: np.ndarray, affine: np.ndarray, plane: str = "axial", what: str = 
     return slices, (float(zooms[_SLICE_AXIS[plane]]), pixel, pixel)
 
 
+def check_slice_size(slices: np.ndarray, what: str, plane: str | None, affine: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> None:
+    """Refuses slices the 2-D model cannot take (sides outside MIN_IMAGE_SIDE..MAX_IMAGE_SIDE), naming a plane that fits.
+
+    Args:
+        slices: The cut slices (n, H, W).
+        what: How messages name the volume.
+        plane: The plane they were cut in; ``None`` for slices as given.
+        affine, shape: The voxels' affine and shape (x, y, z), to say which other plane gives slices that fit.
+
+    Raises:
+        InvalidVolumeError: A slice side is too small or too large.
+    """
+    height, width = slices.shape[1:]
+    if MIN_IMAGE_SIDE <= min(height, width) and max(height, width) <= MAX_IMAGE_SIDE:
+        return
+    hint = ""
+    if affine is not None and shape is not None:
+        nib = _require("nibabel")
+        ras = [0, 0, 0]  # the voxel counts along x, y, z of RAS+
+        for axis, (ras_axis, _) in enumerate(nib.orientations.io_orientation(affine)):
+            ras[int(ras_axis)] = int(shape[axis])
+        sides = {"axial": (ras[1], ras[0]), "coronal": (ras[2], ras[0]), "sagittal": (ras[2], ras[1])}
+        fitting = [p for p, (h, w) in sides.items() if p != plane and MIN_IMAGE_SIDE <= min(h, w) and max(h, w) <= MAX_IMAGE_SIDE]
+        if fitting:
+            hint = f" Cut it in the {' or '.join(fitting)} plane instead (plane=..., --plane on the command line)."
+    named = f"The {plane} slices of {what}" if plane else f"The slices of {what}"
+    raise InvalidVolumeError(
+        f"{named} are {width}x{height} pixels; the model classifies slices of at least {MIN_IMAGE_SIDE} and at most "
+        f"{MAX_IMAGE_SIDE} pixels a side.{hint}"
+    )
+
+
 def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES, what: str = "volume") -> tuple[float, float]:
     """The intensity window of a volume: see the :mod:`tumor_classifier.volumes` docstring.
 
@@ -82,9 +120,8 @@ def robust_window(data: np.ndarray, percentiles: tuple[float, float] = WINDOW_PE
     minimum = float(flat.min())
     head = flat[flat > minimum]
     if head.size == 0:
-        raise InvalidVolumeError(
-            f"The {what} is empty: every voxel is {minimum:g}. A volume needs some signal to classify."
-        )
+        state = "is empty" if minimum == 0 else "has no contrast"
+        raise InvalidVolumeError(f"The {what} {state}: every voxel is {minimum:g}. A volume needs some signal to classify.")
     low = float(np.percentile(flat, percentiles[0]))
     high = float(np.percentile(head, percentiles[1]))
     if high <= low:
@@ -153,6 +190,29 @@ def frame_head(gray: np.ndarray, fill: float = HEAD_FILL) -> np.ndarray:
     row, col = (side - box.shape[0]) // 2, (side - box.shape[1]) // 2
     framed[row : row + box.shape[0], col : col + box.shape[1]] = box
     return framed
+
+
+def mark_edges(image, plane: str):
+    """A copy of a slice image (PIL, as its overlay) with :data:`SLICE_EDGES` lettered at the middle of each edge.
+
+    The letters are white on a dark box, a little inside the edges, so they read on any scan.
+    """
+    from PIL import ImageDraw
+
+    from .visualization import _font
+
+    marked = image.convert("RGB")
+    draw = ImageDraw.Draw(marked)
+    size = max(10, min(marked.size) // 16)
+    font = _font(size)
+    pad = max(2, size // 5)
+    width, height = marked.size
+    places = (((width / 2, pad), "mt"), ((width / 2, height - pad), "mb"), ((pad, height / 2), "lm"), ((width - pad, height / 2), "rm"))
+    for letter, ((x, y), anchor) in zip(SLICE_EDGES[plane], places):  # top, bottom, left, right
+        box = draw.textbbox((x, y), letter, font=font, anchor=anchor)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text((x, y), letter, fill=(255, 255, 255), font=font, anchor=anchor)
+    return marked
 
 
 def _resample_in_plane(slices: np.ndarray, row_factor: float, col_factor: float) -> np.ndarray:

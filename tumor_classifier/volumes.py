@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -72,12 +73,13 @@ from .volume_formats import (
     MAX_VOXELS,
     MRI_MODALITIES,
     _check_array,
+    _nifti_file_raw,
     _nifti_raw,
     _Raw,
     _require,
     sniff,
 )
-from .volume_slices import PLANES, WINDOW_PERCENTILES, apply_window, cut, head_slices, robust_window
+from .volume_slices import PLANES, WINDOW_PERCENTILES, apply_window, check_slice_size, cut, head_slices, robust_window
 
 # Reading lives in volume_formats (sniffing, NIfTI) and dicom, slice geometry and
 # intensities in volume_slices; their public names stay importable from here.
@@ -174,15 +176,18 @@ def load_volume(
                 "pass a nibabel image (its affine says where the axes point) or a file instead."
             )
         data = _check_array(np.asarray(source), "numpy array", time_point, slices_first=True)
+        check_slice_size(data, "numpy array", None)
         window = robust_window(data, percentiles, "numpy array")
         return Volume(apply_window(data, window), None, None, window, "numpy array", orientation_known=False)
     raw = read_raw(source, series_uid=series_uid, time_point=time_point)
     if raw.affine is None:
         slices = np.ascontiguousarray(np.moveaxis(raw.data, 2, 0).transpose(0, 2, 1))  # stored order, rows first
+        check_slice_size(slices, raw.source, None)
         window = robust_window(slices, percentiles, raw.source)
         notes = raw.notes + ([f"The {plane} plane was not applied: without geometry the slices stay as stored."] if plane != "axial" else [])
         return Volume(apply_window(slices, window), None, None, window, raw.source, raw.modality, raw.series_uid, False, notes)
     slices, spacing = cut(raw.data, raw.affine, plane, raw.source)
+    check_slice_size(slices, raw.source, plane, raw.affine, raw.data.shape)
     window = robust_window(slices, percentiles, raw.source)
     return Volume(apply_window(slices, window), plane, spacing, window, raw.source, raw.modality, raw.series_uid, True, raw.notes)
 
@@ -206,6 +211,11 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
         raise InvalidVolumeError(f"{path} does not exist or is not a regular file or folder; accepted: {ACCEPTED_VOLUMES}.")
     kind = sniff(path)
     name = path.name.lower()
+    if kind == "other" and zipfile.is_zipfile(path):
+        raise InvalidVolumeError(
+            f"{path.name} is a zip archive; volumes are read from files and folders: unzip it and give the DICOM series "
+            f"folder or the NIfTI file inside (the app, tumor-classifier serve, takes a zip of one DICOM series). Accepted: {ACCEPTED_VOLUMES}."
+        )
     claims = "nifti" if name.endswith((".nii", ".nii.gz")) else "dicom" if name.endswith((".dcm", ".dicom", ".ima")) else None
     if claims and kind != claims and not (claims == "nifti" and kind == "nifti-gz"):
         raise InvalidVolumeError(
@@ -213,13 +223,7 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
             f"{_KIND_WORDS.get(kind, kind)}; accepted: {ACCEPTED_VOLUMES}."
         )
     if kind in ("nifti", "nifti-gz"):
-        nib = _require("nibabel")
-
-        try:
-            image = nib.load(str(path))
-        except Exception as error:  # noqa: BLE001 - nibabel raises many kinds on damaged files
-            raise InvalidVolumeError(f"{path.name} could not be read as NIfTI ({type(error).__name__}: {error}).") from None
-        return _nifti_raw(image, path.name, time_point)
+        return _nifti_file_raw(path, kind, time_point)
     if kind == "dicom":
         return _dicom_scan_raw(scan_dicom(path), None, time_point)  # the header first: its size is checked
     raise InvalidVolumeError(f"{path.name} is {_KIND_WORDS.get(kind, kind)}, not a volume; accepted: {ACCEPTED_VOLUMES}.")
@@ -303,7 +307,7 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
 
     Raises:
         InvalidDatasetError: No sequence found, a requested one missing, or the files
-            disagree in shape.
+            disagree in shape or voxel grid (affine).
         InvalidVolumeError: A file cannot be read as a volume.
     """
     directory = Path(directory)
@@ -320,6 +324,7 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
     missing = [s for s in wanted if s not in files]
     if missing:
         raise InvalidDatasetError(f"The BraTS case {directory} has no {', '.join(missing)}; it has {', '.join(present)}.")
+    _check_one_grid(directory, {name: files[name] for name in [*wanted, "seg"] if name in files})
     volumes = {s: load_volume(files[s], plane=plane) for s in wanted}
     shapes = {s: v.slices.shape for s, v in volumes.items()}
     segmentation = None
@@ -333,6 +338,31 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
     if len(set(shapes.values())) > 1:
         raise InvalidDatasetError(f"The files of BraTS case {directory} disagree in shape after orientation: {shapes}.")
     return BratsCase(directory.name, volumes, segmentation, {k: v for k, v in files.items() if k in wanted or k == "seg"})
+
+
+def _check_one_grid(directory: Path, files: dict[str, Path]) -> None:
+    """Refuses a case whose files do not share one voxel grid (their affines, read from the headers).
+
+    Cut to one shape, files on different grids would still line up slice by slice, and a
+    segmentation's labels would land on the wrong voxels without a word.
+    """
+    nib = _require("nibabel")
+    grids = {}
+    for name, path in files.items():
+        try:
+            grids[name] = np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+        except Exception:  # noqa: BLE001 - a damaged header: the reader says what is wrong with it
+            continue
+    if not grids:
+        return
+    reference, affine = next(iter(grids.items()))
+    differ = [name for name, other in grids.items() if not np.allclose(other, affine, atol=1e-3)]
+    if differ:
+        raise InvalidDatasetError(
+            f"The files of BraTS case {directory} do not share one voxel grid: the affine of {', '.join(differ)} differs "
+            f"from {reference}'s ({files[reference].name}). A case's sequences and segmentation are co-registered on one "
+            "grid; resample them onto one first."
+        )
 
 
 def _brats_case_folders(root: Path) -> list[Path]:
