@@ -208,3 +208,27 @@ def test_serve_without_the_app_extra_says_what_to_install():
     assert done.returncode == 2, done.stderr
     assert 'pip install "tumor-classifier[app]"' in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_predict_when_no_input_is_readable_prints_no_empty_table(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    assert main(["predict", str(broken), "--model", str(model_dir)]) == 1
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err
+    assert "verdict" not in captured.out  # no table header over no rows
+
+
+def test_ctrl_c_while_the_model_loads_is_one_line_and_status_130(tmp_path):
+    """A real SIGINT a moment after start (the model is loading: imports alone take seconds)."""
+    import signal
+    import time
+
+    example = Path(__file__).resolve().parents[1] / "tumor_classifier" / "examples" / "glioma.jpg"
+    process = subprocess.Popen([sys.executable, "-m", "tumor_classifier.cli", "predict", str(example)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err, err

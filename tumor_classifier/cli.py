@@ -129,7 +129,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         for path, message in failures:
             print(json.dumps({"image": str(path), "error": message}))
-    else:
+    elif rows:  # no table over no rows: the errors below are all there is
         classes = list(classifier.classes_)
         names = _table_names([row["image"] for row in rows])
         print(f"{'image':<40} {'class':<13} " + " ".join(f"{c[:10]:>10}" for c in classes) + "  tumor  verdict")
@@ -143,6 +143,7 @@ def _predict(args: argparse.Namespace) -> int:
                 + f"  {row['message']}"
                 + (f"  -> {row['overlay']}" if "overlay" in row else "")
             )
+    if rows and not args.json:
         print(NOT_DIAGNOSTIC)
     for path, message in failures:
         print(f"error: {message}", file=sys.stderr)
@@ -490,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TumorClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # an archive run handles its own first (it keeps its rows)
+        print("interrupted (Ctrl-C): stopped before finishing; results not printed above were not made.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
