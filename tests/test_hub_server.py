@@ -216,18 +216,21 @@ def _datasets_use_the_stand_in(hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch,
 def test_evaluate_refuses_a_hub_data_set_without_a_test_split(
     hub_env: HubEnv, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The Kaggle layout uploaded as it is (Training/, Testing/) reads as one split on the
-    Hub: evaluate used to carve 15% of all the images, training ones included, and report
-    it as the test split. Refused; the same data with a test split is evaluated on it."""
+    """A Hub data set with a train split only: evaluate used to carve 15% of its training
+    images and report them as the test split. Refused; the same data with a test split is
+    evaluated on it. (The Kaggle layout, Training/ and Testing/, keeps its Testing split:
+    tests/test_hub_kaggle_layout.py.)"""
     from tumor_classifier.cli import main
 
     _datasets_use_the_stand_in(hub_env, monkeypatch, tmp_path)
-    HfApi().create_repo("org/kaggle-layout", repo_type="dataset")
-    HfApi().upload_folder(folder_path=data_dir, repo_id="org/kaggle-layout", repo_type="dataset")
+    train_only = tmp_path / "train-only"
+    shutil.copytree(data_dir / "Training", train_only / "train")
+    HfApi().create_repo("org/train-only", repo_type="dataset")
+    HfApi().upload_folder(folder_path=train_only, repo_id="org/train-only", repo_type="dataset")
     out = tmp_path / "report"
-    assert main(["evaluate", "org/kaggle-layout", "--out", str(out), "--no-dedup"]) == 2
+    assert main(["evaluate", "org/train-only", "--out", str(out), "--no-dedup"]) == 2
     error = capsys.readouterr().err
-    assert "'org/kaggle-layout' has no test split" in error and "its splits: train" in error, error
+    assert "'org/train-only' has no test split" in error and "its splits: train" in error, error
     assert not out.exists()
 
     lowercase = tmp_path / "lowercase"
