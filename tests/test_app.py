@@ -41,7 +41,8 @@ from tumor_classifier.app import (
     serve,
     start_in_background,
 )
-from tumor_classifier.app.ui import _reblend
+from tumor_classifier.app.ui import _legend_html, _reblend
+from tumor_classifier.visualization import overlay
 from tumor_classifier.preprocessing import load_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -470,3 +471,24 @@ def test_only_the_apps_own_files_are_served(server, tmp_path):
     example = example_paths()[0]
     response = requests.get(f"{server.url}gradio_api/file={example}", timeout=30)
     assert response.status_code == 200 and response.content == example.read_bytes()
+
+
+def test_the_heatmap_legend_follows_the_opacity_slider(confident_classifier):
+    """The colour bar was drawn at the default opacity 0.45 whatever the slider said: at 0.9
+    the heatmap's strongest colour was a vivid red, the bar's a muted brown."""
+
+    def strongest(html: str) -> str:
+        return re.findall(r"rgb\(\d+,\d+,\d+\) 100%", html)[0]
+
+    for opacity in (0.2, 0.9):
+        grey = Image.new("L", (1, 1), 128)
+        red, green, blue = np.asarray(overlay(grey, np.ones((1, 1), np.float32), alpha=opacity))[0, 0]
+        assert abs(int(strongest(_legend_html(opacity)).split("(")[1].split(",")[0]) - int(red)) <= 1
+    assert strongest(_legend_html(0.2)) != strongest(_legend_html(0.9))
+    # The page re-draws the legend when the slider moves.
+    demo = build_demo(confident_classifier)
+
+    def ids(blocks):
+        return {getattr(block, "elem_id", None) for block in blocks}
+
+    assert any("opacity" in ids(fn.inputs) and "heatmap-legend" in ids(fn.outputs) for fn in demo.fns.values())

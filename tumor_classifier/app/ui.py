@@ -242,7 +242,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                     label = _verdict_label(label="Class probabilities", elem_id="probabilities")
                     tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
                     heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
-                    gr.HTML(_legend_html(), elem_id="heatmap-legend")
+                    legend = gr.HTML(_legend_html(), elem_id="heatmap-legend")
         with gr.Tab("Volume (NIfTI, DICOM)", elem_id="volume-tab"):
             build_volume_tab(classifier, _default_method(classifier))
         state = gr.State()
@@ -254,6 +254,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         image.upload(_on_new_scan, inputs=image, preprocess=False, **checked)
         image.clear(lambda: _on_new_scan(None), **checked)
         opacity.change(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        opacity.change(_legend_html, inputs=opacity, outputs=legend, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         method.change(
             rerun_with_method,
             inputs=[image, method, opacity, state],
@@ -268,15 +269,16 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     return demo
 
 
-def _legend_html() -> str:
-    """The heatmap's colour bar, drawn as :func:`overlay` draws evidence on a mid-grey scan."""
+def _legend_html(opacity: float = DEFAULT_OPACITY) -> str:
+    """The heatmap's colour bar, drawn as :func:`overlay` draws evidence on a mid-grey scan at
+    ``opacity`` (the slice tab re-draws it when its opacity slider moves)."""
     import matplotlib
 
     cmap = matplotlib.colormaps[DEFAULT_COLORMAP]
     stops = []
     for value in (0.0, 0.25, 0.5, 0.75, 1.0):
-        opacity = DEFAULT_OPACITY * value
-        rgb = [round(255 * ((1 - opacity) * 0.5 + opacity * c)) for c in cmap(value)[:3]]
+        opacity_here = float(opacity) * value
+        rgb = [round(255 * ((1 - opacity_here) * 0.5 + opacity_here * c)) for c in cmap(value)[:3]]
         stops.append(f"rgb({rgb[0]},{rgb[1]},{rgb[2]}) {value:.0%}")
     bar = f"background: linear-gradient(to right, {', '.join(stops)}); height: 14px; flex: 1; border: 1px solid #444;"
     return (
