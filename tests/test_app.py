@@ -41,7 +41,7 @@ from tumor_classifier.app import (
     serve,
     start_in_background,
 )
-from tumor_classifier.app.ui import _legend_html, _reblend
+from tumor_classifier.app.ui import _legend_html, _on_new_scan, _reblend
 from tumor_classifier.visualization import overlay
 from tumor_classifier.preprocessing import load_image
 
@@ -492,3 +492,25 @@ def test_the_heatmap_legend_follows_the_opacity_slider(confident_classifier):
         return {getattr(block, "elem_id", None) for block in blocks}
 
     assert any("opacity" in ids(fn.inputs) and "heatmap-legend" in ids(fn.outputs) for fn in demo.fns.values())
+
+
+def test_a_tiff_upload_is_previewed_as_a_png_that_analyses_the_same(confident_classifier, data_dir):
+    """Browsers do not show TIFF: a 16-bit TIFF slice was analysed, but its upload box showed a
+    broken image. The box now shows a PNG of the decoded slice, which is what Analyze reads."""
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(tempfile.mkdtemp(dir=get_upload_folder()))  # where Gradio puts an upload
+    slice_8bit = Image.open(sorted((data_dir / "Testing" / "pituitary").glob("*.jpg"))[0]).convert("L")
+    tiff = folder / "scan16.tif"
+    Image.fromarray(np.asarray(slice_8bit).astype(np.uint16) * 257).save(tiff)
+    message, *_, scan, button = _on_new_scan({"path": str(tiff), "orig_name": tiff.name})
+    assert message == "" and button.interactive
+    assert Path(scan).suffix == ".png" and Image.open(scan).format == "PNG"
+    np.testing.assert_allclose(confident_classifier.predict_proba([scan]), confident_classifier.predict_proba([str(tiff)]), atol=1e-6)
+    # A format browsers show is left as uploaded.
+    jpeg = folder / "scan.jpg"
+    slice_8bit.save(jpeg)
+    *_, scan, _ = _on_new_scan({"path": str(jpeg), "orig_name": jpeg.name})
+    assert scan is gr.skip() or scan == gr.skip()

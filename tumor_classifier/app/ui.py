@@ -15,11 +15,12 @@ from gradio.components.label import LabelData
 
 from ..attributions import METHODS
 from ..classifier import TumorClassifier
+from ..decoding import DecodedImage
 from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..reports import DISCLAIMER
 from ..visualization import DEFAULT_COLORMAP, overlay
 from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
-from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
+from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, browser_preview, check_scan, upload_source
 from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice, shown_slice
 from .volume_uploads import ACCEPTED_VOLUME_TEXT, PICKER_SUFFIXES, is_volume_name
 
@@ -63,7 +64,9 @@ def _on_new_scan(payload: Any):
 
     A bad file is said once, in the verdict panel (no toast, which Analyze would repeat);
     the upload box is emptied (its preview would be a broken image) and Analyze is off
-    until a usable scan arrives.
+    until a usable scan arrives. A usable file browsers cannot show (TIFF) is replaced in
+    the box by a PNG of the decoded slice (:func:`~.uploads.browser_preview`), which
+    Analyze then reads.
 
     Returns:
         ``(verdict, label, heatmap, tumor probability, state, scan, Analyze button)``.
@@ -71,9 +74,13 @@ def _on_new_scan(payload: Any):
     message, usable, scan = "", payload is not None, gr.skip()
     if usable:
         try:
-            check_scan(upload_source(payload))
+            source = upload_source(payload)
+            decoded = check_scan(source)
         except TumorClassifierError as error:
             message, usable, scan = f"### Cannot analyze this image\n{error}", False, None
+        else:
+            preview = browser_preview(source, decoded) if isinstance(source, Path) and isinstance(decoded, DecodedImage) else None
+            scan = gr.skip() if preview is None else str(preview)
     return message, None, None, "", None, scan, gr.Button(interactive=usable)
 
 
