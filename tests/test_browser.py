@@ -294,6 +294,22 @@ def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_p
     assert outside == []
 
 
+def test_the_page_and_the_docs_fit_a_phone(browser, app_url, tmp_path):
+    """At a phone's width (390 px) neither page scrolls sideways (the /docs tables once did)."""
+    for path, ready, name in (("", "#scan input[type=file]", "app"), ("docs", "h1", "rest-docs")):
+        context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_url + path)
+        page.wait_for_selector(ready, state="attached")
+        page.wait_for_timeout(300)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, path
+        screenshot = tmp_path / f"{name}-phone.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot of {path or '/'} at a phone's width: {screenshot}")
+        context.close()
+
+
 def test_the_request_guard_catches_outside_requests(browser, app_url):
     """The guard the other tests rely on does see, and block, a request off 127.0.0.1."""
     context, page, outside = _guarded_page(browser, app_url)
