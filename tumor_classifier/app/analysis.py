@@ -55,6 +55,11 @@ def normalize_method(method: str | None) -> str:
     return key
 
 
+def method_name(method: str) -> str:
+    """A method as the UI names it (``"Grad-CAM"`` for ``gradcam``); a method without a UI name as it is."""
+    return {value: label for label, value in METHOD_CHOICES}.get(method, method)
+
+
 # -- running the classifier ------------------------------------------------------------
 @dataclass
 class ScanReport:

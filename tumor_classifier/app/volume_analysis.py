@@ -25,7 +25,7 @@ from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..reports import DISCLAIMER
 from ..verdict import format_probability
 from ..volume_prediction import VolumePrediction
-from .analysis import DEFAULT_OPACITY, normalize_method, ui_error
+from .analysis import DEFAULT_OPACITY, method_name, normalize_method, ui_error
 from .uploads import MAX_UPLOAD_BYTES, upload_source
 from .volume_uploads import check_volume
 
@@ -160,7 +160,7 @@ def slice_overlay(report: VolumeReport, index: int, method: str | None = None, *
     key = " (key slice)" if index == p.key_slice else ""
     # A volume flagged as not a brain MRI has no tumour probability (see tumor_probability_text), nor do its slices.
     tumour = format_probability(float(p.slice_tumour_probability[index])) if p.looks_like_mri else "n/a (the volume does not look like a brain MRI)"
-    caption = f"{where}{key}: tumor probability {tumour}; heatmap: {explanation.method}."
+    caption = f"{where}{key}: tumor probability {tumour}; heatmap: {method_name(explanation.method)}."
     return explanation.overlay, caption
 
 
