@@ -522,3 +522,16 @@ def test_a_tiff_upload_is_previewed_as_a_png_that_analyses_the_same(confident_cl
     slice_8bit.save(jpeg)
     *_, scan, _ = _on_new_scan({"path": str(jpeg), "orig_name": jpeg.name})
     assert scan is gr.skip() or scan == gr.skip()
+
+
+def test_the_tumor_probability_is_never_rounded_to_100_percent(confident_classifier, one_per_class):
+    """The slice tab said "100.0% (uncertain prediction)" for 0.99996, where the verdict and the
+    volume tab say "> 99.9%": a rounded certainty the model does not have."""
+    import dataclasses
+
+    from tumor_classifier.app.analysis import ScanReport
+
+    explanation = confident_classifier.explain([str(one_per_class[0])], method="gradcam")[0]
+    for p, words in ((0.99996, "> 99.9%"), (0.00004, "< 0.1%"), (0.4567, "45.7%")):
+        report = ScanReport(dataclasses.replace(explanation, tumor_probability=p))
+        assert report.tumor_probability_text.split(" (")[0] == words
