@@ -441,6 +441,8 @@ def test_rest_docs_page_reads_on_a_phone(server):
     page = requests.get(server.url + "docs", timeout=30).text
     assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
     assert "`" not in page and "<code>/</code>" in page
+    # A default as a client writes it in a query (?overlay=false), not as Python prints it.
+    assert "Default: <code>false</code>" in page and "False" not in page
 
 
 def test_the_themes_fonts_have_every_latin_letter(server):

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
 from html import escape
 from typing import Any
@@ -68,7 +69,9 @@ def _rows(schema: dict[str, Any], fields: list[tuple[str, dict[str, Any], bool, 
     rows = []
     for name, node, required, description in fields:
         default = _resolve(schema, node).get("default")
-        extra = f" Default: <code>{escape(str(default))}</code>." if default is not None else ""
+        # As a client writes it (JSON, a query): false, not Python's False.
+        shown = json.dumps(default) if isinstance(default, bool) else str(default)
+        extra = f" Default: <code>{escape(shown)}</code>." if default is not None else ""
         rows.append(
             f"<tr><td><code>{_breakable(name)}</code>{' (required)' if required else ''}</td>"
             f"<td>{_breakable(_type_of(schema, node))}</td><td>{_text(description)}{extra}</td></tr>"
