@@ -537,3 +537,11 @@ def test_the_tumor_probability_is_never_rounded_to_100_percent(confident_classif
     for p, words in ((0.99996, "> 99.9%"), (0.00004, "< 0.1%"), (0.4567, "45.7%")):
         report = ScanReport(dataclasses.replace(explanation, tumor_probability=p))
         assert report.tumor_probability_text.split(" (")[0] == words
+
+
+def test_rest_docs_name_the_method_auto_picks_for_the_served_model(server, confident_classifier):
+    """The docs said auto meant "SmoothGrad for the shipped EfficientNet-Lite", whose method is
+    smoothgrad_contrast, whatever model was served."""
+    page = requests.get(server.url + "docs", timeout=30).text.replace("<wbr>", "")
+    assert f"auto picks the method chosen for the backbone of this model, <code>{confident_classifier.attribution_method_}</code>" in page
+    assert "SmoothGrad for the shipped" not in page
