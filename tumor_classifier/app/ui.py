@@ -22,7 +22,7 @@ from ..visualization import DEFAULT_COLORMAP, overlay
 from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
 from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, browser_preview, check_scan, upload_source
 from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice, shown_slice
-from .volume_uploads import ACCEPTED_VOLUME_TEXT, PICKER_SUFFIXES, is_volume_name
+from .volume_uploads import ACCEPTED_VOLUME_TEXT, is_volume_name
 
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
 MAX_BATCH_SIZE = 8
@@ -118,7 +118,9 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
     """
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", file_types=PICKER_SUFFIXES, elem_id="volume")
+            # No file_types: Gradio's own check of them answered a file of another kind with a
+            # toast and an "Error" badge stuck in the box; _on_new_volume says it instead.
+            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", elem_id="volume")
             method = gr.Radio(list(METHOD_CHOICES), value=default_method, label="Heatmap method", elem_id="volume-method")
             button = gr.Button("Analyze volume", variant="primary", elem_id="analyze-volume", interactive=False)
         with gr.Column():
