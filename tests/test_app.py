@@ -41,7 +41,8 @@ from tumor_classifier.app import (
     serve,
     start_in_background,
 )
-from tumor_classifier.app.ui import _reblend
+from tumor_classifier.app.ui import _legend_html, _on_new_scan, _reblend
+from tumor_classifier.visualization import overlay
 from tumor_classifier.preprocessing import load_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -424,7 +425,7 @@ def test_rest_two_file_fields_are_400_with_a_sentence(server, one_per_class):
 def test_rest_docs_page_is_served_and_self_contained(server):
     response = requests.get(server.url + "docs", timeout=30)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    page = response.text
+    page = response.text.replace("<wbr>", "")  # where long names may break (see test_rest_docs_page_reads_on_a_phone)
     for words in ("POST /api/v1/predict", "<code>method</code>", "<code>opacity</code>", "<code>overlay</code>", "<code>file</code> (required)",
                   "one per request", "PredictionResponse", "tumor_probability", "415"):
         assert words in page, words
@@ -432,6 +433,16 @@ def test_rest_docs_page_is_served_and_self_contained(server):
     assert "<script" not in page.lower() and "<link" not in page.lower() and "<img" not in page.lower()
     assert re.findall(r"(?:src|href)=['\"]([^'\"]*)", page) == ["/openapi.json"]
     assert requests.get(server.url + "openapi.json", timeout=30).json()["paths"]["/api/v1/predict"]
+
+
+def test_rest_docs_page_reads_on_a_phone(server):
+    """The page had no viewport declaration (a phone draws it 980 px wide, in tiny type), its
+    tables ran off the screen, and Markdown quotes showed as backticks ("is at `/`")."""
+    page = requests.get(server.url + "docs", timeout=30).text
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
+    assert "`" not in page and "<code>/</code>" in page
+    # A default as a client writes it in a query (?overlay=false), not as Python prints it.
+    assert "Default: <code>false</code>" in page and "False" not in page
 
 
 def test_the_themes_fonts_have_every_latin_letter(server):
@@ -470,3 +481,67 @@ def test_only_the_apps_own_files_are_served(server, tmp_path):
     example = example_paths()[0]
     response = requests.get(f"{server.url}gradio_api/file={example}", timeout=30)
     assert response.status_code == 200 and response.content == example.read_bytes()
+
+
+def test_the_heatmap_legend_follows_the_opacity_slider(confident_classifier):
+    """The colour bar was drawn at the default opacity 0.45 whatever the slider said: at 0.9
+    the heatmap's strongest colour was a vivid red, the bar's a muted brown."""
+
+    def strongest(html: str) -> str:
+        return re.findall(r"rgb\(\d+,\d+,\d+\) 100%", html)[0]
+
+    for opacity in (0.2, 0.9):
+        grey = Image.new("L", (1, 1), 128)
+        red, green, blue = np.asarray(overlay(grey, np.ones((1, 1), np.float32), alpha=opacity))[0, 0]
+        assert abs(int(strongest(_legend_html(opacity)).split("(")[1].split(",")[0]) - int(red)) <= 1
+    assert strongest(_legend_html(0.2)) != strongest(_legend_html(0.9))
+    # The page re-draws the legend when the slider moves.
+    demo = build_demo(confident_classifier)
+
+    def ids(blocks):
+        return {getattr(block, "elem_id", None) for block in blocks}
+
+    assert any("opacity" in ids(fn.inputs) and "heatmap-legend" in ids(fn.outputs) for fn in demo.fns.values())
+
+
+def test_a_tiff_upload_is_previewed_as_a_png_that_analyses_the_same(confident_classifier, data_dir):
+    """Browsers do not show TIFF: a 16-bit TIFF slice was analysed, but its upload box showed a
+    broken image. The box now shows a PNG of the decoded slice, which is what Analyze reads."""
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(tempfile.mkdtemp(dir=get_upload_folder()))  # where Gradio puts an upload
+    slice_8bit = Image.open(sorted((data_dir / "Testing" / "pituitary").glob("*.jpg"))[0]).convert("L")
+    tiff = folder / "scan16.tif"
+    Image.fromarray(np.asarray(slice_8bit).astype(np.uint16) * 257).save(tiff)
+    message, *_, scan, button = _on_new_scan({"path": str(tiff), "orig_name": tiff.name})
+    assert message == "" and button.interactive
+    assert Path(scan).suffix == ".png" and Image.open(scan).format == "PNG"
+    np.testing.assert_allclose(confident_classifier.predict_proba([scan]), confident_classifier.predict_proba([str(tiff)]), atol=1e-6)
+    # A format browsers show is left as uploaded.
+    jpeg = folder / "scan.jpg"
+    slice_8bit.save(jpeg)
+    *_, scan, _ = _on_new_scan({"path": str(jpeg), "orig_name": jpeg.name})
+    assert scan is gr.skip() or scan == gr.skip()
+
+
+def test_the_tumor_probability_is_never_rounded_to_100_percent(confident_classifier, one_per_class):
+    """The slice tab said "100.0% (uncertain prediction)" for 0.99996, where the verdict and the
+    volume tab say "> 99.9%": a rounded certainty the model does not have."""
+    import dataclasses
+
+    from tumor_classifier.app.analysis import ScanReport
+
+    explanation = confident_classifier.explain([str(one_per_class[0])], method="gradcam")[0]
+    for p, words in ((0.99996, "> 99.9%"), (0.00004, "< 0.1%"), (0.4567, "45.7%")):
+        report = ScanReport(dataclasses.replace(explanation, tumor_probability=p))
+        assert report.tumor_probability_text.split(" (")[0] == words
+
+
+def test_rest_docs_name_the_method_auto_picks_for_the_served_model(server, confident_classifier):
+    """The docs said auto meant "SmoothGrad for the shipped EfficientNet-Lite", whose method is
+    smoothgrad_contrast, whatever model was served."""
+    page = requests.get(server.url + "docs", timeout=30).text.replace("<wbr>", "")
+    assert f"auto picks the method chosen for the backbone of this model, <code>{confident_classifier.attribution_method_}</code>" in page
+    assert "SmoothGrad for the shipped" not in page

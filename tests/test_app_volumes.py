@@ -283,7 +283,9 @@ def test_the_slider_shows_each_slices_own_heatmap(confident_classifier, nifti_re
     assert np.asarray(key_heatmap).tobytes() == np.asarray(p.explanation.overlay).tobytes()
     # Another method re-draws the slice with it.
     occluded, caption, _ = show_slice(state, other, "occlusion", classifier=confident_classifier)
-    assert "heatmap: occlusion" in caption and not np.array_equal(np.asarray(occluded), np.asarray(heatmap))
+    # Named as the method buttons name it (the caption said "heatmap: smoothgrad_contrast" beside
+    # a button reading "SmoothGrad, tumour vs. no tumour").
+    assert "heatmap: Occlusion." in caption and not np.array_equal(np.asarray(occluded), np.asarray(heatmap))
     # Not at brain level: the slice as read, no heatmap.
     outside, caption, _ = show_slice(state, 0, "gradcam", classifier=confident_classifier)
     np.testing.assert_array_equal(np.asarray(outside)[..., 0], p.volume.slices[0])
@@ -375,3 +377,21 @@ def test_rest_predict_volume(server, confident_classifier, files, bad_volumes):
         response = requests.post(server.url + "api/v1/predict_volume", files={"file": (name, bad_volumes[name].read_bytes())}, timeout=60)
         assert response.status_code == status, (name, response.text)
         assert name in response.json()["detail"]
+
+
+def test_a_volume_that_is_not_a_brain_mri_shows_no_tumour_probability_per_slice(confident_classifier, nifti_result):
+    """A head CT read "n/a" as the volume's tumor probability, while the key slice's caption said
+    "tumor probability 87.7%" and the plot shaded a "tumour run": numbers the verdict withholds."""
+    report = nifti_result[-1]
+    p = report.prediction
+    flagged = dataclasses.replace(report, prediction=dataclasses.replace(p, label=None, looks_like_mri=False, mri_reasons=["a CT"], runs=[(p.key_slice, p.key_slice)]))
+    assert flagged.tumor_probability_text.startswith("n/a")
+    _, caption, plot = show_slice(flagged, p.key_slice, "gradcam", classifier=confident_classifier)
+    assert "%" not in caption and "not look like a brain MRI" in caption, caption
+    labels = [artist.get_label() for artist in plot.axes[0].get_children()]
+    assert "tumour run" not in labels
+    assert "not a brain MRI" in plot.axes[0].get_title()
+    # A brain MRI volume keeps its numbers.
+    mri = dataclasses.replace(report, prediction=dataclasses.replace(p, label=p.model_label, looks_like_mri=True, mri_reasons=[]))
+    _, caption, plot = show_slice(mri, p.key_slice, "gradcam", classifier=confident_classifier)
+    assert "tumor probability" in caption and "%" in caption and "not a brain MRI" not in plot.axes[0].get_title()

@@ -283,6 +283,17 @@ def test_a_nifti_volume_gets_a_verdict_and_the_slider_moves_the_heatmap(page, co
     assert page.locator(".toast-body").count() == 0
 
 
+def test_a_slice_dropped_on_the_volume_tab_gets_the_apps_message(page, data_dir):
+    """A JPEG given to the volume tab got Gradio's own toast ("Invalid file type ... Only .dcm,
+    .gz, .nii, .zip allowed") and a red "Error" badge stuck in the upload box."""
+    page.get_by_role("tab", name="Volume (NIfTI, DICOM)").click()
+    page.set_input_files("#volume input[type=file]", str(sorted((data_dir / "Testing" / "glioma").glob("*.jpg"))[0]))
+    page.wait_for_function("() => document.querySelector('#volume-verdict').innerText.includes('This tab reads volumes')")
+    page.wait_for_timeout(1000)  # a toast would show up by now
+    assert page.locator(".toast-body").count() == 0 and "Error" not in page.inner_text("body")
+    assert page.is_disabled("#analyze-volume")
+
+
 def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_path):
     context, page, outside = _guarded_page(browser, app_url + "docs", ready="h1")
     assert "POST /api/v1/predict" in page.inner_text("body")
@@ -292,6 +303,22 @@ def test_the_rest_docs_page_loads_nothing_from_elsewhere(browser, app_url, tmp_p
     page.wait_for_timeout(300)
     context.close()
     assert outside == []
+
+
+def test_the_page_and_the_docs_fit_a_phone(browser, app_url, tmp_path):
+    """At a phone's width (390 px) neither page scrolls sideways (the /docs tables once did)."""
+    for path, ready, name in (("", "#scan input[type=file]", "app"), ("docs", "h1", "rest-docs")):
+        context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_url + path)
+        page.wait_for_selector(ready, state="attached")
+        page.wait_for_timeout(300)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, path
+        screenshot = tmp_path / f"{name}-phone.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot of {path or '/'} at a phone's width: {screenshot}")
+        context.close()
 
 
 def test_the_request_guard_catches_outside_requests(browser, app_url):

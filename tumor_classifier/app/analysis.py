@@ -22,7 +22,7 @@ from ..classifier import Explanation, TumorClassifier
 from ..data import NO_TUMOR
 from ..decoding import DecodedImage, decode
 from ..exceptions import InvalidArgumentError, TumorClassifierError
-from ..verdict import NOT_BRAIN_MRI
+from ..verdict import NOT_BRAIN_MRI, format_probability
 from .uploads import check_scan, upload_source
 
 #: Heatmap methods as the UI names them.
@@ -53,6 +53,11 @@ def normalize_method(method: str | None) -> str:
     if key not in METHODS:
         raise InvalidArgumentError(f"Unknown heatmap method {method!r}; choose one of {', '.join(METHODS)}.")
     return key
+
+
+def method_name(method: str) -> str:
+    """A method as the UI names it (``"Grad-CAM"`` for ``gradcam``); a method without a UI name as it is."""
+    return {value: label for label, value in METHOD_CHOICES}.get(method, method)
 
 
 # -- running the classifier ------------------------------------------------------------
@@ -94,8 +99,8 @@ class ScanReport:
         if self.verdict == NOT_BRAIN_MRI:
             return "n/a: the image does not look like a brain MRI slice"
         if self.verdict == "uncertain":
-            return f"{p:.1%} (uncertain prediction)"
-        return f"{p:.1%}"
+            return f"{format_probability(p)} (uncertain prediction)"
+        return format_probability(p)
 
     @property
     def label_value(self) -> dict[str, Any]:

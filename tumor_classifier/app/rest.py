@@ -277,6 +277,8 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         max_upload_bytes: Largest upload; larger ones are answered 413.
     """
 
+    auto_method = getattr(classifier, "attribution_method_", "gradcam")  # what method="auto" runs
+
     @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:
         return HTMLResponse(docs_html(api.openapi()))
@@ -296,7 +298,7 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
     def predict_endpoint(
         file: UploadFile = File(description=f"The slice, as {ACCEPTED_TEXT}, up to {megabytes(max_upload_bytes)}; one per request."),
         method: Literal[("auto", *METHODS)] = Query(  # type: ignore[valid-type]
-            "auto", description="Heatmap method; auto picks the one chosen for the model's backbone (SmoothGrad for the shipped EfficientNet-Lite)."
+            "auto", description=f"Heatmap method; auto picks the method chosen for the backbone of this model, `{auto_method}`."
         ),
         opacity: float = Query(DEFAULT_OPACITY, ge=0.0, le=1.0, description="Largest heatmap opacity on the scan."),
         overlay: bool = Query(False, description="Also return the heatmap on the scan as a base64 PNG."),

@@ -11,15 +11,31 @@ Example:
 
 from __future__ import annotations
 
+import json
+import re
 from html import escape
 from typing import Any
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45}"
     "code,pre{font-family:ui-monospace,monospace;background:#f4f4f4;padding:0 .2em}"
-    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
+    # display:block: a table wider than a phone scrolls inside itself, not the page.
+    "table{border-collapse:collapse;margin:.5em 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
     "h2{border-top:1px solid #ccc;padding-top:.8em}"
+    "h2,h3,td:last-child{overflow-wrap:anywhere}"
 )
+
+
+def _breakable(words: str) -> str:
+    """Escaped words whose long names (``integrated_gradients``, ``VolumePredictionResponse``)
+    may break after an underscore or before a capital inside a word, so a table fits a phone's width."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "<wbr>", escape(words).replace("_", "_<wbr>"))
+
+
+def _text(words: str) -> str:
+    """Schema words as HTML: escaped, with their quotes (Markdown's single backticks, the
+    docstrings' double ones) set as code."""
+    return re.sub(r"``([^`]+)``|`([^`]+)`", lambda quoted: f"<code>{quoted[1] or quoted[2]}</code>", escape(words))
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +69,12 @@ def _rows(schema: dict[str, Any], fields: list[tuple[str, dict[str, Any], bool, 
     rows = []
     for name, node, required, description in fields:
         default = _resolve(schema, node).get("default")
-        extra = f" Default: <code>{escape(str(default))}</code>." if default is not None else ""
+        # As a client writes it (JSON, a query): false, not Python's False.
+        shown = json.dumps(default) if isinstance(default, bool) else str(default)
+        extra = f" Default: <code>{escape(shown)}</code>." if default is not None else ""
         rows.append(
-            f"<tr><td><code>{escape(name)}</code>{' (required)' if required else ''}</td>"
-            f"<td>{escape(_type_of(schema, node))}</td><td>{escape(description)}{extra}</td></tr>"
+            f"<tr><td><code>{_breakable(name)}</code>{' (required)' if required else ''}</td>"
+            f"<td>{_breakable(_type_of(schema, node))}</td><td>{_text(description)}{extra}</td></tr>"
         )
     return "<table><tr><th>Name</th><th>Type</th><th>Description</th></tr>" + "".join(rows) + "</table>"
 
@@ -64,7 +82,7 @@ def _rows(schema: dict[str, Any], fields: list[tuple[str, dict[str, Any], bool, 
 def _operation(schema: dict[str, Any], path: str, verb: str, op: dict[str, Any]) -> str:
     parts = [f"<h2><code>{escape(verb.upper())} {escape(path)}</code>: {escape(op.get('summary', ''))}</h2>"]
     if op.get("description"):
-        parts.append(f"<p>{escape(op['description'])}</p>")
+        parts.append(f"<p>{_text(op['description'])}</p>")
     query = [(p["name"], p.get("schema", {}), bool(p.get("required")), p.get("description", "")) for p in op.get("parameters", [])]
     parts.append("<h3>Query parameters</h3>" + _rows(schema, query))
     for media_type, content in op.get("requestBody", {}).get("content", {}).items():
@@ -76,7 +94,7 @@ def _operation(schema: dict[str, Any], path: str, verb: str, op: dict[str, Any])
     for status, answer in op.get("responses", {}).items():
         body = next(iter(answer.get("content", {}).values()), {}).get("schema", {})
         name = _resolve(schema, body).get("title", "")
-        answers.append(f"<tr><td>{escape(status)}</td><td>{escape(answer.get('description', ''))}</td><td>{escape(name)}</td></tr>")
+        answers.append(f"<tr><td>{escape(status)}</td><td>{_text(answer.get('description', ''))}</td><td>{_breakable(name)}</td></tr>")
     parts.append("<h3>Answers</h3><table><tr><th>Status</th><th>When</th><th>JSON body</th></tr>" + "".join(answers) + "</table>")
     return "\n".join(parts)
 
@@ -84,7 +102,7 @@ def _operation(schema: dict[str, Any], path: str, verb: str, op: dict[str, Any])
 def _model(schema: dict[str, Any], name: str, model: dict[str, Any]) -> str:
     required = set(model.get("required", []))
     fields = [(field, node, field in required, _resolve(schema, node).get("description", "")) for field, node in model.get("properties", {}).items()]
-    return f"<h3 id='{escape(name)}'>{escape(name)}</h3><p>{escape(model.get('description', ''))}</p>" + _rows(schema, fields)
+    return f"<h3 id='{escape(name)}'>{escape(name)}</h3><p>{_text(model.get('description', ''))}</p>" + _rows(schema, fields)
 
 
 def docs_html(schema: dict[str, Any], *, schema_url: str = "/openapi.json") -> str:
@@ -103,9 +121,10 @@ def docs_html(schema: dict[str, Any], *, schema_url: str = "/openapi.json") -> s
     models = [_model(schema, name, model) for name, model in schema.get("components", {}).get("schemas", {}).items() if "properties" in model]
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{escape(info.get('title', 'API'))} REST API</title><style>{_STYLE}</style></head><body>"
         f"<h1>{escape(info.get('title', 'API'))} {escape(str(info.get('version', '')))}: REST API</h1>"
-        f"<p>{escape(info.get('description', ''))}</p>"
+        f"<p>{_text(info.get('description', ''))}</p>"
         f"<p>Machine-readable schema: <a href='{escape(schema_url)}'>{escape(schema_url)}</a> (OpenAPI {escape(str(schema.get('openapi', '')))}).</p>"
         + "\n".join(operations)
         + "<h2>JSON bodies</h2>"

@@ -15,13 +15,14 @@ from gradio.components.label import LabelData
 
 from ..attributions import METHODS
 from ..classifier import TumorClassifier
+from ..decoding import DecodedImage
 from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..reports import DISCLAIMER
 from ..visualization import DEFAULT_COLORMAP, overlay
 from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
-from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, check_scan, upload_source
+from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, browser_preview, check_scan, upload_source
 from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice, shown_slice
-from .volume_uploads import ACCEPTED_VOLUME_TEXT, PICKER_SUFFIXES, is_volume_name
+from .volume_uploads import ACCEPTED_VOLUME_TEXT, is_volume_name
 
 #: Largest Gradio batch; concurrent requests beyond it wait for the next batch.
 MAX_BATCH_SIZE = 8
@@ -63,7 +64,9 @@ def _on_new_scan(payload: Any):
 
     A bad file is said once, in the verdict panel (no toast, which Analyze would repeat);
     the upload box is emptied (its preview would be a broken image) and Analyze is off
-    until a usable scan arrives.
+    until a usable scan arrives. A usable file browsers cannot show (TIFF) is replaced in
+    the box by a PNG of the decoded slice (:func:`~.uploads.browser_preview`), which
+    Analyze then reads.
 
     Returns:
         ``(verdict, label, heatmap, tumor probability, state, scan, Analyze button)``.
@@ -71,9 +74,13 @@ def _on_new_scan(payload: Any):
     message, usable, scan = "", payload is not None, gr.skip()
     if usable:
         try:
-            check_scan(upload_source(payload))
+            source = upload_source(payload)
+            decoded = check_scan(source)
         except TumorClassifierError as error:
             message, usable, scan = f"### Cannot analyze this image\n{error}", False, None
+        else:
+            preview = browser_preview(source, decoded) if isinstance(source, Path) and isinstance(decoded, DecodedImage) else None
+            scan = gr.skip() if preview is None else str(preview)
     return message, None, None, "", None, scan, gr.Button(interactive=usable)
 
 
@@ -111,7 +118,9 @@ def build_volume_tab(classifier: TumorClassifier, default_method: str) -> None:
     """
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", file_types=PICKER_SUFFIXES, elem_id="volume")
+            # No file_types: Gradio's own check of them answered a file of another kind with a
+            # toast and an "Error" badge stuck in the box; _on_new_volume says it instead.
+            upload = gr.File(label=f"MRI volume: {ACCEPTED_VOLUME_TEXT}", elem_id="volume")
             method = gr.Radio(list(METHOD_CHOICES), value=default_method, label="Heatmap method", elem_id="volume-method")
             button = gr.Button("Analyze volume", variant="primary", elem_id="analyze-volume", interactive=False)
         with gr.Column():
@@ -242,7 +251,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                     label = _verdict_label(label="Class probabilities", elem_id="probabilities")
                     tumor = gr.Textbox(label="Tumor probability (any type)", interactive=False, elem_id="tumor-probability")
                     heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
-                    gr.HTML(_legend_html(), elem_id="heatmap-legend")
+                    legend = gr.HTML(_legend_html(), elem_id="heatmap-legend")
         with gr.Tab("Volume (NIfTI, DICOM)", elem_id="volume-tab"):
             build_volume_tab(classifier, _default_method(classifier))
         state = gr.State()
@@ -254,6 +263,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
         image.upload(_on_new_scan, inputs=image, preprocess=False, **checked)
         image.clear(lambda: _on_new_scan(None), **checked)
         opacity.change(_reblend, inputs=[state, opacity], outputs=heatmap, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        opacity.change(_legend_html, inputs=opacity, outputs=legend, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         method.change(
             rerun_with_method,
             inputs=[image, method, opacity, state],
@@ -268,15 +278,16 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
     return demo
 
 
-def _legend_html() -> str:
-    """The heatmap's colour bar, drawn as :func:`overlay` draws evidence on a mid-grey scan."""
+def _legend_html(opacity: float = DEFAULT_OPACITY) -> str:
+    """The heatmap's colour bar, drawn as :func:`overlay` draws evidence on a mid-grey scan at
+    ``opacity`` (the slice tab re-draws it when its opacity slider moves)."""
     import matplotlib
 
     cmap = matplotlib.colormaps[DEFAULT_COLORMAP]
     stops = []
     for value in (0.0, 0.25, 0.5, 0.75, 1.0):
-        opacity = DEFAULT_OPACITY * value
-        rgb = [round(255 * ((1 - opacity) * 0.5 + opacity * c)) for c in cmap(value)[:3]]
+        opacity_here = float(opacity) * value
+        rgb = [round(255 * ((1 - opacity_here) * 0.5 + opacity_here * c)) for c in cmap(value)[:3]]
         stops.append(f"rgb({rgb[0]},{rgb[1]},{rgb[2]}) {value:.0%}")
     bar = f"background: linear-gradient(to right, {', '.join(stops)}); height: 14px; flex: 1; border: 1px solid #444;"
     return (

@@ -179,6 +179,39 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         raise InvalidImageError(f"{what} looks like a {image_format} image but is corrupt or truncated, so it cannot be decoded. {upload_hint}") from None
 
 
+#: Formats a browser shows in an ``<img>``; an upload in another accepted format (TIFF) is
+#: shown as a PNG of its decoded slice (:func:`browser_preview`).
+BROWSER_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP"})
+
+
+def browser_preview(path: Path, decoded: DecodedImage) -> Path | None:
+    """A PNG of an uploaded slice that browsers cannot show (TIFF), else ``None``.
+
+    The PNG holds the slice as decoded (``decoded.gray``; the colours for a colour file), so
+    analysing it gives what analysing the upload gives. It is written in a folder of its
+    own in Gradio's upload folder, which Gradio empties with its cache.
+
+    Args:
+        path: The uploaded file, past :func:`check_scan` (a file :func:`upload_source` returned).
+        decoded: What :func:`check_scan` decoded from it.
+    """
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
+    image_format, _ = read_header(path.read_bytes())
+    if image_format in BROWSER_FORMATS:
+        return None
+    if decoded.rgb is None:
+        image = decoded.gray
+    else:
+        with Image.open(path) as original:
+            image = original.convert("RGB")
+    preview = Path(tempfile.mkdtemp(dir=get_upload_folder())) / f"{path.stem}.png"
+    image.save(preview, format="PNG")
+    return preview
+
+
 #: Said for every file path the app will not read: missing, outside Gradio's upload
 #: folder, a link, a directory, a device. One message, so an answer never tells which
 #: files exist on the server.

@@ -25,7 +25,7 @@ from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..reports import DISCLAIMER
 from ..verdict import format_probability
 from ..volume_prediction import VolumePrediction
-from .analysis import DEFAULT_OPACITY, normalize_method, ui_error
+from .analysis import DEFAULT_OPACITY, method_name, normalize_method, ui_error
 from .uploads import MAX_UPLOAD_BYTES, upload_source
 from .volume_uploads import check_volume
 
@@ -158,18 +158,27 @@ def slice_overlay(report: VolumeReport, index: int, method: str | None = None, *
     else:
         explanation = classifier.explain([slices[index]], method=method, alpha=DEFAULT_OPACITY)[0]
     key = " (key slice)" if index == p.key_slice else ""
-    caption = f"{where}{key}: tumor probability {format_probability(float(p.slice_tumour_probability[index]))}; heatmap: {explanation.method}."
+    # A volume flagged as not a brain MRI has no tumour probability (see tumor_probability_text), nor do its slices.
+    tumour = format_probability(float(p.slice_tumour_probability[index])) if p.looks_like_mri else "n/a (the volume does not look like a brain MRI)"
+    caption = f"{where}{key}: tumor probability {tumour}; heatmap: {method_name(explanation.method)}."
     return explanation.overlay, caption
 
 
 def probability_plot(report: VolumeReport, shown_slice: int | None = None):
-    """The library's plot of tumour probability along the slices, marking the slice on show."""
+    """The library's plot of tumour probability along the slices, marking the slice on show.
+
+    For a volume flagged as not a brain MRI the title says so and no tumour run is shaded:
+    the verdict gives no tumour answer for it.
+    """
     from ..plots import slice_probabilities_figure
 
     p = report.prediction
+    title = f"Tumor probability along the {p.volume.plane or 'given'} slices"
+    if not p.looks_like_mri:
+        title += "\n(not a brain MRI volume: no tumor verdict rests on these values)"
     return slice_probabilities_figure(
-        p.slice_tumour_probability, threshold=p.threshold, key_slice=p.key_slice, runs=p.runs, shown_slice=shown_slice,
-        title=f"Tumor probability along the {p.volume.plane or 'given'} slices",
+        p.slice_tumour_probability, threshold=p.threshold, key_slice=p.key_slice, runs=p.runs if p.looks_like_mri else (),
+        shown_slice=shown_slice, title=title,
     )
 
 

@@ -35,8 +35,6 @@ from .uploads import MAX_UPLOAD_BYTES, UnsupportedImageTypeError, megabytes, rec
 ACCEPTED_VOLUME_TEXT = "NIfTI (.nii, .nii.gz), one DICOM file (.dcm) or a .zip of one DICOM series"
 #: File name endings the volume upload takes (the page's file picker offers these).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".zip")
-#: What the browser's file picker offers (it matches the last suffix only: ".gz" for ".nii.gz").
-PICKER_SUFFIXES = sorted({"." + suffix.rsplit(".", 1)[1] for suffix in VOLUME_SUFFIXES})
 #: Largest volume the app reads, in voxels (a 256 x 256 x 1024 volume): about 256 MB as
 #: float32 while it is windowed, so a request's memory stays bounded. The library's own
 #: limit (1024**3) is for files on the user's own machine.
