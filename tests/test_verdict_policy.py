@@ -59,12 +59,28 @@ def test_the_policy_names_a_type_only_for_a_confident_brain_mri():
     photo = decide_verdict(proba, brain_mri=False, uncertainty_threshold=0.6, reasons=["it has colours"])
     assert (photo.kind, photo.label, photo.tumor_type, photo.headline) == (NOT_BRAIN_MRI, NOT_BRAIN_MRI, None, "Not a brain MRI")
     assert "glioma" not in photo.markdown and "glioma" not in photo.text and "it has colours" in photo.text
-    unsure = decide_verdict(proba, brain_mri=True, uncertainty_threshold=0.8)
+    unsure = decide_verdict({"glioma": 0.5, "meningioma": 0.1, "notumor": 0.3, "pituitary": 0.1}, brain_mri=True, uncertainty_threshold=0.8)
     assert (unsure.kind, unsure.tumor_type, unsure.headline) == ("uncertain", None, "Uncertain")
     healthy = decide_verdict({"glioma": 0.05, "notumor": 0.95}, brain_mri=True, uncertainty_threshold=0.6)
     assert (healthy.kind, healthy.tumor_type) == ("no_tumor", None)
     assert {v.kind for v in (tumour, photo, unsure, healthy)} == set(VERDICTS)
     assert format_probability(0.9996) == "> 99.9%" and format_probability(0.0004) == "< 0.1%"
+
+
+def test_a_sure_tumour_of_unsure_type_is_a_tumour_without_a_type():
+    """Any tumour at 90% but no type at the threshold: "uncertain" would hide a near-certain
+    finding, a type would claim what the model does not know."""
+    proba = {"glioma": 0.45, "meningioma": 0.4, "notumor": 0.1, "pituitary": 0.05}
+    verdict = decide_verdict(proba, brain_mri=True, uncertainty_threshold=0.6)
+    assert (verdict.kind, verdict.label, verdict.tumor_type) == ("tumor", "glioma", None)
+    assert verdict.headline == "Tumor, type uncertain"
+    assert "Probability of a tumor: 90.0%" in verdict.text and "glioma" in verdict.text and "45.0%" in verdict.text
+    # The same top class with the tumour itself in doubt stays uncertain.
+    doubtful = decide_verdict({"glioma": 0.46, "meningioma": 0.06, "notumor": 0.44, "pituitary": 0.04}, brain_mri=True, uncertainty_threshold=0.6)
+    assert doubtful.kind == "uncertain"
+    # No tumour on top, even with the tumour classes summing high: no claim either way.
+    split = decide_verdict({"glioma": 0.22, "meningioma": 0.22, "notumor": 0.34, "pituitary": 0.22}, brain_mri=True, uncertainty_threshold=0.6)
+    assert split.kind == "uncertain"
 
 
 # ------------------------------------------------------------------ china.jpg everywhere

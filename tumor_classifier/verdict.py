@@ -5,7 +5,9 @@ A result is judged from three things, in this order:
 1. the learned brain-MRI check (:mod:`tumor_classifier.mri_check`): an input it flags is
    ``"not_brain_mri"``, whatever the model says, and gets **no tumor type**;
 2. the uncertainty rule: a top probability below the classifier's
-   ``uncertainty_threshold`` is ``"uncertain"`` and gets no tumor type either;
+   ``uncertainty_threshold`` is ``"uncertain"`` and gets no tumor type either, except that
+   a tumor class on top with the tumor classes together at or above the threshold is
+   ``"tumor"`` without a type ("Tumor detected, type uncertain");
 3. otherwise the most probable class: ``"no_tumor"`` for the no-tumor class, else
    ``"tumor"`` with its type (a binary model says "tumor" without a type).
 
@@ -136,6 +138,19 @@ def decide_verdict(
             f"The image check found that\n\n{bullets}\n\nThe model only knows brain MRI slices, "
             "so it gives no tumor type for this image.",
             tuple(reasons),
+            **evidence,
+        )
+    tumour = 1.0 - probabilities[NO_TUMOR] if NO_TUMOR in probabilities else None
+    if top < uncertainty_threshold and label != NO_TUMOR and tumour is not None and tumour >= uncertainty_threshold:
+        # Sure of a tumour, not of its type: "uncertain" would hide the finding, a type would overclaim.
+        return Verdict(
+            "tumor",
+            label,
+            None,
+            "Tumor, type uncertain",
+            "Tumor detected, type uncertain",
+            f"Probability of a tumor: {format_probability(tumour)}. Its type is not clear: the most likely, "
+            f"**{label}**, has {format_probability(top)} (a type needs {uncertainty_threshold:.0%}).",
             **evidence,
         )
     if top < uncertainty_threshold:
