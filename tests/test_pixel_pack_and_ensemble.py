@@ -177,6 +177,14 @@ def test_members_validated_on_different_splits_are_refused(members, tmp_path):
         make_ensemble([members[0], tmp_path], tmp_path / "ensemble")
 
 
+def test_an_ensemble_whose_data_cannot_be_read_writes_no_folder(members, tmp_path):
+    # A half-written folder (members, temperature 1, no metrics) would load as an uncalibrated model.
+    output = tmp_path / "ensemble"
+    with pytest.raises(TumorClassifierError, match="not a folder"):
+        make_ensemble(members, output, data_dir=str(tmp_path / "no-such-data"), pixel_cache_dir=None)
+    assert not output.exists()
+
+
 def test_ensemble_command_prints_the_calibration_and_figures(members, data_dir, tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "tumor_classifier.cli", "ensemble", *map(str, members), "--out", str(tmp_path / "e"), "--data", str(data_dir)],

@@ -376,15 +376,18 @@ def make_ensemble(
     if len(carvings) != 1:
         raise TumorClassifierError(f"The members were validated on different splits (validation_size, split_seed, binary): {sorted(carvings)}.")
     validation_size, split_seed, binary = carvings.pop()
-    output_dir = Path(output_dir)
-    build_ensemble(folders, output_dir=output_dir)
-    ensemble = EnsembleForImageClassification.from_pretrained(output_dir)  # what ships: half-precision weights
-    preprocessor = MRIPreprocessor.from_pretrained(output_dir)
     data_args = DataArguments(
         data_dir=data_dir or configs[0]["data"]["data_dir"], binary=binary, validation_size=validation_size,
         split_seed=split_seed, pixel_cache_dir=pixel_cache_dir,
     )  # fmt: skip
+    # The data is read before anything is written: a folder left behind by a failed read
+    # (members, temperature 1, no metrics) would load as an uncalibrated ensemble.
+    # build_ensemble refuses members whose preprocessing differs from the first one's.
+    preprocessor = MRIPreprocessor.from_pretrained(folders[0])
     data, arrays = load_splits(data_args, preprocessor)
+    output_dir = Path(output_dir)
+    build_ensemble(folders, output_dir=output_dir)
+    ensemble = EnsembleForImageClassification.from_pretrained(output_dir)  # what ships: half-precision weights
     class_names = list(ensemble.config.id2label[i] for i in range(len(ensemble.config.id2label)))
     (val_pixels, val_labels), (test_pixels, test_labels) = arrays["validation"], arrays["test"]
 
