@@ -185,6 +185,25 @@ def test_an_ensemble_whose_data_cannot_be_read_writes_no_folder(members, tmp_pat
     assert not output.exists()
 
 
+def test_a_recorded_data_folder_not_found_from_here_names_its_record_and_the_way_out(members, tmp_path, monkeypatch):
+    # train_hf.py records --data_dir as given: a relative folder is relative to where it ran.
+    member = tmp_path / "member"
+    member.mkdir()
+    for source in members[0].iterdir():
+        if source.is_file():
+            (member / source.name).write_bytes(source.read_bytes())
+    config = json.loads((member / "train_config.json").read_text())
+    config["data"]["data_dir"] = "../scans/brain-tumor-mri"
+    (member / "train_config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TumorClassifierError) as raised:
+        make_ensemble([member], tmp_path / "ensemble", pixel_cache_dir=None)
+    message = str(raised.value)
+    assert "../scans/brain-tumor-mri" in message and str(member / "train_config.json") in message
+    assert "--data" in message and "data_dir=" in message
+    assert not (tmp_path / "ensemble").exists()
+
+
 def test_ensemble_command_prints_the_calibration_and_figures(members, data_dir, tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "tumor_classifier.cli", "ensemble", *map(str, members), "--out", str(tmp_path / "e"), "--data", str(data_dir)],

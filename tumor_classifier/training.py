@@ -26,7 +26,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, Traini
 
 from .augmentation import AugmentationConfig, BatchAugmenter
 from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR, load_tumour_only_images
-from .exceptions import InvalidArgumentError, TumorClassifierError
+from .exceptions import InvalidArgumentError, InvalidDatasetError, TumorClassifierError
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .mri_trainer import MRITrainer, TimeLimitCallback
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
@@ -384,7 +384,16 @@ def make_ensemble(
     # (members, temperature 1, no metrics) would load as an uncalibrated ensemble.
     # build_ensemble refuses members whose preprocessing differs from the first one's.
     preprocessor = MRIPreprocessor.from_pretrained(folders[0])
-    data, arrays = load_splits(data_args, preprocessor)
+    try:
+        data, arrays = load_splits(data_args, preprocessor)
+    except InvalidDatasetError as error:
+        if data_dir:
+            raise
+        raise InvalidDatasetError(
+            f"{error} It is the data folder {folders[0] / 'train_config.json'} records, as train_hf.py was given it "
+            "(a relative folder is relative to where train_hf.py ran): say where the data is with --data "
+            "(make_ensemble's data_dir=)."
+        ) from None
     output_dir = Path(output_dir)
     build_ensemble(folders, output_dir=output_dir)
     ensemble = EnsembleForImageClassification.from_pretrained(output_dir)  # what ships: half-precision weights
