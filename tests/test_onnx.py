@@ -262,3 +262,16 @@ def test_export_refuses_a_tolerance_that_no_graph_can_meet_or_every_graph_meets(
     error = capsys.readouterr().err
     assert f"--tolerance {tolerance}" in error and "mistranslated" not in error, error
     assert not out.exists()
+
+
+def test_export_prints_its_result_without_the_exporters_internal_warnings(tiny_model_dir, tmp_path):
+    """torch's exporter logged 'torchvision is not installed. Skipping torchvision::nms' and a
+    FutureWarning from copyreg, onnxruntime's quantizer a root-logger WARNING: noise for a
+    user, who cannot act on any of it."""
+    out = tmp_path / "graph"
+    command = [sys.executable, "-m", "tumor_classifier.cli", "export", "--format", "onnx", str(tiny_model_dir), str(out), "--quantize"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "ONNX graph (opset 20) written to" in done.stdout and "int8 graph written to" in done.stdout
+    for noise in ("torchvision", "FutureWarning", "WARNING:root", "Please consider to run pre-processing"):
+        assert noise not in done.stderr, done.stderr

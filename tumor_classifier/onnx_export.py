@@ -47,6 +47,7 @@ import math
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -151,6 +152,29 @@ def require_exporter() -> None:
     import_onnxruntime()
 
 
+#: Loggers of the exporter and the quantizer whose warnings a user cannot act on: torch's
+#: op registry ("torchvision is not installed. Skipping torchvision::nms") and
+#: onnxruntime's quantizer, which warns on the root logger ("consider pre-processing").
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "")
+
+
+@contextmanager
+def _without_exporter_noise():
+    """Silences the exporter's and quantizer's own warnings (their FutureWarnings and
+    warning-level log lines) while they run; errors still come through."""
+    loggers = [logging.getLogger(name) if name else logging.getLogger() for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def run_exporter(
     module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, *, output_name: str, what: str
 ) -> None:
@@ -170,18 +194,19 @@ def run_exporter(
     # Batch 2 in the example: with 1 the exporter may specialise the batch axis.
     example = torch.zeros(2, *input_shape, device=device)
     try:
-        torch.onnx.export(
-            module,
-            (example,),
-            path,
-            input_names=[INPUT_NAME],
-            output_names=[output_name],
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
-            verbose=False,
-        )
+        with _without_exporter_noise():
+            torch.onnx.export(
+                module,
+                (example,),
+                path,
+                input_names=[INPUT_NAME],
+                output_names=[output_name],
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+                verbose=False,
+            )
     except Exception as error:  # the exporter raises many types
         raise ExportError(f"torch.onnx.export failed for {what}: {type(error).__name__}: {error}") from error
 
@@ -319,9 +344,10 @@ def _onnx_proba(graph: OnnxClassifier, pixels: np.ndarray, preprocessor: MRIPrep
 def _quantize(fp32_path: Path, int8_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        fp32_path, int8_path, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, weight_type=QuantType.QInt8
-    )
+    with _without_exporter_noise():
+        quantize_dynamic(
+            fp32_path, int8_path, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, weight_type=QuantType.QInt8
+        )
 
 
 def _check_preprocessing(directory: Path, preprocessor: MRIPreprocessor) -> None:
