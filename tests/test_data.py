@@ -137,6 +137,9 @@ def test_data_report_command_prints_counts_modes_and_duplicates(tmp_path, data_d
     assert "train: 32 images" in out and "test: 13 images" in out
     assert "byte-identical:              1" in out
     assert "storage modes:" in out
+    # The duplicate counts stand in one column, under one another.
+    counts = out[out.index("test images with a duplicate"):].splitlines()[1:5]
+    assert len({len(line) - len(line.split()[-1]) for line in counts}) == 1, counts
 
 
 def test_binary_training_takes_tumour_and_healthy_folders(tmp_path, data_dir):

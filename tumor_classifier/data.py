@@ -411,10 +411,14 @@ class DataReport:
         if self.duplicates is not None:
             s = self.duplicates.summary()
             lines.append(f"test images with a duplicate in train ({s['queries']} test images):")
-            lines.append(f"  byte-identical:              {s['byte_identical']}")
-            lines.append(f"  same pHash:                  {s['same_phash']}")
-            lines.append(f"  pHash distance <= {self.duplicates.threshold}:        {s[f'phash_within_{self.duplicates.threshold}']}")
-            lines.append(f"  no near duplicate in train:  {s['without_near_duplicate']}")
+            threshold = self.duplicates.threshold
+            for label, count in (
+                ("byte-identical:", s["byte_identical"]),
+                ("same pHash:", s["same_phash"]),
+                (f"pHash distance <= {threshold}:", s[f"phash_within_{threshold}"]),
+                ("no near duplicate in train:", s["without_near_duplicate"]),
+            ):
+                lines.append(f"  {label:<28} {count}")
         if self.unreadable:
             lines.append(f"unreadable files ({len(self.unreadable)}): " + ", ".join(self.unreadable[:10]))
         return "\n".join(lines)
