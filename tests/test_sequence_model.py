@@ -397,3 +397,10 @@ def test_embedding_passes_refuse_non_finite_output_and_hold_the_models_lock(one_
         model.backbone.resnet.embedder.embedder.convolution.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteOutputError, match="NaN or infinite embeddings for image 0"):
         embed_pixels(model, preprocessor, pixels)
+
+
+def test_loading_the_shipped_sequence_model_prints_no_progress_bar(capfd):
+    """transformers drew a "Loading weights" bar on stderr for a 0.4 MB head, as the
+    classifier's own loading (model_folder.quiet_weights) does not."""
+    load_sequence_model()
+    assert "Loading weights" not in capfd.readouterr().err

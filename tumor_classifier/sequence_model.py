@@ -46,6 +46,7 @@ from transformers.utils import ModelOutput
 
 from .data import BINARY_CLASS_NAMES
 from .exceptions import InvalidArgumentError, ModelLoadError
+from .model_folder import quiet_weights
 from .models import get_backbone, label_maps
 
 #: ``backbone_source`` naming the model shipped in the package.
@@ -390,7 +391,8 @@ def load_sequence_model(source: str | os.PathLike | None = None, **kwargs: Any) 
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{str(source)!r} is not a saved sequence model folder (no config.json); save one with save_pretrained.")
     _require_model_type(folder, SliceSequenceConfig.model_type, "sequence model")
-    return SliceSequenceForVolumeClassification.from_pretrained(folder, **kwargs).eval()
+    with quiet_weights():
+        return SliceSequenceForVolumeClassification.from_pretrained(folder, **kwargs).eval()
 
 
 AutoConfig.register(SliceSequenceConfig.model_type, SliceSequenceConfig)
