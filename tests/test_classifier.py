@@ -230,6 +230,21 @@ def test_explain_options_and_methods_are_checked_by_name(fitted_classifier, test
         fitted_classifier.predict(path, method="nope")  # also without return_attributions: not silently ignored
 
 
+@pytest.mark.parametrize("method", ["gradcam", "smoothgrad"])
+def test_explain_with_a_target_shows_that_class_and_keeps_the_prediction(fitted_classifier, test_images, method):
+    path = test_images[0][0]
+    [own] = fitted_classifier.explain(path, method=method)
+    other = next(c for c in fitted_classifier.classes_ if c != own.explained)
+    assert own.explained == own.label  # by default the most probable class
+    [targeted] = fitted_classifier.explain(path, method=method, target=other)
+    assert targeted.explained == other and targeted.label == own.label and targeted.verdict == own.verdict
+    assert not np.allclose(targeted.attribution, own.attribution)
+    [again] = fitted_classifier.explain(path, method=method, target=own.label)
+    np.testing.assert_allclose(again.attribution, own.attribution, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match=r"target 'nope' is not a class.*glioma"):
+        fitted_classifier.explain(path, target="nope")
+
+
 def _head_mask(path) -> np.ndarray:
     gray = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
     return gray > 0.1 * np.percentile(gray, 99.5)

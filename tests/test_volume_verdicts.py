@@ -81,6 +81,15 @@ def test_the_glioma_case_has_tumour_runs_in_each_sequence(shipped, sequence):
     assert result.tumour and result.model_label != "notumor", _numbers(result)
 
 
+def test_the_key_slice_map_shows_the_evidence_for_the_volume_type(shipped):
+    """The figure's title names the volume's type; its map must be evidence for that type,
+    not for the key slice's own top class (on t1c the two differed: glioma / meningioma)."""
+    result = shipped.predict_volume(VOLUMES / "brats_layout_tumour_case" / "t1c.nii.gz")
+    assert result.tumour and result.explanation.explained == result.label, _numbers(result)
+    title, target = result.figure_text()
+    assert result.label in title and target == result.label
+
+
 def test_the_head_ct_is_flagged_not_mri(shipped):
     result = _predict(shipped, "nifti/not_mri_head_ct.nii.gz")
     assert not result.looks_like_mri and result.label is None, _numbers(result)

@@ -430,7 +430,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
         """See :func:`~tumor_classifier.explanations.attributions`."""
         return explanations.attributions(self, prepared, targets, method, **options)
 
-    def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
+    def explain(self, X: Any, method: str = "auto", *, alpha: float = 0.45, target: str | None = None, **options: Any) -> list[Explanation]:
         """Predicts and explains each image.
 
         Methods: ``attributions.METHODS`` (``gradcam``, ``hirescam``, ``smoothgrad``,
@@ -442,6 +442,9 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             X: Images, as for :meth:`predict_proba`.
             method: ``auto`` or a name in ``attributions.METHODS``.
             alpha: Largest opacity of the heatmap in the overlay.
+            target: A class name whose evidence every map shows (``Explanation.explained``);
+                ``None``: each image's most probable class. The prediction and verdict are
+                the same either way.
             **options: Passed to ``attributions.compute_attributions`` (``n_steps``,
                 ``internal_batch_size``, ``occlusion_window`` ...).
 
@@ -451,7 +454,7 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
             and the app share.
         """
         self._check_fitted()
-        return explanations.explain(self, X, method, alpha=alpha, **options)
+        return explanations.explain(self, X, method, alpha=alpha, target=target, **options)
 
     def predict_volume(self, volume: Any, plane: str = "axial", **options: Any):
         """Classifies the brain-level slices of a volume and gives one verdict.

@@ -61,7 +61,7 @@ def _figure_text(explanation) -> tuple[str, str]:
     if not explanation.verdict.brain_mri:
         return f"{explanation.verdict.headline}: no tumor type given; not a diagnostic device", "the model's top class"
     probabilities = explanation.probabilities
-    explained = max(probabilities, key=probabilities.get)  # the class the map belongs to
+    explained = explanation.explained  # the class the map belongs to
     return f"{explanation.verdict.title} ({explained} {format_probability(probabilities[explained])}); not a diagnostic device", explained
 
 

@@ -44,6 +44,8 @@ class Explanation:
             (``scores["mri_score"]`` in [0, 1]).
         verdict: The :class:`~tumor_classifier.verdict.Verdict` (the one verdict policy:
             not a brain MRI / uncertain / no tumor / tumor and its type).
+        explained: The class whose evidence the map shows: the most probable one, or the
+            ``target`` that ``explain`` was given.
     """
 
     label: str
@@ -55,6 +57,7 @@ class Explanation:
     uncertain: bool
     quality: ImageQuality
     verdict: Verdict
+    explained: str = ""
 
 
 def resolve_method(estimator, method: str) -> str:
@@ -127,19 +130,25 @@ def attributions(
     return [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps], (np.concatenate(logits) if logits else None)
 
 
-def explain(estimator, X: Any, method: str = "auto", *, alpha: float = 0.45, **options: Any) -> list[Explanation]:
+def explain(
+    estimator, X: Any, method: str = "auto", *, alpha: float = 0.45, target: str | None = None, **options: Any
+) -> list[Explanation]:
     """:meth:`TumorClassifier.explain` of a fitted ``estimator`` (documented there)."""
+    classes = [str(c) for c in estimator.classes_]
+    if target is not None and str(target) not in classes:
+        raise InvalidArgumentError(f"target {target!r} is not a class of this model; its classes: {', '.join(classes)}.")
     decoded = decode_each(as_sources(X))
     grays = [d.gray for d in decoded]
     prepared = [estimator.preprocessor_.prepare(gray) for gray in grays]
     method = resolve_method(estimator, method)
-    if method == "gradcam" and not estimator.test_time_augmentation:
+    if method == "gradcam" and not estimator.test_time_augmentation and target is None:
         # One forward + backward pass gives both the prediction and its Grad-CAM map.
         maps, logits = attributions(estimator, prepared, None, method, **options)
         proba = torch.softmax(finite(torch.from_numpy(logits).float(), 0), dim=-1).numpy()
     else:
         proba = estimator._proba(prepared)
-        maps, _ = attributions(estimator, prepared, proba.argmax(axis=1), method, **options)
+        targets = proba.argmax(axis=1) if target is None else np.full(len(prepared), classes.index(str(target)))
+        maps, _ = attributions(estimator, prepared, targets, method, **options)
     tumor = tumor_probability(proba, estimator.classes_) if NO_TUMOR in estimator.classes_ else np.full(len(proba), np.nan)
     explanations = []
     for index, (gray, verdict) in enumerate(zip(grays, estimator._verdicts(decoded, proba))):
@@ -154,6 +163,7 @@ def explain(estimator, X: Any, method: str = "auto", *, alpha: float = 0.45, **o
                 uncertain=bool(proba[index].max() < estimator.uncertainty_threshold),
                 quality=ImageQuality(verdict.brain_mri, list(verdict.reasons), {"mri_score": verdict.mri_score}),
                 verdict=verdict,
+                explained=classes[int(proba[index].argmax())] if target is None else str(target),
             )
         )
     return explanations

@@ -172,8 +172,7 @@ class VolumePrediction:
         if not self.looks_like_mri:
             return f"{slice_at}; volume: not a brain MRI?; not diagnostic", "the model's top class"
         verdict = f"{self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
-        probabilities = self.explanation.probabilities
-        return f"{slice_at}; volume: {verdict}; not diagnostic", max(probabilities, key=probabilities.get)
+        return f"{slice_at}; volume: {verdict}; not diagnostic", self.explanation.explained
 
     def plot_title(self, name: str) -> str:
         """The probability-along-slices plot's title: ``name``, the verdict, and for a flagged volume that the curve is no answer."""
@@ -368,7 +367,10 @@ def predict_volume(
         mri_reasons = [f"{int((~verdicts).sum())} of {verdicts.size} checked slices do not look like brain MRI"] + [
             f"{reason} ({count} slices)" for reason, count in sorted(counted.items(), key=lambda kv: -kv[1])
         ]
-    explanation = clf.explain([slices[key]], method=method)[0] if explain else None
+    # A tumour volume's key slice shows the evidence for the volume's type, which its title
+    # names (the slice's own top class can differ from the type averaged over the run).
+    target = model_label if runs and looks_like_mri and model_label != NO_TUMOR else None
+    explanation = clf.explain([slices[key]], method=method, target=target)[0] if explain else None
     prediction = VolumePrediction(
         label=model_label if looks_like_mri else None,
         model_label=model_label,
