@@ -232,3 +232,11 @@ def test_ctrl_c_while_the_model_loads_is_one_line_and_status_130(tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, (out, err)
     assert "Traceback" not in err and "interrupted" in err, err
+
+
+def test_predict_on_a_folder_of_images_points_to_the_archive_options(model_dir, test_images, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(test_images[0][0], folder / "a.jpg")
+    assert main(["predict", str(folder), "--model", str(model_dir)]) == 1
+    assert "--recursive --output" in capsys.readouterr().err

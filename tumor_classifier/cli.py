@@ -91,6 +91,10 @@ def _predict(args: argparse.Namespace) -> int:
         return 1 if volume_failures else 0
     readable, decoded, failures = [], [], []
     for path in images:
+        if Path(path).is_dir():  # not a DICOM series nor a BraTS case (those went to the volumes)
+            failures.append((path, f"{path} is a folder with no DICOM series or BraTS case in it; to classify every "
+                                   "image and volume below it, add --recursive --output results.parquet (or .csv, .jsonl)."))
+            continue
         try:
             decoded.append(decode(path))  # decoded once: the model, the MRI check and the overlay share it
             readable.append(path)
@@ -205,8 +209,9 @@ def _predict_archive(args: argparse.Namespace) -> int:
     # Only process 0 knows the merged output, and only it may fail the run: under torchrun
     # a process that exits non-zero gets the others stopped, possibly in the middle of the merge.
     if summary.errors_written:
-        print(f"error: {summary.rows_written} files, {summary.errors_written} errors (see the error column of {summary.output})",
-              file=sys.stderr)
+        files, errors = summary.rows_written, summary.errors_written
+        print(f"error: {files} file{'' if files == 1 else 's'}, {errors} error{'' if errors == 1 else 's'} "
+              f"(see the error column of {summary.output})", file=sys.stderr)
         return 1
     return 0
 
