@@ -89,14 +89,15 @@ def format_tables(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
                 f"{_pct(f['mass_in_box'])} | {_pct(f['box_area'])} | {_pct(f['mass_in_head'])} | "
                 f"{f['explain_ms']:.0f} | {f['predict_ms']:.0f} | {_num(f['explain_over_predict'], 1)} |"
             )
+    checked = any(not math.isnan(f["random_pointing_game"]) for summary in summaries.values() for f in summary.values())
     lines += [
         "",
         "Model randomisation (same method, re-initialised weights):",
         "",
         "| method | class | Spearman real vs random (head) | random pointing game % | random mass in box % |",
         "|---|---|---:|---:|---:|",
-    ]
-    for method, summary in summaries.items():
+    ] if checked else ["", "Model randomisation: skipped (--skip-randomisation)."]
+    for method, summary in summaries.items() if checked else ():
         for key, f in summary.items():
             lines.append(
                 f"| {method} | {key} | {_num(f['random_rank_correlation'])} | "
