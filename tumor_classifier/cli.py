@@ -91,8 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
         return 1 if volume_failures else 0
     readable, decoded, failures = [], [], []
     for path in images:
-        if Path(path).is_dir():  # not a DICOM series nor a BraTS case (those went to the volumes)
-            failures.append((path, f"{path} is a folder with no DICOM series or BraTS case in it; to classify every "
+        if _is_folder(path):  # not a DICOM series nor a BraTS case (those went to the volumes)
+            failures.append((path, f"{path} is a directory with no DICOM series or BraTS case in it; to classify every "
                                    "image and volume below it, add --recursive --output results.parquet (or .csv, .jsonl)."))
             continue
         try:
@@ -214,6 +214,14 @@ def _predict_archive(args: argparse.Namespace) -> int:
               f"(see the error column of {summary.output})", file=sys.stderr)
         return 1
     return 0
+
+
+def _is_folder(path: str) -> bool:
+    """Whether ``path`` is a folder; a path the system refuses (too long, no permission) is not: the image reader says why."""
+    try:
+        return Path(path).is_dir()
+    except OSError:
+        return False
 
 
 def _brats_sequences(path: str) -> list[str]:
