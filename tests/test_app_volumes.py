@@ -143,6 +143,9 @@ def bad_volumes(tmp_path_factory, files) -> dict[str, Path]:
     _zip(folder / "two-series.zip", {f"{i}.dcm": p.read_bytes() for i, p in enumerate(first + second)})
     _zip(folder / "ct.zip", {p.name: p.read_bytes() for p in ct})
     _zip(folder / "crowded.zip", {f"{i}.dcm": b"" for i in range(MAX_ZIP_MEMBERS + 1)})
+    write_nifti(folder / "fmri.nii.gz", np.stack([phantom(SHAPE)] * 3, axis=-1))
+    _, fmri = write_dicom_series(folder / "fmri", np.stack([phantom(SHAPE)] * 2, axis=-1), time_points=2)
+    _zip(folder / "fmri.zip", {p.name: p.read_bytes() for p in fmri})
     return {path.name: path for path in folder.iterdir() if path.is_file()}
 
 
@@ -159,6 +162,23 @@ BAD_VOLUMES = [
     ("ct.zip", "is a CT image (DICOM Modality 'CT'), not MRI"),
     ("crowded.zip", f"holds {MAX_ZIP_MEMBERS + 1} files; up to {MAX_ZIP_MEMBERS} are accepted"),
 ]
+
+#: A 4-D volume: the library's "Choose one with time_point=..." names an option the app lacks.
+FOUR_D = [
+    ("fmri.nii.gz", "is 4-D: 3 time points (or channels). This app reads 3-D volumes"),
+    ("fmri.zip", "is 4-D: 2 time points (or channels). This app reads 3-D volumes"),
+]
+
+
+@pytest.mark.parametrize("name, words", FOUR_D)
+def test_a_4d_volume_says_what_the_app_reads_and_where_to_choose_a_time_point(confident_classifier, bad_volumes, name, words):
+    with pytest.raises(gr.Error) as raised:
+        predict_volume_upload(str(bad_volumes[name]), "gradcam", classifier=confident_classifier)
+    message = str(raised.value.message)
+    assert words in message and name in message, message
+    assert "export one time point" in message and "--time-point" in message and "predict_volume(" in message, message
+    assert "Choose one with time_point" not in message and "(--time-point on the command line)" not in message, message
+    assert tempfile.gettempdir() + "/" not in message, message
 
 
 @pytest.mark.parametrize("name, words", BAD_VOLUMES)
@@ -373,10 +393,13 @@ def test_rest_predict_volume(server, confident_classifier, files, bad_volumes):
     import base64
 
     assert Image.open(io.BytesIO(base64.b64decode(overlay))).size == (64, 64)
-    for name, status in (("two-series.zip", 400), ("notes.nii.gz", 415), ("empty.nii.gz", 400)):
+    for name, status in (("two-series.zip", 400), ("notes.nii.gz", 415), ("empty.nii.gz", 400), ("fmri.nii.gz", 400), ("fmri.zip", 400)):
         response = requests.post(server.url + "api/v1/predict_volume", files={"file": (name, bad_volumes[name].read_bytes())}, timeout=60)
         assert response.status_code == status, (name, response.text)
         assert name in response.json()["detail"]
+        if name.startswith("fmri"):
+            assert "This app reads 3-D volumes" in response.json()["detail"] and "Choose one with" not in response.json()["detail"]
+
 
 
 def test_a_volume_that_is_not_a_brain_mri_shows_no_tumour_probability_per_slice(confident_classifier, nifti_result):

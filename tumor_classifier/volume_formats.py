@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidVolumeError, MissingDependencyError
+from .exceptions import InvalidVolumeError, MissingDependencyError, TimePointRequiredError
 
 #: Largest volume read, in voxels (before a time point is chosen): 1024 x 1024 x 1024.
 MAX_VOXELS = 1024**3
@@ -146,10 +146,11 @@ def _nifti_file_raw(path: Path, kind: str, time_point: int | None) -> _Raw:
 
 
 def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
-    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
+    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds; :class:`TimePointRequiredError`)
+    or with one out of range."""
     if time_point is None:
-        raise InvalidVolumeError(
-            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}."
+        raise TimePointRequiredError(
+            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}.", count
         )
     if not 0 <= time_point < count:
         raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {count} time points (0..{count - 1}).")
