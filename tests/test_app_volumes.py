@@ -36,6 +36,7 @@ from tumor_classifier.app import (
     check_scan,
     check_volume,
     predict_volume_for_page,
+    predict_scan,
     predict_volume_upload,
     show_slice,
     start_in_background,
@@ -401,6 +402,25 @@ def test_rest_predict_volume(server, confident_classifier, files, bad_volumes):
             assert "This app reads 3-D volumes" in response.json()["detail"] and "Choose one with" not in response.json()["detail"]
 
 
+
+def test_a_volume_sent_as_a_slice_is_pointed_to_the_volume_route_and_tab(server, confident_classifier, files):
+    """A NIfTI or DICOM file sent to the slice route was "not an image this app can read",
+    as if it were a text file; it is a volume, which the app reads elsewhere."""
+    for path in (files["nifti"], files["dcm"]):
+        response = requests.post(server.url + "api/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+        detail = response.json()["detail"]
+        assert response.status_code == 415 and path.name in detail, detail
+        assert "is a volume" in detail and "POST /api/v1/predict_volume" in detail and "not an image this app can read" not in detail, detail
+        with pytest.raises(gr.Error) as raised:  # the slice tab's endpoint
+            predict_scan(str(path), "gradcam", 0.45, classifier=confident_classifier)
+        assert "is a volume" in raised.value.message and "Volume tab" in raised.value.message, raised.value.message
+    # The slice tab's upload box (Gradio's type filter refuses a volume before the app sees it) says where volumes go.
+    components = requests.get(server.url + "config", timeout=30).json()["components"]
+    scan = next(c for c in components if c.get("props", {}).get("elem_id") == "scan")
+    assert "Volume tab" in scan["props"]["label"], scan["props"]["label"]
+    # A file that is neither keeps its message.
+    response = requests.post(server.url + "api/v1/predict", files={"file": ("notes.txt", b"not a scan" * 50)}, timeout=60)
+    assert "not an image this app can read" in response.json()["detail"] and "predict_volume" not in response.json()["detail"]
 
 def test_a_volume_that_is_not_a_brain_mri_shows_no_tumour_probability_per_slice(confident_classifier, nifti_result):
     """A head CT read "n/a" as the volume's tumor probability, while the key slice's caption said
