@@ -432,9 +432,26 @@ def test_a_volume_that_is_not_a_brain_mri_shows_no_tumour_probability_per_slice(
     _, caption, plot = show_slice(flagged, p.key_slice, "gradcam", classifier=confident_classifier)
     assert "%" not in caption and "not look like a brain MRI" in caption, caption
     labels = [artist.get_label() for artist in plot.axes[0].get_children()]
-    assert "tumour run" not in labels
+    assert "tumor run" not in labels
     assert "not a brain MRI" in plot.axes[0].get_title()
     # A brain MRI volume keeps its numbers.
     mri = dataclasses.replace(report, prediction=dataclasses.replace(p, label=p.model_label, looks_like_mri=True, mri_reasons=[]))
     _, caption, plot = show_slice(mri, p.key_slice, "gradcam", classifier=confident_classifier)
     assert "tumor probability" in caption and "%" in caption and "not a brain MRI" not in plot.axes[0].get_title()
+
+
+def test_the_probability_plot_spells_tumor_one_way(confident_classifier, nifti_result):
+    """The app's plot was titled "Tumor probability" over a legend of "tumour probability", "tumour
+    run" and a "P(tumour)" axis; the app and the verdicts say "tumor", and so does every figure."""
+    from tumor_classifier.plots import slice_probabilities_figure
+
+    report = nifti_result[-1]
+    p = report.prediction
+    with_run = dataclasses.replace(report, prediction=dataclasses.replace(p, looks_like_mri=True, runs=[(p.key_slice, p.key_slice)]))
+    _, _, app_plot = show_slice(with_run, p.key_slice, "gradcam", classifier=confident_classifier)
+    library_plot = slice_probabilities_figure(np.array([0.1, 0.9, 0.8]), key_slice=1, runs=[(1, 2)])  # the CLI's figure
+    for figure in (app_plot, library_plot):
+        axis = figure.axes[0]
+        texts = [axis.get_title(), axis.get_ylabel(), *(text.get_text() for text in axis.get_legend().get_texts())]
+        assert not any("tumour" in text.lower() for text in texts), texts
+        assert "tumor run" in texts and "P(tumor)" in texts and axis.get_title().startswith("Tumor probability"), texts
