@@ -36,6 +36,7 @@ from tumor_classifier.app import (
     check_scan,
     check_volume,
     predict_volume_for_page,
+    predict_scan,
     predict_volume_upload,
     show_slice,
     start_in_background,
@@ -143,6 +144,9 @@ def bad_volumes(tmp_path_factory, files) -> dict[str, Path]:
     _zip(folder / "two-series.zip", {f"{i}.dcm": p.read_bytes() for i, p in enumerate(first + second)})
     _zip(folder / "ct.zip", {p.name: p.read_bytes() for p in ct})
     _zip(folder / "crowded.zip", {f"{i}.dcm": b"" for i in range(MAX_ZIP_MEMBERS + 1)})
+    write_nifti(folder / "fmri.nii.gz", np.stack([phantom(SHAPE)] * 3, axis=-1))
+    _, fmri = write_dicom_series(folder / "fmri", np.stack([phantom(SHAPE)] * 2, axis=-1), time_points=2)
+    _zip(folder / "fmri.zip", {p.name: p.read_bytes() for p in fmri})
     return {path.name: path for path in folder.iterdir() if path.is_file()}
 
 
@@ -159,6 +163,23 @@ BAD_VOLUMES = [
     ("ct.zip", "is a CT image (DICOM Modality 'CT'), not MRI"),
     ("crowded.zip", f"holds {MAX_ZIP_MEMBERS + 1} files; up to {MAX_ZIP_MEMBERS} are accepted"),
 ]
+
+#: A 4-D volume: the library's "Choose one with time_point=..." names an option the app lacks.
+FOUR_D = [
+    ("fmri.nii.gz", "is 4-D: 3 time points (or channels). This app reads 3-D volumes"),
+    ("fmri.zip", "is 4-D: 2 time points (or channels). This app reads 3-D volumes"),
+]
+
+
+@pytest.mark.parametrize("name, words", FOUR_D)
+def test_a_4d_volume_says_what_the_app_reads_and_where_to_choose_a_time_point(confident_classifier, bad_volumes, name, words):
+    with pytest.raises(gr.Error) as raised:
+        predict_volume_upload(str(bad_volumes[name]), "gradcam", classifier=confident_classifier)
+    message = str(raised.value.message)
+    assert words in message and name in message, message
+    assert "export one time point" in message and "--time-point" in message and "predict_volume(" in message, message
+    assert "Choose one with time_point" not in message and "(--time-point on the command line)" not in message, message
+    assert tempfile.gettempdir() + "/" not in message, message
 
 
 @pytest.mark.parametrize("name, words", BAD_VOLUMES)
@@ -373,11 +394,33 @@ def test_rest_predict_volume(server, confident_classifier, files, bad_volumes):
     import base64
 
     assert Image.open(io.BytesIO(base64.b64decode(overlay))).size == (64, 64)
-    for name, status in (("two-series.zip", 400), ("notes.nii.gz", 415), ("empty.nii.gz", 400)):
+    for name, status in (("two-series.zip", 400), ("notes.nii.gz", 415), ("empty.nii.gz", 400), ("fmri.nii.gz", 400), ("fmri.zip", 400)):
         response = requests.post(server.url + "api/v1/predict_volume", files={"file": (name, bad_volumes[name].read_bytes())}, timeout=60)
         assert response.status_code == status, (name, response.text)
         assert name in response.json()["detail"]
+        if name.startswith("fmri"):
+            assert "This app reads 3-D volumes" in response.json()["detail"] and "Choose one with" not in response.json()["detail"]
 
+
+
+def test_a_volume_sent_as_a_slice_is_pointed_to_the_volume_route_and_tab(server, confident_classifier, files):
+    """A NIfTI or DICOM file sent to the slice route was "not an image this app can read",
+    as if it were a text file; it is a volume, which the app reads elsewhere."""
+    for path in (files["nifti"], files["dcm"]):
+        response = requests.post(server.url + "api/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+        detail = response.json()["detail"]
+        assert response.status_code == 415 and path.name in detail, detail
+        assert "is a volume" in detail and "POST /api/v1/predict_volume" in detail and "not an image this app can read" not in detail, detail
+        with pytest.raises(gr.Error) as raised:  # the slice tab's endpoint
+            predict_scan(str(path), "gradcam", 0.45, classifier=confident_classifier)
+        assert "is a volume" in raised.value.message and "Volume tab" in raised.value.message, raised.value.message
+    # The slice tab's upload box (Gradio's type filter refuses a volume before the app sees it) says where volumes go.
+    components = requests.get(server.url + "config", timeout=30).json()["components"]
+    scan = next(c for c in components if c.get("props", {}).get("elem_id") == "scan")
+    assert "Volume tab" in scan["props"]["label"], scan["props"]["label"]
+    # A file that is neither keeps its message.
+    response = requests.post(server.url + "api/v1/predict", files={"file": ("notes.txt", b"not a scan" * 50)}, timeout=60)
+    assert "not an image this app can read" in response.json()["detail"] and "predict_volume" not in response.json()["detail"]
 
 def test_a_volume_that_is_not_a_brain_mri_shows_no_tumour_probability_per_slice(confident_classifier, nifti_result):
     """A head CT read "n/a" as the volume's tumor probability, while the key slice's caption said
@@ -389,9 +432,26 @@ def test_a_volume_that_is_not_a_brain_mri_shows_no_tumour_probability_per_slice(
     _, caption, plot = show_slice(flagged, p.key_slice, "gradcam", classifier=confident_classifier)
     assert "%" not in caption and "not look like a brain MRI" in caption, caption
     labels = [artist.get_label() for artist in plot.axes[0].get_children()]
-    assert "tumour run" not in labels
+    assert "tumor run" not in labels
     assert "not a brain MRI" in plot.axes[0].get_title()
     # A brain MRI volume keeps its numbers.
     mri = dataclasses.replace(report, prediction=dataclasses.replace(p, label=p.model_label, looks_like_mri=True, mri_reasons=[]))
     _, caption, plot = show_slice(mri, p.key_slice, "gradcam", classifier=confident_classifier)
     assert "tumor probability" in caption and "%" in caption and "not a brain MRI" not in plot.axes[0].get_title()
+
+
+def test_the_probability_plot_spells_tumor_one_way(confident_classifier, nifti_result):
+    """The app's plot was titled "Tumor probability" over a legend of "tumour probability", "tumour
+    run" and a "P(tumour)" axis; the app and the verdicts say "tumor", and so does every figure."""
+    from tumor_classifier.plots import slice_probabilities_figure
+
+    report = nifti_result[-1]
+    p = report.prediction
+    with_run = dataclasses.replace(report, prediction=dataclasses.replace(p, looks_like_mri=True, runs=[(p.key_slice, p.key_slice)]))
+    _, _, app_plot = show_slice(with_run, p.key_slice, "gradcam", classifier=confident_classifier)
+    library_plot = slice_probabilities_figure(np.array([0.1, 0.9, 0.8]), key_slice=1, runs=[(1, 2)])  # the CLI's figure
+    for figure in (app_plot, library_plot):
+        axis = figure.axes[0]
+        texts = [axis.get_title(), axis.get_ylabel(), *(text.get_text() for text in axis.get_legend().get_texts())]
+        assert not any("tumour" in text.lower() for text in texts), texts
+        assert "tumor run" in texts and "P(tumor)" in texts and axis.get_title().startswith("Tumor probability"), texts

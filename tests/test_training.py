@@ -88,6 +88,19 @@ def test_resume_from_checkpoint_continues_the_step_count(two_step_run, data_dir,
     assert [e["step"] for e in history if "loss" in e] == [1, 2, 3]  # steps 1-2 came from the checkpoint
 
 
+
+def test_saving_the_trained_model_shows_no_progress_bar(data_dir, tmp_path, capfd):
+    """With --disable_tqdm true, transformers' "Writing model shards" bar still came out when
+    the model was written; saving is as quiet as loading, and the bars are switched back on."""
+    from transformers.utils import logging as transformers_logging
+
+    output = tmp_path / "model"
+    train_hf.main(_args(data_dir, output, "--max_steps", "1", "--save_strategy", "no", "--load_best_model_at_end", "false"))
+    err = capfd.readouterr().err
+    assert (output / "model.safetensors").is_file()
+    assert "Writing model shards" not in err, err[-2000:]
+    assert transformers_logging.is_progress_bar_enabled()
+
 def test_hyperparameter_search_runs_trials_and_applies_the_best(data_dir, tmp_path):
     result = train_hf.main(
         _args(data_dir, tmp_path / "hpo", "--max_steps", "1", "--hp_search_trials", "2", "--save_strategy", "no", "--load_best_model_at_end", "false")

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from volume_files import SHAPE, phantom, write_dicom_series, write_nifti
 
-from tumor_classifier.exceptions import InvalidDatasetError, InvalidImageError, InvalidVolumeError
+from tumor_classifier.exceptions import InvalidDatasetError, InvalidImageError, InvalidVolumeError, TimePointRequiredError
 from tumor_classifier.volume_slices import frame_head
 from tumor_classifier.volumes import (
     BRATS_SEQUENCES,
@@ -100,8 +100,9 @@ def test_window_is_robust_to_a_few_hot_voxels(tmp_path):
 def test_four_d_needs_a_time_point(tmp_path):
     data = np.stack([phantom(), 2 * phantom()], axis=-1)
     path = write_nifti(tmp_path / "fmri.nii.gz", data)
-    with pytest.raises(InvalidVolumeError, match=r"4-D.*2 time points.*time_point=0\.\.1"):
+    with pytest.raises(TimePointRequiredError, match=r"4-D.*2 time points.*time_point=0\.\.1") as raised:
         load_volume(path)
+    assert raised.value.time_points == 2  # what the app says instead of naming the option it lacks
     volume = load_volume(path, time_point=1)
     assert volume.notes == ["4-D volume: time point 1 of 2 read."]
     with pytest.raises(InvalidVolumeError, match="out of range"):
@@ -219,8 +220,9 @@ def test_dicom_folder_with_two_series_needs_a_series_uid(tmp_path):
 def test_four_d_dicom_series_needs_a_time_point(tmp_path):
     data = np.stack([phantom(), 3 * phantom()], axis=-1)
     write_dicom_series(tmp_path / "fmri", data, time_points=2)
-    with pytest.raises(InvalidVolumeError, match=r"4-D series: 20 slice positions x 2 time points"):
+    with pytest.raises(TimePointRequiredError, match=r"4-D series: 20 slice positions x 2 time points") as raised:
         load_volume(tmp_path / "fmri")
+    assert raised.value.time_points == 2 and isinstance(raised.value, InvalidVolumeError)
     first = load_volume(tmp_path / "fmri", time_point=0)
     second = load_volume(tmp_path / "fmri", time_point=1)
     assert first.window[1] * 2.5 < second.window[1]

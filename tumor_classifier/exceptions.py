@@ -32,6 +32,22 @@ class InvalidVolumeError(InvalidImageError):
     """A volume (NIfTI, DICOM, array) could not be read: dimensions, values, series, modality."""
 
 
+class TimePointRequiredError(InvalidVolumeError):
+    """A 4-D volume (time points or channels) read without choosing a time point.
+
+    ``time_points`` is how many it holds. The message names the library's ``time_point=``
+    and the command line's ``--time-point``; a front end without those options (the app)
+    recognises this class and says what it accepts instead.
+    """
+
+    def __init__(self, message: str, time_points: int) -> None:
+        super().__init__(message, time_points)  # both in args: the error pickles and copies whole
+        self.time_points = time_points
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class UnknownBackboneError(TumorClassifierError, KeyError):
     """A backbone name that is not in the registry."""
 

@@ -158,14 +158,14 @@ def slice_probabilities_figure(
     key_slice: int | None = None,
     runs: Sequence[tuple[int, int]] = (),
     shown_slice: int | None = None,
-    title: str = "Tumour probability along the slices",
+    title: str = "Tumor probability along the slices",
 ) -> Figure:
-    """Tumour probability per slice (NaN = not classified), the threshold, runs and key slice.
+    """Tumor probability per slice (NaN = not classified), the threshold, runs and key slice.
 
     Args:
         tumour_probability: float (n,), one value per slice in order; NaN for slices
             that were not classified (a gap in the line).
-        threshold: Tumour probability a slice needs to count towards a run.
+        threshold: Tumor probability a slice needs to count towards a run.
         key_slice: Index of the key slice (a red line), or ``None``.
         runs: ``(first, last)`` slice indices (inclusive) of the qualifying runs (shaded).
         shown_slice: Index of the slice a viewer shows (a black dotted line), or ``None``.
@@ -177,15 +177,15 @@ def slice_probabilities_figure(
     """
     values = np.asarray(tumour_probability, dtype=float)
     figure, axis = _subplots(figsize=(7, 3.2))
-    axis.plot(np.arange(values.size), values, marker=".", markersize=3, linewidth=1, label="tumour probability")
+    axis.plot(np.arange(values.size), values, marker=".", markersize=3, linewidth=1, label="tumor probability")
     axis.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     for index, (first, last) in enumerate(runs):
-        axis.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.15, label="tumour run" if index == 0 else None)
+        axis.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.15, label="tumor run" if index == 0 else None)
     if key_slice is not None:
         axis.axvline(key_slice, color="tab:red", linewidth=1, label=f"key slice {key_slice}")
     if shown_slice is not None:
         axis.axvline(shown_slice, color="black", linestyle=":", linewidth=1, label=f"shown slice {shown_slice}")
-    axis.set(xlabel="slice", ylabel="P(tumour)", ylim=(-0.02, 1.02), xlim=(-0.5, max(values.size, 1) - 0.5), title=title)
+    axis.set(xlabel="slice", ylabel="P(tumor)", ylim=(-0.02, 1.02), xlim=(-0.5, max(values.size, 1) - 0.5), title=title)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # slices are whole numbers
     axis.legend(fontsize=7, loc="upper right")
     figure.tight_layout()
@@ -199,7 +199,7 @@ def plot_slice_probabilities(
     threshold: float = 0.5,
     key_slice: int | None = None,
     runs: Sequence[tuple[int, int]] = (),
-    title: str = "Tumour probability along the slices",
+    title: str = "Tumor probability along the slices",
 ) -> Path:
     """Writes :func:`slice_probabilities_figure` as a PNG at ``path`` and returns the path."""
     figure = slice_probabilities_figure(tumour_probability, threshold=threshold, key_slice=key_slice, runs=runs, title=title)

@@ -30,6 +30,7 @@ from .exceptions import InvalidArgumentError, InvalidDatasetError, TumorClassifi
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .mri_trainer import MRITrainer, TimeLimitCallback
 from .metrics import calibration_summary, classification_metrics, fit_temperature, softmax
+from .model_folder import quiet_weights
 from .pixels import (
     DEFAULT_CACHE,
     PIXEL_PACK_FORMAT,
@@ -282,7 +283,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         metrics["test"] = classification_metrics(arrays["test"][1], test_proba, class_names)
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))  # first, so nothing below can lose the model
+        with quiet_weights():  # no "Writing model shards" bar: --disable_tqdm true means no bars
+            trainer.save_model(str(output_dir))  # first, so nothing below can lose the model
         preprocessor.save_pretrained(output_dir)
         if "test" in arrays:
             if data is None:

@@ -9,6 +9,7 @@ optional (the ``[volumes]`` extra) and imported on first use (:func:`_require`).
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidVolumeError, MissingDependencyError
+from .exceptions import InvalidVolumeError, MissingDependencyError, TimePointRequiredError
 
 #: Largest volume read, in voxels (before a time point is chosen): 1024 x 1024 x 1024.
 MAX_VOXELS = 1024**3
@@ -66,15 +67,20 @@ _KIND_WORDS = {
 }
 
 
-def sniff(path: Path) -> str:
-    """What a file holds, from its first bytes: ``nifti``, ``nifti-gz``, ``dicom``, ``gzip``, ``empty`` or ``other``."""
-    with open(path, "rb") as handle:
+def sniff(source: Path | bytes) -> str:
+    """What a file (or its bytes: an upload) holds, from its first bytes: ``nifti``, ``nifti-gz``, ``dicom``,
+    ``gzip``, ``empty`` or ``other``."""
+
+    def opened():
+        return io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
+
+    with opened() as handle:
         head = handle.read(352)
     if not head:
         return "empty"
     if head[:2] == b"\x1f\x8b":
         try:
-            with gzip.open(path, "rb") as handle:
+            with opened() as raw, gzip.open(raw, "rb") as handle:
                 inner = handle.read(352)
         except (OSError, EOFError, zlib.error):  # not gzip after all, truncated, or a broken deflate stream
             return "gzip"
@@ -83,7 +89,7 @@ def sniff(path: Path) -> str:
         return "nifti"
     if head[128:132] == b"DICM":
         return "dicom"
-    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and _looks_like_bare_dicom(path):
+    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and _looks_like_bare_dicom(opened):
         return "dicom"  # old files without the 128-byte preamble
     return "other"
 
@@ -94,11 +100,13 @@ def _is_nifti(head: bytes) -> bool:
     return len(head) >= 8 and head[4:8] in (b"n+2\x00", b"ni2\x00")
 
 
-def _looks_like_bare_dicom(path: Path) -> bool:
+def _looks_like_bare_dicom(opened: Any) -> bool:
+    """Whether pydicom reads a DICOM header from the file ``opened()`` opens (a binary file object)."""
     pydicom = _require("pydicom")
 
     try:
-        pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["Modality", "SOPClassUID"])
+        with opened() as handle:
+            pydicom.dcmread(handle, stop_before_pixels=True, force=True, specific_tags=["Modality", "SOPClassUID"])
         return True
     except Exception:  # noqa: BLE001 - anything unreadable is simply not DICOM
         return False
@@ -146,10 +154,11 @@ def _nifti_file_raw(path: Path, kind: str, time_point: int | None) -> _Raw:
 
 
 def _check_time_point(time_point: int | None, count: int, what: str, found: str, accepted: str = "") -> None:
-    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds) or with one out of range."""
+    """Refuses a 4-D volume without a ``time_point`` (``found`` says what it holds; :class:`TimePointRequiredError`)
+    or with one out of range."""
     if time_point is None:
-        raise InvalidVolumeError(
-            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}."
+        raise TimePointRequiredError(
+            f"{found}. Choose one with time_point=0..{count - 1} (--time-point on the command line){accepted}.", count
         )
     if not 0 <= time_point < count:
         raise InvalidVolumeError(f"time_point={time_point} is out of range: {what} has {count} time points (0..{count - 1}).")

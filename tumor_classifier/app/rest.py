@@ -289,7 +289,7 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         responses={
             400: {"model": ErrorResponse, "description": "Empty, corrupt or oversized (pixels) image, more than one `file` field, or a bad option."},
             413: {"model": ErrorResponse, "description": f"Upload larger than {megabytes(max_upload_bytes)}."},
-            415: {"model": ErrorResponse, "description": f"Not an image, or not {ACCEPTED_TEXT}."},
+            415: {"model": ErrorResponse, "description": f"Not an image, or not {ACCEPTED_TEXT}; a volume (NIfTI, DICOM) goes to {PREDICT_VOLUME_PATH}."},
         },
         summary="Classify one brain MRI slice",
         tags=["prediction"],
@@ -309,7 +309,10 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         """
         data = file.file.read(max_upload_bytes + 1)
         try:
-            source = check_scan(data, name=file.filename or None, max_bytes=max_upload_bytes)
+            source = check_scan(
+                data, name=file.filename or None, max_bytes=max_upload_bytes,
+                volume_hint=f"Send volumes to POST {PREDICT_VOLUME_PATH} (multipart field `file`).",
+            )
             report = analyze_scans([source], [method], [opacity], classifier=classifier)[0]
         except TumorClassifierError as error:
             raise _http_error(error) from None

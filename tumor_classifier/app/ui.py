@@ -228,7 +228,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
             with gr.Row():
                 with gr.Column():
                     image = gr.Image(
-                        label=f"MRI slice ({ACCEPTED_TEXT})",
+                        label=f"MRI slice ({ACCEPTED_TEXT}); volumes (NIfTI, DICOM) go in the Volume tab",
                         type="filepath",
                         sources=["upload", "clipboard"],
                         elem_id="scan",

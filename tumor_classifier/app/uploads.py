@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..decoding import ACCEPTED_FORMATS_TEXT, DECODED_FORMATS, MIN_IMAGE_SIDE, DecodedImage, decode, read_header
-from ..exceptions import InvalidImageError, InvalidVolumeError
+from ..exceptions import InvalidImageError, InvalidVolumeError, MissingDependencyError
 
 #: Image formats the app accepts (PIL format names), and how the UI names them: the
 #: package's one list (:data:`~tumor_classifier.decoding.DECODED_FORMATS`), the same
@@ -121,7 +121,11 @@ def receive_upload(
     return upload
 
 
-def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+#: Where a volume sent as a slice is pointed to, in the page (the REST route names its own route).
+VOLUME_TAB_HINT = "Analyze volumes in the Volume tab."
+
+
+def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES, volume_hint: str = VOLUME_TAB_HINT) -> Any:
     """Checks one upload and returns what to hand to the classifier.
 
     Paths and bytes are read and checked here, so that every bad upload gets one clear
@@ -134,6 +138,8 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         source: A file path, raw bytes, a PIL image or a numpy array (H, W) / (H, W, C).
         name: How to call the file in messages (default: the path's file name).
         max_bytes: Largest accepted file size.
+        volume_hint: The sentence that says where a volume (NIfTI, DICOM) goes, ending the
+            message for one sent as a slice.
 
     Returns:
         The decoded :class:`~tumor_classifier.decoding.DecodedImage` for paths and bytes;
@@ -162,6 +168,9 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         # is touched, so requests on several threads cannot disturb each other.
         image_format, (width, height) = read_header(data)
     except InvalidImageError:
+        volume = _volume_kind(data)
+        if volume is not None:
+            raise UnsupportedImageTypeError(f"{what} is a volume ({volume}), not a 2-D slice image. {volume_hint}") from None
         raise UnsupportedImageTypeError(f"{what} is not an image this app can read. {upload_hint}") from None
     if image_format not in ACCEPTED_FORMATS:
         raise UnsupportedImageTypeError(f"{what} is a {image_format} image; this app accepts {ACCEPTED_TEXT}. {upload_hint}")
@@ -177,6 +186,17 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
             return decode(data)  # decode fully, once: truncated and corrupt files fail here, not in a batch
     except InvalidImageError:
         raise InvalidImageError(f"{what} looks like a {image_format} image but is corrupt or truncated, so it cannot be decoded. {upload_hint}") from None
+
+
+def _volume_kind(data: bytes) -> str | None:
+    """``"NIfTI"``, ``"DICOM"`` ... when ``data`` is a volume file (by its first bytes), else ``None``."""
+    from ..volume_formats import _KIND_WORDS, sniff
+
+    try:
+        kind = sniff(data)
+    except MissingDependencyError:  # a DICOM without its preamble is told by pydicom (the [volumes] extra)
+        return None
+    return _KIND_WORDS[kind] if kind in ("nifti", "nifti-gz", "dicom") else None
 
 
 #: Formats a browser shows in an ``<img>``; an upload in another accepted format (TIFF) is

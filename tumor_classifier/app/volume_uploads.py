@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..dicom import DicomScan
-from ..exceptions import InvalidVolumeError
+from ..exceptions import InvalidVolumeError, TimePointRequiredError
 from ..volume_formats import _require
 from .uploads import MAX_UPLOAD_BYTES, UnsupportedImageTypeError, megabytes, receive_upload
 
@@ -82,12 +82,24 @@ def check_volume(source: Any, *, name: str | None = None, max_bytes: int = MAX_U
             path = _write_upload(upload.data, Path(work))
         try:
             return _read(path, shown, Path(work), hint)
+        except TimePointRequiredError as error:  # the library names time_point=, an option the app has not
+            raise TimePointRequiredError(_four_d_message(shown, error.time_points), error.time_points) from None
         except InvalidVolumeError as error:
             # The library names the files it read; the private folder means nothing to people.
             message = str(error).replace(f"folder {work}{os.sep}series", f"zip {shown!r}").replace(f"{work}{os.sep}", "")
             if shown not in message:  # a message about a file inside a zip: say which upload
                 message = f"In {shown!r}: {message}"
             raise type(error)(message) from None
+
+
+def _four_d_message(shown: str, time_points: int) -> str:
+    """What the app says of a 4-D volume: it reads 3-D ones, and where a time point can be chosen."""
+    return (
+        f"The volume {shown!r} is 4-D: {time_points} time points (or channels). This app reads 3-D volumes: "
+        "export one time point as a 3-D NIfTI or DICOM series and upload that, or classify the 4-D file on your "
+        f"own machine with the command line (tumor-classifier predict FILE --time-point N) or the library "
+        f"(TumorClassifier.predict_volume(path, time_point=N)), N from 0 to {time_points - 1}."
+    )
 
 
 def _write_upload(data: bytes, work: Path) -> Path:
