@@ -712,3 +712,14 @@ def test_slice_edges_name_where_each_cut_puts_the_patient(tmp_path):
     marked = np.asarray(mark_edges(gray, "axial"), dtype=int) - 128
     assert np.abs(marked[100:140, :20]).max() > 0 and np.abs(marked[:20, 100:140]).max() > 0  # letters at the edges
     assert np.abs(marked[60:180, 60:180]).max() == 0  # the slice itself untouched
+
+
+def test_a_4d_brats_sequence_is_refused_as_a_brats_error_without_time_point_advice(tmp_path):
+    """load_brats_case takes no time point: its error must not advise one."""
+    case = write_brats_case(tmp_path / "c4", seg=False)
+    t1c = next(case.glob("*t1c.nii.gz"))
+    data = np.asarray(nib.load(str(t1c)).dataobj)
+    write_nifti(t1c, np.stack([data, data], axis=-1), nib.load(str(t1c)).affine)
+    with pytest.raises(InvalidVolumeError, match=r"t1c.*4-D.*2 time points.*BraTS case holds 3-D") as raised:
+        load_brats_case(case)
+    assert "time_point" not in str(raised.value) and "--time-point" not in str(raised.value)

@@ -66,7 +66,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .dicom import DicomScan, _dicom_scan_raw, scan_dicom
-from .exceptions import InvalidDatasetError, InvalidVolumeError
+from .exceptions import InvalidDatasetError, InvalidVolumeError, TimePointRequiredError
 from .volume_formats import (
     _KIND_WORDS,
     ACCEPTED_VOLUMES,
@@ -325,7 +325,15 @@ def load_brats_case(directory: str | os.PathLike, *, plane: str = "axial", seque
     if missing:
         raise InvalidDatasetError(f"The BraTS case {directory} has no {', '.join(missing)}; it has {', '.join(present)}.")
     _check_one_grid(directory, {name: files[name] for name in [*wanted, "seg"] if name in files})
-    volumes = {s: load_volume(files[s], plane=plane) for s in wanted}
+    volumes = {}
+    for sequence in wanted:
+        try:
+            volumes[sequence] = load_volume(files[sequence], plane=plane)
+        except TimePointRequiredError as error:  # load_brats_case takes no time point: no advice to choose one
+            raise InvalidVolumeError(
+                f"{files[sequence].name} is 4-D ({error.time_points} time points or channels); a BraTS case holds 3-D "
+                "sequences: save the time point you want as a 3-D NIfTI."
+            ) from None
     shapes = {s: v.slices.shape for s, v in volumes.items()}
     segmentation = None
     if "seg" in files:
