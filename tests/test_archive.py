@@ -292,3 +292,23 @@ def test_a_zip_in_an_archive_gets_a_row_saying_to_unzip_it(tiny_model_dir, tmp_p
     assert _run(tmp_path / "archive", output, tiny_model_dir) == 1
     [row] = _rows(output)
     assert row["kind"] == VOLUME and "study.zip is a zip archive" in row["error"] and "unzip it" in row["error"]
+
+
+def test_time_point_chooses_in_4d_series_and_leaves_3d_volumes_as_they_are(tiny_model_dir, tmp_path):
+    """--time-point used to make every 3-D volume of the archive an error row ("time_point
+    was given but ... is 3-D")."""
+    import numpy as np
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    volume = phantom()
+    write_nifti(root / "structural.nii.gz", volume)
+    write_nifti(root / "series.nii.gz", np.stack([volume, volume[::-1], volume], axis=-1))
+    output = tmp_path / "rows.jsonl"
+    assert _run(root, output, tiny_model_dir, "--time-point", "1") == 0
+    rows = {Path(r["path"]).name: r for r in _rows(output)}
+    assert rows["structural.nii.gz"]["error"] is None and rows["series.nii.gz"]["error"] is None
+    # Without --time-point the 4-D series is an error row that names its time points.
+    assert _run(root, tmp_path / "plain.jsonl", tiny_model_dir) == 1
+    plain = {Path(r["path"]).name: r for r in _rows(tmp_path / "plain.jsonl")}
+    assert plain["structural.nii.gz"]["error"] is None and "3 time points" in plain["series.nii.gz"]["error"]

@@ -54,7 +54,7 @@ from typing import Any, Sequence
 
 from .archive_output import PartWriter, check_output, done_paths, merge_parts, parts_folder
 from .data import IMAGE_SUFFIXES, NO_TUMOR
-from .exceptions import InvalidArgumentError, TumorClassifierError
+from .exceptions import InvalidArgumentError, TimePointRequiredError, TumorClassifierError
 from .verdict import NOT_BRAIN_MRI
 
 SLICE, VOLUME = "slice", "volume"
@@ -272,8 +272,14 @@ def _volume_rows(classifier: Any, item: ArchiveItem, columns: Sequence[str], pla
 
 
 def _volume_row(classifier: Any, item: ArchiveItem, columns: Sequence[str], source: Any, series_uid: str | None, plane: str, time_point: int | None) -> dict[str, Any]:
+    """A volume's row; ``time_point`` chooses in 4-D series only (3-D volumes are read as they are)."""
     try:
-        result = classifier.predict_volume(source, series_uid=series_uid, plane=plane, time_point=time_point, explain=False)
+        try:
+            result = classifier.predict_volume(source, series_uid=series_uid, plane=plane, explain=False)
+        except TimePointRequiredError:
+            if time_point is None:
+                raise
+            result = classifier.predict_volume(source, series_uid=series_uid, plane=plane, time_point=time_point, explain=False)
     except (TumorClassifierError, OSError) as error:
         return _error_row(item, columns, error, series_uid=series_uid)
     return _row(
@@ -314,7 +320,7 @@ def predict_shard(
         items: The whole walk (:func:`find_inputs`), the same in every process.
         output: The results file (its suffix chooses the format).
         rank, world_size: This process and how many share the work.
-        plane, time_point: For volumes, see :func:`~tumor_classifier.volumes.load_volume`.
+        plane, time_point: For volumes, see :func:`~tumor_classifier.volumes.load_volume`; ``time_point`` chooses in 4-D series and leaves 3-D volumes as they are.
         progress: Show a tqdm bar (on stderr).
         flush_rows, flush_seconds: Write out after this many rows or seconds.
 

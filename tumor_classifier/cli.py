@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--slices", action="store_true", help="Volumes: also print the per-slice probabilities.")
     predict.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial", help="Volumes: the plane to cut (default axial).")
     predict.add_argument("--series-uid", help="DICOM folders holding several series: the SeriesInstanceUID to read.")
-    predict.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based.")
+    predict.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based (with --output: in each 4-D series; 3-D volumes are read as they are).")
     predict.add_argument("--output", help="Write one row per file to this .parquet, .csv or .jsonl (resumes: files already "
                          "in it are skipped; under torchrun / accelerate launch each process takes a share). Unreadable files "
                          "get a row with an error; then the exit status is 1.")
