@@ -56,12 +56,11 @@ from .archive_output import PartWriter, check_output, done_paths, merge_parts, p
 from .data import IMAGE_SUFFIXES, NO_TUMOR
 from .exceptions import InvalidArgumentError, TimePointRequiredError, TumorClassifierError
 from .verdict import NOT_BRAIN_MRI
+from .volume_formats import DICOM_SUFFIXES, NIFTI_SUFFIXES
 
 SLICE, VOLUME = "slice", "volume"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Listed as volumes so that their rows say to unzip them (the volume reader reads files and folders).
 ZIP_SUFFIXES = (".zip",)
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Rows a process keeps before writing them out, and the longest it waits to write them.
 FLUSH_ROWS = 64
 FLUSH_SECONDS = 30.0
@@ -122,7 +121,7 @@ class ArchiveSummary:
 # ----------------------------------------------------------------------------- walking
 
 
-def _volume_kind(path: Path) -> str | None:
+def volume_kind(path: Path) -> str | None:
     """``"nifti"``, ``"dicom"``, ``"zip"`` or ``None``: by the name when it says, else by the first bytes, read once."""
     from .volumes import sniff
 
@@ -151,7 +150,7 @@ def _items_in(folder: Path, names: Sequence[str]) -> tuple[list[ArchiveItem], bo
             elif not path.is_file():
                 continue
             else:
-                kind = _volume_kind(path)
+                kind = volume_kind(path)
                 if kind in ("nifti", "zip"):  # a zip's row says to unzip it
                     items.append(ArchiveItem(os.path.normpath(path), VOLUME))
                 elif kind == "dicom":
@@ -180,7 +179,7 @@ def find_inputs(paths: Sequence[str | os.PathLike], *, recursive: bool = True, e
     for given in paths:
         root = Path(given)
         if root.is_file():
-            kind = SLICE if root.name.lower().endswith(IMAGE_SUFFIXES) or _volume_kind(root) is None else VOLUME
+            kind = SLICE if root.name.lower().endswith(IMAGE_SUFFIXES) or volume_kind(root) is None else VOLUME
             found.setdefault(os.path.normpath(root), ArchiveItem(os.path.normpath(root), kind))
             continue
         if not root.is_dir():

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -236,7 +235,9 @@ def _brats_sequences(path: str) -> list[str]:
 
 
 def _is_volume(path: str) -> bool:
-    """A folder holding DICOM, or a file named or sniffed as NIfTI / DICOM (other paths are images)."""
+    """A folder holding DICOM, or a file the archive walk lists as a volume (named or sniffed as NIfTI /
+    DICOM, or a zip, whose reader says to unzip it); other paths are images."""
+    from .archive import volume_kind
     from .volumes import sniff
 
     candidate = Path(path)
@@ -244,11 +245,17 @@ def _is_volume(path: str) -> bool:
         if candidate.is_dir():  # a series folder: some DICOM among its first files
             files = [f for _, f in zip(range(50), (f for f in candidate.rglob("*") if f.is_file()))]
             return any(sniff(f) == "dicom" for f in files)
-        if candidate.name.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom", ".zip")):  # a zip: the reader says to unzip it
-            return True
-        return candidate.is_file() and sniff(candidate) in ("nifti", "nifti-gz", "dicom")
+        return volume_kind(candidate) is not None
     except OSError:  # a name too long, no permission ...: the image path reports it
         return False
+
+
+def _volume_stem(name: str) -> str:
+    """A volume's file name less its NIfTI / DICOM ending (a series folder's dotted UID name stays whole)."""
+    from .volume_formats import DICOM_SUFFIXES, NIFTI_SUFFIXES
+
+    ending = next((s for s in sorted((*NIFTI_SUFFIXES, *DICOM_SUFFIXES), key=len, reverse=True) if name.lower().endswith(s)), "")
+    return name[: len(name) - len(ending)]
 
 
 def _volume_figure(result):
@@ -286,7 +293,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
         if out is not None and args.explain:
             out.mkdir(parents=True, exist_ok=True)
             # The index keeps a/t1c.nii.gz and b/t1c.nii.gz apart; a series folder keeps its dotted UID name.
-            stem = f"{index:03d}_" + (re.sub(r"\.(nii|nii\.gz|dcm|dicom|ima)$", "", Path(path).name, flags=re.IGNORECASE) or "volume")
+            stem = f"{index:03d}_" + (_volume_stem(Path(path).name) or "volume")
             written["overlay"] = str(out / f"{stem}_key_slice_{result.key_slice:03d}_{result.explanation.method}.png")
             _volume_figure(result).save(written["overlay"])
             written["plot"] = str(

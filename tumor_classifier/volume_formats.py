@@ -23,6 +23,11 @@ from .exceptions import InvalidVolumeError, MissingDependencyError, TimePointReq
 MAX_VOXELS = 1024**3
 #: DICOM modalities read as MRI.
 MRI_MODALITIES = ("MR",)
+#: File name endings that say NIfTI and DICOM (lower case); the content is checked all the same.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: The magic of a NIfTI-2 header (bytes 4-8); NIfTI-1 has its own at bytes 344-348.
+_NIFTI2_MAGIC = (b"n+2\x00", b"ni2\x00")
 
 ACCEPTED_VOLUMES = (
     "a NIfTI file (.nii, .nii.gz), a DICOM file (single slice or enhanced multi-frame), a folder holding "
@@ -97,7 +102,7 @@ def sniff(source: Path | bytes) -> str:
 def _is_nifti(head: bytes) -> bool:
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return True
-    return len(head) >= 8 and head[4:8] in (b"n+2\x00", b"ni2\x00")
+    return len(head) >= 8 and head[4:8] in _NIFTI2_MAGIC
 
 
 def _looks_like_bare_dicom(opened: Any) -> bool:
@@ -140,10 +145,10 @@ def _nifti_file_raw(path: Path, kind: str, time_point: int | None) -> _Raw:
     """
     nib = _require("nibabel")
     try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
+        if path.name.lower().endswith(NIFTI_SUFFIXES):
             return _nifti_raw(nib.load(str(path)), path.name, time_point)
         with (gzip.open if kind == "nifti-gz" else open)(path, "rb") as handle:
-            nifti2 = handle.read(8)[4:8] in (b"n+2\x00", b"ni2\x00")
+            nifti2 = handle.read(8)[4:8] in _NIFTI2_MAGIC
             handle.seek(0)
             image = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_stream(handle)
             return _nifti_raw(image, path.name, time_point)  # the voxels are read while the file is open

@@ -70,8 +70,10 @@ from .exceptions import InvalidDatasetError, InvalidVolumeError, TimePointRequir
 from .volume_formats import (
     _KIND_WORDS,
     ACCEPTED_VOLUMES,
+    DICOM_SUFFIXES,
     MAX_VOXELS,
     MRI_MODALITIES,
+    NIFTI_SUFFIXES,
     _check_array,
     _nifti_file_raw,
     _nifti_raw,
@@ -216,7 +218,7 @@ def read_raw(source: Any, *, series_uid: str | None = None, time_point: int | No
             f"{path.name} is a zip archive; volumes are read from files and folders: unzip it and give the DICOM series "
             f"folder or the NIfTI file inside (the app, tumor-classifier serve, takes a zip of one DICOM series). Accepted: {ACCEPTED_VOLUMES}."
         )
-    claims = "nifti" if name.endswith((".nii", ".nii.gz")) else "dicom" if name.endswith((".dcm", ".dicom", ".ima")) else None
+    claims = "nifti" if name.endswith(NIFTI_SUFFIXES) else "dicom" if name.endswith(DICOM_SUFFIXES) else None
     if claims and kind != claims and not (claims == "nifti" and kind == "nifti-gz"):
         raise InvalidVolumeError(
             f"{path.name} is named like a {claims.upper()} file but its content is "
