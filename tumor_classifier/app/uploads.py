@@ -219,14 +219,10 @@ def browser_preview(path: Path, decoded: DecodedImage) -> Path | None:
 
     from gradio.utils import get_upload_folder
 
-    image_format, _ = read_header(path.read_bytes())
-    if image_format in BROWSER_FORMATS:
-        return None
-    if decoded.rgb is None:
-        image = decoded.gray
-    else:
-        with Image.open(path) as original:
-            image = original.convert("RGB")
+    with Image.open(path) as original:  # reads the header only (check_scan read and checked the file)
+        if original.format in BROWSER_FORMATS:
+            return None
+        image = decoded.gray if decoded.rgb is None else original.convert("RGB")
     preview = Path(tempfile.mkdtemp(dir=get_upload_folder())) / f"{path.stem}.png"
     image.save(preview, format="PNG")
     return preview
