@@ -209,6 +209,7 @@ def test_volume_figures_and_text_carry_the_volume_verdict_not_the_key_slices_own
     assert target == "the model's top class"  # no tumour type named for a flagged volume
     plot = result.plot_title("head.nii.gz")
     assert "head.nii.gz" in plot and "NOT A BRAIN MRI" in plot and "no answer" in plot
+    assert dataclasses.replace(result, runs=[(0, 2)]).shown_runs == []  # the CLI's plot shades none either
     summary = result.summary()
     assert "tumour probability" not in summary and "runs" not in summary and f"key slice {result.key_slice}" in summary
     # The same volume had it passed the check, whatever its key slice's own check says.

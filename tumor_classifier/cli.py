@@ -302,7 +302,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
                     out / f"{stem}_slice_probabilities.png",
                     threshold=result.threshold,
                     key_slice=result.key_slice,
-                    runs=result.runs,
+                    runs=result.shown_runs,
                     title=result.plot_title(Path(path).name),
                 )
             )

@@ -174,12 +174,20 @@ class VolumePrediction:
         verdict = f"{self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
         return f"{slice_at}; volume: {verdict}; not diagnostic", self.explanation.explained
 
-    def plot_title(self, name: str) -> str:
-        """The probability-along-slices plot's title: ``name``, the verdict, and for a flagged volume that the curve is no answer."""
-        plane = self.volume.plane or "given"
+    def plot_title(self, name: str | None = None) -> str:
+        """The probability-along-slices plot's title (the CLI's file and the app's figure): ``name``
+        and the verdict first when given (the app shows the verdict beside the plot), and for a
+        flagged volume that the curve is no answer."""
+        first = f"{name}: {self.headline}\n" if name else ""
+        curve = f"Tumor probability along the {self.volume.plane or 'given'} slices"
         if not self.looks_like_mri:
-            return f"{name}: {self.headline}\nthe model's slice probabilities along the {plane} slices, no answer about a tumour"
-        return f"{name}: {self.headline}\ntumour probability along the {plane} slices (gaps: not at brain level, not classified)"
+            return f"{first}{curve}\n(not a brain MRI volume: the model's output, no answer about a tumor)"
+        return f"{first}{curve} (gaps: not at brain level, not classified)"
+
+    @property
+    def shown_runs(self) -> list[tuple[int, int]]:
+        """The runs a figure shades as tumour runs: none for a flagged volume, whose verdict gives no tumour answer."""
+        return self.runs if self.looks_like_mri else []
 
     @property
     def tumour_answer(self) -> bool | None:

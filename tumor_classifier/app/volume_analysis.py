@@ -173,12 +173,9 @@ def probability_plot(report: VolumeReport, shown_slice: int | None = None):
     from ..plots import slice_probabilities_figure
 
     p = report.prediction
-    title = f"Tumor probability along the {p.volume.plane or 'given'} slices"
-    if not p.looks_like_mri:
-        title += "\n(not a brain MRI volume: no tumor verdict rests on these values)"
     return slice_probabilities_figure(
-        p.slice_tumour_probability, threshold=p.threshold, key_slice=p.key_slice, runs=p.runs if p.looks_like_mri else (),
-        shown_slice=shown_slice, title=title,
+        p.slice_tumour_probability, threshold=p.threshold, key_slice=p.key_slice, runs=p.shown_runs,
+        shown_slice=shown_slice, title=p.plot_title(),
     )
 
 
