@@ -882,6 +882,9 @@ def test_the_folded_copy_gives_the_models_logits_and_gradients_with_no_batch_nor
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    # Channels-last weights: the layout whose depthwise backward pass is fast on CPU.
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in folded.modules() if isinstance(m, torch.nn.Conv2d))
     x = _head_scans(3)[1].requires_grad_(True)
     logits, folded_logits = model(pixel_values=x).logits, folded(pixel_values=x).logits
     np.testing.assert_allclose(folded_logits.detach(), logits.detach(), rtol=1e-4, atol=1e-5)
