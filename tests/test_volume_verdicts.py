@@ -52,7 +52,7 @@ def _numbers(result) -> str:
 # these volumes), the refitted MRI check and the framing of slices for it (see the README's
 # "Volumes"). Before them every verdict below failed except the head CT. What still fails
 # is the slice model itself: it gives long runs of tumour slices *at brain level* on both
-# healthy T1 volumes (just above the lateral ventricles on the adult NIfTI, a run of 14; 18
+# healthy T1 volumes (at the orbits on the adult NIfTI, a run of 14; 18 at the skull base
 # on the child's DICOM), which no choice of slices removes. Kept as expected failures with
 # the expectation, so a fix shows up as XPASS.
 HEALTHY_STILL_TUMOUR = pytest.mark.xfail(

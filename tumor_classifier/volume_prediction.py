@@ -45,8 +45,9 @@ What it does on the shared volumes the issue names (``tests/test_volume_verdicts
 never used to choose a setting): the head CT is flagged; the BraTS glioma case is
 "tumour" in all four sequences (typed glioma in t1c and t2w, meningioma in t1n and t2f;
 t1n on a run of just 3 slices); both healthy T1 volumes still come out "tumour": the
-slice model gives runs of 14 and 18 tumour slices at brain level (on the adult, just
-above the lateral ventricles), which no slice gate removes. Before these changes (every
+slice model gives runs of 14 and 18 tumour slices at brain level (on the adult at the
+orbits, 104-116 mm below the top of the head, plus 10 in the upper brain; on the child at
+the skull base, 95-107 mm below it), which no slice gate removes. Before these changes (every
 slice with a quarter of the largest head area classified, the older fit of the check,
 unframed) only the head CT was right. The check was refitted after seeing the BraTS case
 flagged; that refit was judged on the check's own validation and on the two healthy volumes.
