@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .exceptions import NonFiniteOutputError
+from .folding import folded_network
 from .locking import PerObjectLocks
 from .preprocessing import MRIPreprocessor, PreparedImage
 
@@ -31,14 +32,20 @@ def pixel_values(preprocessor: MRIPreprocessor, chunk: Sequence[PreparedImage], 
 
 
 def torch_proba(model, preprocessor: MRIPreprocessor, prepared: Sequence[PreparedImage], batch_size: int, mirror: bool) -> np.ndarray:
-    """Probabilities (n, k) in batches; with ``mirror`` averaged with those of the mirror images."""
+    """Probabilities (n, k) in batches; with ``mirror`` averaged with those of the mirror images.
+
+    A model in eval mode runs through its folded copy (:func:`~tumor_classifier.folding.folded_network`):
+    the same logits, cheaper (EfficientNet-Lite0 at 160 px on 2 threads: a batch of 32 in
+    about half the time).
+    """
     outputs = []
     with model_passes(model), torch.inference_mode():
+        network = model if model.training else folded_network(model)
         for start in range(0, len(prepared), batch_size):
             values = pixel_values(preprocessor, prepared[start : start + batch_size], model.device)
-            proba = torch.softmax(finite(model(pixel_values=values).logits.float(), start), dim=-1)
+            proba = torch.softmax(finite(network(pixel_values=values).logits.float(), start), dim=-1)
             if mirror:
-                mirrored = finite(model(pixel_values=values.flip(-1)).logits.float(), start)
+                mirrored = finite(network(pixel_values=values.flip(-1)).logits.float(), start)
                 proba = (proba + torch.softmax(mirrored, dim=-1)) / 2
             outputs.append(proba.cpu().numpy())
     return np.concatenate(outputs)

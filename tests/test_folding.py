@@ -1,0 +1,68 @@
+"""The folded copy that predict runs through: the model's probabilities, made again when the weights change."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tumor_classifier.folding import _folded, folded_network
+from tumor_classifier.inference import torch_proba
+from tumor_classifier.models import create_model
+from tumor_classifier.preprocessing import MRIPreprocessor
+
+SIZE = 64
+
+
+def _model_with_trained_looking_norms(seed: int = 0):
+    """A from-scratch EfficientNet-Lite whose batch norms hold non-trivial statistics and affines."""
+    model = create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
+    return model
+
+
+def _scans(n: int = 3):
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:96, :96]
+    disc = (rows - 48) ** 2 + (cols - 50) ** 2 <= 36**2
+    return [(disc * rng.uniform(60, 250, (96, 96))).astype(np.uint8) for _ in range(n)]
+
+
+def _own_proba(model, preprocessor, prepared):
+    batch = torch.from_numpy(np.stack([np.asarray(p.image) for p in prepared]))
+    with torch.no_grad():
+        return torch.softmax(model(pixel_values=preprocessor.normalize(batch)).logits, dim=-1).numpy()
+
+
+def test_predict_runs_through_the_folded_copy_and_gives_the_models_probabilities():
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans()]
+    proba = torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)
+    assert model in _folded  # the copy was made and kept
+    np.testing.assert_allclose(proba, _own_proba(model, preprocessor, prepared), atol=1e-5)
+    assert _folded[model][1] is folded_network(model)  # and reused while the weights stay
+
+
+def test_after_a_weight_change_predict_follows_the_new_weights():
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans()]
+    before = torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
+    with torch.no_grad():  # in place, as an optimiser step changes them
+        model.efficientnet._fc.weight.mul_(3.0).add_(0.2)
+    after = torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
+    assert not np.allclose(after, before, atol=1e-3)
+    np.testing.assert_allclose(after, _own_proba(model, preprocessor, prepared), atol=1e-5)
+
+
+def test_a_model_in_training_mode_is_not_folded():
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans()]
+    model.train()
+    torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
+    assert model not in _folded
