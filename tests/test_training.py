@@ -375,3 +375,17 @@ def test_training_batches_are_channels_last_and_equal_to_the_plain_normalisation
     assert values.is_contiguous(memory_format=torch.channels_last) and not values.is_contiguous()
     torch.testing.assert_close(values, preprocessor.normalize(pixels))
 
+
+def test_training_curves_of_a_run_without_validation_warn_nothing_and_say_why_they_are_empty(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from tumor_classifier.plots import plot_training_curves
+
+    history = [{"loss": 1.2, "epoch": 0.5}, {"loss": 0.9, "epoch": 1.0}]  # eval_strategy "no": no eval_* entries
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+        paths = plot_training_curves(history, tmp_path)
+    assert [p.name for p in paths] == ["loss_curve.png", "accuracy_curve.png"]
+    assert all(Image.open(p).size[0] > 100 for p in paths)

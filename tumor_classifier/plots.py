@@ -41,7 +41,7 @@ def plot_training_curves(log_history: list[dict], directory: str | Path) -> list
     if evals:
         axis.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], label="validation", marker=".")
     axis.set(xlabel="epoch", ylabel="loss", title="Loss")
-    axis.legend()
+    _legend_or_note(axis, "no loss was logged")
     paths = [_save(figure, Path(directory) / "loss_curve.png")]
     figure, axis = _subplots(figsize=(6, 4))
     for key, label in (("eval_accuracy", "validation accuracy"), ("eval_f1_macro", "validation macro F1")):
@@ -49,9 +49,17 @@ def plot_training_curves(log_history: list[dict], directory: str | Path) -> list
         if points:
             axis.plot(*zip(*points), label=label, marker=".")
     axis.set(xlabel="epoch", ylabel="score", title="Validation accuracy", ylim=(0, 1.01))
-    axis.legend()
+    _legend_or_note(axis, "no validation scores were logged (eval_strategy 'no', or no validation set)")
     paths.append(_save(figure, Path(directory) / "accuracy_curve.png"))
     return paths
+
+
+def _legend_or_note(axis, note: str) -> None:
+    """The legend of what was drawn; on an empty plot, ``note`` in its middle instead (no legend warning)."""
+    if axis.get_lines():
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, note, transform=axis.transAxes, ha="center", va="center", wrap=True)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
