@@ -66,3 +66,27 @@ def test_a_model_in_training_mode_is_not_folded():
     model.train()
     torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
     assert model not in _folded
+
+
+def test_a_copy_first_made_by_predict_can_be_differentiated_by_smoothgrad_afterwards():
+    """predict makes the copy inside torch.inference_mode(); its weights must still serve autograd."""
+    from tumor_classifier.attributions import compute_attributions
+
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans(2)]
+    torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)
+    values = preprocessor.normalize(torch.from_numpy(np.stack([np.asarray(p.image) for p in prepared])))
+    maps = compute_attributions(model, values, [1, 2], "smoothgrad", n_samples=2)
+    assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all() and maps.max() > 0
+
+
+def test_a_model_made_inside_inference_mode_is_run_as_it_is():
+    """Its weights are inference tensors, which keep no version counter: a folded copy could go stale unseen."""
+    preprocessor = MRIPreprocessor(size=SIZE)
+    with torch.inference_mode():
+        model = _model_with_trained_looking_norms()
+    prepared = [preprocessor.prepare(scan) for scan in _scans(2)]
+    proba = torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)
+    assert model not in _folded
+    with torch.inference_mode():
+        np.testing.assert_allclose(proba, _own_proba(model, preprocessor, prepared), atol=1e-6)

@@ -33,16 +33,21 @@ def folded_network(model: torch.nn.Module) -> torch.nn.Module:
     ``model`` was replaced, moved or changed in place since (an optimiser step,
     ``load_state_dict``, ``.to()``, re-initialisation: each moves a tensor's storage or
     its version counter). A write through ``tensor.data`` moves neither and goes unseen.
+    A model whose weights were made inside ``torch.inference_mode()`` (they track no
+    version) is returned as it is.
     The copy is in eval mode: use it only where ``model`` would be in eval mode too.
     Call it under a lock that keeps other threads' passes through ``model`` out (the
     package's callers hold :data:`tumor_classifier.inference.model_passes`).
     """
     fold = getattr(model, "folded_copy", None)
-    if not callable(fold):
-        return model
+    if not callable(fold) or any(t.is_inference() for t in chain(model.parameters(), model.buffers())):
+        return model  # weights made under torch.inference_mode() keep no version: a change would go unseen
     state = _weights_state(model)
     cached = _folded.get(model)
     if cached is None or cached[0] != state:
-        cached = (state, fold())
+        # Never inference tensors, even when predict (inside torch.inference_mode) makes
+        # it first: the gradient attributions differentiate the same copy later.
+        with torch.inference_mode(False):
+            cached = (state, fold())
         _folded[model] = cached
     return cached[1]
