@@ -90,3 +90,46 @@ def test_a_model_made_inside_inference_mode_is_run_as_it_is():
     assert model not in _folded
     with torch.inference_mode():
         np.testing.assert_allclose(proba, _own_proba(model, preprocessor, prepared), atol=1e-6)
+
+
+def test_after_fused_optimiser_steps_predict_follows_the_new_weights():
+    """A fused step (the Trainer's default adamw_torch_fused) moves no version counter; the step count is seen."""
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans()]
+    before = torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    for _ in range(3):  # eval mode throughout: no batch-norm statistic moves either
+        model(pixel_values=torch.randn(2, 3, SIZE, SIZE)).logits.sum().backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    after = torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
+    assert not np.allclose(after, before, atol=1e-4)
+    np.testing.assert_allclose(after, _own_proba(model, preprocessor, prepared), atol=1e-5)
+
+
+def test_the_callers_hooks_fire_in_predict_and_never_reach_the_copy():
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans(2)]
+    torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)  # a copy exists
+    seen = []
+    handle = model.efficientnet._conv_head.register_forward_hook(lambda *_: seen.append(1))
+    torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)
+    assert seen == [1]  # the model ran itself, so its hook fired
+    handle.remove()
+    model.efficientnet._fc.register_forward_hook(lambda *_: seen.append(2))
+    copy = model.folded_copy()
+    assert not any(m._forward_hooks for m in copy.modules())
+
+
+def test_a_model_with_dropout_switched_on_samples_as_before():
+    """Monte Carlo dropout: eval mode with the dropout modules in training mode gives a different answer each pass."""
+    model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
+    prepared = [preprocessor.prepare(scan) for scan in _scans(2)]
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts
+    for module in dropouts:
+        module.p = 0.5
+        module.train()
+    first = torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)
+    second = torch_proba(model, preprocessor, prepared, batch_size=2, mirror=False)
+    assert not np.allclose(first, second)

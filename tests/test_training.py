@@ -364,18 +364,6 @@ def test_fit_with_the_same_random_state_fits_the_same_model(train_images):
     np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)
 
 
-def test_training_batches_are_channels_last_and_equal_to_the_plain_normalisation():
-    """Channels-last input is what makes the CPU training step fast (see pixels_to_values); the values stay the same."""
-    from tumor_classifier.pixels import pixels_to_values
-    from tumor_classifier.preprocessing import MRIPreprocessor
-
-    preprocessor = MRIPreprocessor(size=32)
-    pixels = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    values = pixels_to_values(pixels, preprocessor)
-    assert values.is_contiguous(memory_format=torch.channels_last) and not values.is_contiguous()
-    torch.testing.assert_close(values, preprocessor.normalize(pixels))
-
-
 def test_training_curves_of_a_run_without_validation_warn_nothing_and_say_why_they_are_empty(tmp_path):
     import warnings
 

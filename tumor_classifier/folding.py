@@ -6,8 +6,8 @@ convolution and stores the copy channels-last, see
 :meth:`~tumor_classifier.efficientnet.EfficientNetLiteForImageClassification.folded_copy`).
 ``predict`` runs its forward passes through that copy (:mod:`tumor_classifier.inference`)
 and the gradient attributions differentiate it (:mod:`tumor_classifier.attributions`);
-the Grad-CAM family hooks the model's own layers and does not use it. Imports nothing of
-the package.
+the Grad-CAM family hooks the model's own layers and does not use it. An ensemble has no
+``folded_copy`` and runs as it is. Imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -16,32 +16,57 @@ import weakref
 from itertools import chain
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 #: model -> (the state of its weights when folded, the folded copy); weak keys: it goes with the model.
 _folded: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
+#: Counts optimiser steps, of any optimiser in the process: a fused step (the Trainer's
+#: default ``adamw_torch_fused``) writes the weights without moving their version counters.
+_optimiser_steps = [0]
+
+
+def _count_step(*_: object) -> None:
+    _optimiser_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 def _weights_state(model: torch.nn.Module) -> tuple:
-    """Where each parameter and buffer lives and how often it was changed in place."""
-    return tuple((t.device, t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers()))
+    """Where each parameter and buffer lives, how often it was changed in place, and the optimiser steps so far."""
+    return (_optimiser_steps[0],) + tuple((t.device, t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers()))
+
+
+def _runs_as_it_is(model: torch.nn.Module) -> bool:
+    """Whether ``model`` must run itself: a copy would not do what running it does.
+
+    Any module in training mode (dropout on for Monte Carlo sampling, batch norm using
+    the batch), any hook on a module (the caller's hooks would not fire in a copy), or
+    weights made inside ``torch.inference_mode()`` (they keep no version counter, so a
+    change would go unseen).
+    """
+    for module in model.modules():
+        if module.training or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+            return True
+    return any(t.is_inference() for t in chain(model.parameters(), model.buffers()))
 
 
 def folded_network(model: torch.nn.Module) -> torch.nn.Module:
-    """``model``'s ``folded_copy()`` when it offers one, else ``model`` itself.
+    """``model``'s ``folded_copy()`` when it offers one and it can stand in, else ``model`` itself.
 
-    The copy is made on first use and made again whenever a parameter or buffer of
-    ``model`` was replaced, moved or changed in place since (an optimiser step,
-    ``load_state_dict``, ``.to()``, re-initialisation: each moves a tensor's storage or
-    its version counter). A write through ``tensor.data`` moves neither and goes unseen.
-    A model whose weights were made inside ``torch.inference_mode()`` (they track no
-    version) is returned as it is.
-    The copy is in eval mode: use it only where ``model`` would be in eval mode too.
-    Call it under a lock that keeps other threads' passes through ``model`` out (the
-    package's callers hold :data:`tumor_classifier.inference.model_passes`).
+    The copy stands in for a model in eval mode with no hooks (see :func:`_runs_as_it_is`).
+    It is made on first use and made again whenever a parameter or buffer of ``model`` was
+    replaced, moved or changed in place since (an optimiser step, ``load_state_dict``,
+    ``.to()``, re-initialisation: each moves a tensor's storage or its version counter,
+    and any optimiser step in the process counts). A write through ``tensor.data``
+    moves neither and goes unseen, as does a swapped submodule without parameters.
+    Call it under the model's lock for passes
+    (:data:`tumor_classifier.inference.model_passes`), which predict and the gradient
+    attributions hold.
     """
     fold = getattr(model, "folded_copy", None)
-    if not callable(fold) or any(t.is_inference() for t in chain(model.parameters(), model.buffers())):
-        return model  # weights made under torch.inference_mode() keep no version: a change would go unseen
+    if not callable(fold) or _runs_as_it_is(model):
+        return model
     state = _weights_state(model)
     cached = _folded.get(model)
     if cached is None or cached[0] != state:

@@ -41,6 +41,20 @@ class MRITrainer(Trainer):
         self.augmenter = augmenter
         self.consistency_weight = consistency_weight
 
+    def train(self, *args: Any, **kwargs: Any):
+        """``Trainer.train`` with the model's weights stored channels-last (see :func:`_channels_last`),
+        handed back in the default layout: saved, reloaded and exported, it gives the same bits."""
+        if self.model is not None:
+            _channels_last(self.model)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.model is not None:
+                self.model.to(memory_format=torch.contiguous_format)
+
+    def call_model_init(self, trial=None):
+        return _channels_last(super().call_model_init(trial))
+
     def _two_views(self) -> bool:
         return self.consistency_weight > 0 and self.model.training and self.augmenter is not None
 
@@ -63,6 +77,18 @@ class MRITrainer(Trainer):
         first, second = outputs.logits.chunk(2)
         loss = loss + self.consistency_weight * consistency_loss(first, second)
         return (loss, outputs) if return_outputs else loss
+
+
+def _channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its 4-D weights stored channels-last, in place.
+
+    Convolutions then keep that layout through the network, and on CPU oneDNN runs the
+    backward pass of depthwise convolutions, which the default layout does slowly
+    (``train_hf.py``, EfficientNet-Lite0 at 160 px, batch 64, 2 threads: a training step
+    7.2 s -> 4.6 s, medians of 8). Each weight's gradient comes back in its weight's layout, as
+    DistributedDataParallel's buckets expect; saved weights load in any layout.
+    """
+    return model.to(memory_format=torch.channels_last)
 
 
 class TimeLimitCallback(TrainerCallback):

@@ -196,14 +196,8 @@ def collate_pixels(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 
 
 def pixels_to_values(pixels: torch.Tensor, preprocessor: MRIPreprocessor, augmenter: BatchAugmenter | None = None) -> torch.Tensor:
-    """uint8 (n, size, size) -> (augmented) normalised ``pixel_values``, on the pixels' device.
-
-    Stored channels-last: convolutions then keep that layout through the network, and on
-    CPU oneDNN runs the backward pass of depthwise convolutions, which the default layout
-    does slowly (an EfficientNet-Lite0 training step on 32 images at 160 px, 2 threads:
-    1.5 s -> 1.0 s). The parameters keep their own layout, so saved weights do not change.
-    """
+    """uint8 (n, size, size) -> (augmented) normalised ``pixel_values``, on the pixels' device."""
     batch = pixels.float().div_(255.0).unsqueeze(1)
     if augmenter is not None:
         batch = augmenter(batch)
-    return preprocessor.normalize(batch).contiguous(memory_format=torch.channels_last)
+    return preprocessor.normalize(batch)

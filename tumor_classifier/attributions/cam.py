@@ -148,8 +148,8 @@ def _cam(
 
     def keep_output(index: int):
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            # Another thread's forward pass of this module (e.g. a concurrent predict,
-            # which takes no lock) is none of this call's business.
+            # Another thread's forward pass of this module (e.g. a predict that holds
+            # only the passes lock, not this one's) is none of this call's business.
             if threading.get_ident() != owner:
                 return
             # Blocks of some models return tuples (hidden_states, attentions, ...).

@@ -17,7 +17,9 @@ from .logits import _unwrap
 def gradient_network(model: torch.nn.Module) -> torch.nn.Module:
     """The folded copy of ``model`` (unwrapped from a :class:`~.logits.LogitsModel`), else ``model`` itself.
 
-    Call it under the model's attribution lock (see :mod:`.state`).
+    Called under the model's attribution lock (see :mod:`.state`); predict holds another
+    lock (:data:`tumor_classifier.inference.model_passes`), so two threads may fold the
+    same model at once: each gets a valid copy, one is kept.
     """
     network = _unwrap(model)
     folded = folded_network(network)
