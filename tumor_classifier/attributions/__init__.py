@@ -57,9 +57,8 @@ every other method; localisation figures in :func:`default_method`):
     ``clip_percentile`` (inside the head) and blurred with a Gaussian of
     ``smoothing_sigma`` pixels (default 1/16 of the side), because a raw gradient map is
     speckle. Pixel-level and model-agnostic, any backbone; ``n_samples`` (4)
-    forward/backward passes of the whole network (3.6x ``predict`` on 2 threads; 4.2x
-    before the folded copy was stored channels-last, 4.6x before the folded copy, see
-    :mod:`.folding`). On the shipped model it points at the
+    forward/backward passes of the whole network (3.9x ``predict`` on 2 threads, both faster since the
+    folded copy of :mod:`.folding` is stored channels-last and predict runs it too). On the shipped model it points at the
     tumour box more often than any CAM (``benchmarks/localisation.py --methods
     smoothgrad gradcam --threads 1``: 68.5 % of 600 slices against Grad-CAM's 45.0 %; 2
     copies 64.0 %). Partly image-driven: on the ConvNeXt before, its maps correlated 0.3
@@ -69,7 +68,7 @@ every other method; localisation figures in :func:`default_method`):
     (``versus``: the class to contrast with; :meth:`TumorClassifier.explain` passes no
     tumour), each shown as ``smoothgrad`` shows it, scaled to peak 1, and summed: the
     pixels that raise the class *and* tell it from no tumour. One forward and two
-    backward passes per batch of noisy copies (4.5x ``predict`` on 2 threads, 1.3x
+    backward passes per batch of noisy copies (5.4x ``predict`` on 2 threads, 1.5x
     ``smoothgrad``). Without ``versus`` (or for an image whose target is ``versus``) it
     is ``smoothgrad``. The default for EfficientNet-Lite: 71.7 % of the 600 tumour-box
     slices (see :func:`default_method`).
