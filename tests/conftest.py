@@ -32,6 +32,22 @@ CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 TINY_CONVNEXT = {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}
 
 
+def efficientnet_with_trained_looking_norms(image_size: int, seed: int = 0):
+    """A from-scratch EfficientNet-Lite0 in eval mode whose batch norms hold non-trivial statistics and
+    affines, so that folding them into the convolutions (``folded_copy``) is a real change."""
+    from tumor_classifier.models import create_model
+
+    model = create_model("efficientnet_lite0", image_size=image_size, from_scratch=True).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
+                                          (module.weight, 0.5, 1.5), (module.bias, -0.2, 0.2)):
+                    tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=generator))
+    return model
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 

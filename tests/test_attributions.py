@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import efficientnet_with_trained_looking_norms
 from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
@@ -853,16 +854,7 @@ def test_a_bad_versus_is_refused(models, pixel_values):
 # --------------------------------------------------------------------------- folded copies
 
 def _efficientnet_with_trained_looking_norms(seed: int = 0):
-    """A from-scratch EfficientNet-Lite whose batch norms hold non-trivial statistics and affines."""
-    model = create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
-                                          (module.weight, 0.5, 1.5), (module.bias, -0.2, 0.2)):
-                    tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=generator))
-    return model
+    return efficientnet_with_trained_looking_norms(SIZE, seed)
 
 
 class _NoFolding(torch.nn.Module):

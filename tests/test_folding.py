@@ -5,26 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from conftest import efficientnet_with_trained_looking_norms
 from tumor_classifier.folding import _folded, folded_network
 from tumor_classifier.inference import torch_proba
-from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import MRIPreprocessor
 
 SIZE = 64
 
 
 def _model_with_trained_looking_norms(seed: int = 0):
-    """A from-scratch EfficientNet-Lite whose batch norms hold non-trivial statistics and affines."""
-    model = create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.uniform_(-0.2, 0.2, generator=generator)
-    return model
+    return efficientnet_with_trained_looking_norms(SIZE, seed)
 
 
 def _scans(n: int = 3):
@@ -97,14 +87,14 @@ def test_after_fused_optimiser_steps_predict_follows_the_new_weights():
     model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)
     prepared = [preprocessor.prepare(scan) for scan in _scans()]
     before = torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)
     for _ in range(3):  # eval mode throughout: no batch-norm statistic moves either
         model(pixel_values=torch.randn(2, 3, SIZE, SIZE)).logits.sum().backward()
         optimiser.step()
         optimiser.zero_grad()
     after = torch_proba(model, preprocessor, prepared, batch_size=4, mirror=False)
-    assert not np.allclose(after, before, atol=1e-4)
-    np.testing.assert_allclose(after, _own_proba(model, preprocessor, prepared), atol=1e-5)
+    assert np.abs(after - before).max() > 0.01
+    np.testing.assert_allclose(after, _own_proba(model, preprocessor, prepared), atol=1e-4)  # folded: rounding only
 
 
 def test_the_callers_hooks_fire_in_predict_and_never_reach_the_copy():
