@@ -251,7 +251,7 @@ def test_training_with_consistency_sees_two_augmented_views_and_adds_their_diver
 
 
 
-def test_the_trainer_trains_channels_last_with_gradients_in_the_weights_layout_and_hands_back_the_default_layout(tmp_path):
+def test_the_trainer_trains_channels_last_and_hands_back_the_default_layout(tmp_path):
     """Channels-last weights make the CPU step fast; gradients in the weights' own layout are what DDP's
     buckets need; the trained model comes back in the default layout (a reload gives the same bits)."""
     from transformers import TrainerCallback
@@ -262,10 +262,9 @@ def test_the_trainer_trains_channels_last_with_gradients_in_the_weights_layout_a
     class Look(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-            seen_in_training.append((
-                all(w.is_contiguous(memory_format=torch.channels_last) for w in weights) and not all(w.is_contiguous() for w in weights),
-                all(p.grad.stride() == p.stride() for p in model.parameters() if p.grad is not None),
-            ))
+            channels_last = all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+            grads_in_layout = all(p.grad.stride() == p.stride() for p in model.parameters() if p.grad is not None)
+            seen_in_training.append((channels_last and not all(w.is_contiguous() for w in weights), grads_in_layout))
 
     trainer.add_callback(Look())
     trainer.args.max_steps = 1

@@ -122,7 +122,8 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
         """
         copy = deepcopy(self).eval()
         for module in copy.modules():  # the caller's hooks stay on the model, not on its copy
-            for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks):
+            for hooks in (module._forward_hooks, module._forward_pre_hooks,
+                          module._backward_hooks, module._backward_pre_hooks):
                 hooks.clear()
         network = copy.efficientnet
         pairs = [(network, "_conv_stem", "_bn0"), (network, "_conv_head", "_bn1")]

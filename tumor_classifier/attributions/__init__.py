@@ -57,12 +57,13 @@ every other method; localisation figures in :func:`default_method`):
     ``clip_percentile`` (inside the head) and blurred with a Gaussian of
     ``smoothing_sigma`` pixels (default 1/16 of the side), because a raw gradient map is
     speckle. Pixel-level and model-agnostic, any backbone; ``n_samples`` (4)
-    forward/backward passes of the whole network (3.9x ``predict`` on 2 threads, both faster since the
-    folded copy of :mod:`.folding` is stored channels-last and predict runs it too). On the shipped model it points at the
-    tumour box more often than any CAM (``benchmarks/localisation.py --methods
-    smoothgrad gradcam --threads 1``: 68.5 % of 600 slices against Grad-CAM's 45.0 %; 2
-    copies 64.0 %). Partly image-driven: on the ConvNeXt before, its maps correlated 0.3
-    with those of a randomly initialised model (Integrated Gradients: 0.1).
+    forward/backward passes of the whole network (3.9x ``predict`` on 2 threads; both
+    faster since the folded copy of :mod:`.folding` is stored channels-last and predict
+    runs it too). On the shipped model it points at the tumour box more often than any
+    CAM (``benchmarks/localisation.py --methods smoothgrad gradcam --threads 1``: 68.5 %
+    of 600 slices against Grad-CAM's 45.0 %; 2 copies 64.0 %). Partly image-driven: on
+    the ConvNeXt before, its maps correlated 0.3 with those of a randomly initialised
+    model (Integrated Gradients: 0.1).
 ``smoothgrad_contrast``
     SmoothGrad of the target logit plus SmoothGrad of ``logit_target - logit_versus``
     (``versus``: the class to contrast with; :meth:`TumorClassifier.explain` passes no

@@ -57,9 +57,10 @@ def default_method(model: torch.nn.Module) -> str:
       ``smoothgrad_contrast`` costs 5.4x ``predict``, ``smoothgrad`` 3.9x and ``gradcam``
       1.6x (2026-12-01: 192 / 126 / 54 ms against 33-35 ms; that day both ``explain`` and
       ``predict`` got about a quarter faster through the folded, channels-last copy of
-      :mod:`.folding`, so the ratios hardly moved: 5.6x and 4.2x before). ``smoothgrad_contrast`` was chosen on the first 100 slices per
-      class (66.3 % against ``smoothgrad``'s 60.7 %; with 3 copies 65.7 %) and checked on
-      the other 100 per class (77.1 % against 76.3 %); from maps computed once on all 600,
+      :mod:`.folding`, so the ratios hardly moved: 5.6x and 4.2x before).
+      ``smoothgrad_contrast`` was chosen on the first 100 slices per class (66.3 %
+      against ``smoothgrad``'s 60.7 %; with 3 copies 65.7 %) and checked on the other
+      100 per class (77.1 % against 76.3 %); from maps computed once on all 600,
       its gain is not that of more samples (8 copies of ``smoothgrad``: 69.0 %), and it
       wins 33 slices and loses 11 against ``smoothgrad`` (sign test p = 0.001). Other
       displays tried on the same first 100 per class: the contrast map alone 66.0 % (other
