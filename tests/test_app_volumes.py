@@ -305,7 +305,7 @@ def test_the_slider_shows_each_slices_own_heatmap(confident_classifier, nifti_re
     # Another method re-draws the slice with it.
     occluded, caption, _ = show_slice(state, other, "occlusion", classifier=confident_classifier)
     # Named as the method buttons name it (the caption said "heatmap: smoothgrad_contrast" beside
-    # a button reading "SmoothGrad, tumour vs. no tumour").
+    # a button reading "SmoothGrad, tumor vs. no tumor").
     assert "heatmap: Occlusion." in caption and not np.array_equal(np.asarray(occluded), np.asarray(heatmap))
     # Not at brain level: the slice as read, no heatmap.
     outside, caption, _ = show_slice(state, 0, "gradcam", classifier=confident_classifier)

@@ -136,10 +136,10 @@ def test_cli_predicts_a_nifti_with_slices_plot_and_overlay(model_dir, tmp_path, 
     out = tmp_path / "out"
     assert main(["predict", str(path), "--model", str(model_dir), "--slices", "--explain", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"{path}: " in printed and ("no tumour" in printed or "tumour, type" in printed or "NOT A BRAIN MRI" in printed)
+    assert f"{path}: " in printed and ("no tumor" in printed or "tumor, type" in printed or "NOT A BRAIN MRI" in printed)
     assert "(not at brain level, not classified)" in printed  # the --slices table
     # The tiny model's check flags the phantom: its slice table is the model's output, no answer.
-    assert "NOT A BRAIN MRI" in printed and "per-slice probabilities below are the model's output, no answer about a tumour" in printed
+    assert "NOT A BRAIN MRI" in printed and "per-slice probabilities below are the model's output, no answer about a tumor" in printed
     files = sorted(p.name for p in out.iterdir())
     assert any(name.startswith("000_head_key_slice_") for name in files) and "000_head_slice_probabilities.png" in files
     assert "Research use only" in printed
@@ -211,14 +211,19 @@ def test_volume_figures_and_text_carry_the_volume_verdict_not_the_key_slices_own
     assert "head.nii.gz" in plot and "NOT A BRAIN MRI" in plot and "no answer" in plot
     assert dataclasses.replace(result, runs=[(0, 2)]).shown_runs == []  # the CLI's plot shades none either
     summary = result.summary()
-    assert "tumour probability" not in summary and "runs" not in summary and f"key slice {result.key_slice}" in summary
+    assert "tumor probability" not in summary and "runs" not in summary and f"key slice {result.key_slice}" in summary
     # The same volume had it passed the check, whatever its key slice's own check says.
     passing = dataclasses.replace(result, looks_like_mri=True, label=result.model_label, tumour=True, runs=[(0, 2)])
     title, target = passing.figure_text()
     assert f"volume: {passing.label} (" in title and "not a brain mri" not in title.lower()
     explained = max(result.explanation.probabilities, key=result.explanation.probabilities.get)
     assert target == explained
-    assert "tumour probability" in passing.summary()
+    assert "tumor probability" in passing.summary()
+    # One spelling in what is printed, as in the app and the slice verdicts ("tumour, type glioma" before).
+    healthy = dataclasses.replace(passing, tumour=False, runs=[])
+    printed = [passing.headline, passing.summary(), title, healthy.headline, healthy.figure_text()[0]]
+    assert passing.headline.startswith("tumor, type ") and healthy.headline == "no tumor"
+    assert not any("tumour" in text for text in printed), printed
 
 
 def test_cli_predicts_each_sequence_of_a_brats_case_folder(model_dir, tmp_path, capsys):

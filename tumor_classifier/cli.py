@@ -338,8 +338,8 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
         if args.slices:
             classes = list(result.probabilities)
             if not result.looks_like_mri:
-                print("  (not a brain MRI? the per-slice probabilities below are the model's output, no answer about a tumour)")
-            print("  slice  tumour " + " ".join(f"{c[:10]:>10}" for c in classes))
+                print("  (not a brain MRI? the per-slice probabilities below are the model's output, no answer about a tumor)")
+            print("  slice  tumor " + " ".join(f"{c[:10]:>10}" for c in classes))
             for row in result.slice_table():
                 if row["classified"]:
                     print(f"  {row['slice']:>5}  {row['tumor_probability']:.3f} " + " ".join(f"{row[c]:>10.3f}" for c in classes))

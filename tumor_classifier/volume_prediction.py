@@ -145,11 +145,11 @@ class VolumePrediction:
 
     @property
     def headline(self) -> str:
-        """The verdict in a few words, for printed results and figures: ``"tumour, type glioma (0.55)"``,
-        ``"no tumour"``, or ``"NOT A BRAIN MRI? no verdict given"`` for a flagged volume (no tumour answer)."""
+        """The verdict in a few words, for printed results and figures: ``"tumor, type glioma (0.55)"``,
+        ``"no tumor"``, or ``"NOT A BRAIN MRI? no verdict given"`` for a flagged volume (no tumour answer)."""
         if not self.looks_like_mri:
             return "NOT A BRAIN MRI? no verdict given"
-        return f"tumour, type {self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
+        return f"tumor, type {self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumor"
 
     def summary(self) -> str:
         """The line printed under the headline; a flagged volume gets no tumour probability or runs (no answer)."""
@@ -157,7 +157,7 @@ class VolumePrediction:
         if not self.looks_like_mri:
             return f"key slice {self.key_slice}; {where}"
         return (
-            f"tumour probability {self.tumour_probability:.3f}; runs of >= {self.min_run} slices at >= "
+            f"tumor probability {self.tumour_probability:.3f}; runs of >= {self.min_run} slices at >= "
             f"{self.threshold:g}: {self.runs or 'none'}; key slice {self.key_slice}; {where}"
         )
 
@@ -172,7 +172,7 @@ class VolumePrediction:
         slice_at = f"{self.volume.plane.capitalize()} slice {count}" if self.volume.plane else f"Slice {count} as stored"
         if not self.looks_like_mri:
             return f"{slice_at}; volume: not a brain MRI?; not diagnostic", "the model's top class"
-        verdict = f"{self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumour"
+        verdict = f"{self.label} ({self.probabilities[self.label]:.2f})" if self.tumour else "no tumor"
         return f"{slice_at}; volume: {verdict}; not diagnostic", self.explanation.explained
 
     def plot_title(self, name: str | None = None) -> str:

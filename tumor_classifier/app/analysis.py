@@ -27,7 +27,7 @@ from .uploads import check_scan, upload_source
 
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
-    ("SmoothGrad, tumour vs. no tumour", "smoothgrad_contrast"),
+    ("SmoothGrad, tumor vs. no tumor", "smoothgrad_contrast"),
     ("SmoothGrad", "smoothgrad"),
     ("Grad-CAM", "gradcam"),
     ("HiResCAM", "hirescam"),
