@@ -230,7 +230,11 @@ def test_ctrl_c_while_the_model_loads_is_one_line_and_status_130(tmp_path):
     time.sleep(2.0)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, (out, err)
+    # 130 from the CLI, or death by SIGINT (-2 here), which a shell also reports as 130: CPython
+    # ends a process that way when the KeyboardInterrupt first surfaced inside code a library ran
+    # through its C API (during an import), even though the CLI caught it and printed its line;
+    # where the signal lands depends on how long the imports take (seen once in a CI run of 2026-12-01).
+    assert process.returncode in (130, -signal.SIGINT), (out, err)
     assert "Traceback" not in err and "interrupted" in err, err
 
 
