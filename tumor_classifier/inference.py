@@ -34,13 +34,13 @@ def pixel_values(preprocessor: MRIPreprocessor, chunk: Sequence[PreparedImage], 
 def torch_proba(model, preprocessor: MRIPreprocessor, prepared: Sequence[PreparedImage], batch_size: int, mirror: bool) -> np.ndarray:
     """Probabilities (n, k) in batches; with ``mirror`` averaged with those of the mirror images.
 
-    A model in eval mode runs through its folded copy (:func:`~tumor_classifier.folding.folded_network`):
-    the same logits, cheaper (EfficientNet-Lite0 at 160 px on 2 threads: a batch of 32 in
-    about half the time).
+    A model in eval mode runs through its folded copy (:func:`~tumor_classifier.folding.folded_network`,
+    which also says when a model runs itself): the same logits, cheaper (EfficientNet-Lite0
+    at 160 px on 2 threads: a batch of 32 in about half the time).
     """
     outputs = []
     with model_passes(model), torch.inference_mode():
-        network = model if model.training else folded_network(model)
+        network = folded_network(model)
         for start in range(0, len(prepared), batch_size):
             values = pixel_values(preprocessor, prepared[start : start + batch_size], model.device)
             proba = torch.softmax(finite(network(pixel_values=values).logits.float(), start), dim=-1)
