@@ -55,6 +55,13 @@ def normalize_method(method: str | None) -> str:
     return key
 
 
+def default_method(classifier: TumorClassifier) -> str:
+    """What ``method="auto"`` runs for ``classifier`` (the page's preselected method): its
+    ``attribution_method_``, or Grad-CAM for a model that names none we know."""
+    method = getattr(classifier, "attribution_method_", "gradcam")
+    return method if method in METHODS else "gradcam"
+
+
 def method_name(method: str) -> str:
     """A method as the UI names it (``"Grad-CAM"`` for ``gradcam``); a method without a UI name as it is."""
     return {value: label for label, value in METHOD_CHOICES}.get(method, method)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..attributions import METHODS
 from ..classifier import TumorClassifier
 from ..exceptions import TumorClassifierError
-from .analysis import DEFAULT_OPACITY, ScanReport, analyze_scans
+from .analysis import DEFAULT_OPACITY, ScanReport, analyze_scans, default_method
 from .rest_docs import docs_html
 from .uploads import ACCEPTED_TEXT, UnsupportedImageTypeError, UploadTooLargeError, check_scan, megabytes
 from .volume_analysis import VolumeReport, analyze_volume
@@ -277,7 +277,7 @@ def add_rest_routes(api: FastAPI, classifier: TumorClassifier, *, max_upload_byt
         max_upload_bytes: Largest upload; larger ones are answered 413.
     """
 
-    auto_method = getattr(classifier, "attribution_method_", "gradcam")  # what method="auto" runs
+    auto_method = default_method(classifier)  # what method="auto" runs
 
     @api.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:

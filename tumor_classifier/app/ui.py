@@ -13,13 +13,12 @@ from typing import Any
 import gradio as gr
 from gradio.components.label import LabelData
 
-from ..attributions import METHODS
 from ..classifier import TumorClassifier
 from ..decoding import DecodedImage
 from ..exceptions import InvalidArgumentError, TumorClassifierError
 from ..reports import DISCLAIMER
 from ..visualization import DEFAULT_COLORMAP, overlay
-from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, predict_scans
+from .analysis import DEFAULT_OPACITY, METHOD_CHOICES, default_method, predict_scans
 from .uploads import ACCEPTED_TEXT, EXAMPLES_DIR, browser_preview, check_scan, upload_source
 from .volume_analysis import empty_slider, predict_volume_for_page, predict_volume_upload, show_slice, shown_slice
 from .volume_uploads import ACCEPTED_VOLUME_TEXT, is_volume_name
@@ -234,7 +233,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                         elem_id="scan",
                         height=320,
                     )
-                    method = gr.Radio(list(METHOD_CHOICES), value=_default_method(classifier), label="Heatmap method", elem_id="method")
+                    method = gr.Radio(list(METHOD_CHOICES), value=default_method(classifier), label="Heatmap method", elem_id="method")
                     opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity", elem_id="opacity")
                     # Off until a usable scan is uploaded (see _on_new_scan); an example turns it on.
                     button = gr.Button("Analyze", variant="primary", elem_id="analyze", interactive=False)
@@ -253,7 +252,7 @@ def build_demo(classifier: TumorClassifier, *, batch: bool = True, max_batch_siz
                     heatmap = gr.Image(label="Heatmap on the scan", type="pil", format="png", interactive=False, elem_id="heatmap")
                     legend = gr.HTML(_legend_html(), elem_id="heatmap-legend")
         with gr.Tab("Volume (NIfTI, DICOM)", elem_id="volume-tab"):
-            build_volume_tab(classifier, _default_method(classifier))
+            build_volume_tab(classifier, default_method(classifier))
         state = gr.State()
         outputs = [verdict, label, heatmap, tumor, state]
         button.click(inputs=[image, method, opacity], outputs=outputs, api_name="predict", api_description=SCAN_API_DESCRIPTION, **event_options)
@@ -313,11 +312,6 @@ def theme() -> gr.themes.Base:
         font=[gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui", "sans-serif"],
         font_mono=[gr.themes.LocalFont("IBM Plex Mono", weights=(400, 700)), "ui-monospace", "Consolas", "monospace"],
     )
-
-
-def _default_method(classifier: TumorClassifier) -> str:
-    method = getattr(classifier, "attribution_method_", "gradcam")
-    return method if method in METHODS else "gradcam"
 
 
 def example_paths() -> list[Path]:
