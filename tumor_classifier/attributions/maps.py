@@ -77,11 +77,8 @@ def _display(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float, 
     if percentile < 100:
         clipped = []
         for index, single in enumerate(maps):
-            inside = single if heads is None else single[heads[index] > 0]
-            if inside.numel():
-                ceiling = torch.quantile(inside.flatten(), percentile / 100.0)
-                single = torch.minimum(single, ceiling)
-            clipped.append(single)
+            ceiling = _head_quantile(single, heads, index, percentile)
+            clipped.append(single if ceiling is None else torch.minimum(single, ceiling))
         maps = torch.stack(clipped)
     return _gaussian_blur(maps, sigma)
 
@@ -98,8 +95,12 @@ def _floored(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float) 
         return maps
     floored = []
     for index, single in enumerate(maps):
-        inside = single if heads is None else single[heads[index] > 0]
-        if inside.numel():
-            single = (single - torch.quantile(inside.flatten().float(), percentile / 100.0)).clamp_min(0.0)
-        floored.append(single)
+        level = _head_quantile(single, heads, index, percentile)
+        floored.append(single if level is None else (single - level).clamp_min(0.0))
     return torch.stack(floored)
+
+
+def _head_quantile(single: torch.Tensor, heads: torch.Tensor | None, index: int, percentile: float) -> torch.Tensor | None:
+    """The ``percentile`` of map ``single`` inside head ``index`` (the whole map without heads); ``None`` for an empty head."""
+    inside = single if heads is None else single[heads[index] > 0]
+    return torch.quantile(inside.flatten().float(), percentile / 100.0) if inside.numel() else None
