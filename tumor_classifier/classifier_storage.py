@@ -205,9 +205,11 @@ def save_pretrained(estimator, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     from .ensemble import EnsembleForImageClassification
 
-    removed = [] if _is_own_folder(estimator, directory) else _remove_companions(directory)
+    own_folder = _is_own_folder(estimator, directory)
+    ensemble = isinstance(estimator.model_, EnsembleForImageClassification)
+    removed = [] if own_folder else _remove_companions(directory)
 
-    if isinstance(estimator.model_, EnsembleForImageClassification):
+    if ensemble:
         stale = [directory / "config.json", directory / "model.safetensors"]
     else:
         stale = [directory / ENSEMBLE_CONFIG_NAME]
@@ -217,7 +219,7 @@ def save_pretrained(estimator, directory: str | os.PathLike) -> Path:
     with quiet_weights():
         estimator.model_.save_pretrained(directory)
     estimator.preprocessor_.save_pretrained(directory)
-    _write_card(estimator, directory)
+    _write_card(estimator, directory, own_folder=own_folder, ensemble=ensemble)
     gone = [name for name in removed if not (directory / name).exists()]
     if gone:
         logger.warning(
@@ -243,17 +245,18 @@ def _remove_companions(directory: Path) -> list[str]:
     return found
 
 
-def _write_card(estimator, directory: Path) -> None:
+def _write_card(estimator, directory: Path, *, own_folder: bool, ensemble: bool) -> None:
     """The model card of a saved folder: a loaded model keeps its folder's card and what the
     card shows; a model fitted here gets one from what fit measured (and its metrics.json);
-    any other a card that claims nothing but the classes."""
+    any other a card that claims nothing but the classes. ``own_folder``: ``directory`` is
+    the folder the model was loaded from; ``ensemble``: the model is an ensemble."""
     import json
 
     from .reports import write_model_card, write_plain_model_card
 
     source = estimator.model_folder_
     if source is not None and (source / "README.md").is_file():
-        if _is_own_folder(estimator, directory):
+        if own_folder:
             return  # saved back into its own folder: the card is already there
         # The card shows the folder's plots and figures: they travel with it.
         for companion in sorted({path for pattern in ("README.md", *CARD_FILES) for path in source.glob(pattern) if path.is_file()}):
@@ -261,7 +264,7 @@ def _write_card(estimator, directory: Path) -> None:
         return
     measured = estimator.__dict__.get("fit_metrics_") if source is None else None
     if measured is None:
-        write_plain_model_card(directory, list(estimator.classes_), ensemble=is_ensemble_folder(directory))
+        write_plain_model_card(directory, list(estimator.classes_), ensemble=ensemble)
         return
     (directory / "metrics.json").write_text(json.dumps(measured, indent=2) + "\n")
     write_model_card(directory, measured, [], list(estimator.classes_))
