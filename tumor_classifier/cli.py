@@ -254,7 +254,7 @@ def _volume_stem(name: str) -> str:
     """A volume's file name less its NIfTI / DICOM ending (a series folder's dotted UID name stays whole)."""
     from .volume_formats import DICOM_SUFFIXES, NIFTI_SUFFIXES
 
-    ending = next((s for s in sorted((*NIFTI_SUFFIXES, *DICOM_SUFFIXES), key=len, reverse=True) if name.lower().endswith(s)), "")
+    ending = next((s for s in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES) if name.lower().endswith(s)), "")
     return name[: len(name) - len(ending)]
 
 
