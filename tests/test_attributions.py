@@ -30,6 +30,7 @@ from tumor_classifier.attributions import (
     default_method,
 )
 from tumor_classifier.attributions.folding import gradient_network
+from tumor_classifier.attributions.maps import _gaussian_blur, _quantile
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import head_mask
@@ -385,6 +386,33 @@ def test_smoothgrad_display_blurs_with_a_gaussian_of_the_given_sigma():
     np.testing.assert_allclose(maps[0, 4, 5] / peak, np.exp(-0.5), rtol=1e-5)
     np.testing.assert_allclose(maps[0, 5, 5] / peak, np.exp(-1.0), rtol=1e-5)
     np.testing.assert_allclose(maps[0], maps[0].T, atol=1e-7)
+
+
+def test_the_display_quantile_is_torch_quantile_by_selection():
+    assert float(_quantile(torch.tensor([3.0, 0.0, 2.0, 1.0]), 0.5)) == 1.5  # halfway between 1 and 2
+    assert float(_quantile(torch.tensor([3.0, 0.0, 2.0, 1.0]), 1 / 3)) == pytest.approx(1.0)
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 2, 7, 1000):
+        values = torch.randn(size, generator=generator)
+        for q in (0.0, 0.01, 0.5, 0.99, 1.0):
+            assert float(_quantile(values, q)) == pytest.approx(float(torch.quantile(values, q)), abs=1e-6)
+
+
+def test_the_blur_repeats_the_edge_pixels():
+    # A constant map stays constant (the border reads its own value, not zeros), and a
+    # point far from the border spreads into the outer product of the 1-D Gaussian.
+    np.testing.assert_allclose(_gaussian_blur(torch.full((2, 7, 9), 5.0), 3.0).numpy(), 5.0, atol=1e-5)
+    point = torch.zeros(1, 21, 21)
+    point[0, 10, 10] = 1.0
+    gauss = torch.exp(-torch.arange(-3.0, 4.0).pow(2) / 2)
+    gauss = gauss / gauss.sum()
+    expected = torch.zeros(21, 21)
+    expected[7:14, 7:14] = gauss[:, None] * gauss[None, :]
+    np.testing.assert_allclose(_gaussian_blur(point, 1.0)[0].numpy(), expected.numpy(), atol=1e-7)
+    # At the border: the first pixel of a row of one 1 and zeros takes the weights of every offset that clamps to it.
+    edge = torch.zeros(1, 1, 9)
+    edge[0, 0, 0] = 1.0
+    assert float(_gaussian_blur(edge, 1.0)[0, 0, 0]) == pytest.approx(float(gauss[3:].sum()), abs=1e-6)
 
 
 def test_smoothgrad_noise_is_seeded_per_image():

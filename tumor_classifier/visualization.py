@@ -154,14 +154,24 @@ def overlay(
     cmap = _colormap(colormap)
 
     # float32 and the colormap's own lookup table (a matplotlib colormap is N colours; a
-    # value v takes colour min(int(v * N), N - 1), as cmap(v) does): a 512 px overlay in
-    # about 8 ms instead of 27.
+    # value v takes colour min(int(v * N), N - 1), as cmap(v) does), blended only where
+    # the map is above 0 (the scan as it is elsewhere; a displayed map is 0 on the
+    # background and on much of the head): a 512 px overlay in about 3 ms instead of 27.
     weight = np.clip(attribution.astype(np.float32), 0.0, 1.0)
+    gray = gray.astype(np.float32)
+    result = np.repeat(_to_uint8(gray)[..., None], 3, axis=2)
+    hot = weight > 0
+    weight, scan = weight[hot], gray[hot][:, None]
     table = cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
     heat = table[np.minimum((weight * cmap.N).astype(np.intp), cmap.N - 1)]
-    opacity = (np.float32(alpha) * weight)[..., None]
-    blended = (1.0 - opacity) * gray.astype(np.float32)[..., None] + opacity * heat
-    return Image.fromarray(np.round(blended * 255.0).clip(0, 255).astype(np.uint8))
+    opacity = (np.float32(alpha) * weight)[:, None]
+    result[hot] = _to_uint8((1.0 - opacity) * scan + opacity * heat)
+    return Image.fromarray(result)
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] as 0-255 (rounded)."""
+    return np.round(values * np.float32(255.0)).clip(0, 255).astype(np.uint8)
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

@@ -52,17 +52,28 @@ def _head_masks(pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(n, h, w)`` maps, ``sigma`` in pixels (0: unchanged)."""
+    """Separable Gaussian blur of ``(n, h, w)`` maps, ``sigma`` in pixels (0: unchanged), edges replicated.
+
+    As two matrix products, ``rows @ map @ columns.T`` (:func:`_blur_matrix`): a
+    convolution with one input channel and a kernel of ``6 sigma`` taps is slow on CPUs
+    (1.25 ms for a 160 px map at sigma 15, against about 0.1 ms).
+    """
     if sigma <= 0:
         return maps
+    rows = _blur_matrix(maps.shape[-2], sigma, maps.dtype, maps.device)
+    columns = _blur_matrix(maps.shape[-1], sigma, maps.dtype, maps.device)
+    return rows @ maps @ columns.T
+
+
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(size, size)`` matrix of a 1-D Gaussian blur whose edge pixels repeat beyond the border."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     kernel = torch.exp(-offsets.pow(2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
-    images = maps[:, None]
-    images = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    images = F.conv2d(F.pad(images, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return images[:, 0]
+    # Row i takes kernel[o] from pixel i + o, clamped to the image: what replicate padding reads.
+    sources = (torch.arange(size, device=device)[:, None] + torch.arange(-radius, radius + 1, device=device)).clamp(0, size - 1)
+    return torch.zeros((size, size), dtype=dtype, device=device).scatter_add_(1, sources, kernel.expand(size, -1).contiguous())
 
 
 def _display(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float, sigma: float) -> torch.Tensor:
@@ -103,4 +114,17 @@ def _floored(maps: torch.Tensor, heads: torch.Tensor | None, percentile: float) 
 def _head_quantile(single: torch.Tensor, heads: torch.Tensor | None, index: int, percentile: float) -> torch.Tensor | None:
     """The ``percentile`` of map ``single`` inside head ``index`` (the whole map without heads); ``None`` for an empty head."""
     inside = single if heads is None else single[heads[index] > 0]
-    return torch.quantile(inside.flatten().float(), percentile / 100.0) if inside.numel() else None
+    return _quantile(inside.flatten().float(), percentile / 100.0) if inside.numel() else None
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation) of a 1-D tensor from two order
+    statistics: ``kthvalue`` selects in linear time where ``quantile`` sorts (0.05 against
+    1.3 ms for a 160 px map's head, and a map is shown after two to five of them)."""
+    position = q * (values.numel() - 1)
+    below = math.floor(position)
+    low = torch.kthvalue(values, below + 1).values
+    if position == below:
+        return low
+    high = torch.kthvalue(values, below + 2).values
+    return torch.lerp(low, high, position - below)
