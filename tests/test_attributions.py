@@ -29,8 +29,10 @@ from tumor_classifier.attributions import (
     compute_attributions,
     default_method,
 )
+from tumor_classifier.attributions.cam import _layer_cam
 from tumor_classifier.attributions.folding import gradient_network
 from tumor_classifier.attributions.maps import _gaussian_blur, _quantile
+from tumor_classifier.attributions.noise import noisy_copies
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
 from tumor_classifier.models import create_model
 from tumor_classifier.preprocessing import head_mask
@@ -104,7 +106,11 @@ TOY_OPTIONS = {
     # No display post-processing: the raw SmoothGrad magnitude is what is hand-checked.
     "smoothgrad": {"n_samples": 4, "clip_percentile": 100.0, "floor_percentile": 0.0, "smoothing_sigma": 0.0},
     "smoothgrad_contrast": {"n_samples": 4, "clip_percentile": 100.0, "floor_percentile": 0.0, "smoothing_sigma": 0.0, "versus": 1},
+    # Noise-free copies and no display: the positive CAM of ToyNet is relu(x) / 16, as Grad-CAM's.
+    "smoothcam_contrast": {"n_samples": 2, "noise_level": 0.0, "clip_percentile": 100.0, "floor_percentile": 0.0, "smoothing_sigma": 0.0},
 }
+#: The Grad-CAM family members that explain the predicted class from their own forward pass.
+OWN_PASS_METHODS = [method for method in CAM_METHODS if method != "smoothcam_contrast"]
 #: ToyNet's gradient is the same everywhere, so its SmoothGrad maps are flat (all zero after
 #: normalisation); SmoothGrad has its own hand-checked toys below.
 TOY_METHODS = [method for method in METHODS if not method.startswith("smoothgrad")]
@@ -145,13 +151,17 @@ def test_gradcam_of_the_predicted_class_comes_with_the_logits_of_the_same_pass()
     np.testing.assert_allclose(logits, model(x).detach().numpy(), atol=1e-6)
     assert logits.argmax(1).tolist() == [0, 1]
     np.testing.assert_allclose(maps, _toy_attributions(model, x, [0, 1], "gradcam"), atol=1e-6)
-    for method in CAM_METHODS:  # the whole Grad-CAM family explains the predicted class
+    for method in OWN_PASS_METHODS:  # the Grad-CAM family explains the predicted class
         maps, logits = _toy_attributions(model, x, None, method, return_logits=True)
         np.testing.assert_allclose(maps, _toy_attributions(model, x, [0, 1], method), atol=1e-6)
         assert logits.argmax(1).tolist() == [0, 1]
-    for method in ("occlusion", "integrated_gradients", "smoothgrad"):
-        with pytest.raises(TumorClassifierError, match="CAM methods only"):
+    # Noisy copies do not predict the image's class: these need the target.
+    for method in ("occlusion", "integrated_gradients", "smoothgrad", "smoothcam_contrast"):
+        with pytest.raises(TumorClassifierError, match="own forward pass only"):
             _toy_attributions(model, x, None, method)
+    # Asked for, the logits are the image's (one more pass), not its noisy copies'.
+    _, logits = _toy_attributions(model, x, [0, 1], "smoothcam_contrast", return_logits=True, noise_level=0.5)
+    np.testing.assert_allclose(logits, model(x).detach().numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -430,6 +440,49 @@ def test_smoothgrad_noise_is_seeded_per_image():
     assert not np.allclose(first, compute_attributions(model, x, 0, "smoothgrad", seed=1, **options))
 
 
+def test_smoothcam_weighs_positive_gradient_by_positive_activation():
+    # Two channels on a 2x2 grid. Per cell: relu(g0) relu(a0) + relu(g1) relu(a1); a channel
+    # with a negative gradient or activation adds nothing (HiResCAM would let it cancel).
+    activation = torch.tensor([[[1.0, 2.0], [-1.0, 0.0]], [[3.0, 1.0], [2.0, -2.0]]])[None]
+    gradient = torch.tensor([[[1.0, -1.0], [2.0, 1.0]], [[-1.0, 2.0], [1.0, 3.0]]])[None]
+    positive = _layer_cam(torch.nn.Identity(), activation, gradient, "positive", 2, 2)
+    np.testing.assert_allclose(positive[0].numpy(), [[1.0, 2.0], [2.0, 0.0]])
+    hirescam = _layer_cam(torch.nn.Identity(), activation, gradient, "hirescam", 2, 2)
+    np.testing.assert_allclose(hirescam[0].numpy(), [[0.0, 0.0], [0.0, 0.0]])  # 1 - 3, -2 + 2, -2 + 2, 0 - 6
+
+
+class CellToy(torch.nn.Module):
+    """``logit_k = sum(W_k * F)`` with ``F = features(x) = x``: the gradient on ``F`` is ``W_k``."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.features = torch.nn.Identity()
+        self.register_buffer("weights", weights)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nhw,khw->nk", self.features(pixel_values)[:, 0], self.weights)
+
+
+def test_smoothcam_averages_the_positive_map_over_the_noisy_copies_against_versus():
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.randn(3, 6, 6, generator=generator)
+    x = torch.randn(2, 1, 6, 6, generator=generator)
+    model = CellToy(weights)
+    options = dict(head_only=False, layer=model.features, n_samples=3, noise_level=0.3, clip_percentile=100.0,
+                    floor_percentile=0.0, smoothing_sigma=0.0, versus=2)
+    maps = compute_attributions(model, x, [0, 1], "smoothcam_contrast", **options)
+    for index, explained in enumerate([0, 1]):
+        copies = noisy_copies(x[index:index + 1], 3, 0.3, 0)
+        expected = (torch.relu(weights[explained] - weights[2]) * torch.relu(copies[:, 0]).mean(dim=0)).numpy()
+        np.testing.assert_allclose(maps[index], (expected - expected.min()) / (expected.max() - expected.min()), atol=1e-5)
+    # Neither the chunking of the copies nor an image's place in the batch changes its map.
+    for batch_size in (1, 2):
+        np.testing.assert_allclose(compute_attributions(model, x, [0, 1], "smoothcam_contrast", internal_batch_size=batch_size, **options),
+                                   maps, atol=1e-6)
+    np.testing.assert_allclose(compute_attributions(model, x[1:], [1], "smoothcam_contrast", **options)[0], maps[1], atol=1e-6)
+    assert not np.allclose(maps, compute_attributions(model, x, [0, 1], "smoothcam_contrast", seed=1, **options))
+
+
 @pytest.mark.parametrize(("name", "value"), [("n_samples", 0), ("noise_level", -0.1), ("clip_percentile", 101), ("floor_percentile", -1),
                                              ("smoothing_sigma", float("nan")), ("seed", 1.5)])
 def test_bad_smoothgrad_options_are_refused(name, value):
@@ -604,7 +657,7 @@ def test_auto_method_per_backbone(models, pixel_values):
     assert default_method(models["convnext"]) == "gradcam"
     assert default_method(models["resnet"]) == "gradcam"
     assert default_method(models["vit"]) == "integrated_gradients"
-    assert default_method(create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True)) == "smoothgrad_contrast"
+    assert default_method(create_model("efficientnet_lite0", image_size=SIZE, from_scratch=True)) == "smoothcam_contrast"
     assert default_method(ToyNet()) == "integrated_gradients"
     # "auto" resolves through default_method, so it works on a model with no known layer.
     maps = compute_attributions(ToyNet(), TOY_INPUT, [0], "auto", n_steps=4)

@@ -30,8 +30,8 @@ from .decoding import ACCEPTED_FORMATS_TEXT
 NOT_DIAGNOSTIC = "Research use only: not a medical device, not for diagnosis."
 #: ``attributions.METHODS`` and ``auto``, written out so that ``--help`` imports no torch
 #: (tests/test_cli.py checks that the two lists agree).
-EXPLAIN_METHODS = ("auto", "gradcam", "smoothgrad", "smoothgrad_contrast", "hirescam", "gradcam_fine", "gradcam_multiscale", "gradcam_plusplus",
-                   "integrated_gradients", "occlusion")
+EXPLAIN_METHODS = ("auto", "gradcam", "smoothcam_contrast", "smoothgrad", "smoothgrad_contrast", "hirescam", "gradcam_fine", "gradcam_multiscale",
+                   "gradcam_plusplus", "integrated_gradients", "occlusion")
 
 
 #: The name of the shipped model wherever a command takes a model (--model, MODEL, ensemble members).

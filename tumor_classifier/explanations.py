@@ -78,7 +78,7 @@ def method_options(estimator, method: str, options: dict[str, Any]) -> dict[str,
     """``options`` for ``compute_attributions`` with what the classifier knows filled in.
 
     Integrated Gradients and Occlusion take a black image as "absent" (their baseline);
-    ``smoothgrad_contrast`` contrasts the class with no tumour (``versus``), when the
+    ``smoothgrad_contrast`` and ``smoothcam_contrast`` contrast the class with no tumour (``versus``), when the
     classifier has that class. A value the caller gave is kept.
 
     Raises:
@@ -95,7 +95,7 @@ def method_options(estimator, method: str, options: dict[str, Any]) -> dict[str,
     if method in ("integrated_gradients", "occlusion"):
         options.setdefault("baseline", (0.0 - preprocessor.mean) / preprocessor.std)
     classes = [str(c) for c in estimator.classes_]
-    if method == "smoothgrad_contrast" and NO_TUMOR in classes:
+    if method in ("smoothgrad_contrast", "smoothcam_contrast") and NO_TUMOR in classes:
         options.setdefault("versus", classes.index(NO_TUMOR))
     return options
 

@@ -6,7 +6,7 @@ convolution and stores the copy channels-last, see
 :meth:`~tumor_classifier.efficientnet.EfficientNetLiteForImageClassification.folded_copy`).
 ``predict`` runs its forward passes through that copy (:mod:`tumor_classifier.inference`)
 and the gradient attributions differentiate it (:mod:`tumor_classifier.attributions`);
-the Grad-CAM family hooks the model's own layers and does not use it. An ensemble has no
+the Grad-CAM family hooks the model's own layers (``smoothcam_contrast`` the copy's). An ensemble has no
 ``folded_copy`` and runs as it is. Imports nothing of the package.
 """
 

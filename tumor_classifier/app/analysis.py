@@ -27,6 +27,7 @@ from .uploads import check_scan, upload_source
 
 #: Heatmap methods as the UI names them.
 METHOD_CHOICES = (
+    ("Smooth CAM, tumor vs. no tumor", "smoothcam_contrast"),
     ("SmoothGrad, tumor vs. no tumor", "smoothgrad_contrast"),
     ("SmoothGrad", "smoothgrad"),
     ("Grad-CAM", "gradcam"),

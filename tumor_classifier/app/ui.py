@@ -294,7 +294,7 @@ def _legend_html(opacity: float = DEFAULT_OPACITY) -> str:
         f'<span>no evidence</span><div role="img" aria-label="colour bar" style="{bar}"></div><span>strongest</span></div>'
         '<div style="font-size: 0.9em;">Where the model found evidence for the class it names (for an input '
         "that does not look like a brain MRI, for its top class); the scan shows through where it found none, or "
-        "(for the SmoothGrad maps) no more than its usual level in this head. "
+        "(for the two smoothed maps, Smooth CAM and SmoothGrad) no more than its usual level in this head. "
         "Not a map of the tumor's extent.</div>"
     )
 

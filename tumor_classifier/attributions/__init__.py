@@ -71,8 +71,22 @@ every other method; localisation figures in :func:`default_method`):
     pixels that raise the class *and* tell it from no tumour. One forward and two
     backward passes per batch of noisy copies (5.4x ``predict`` on 2 threads, 1.5x
     ``smoothgrad``). Without ``versus`` (or for an image whose target is ``versus``) it
-    is ``smoothgrad``. The default for EfficientNet-Lite: 71.7 % of the 600 tumour-box
-    slices (see :func:`default_method`).
+    is ``smoothgrad``. On the shipped model it points at the box in 71.7 % of the 600
+    tumour-box slices (the default for EfficientNet-Lite until 2026-12-01; see
+    :func:`default_method`).
+``smoothcam_contrast``
+    A smoothed CAM of the class against ``versus`` (:meth:`TumorClassifier.explain`
+    passes no tumour) on four stages (strides 4, 8, 16 and 32): at each stage, per cell,
+    the sum over channels of positive gradient x positive activation (where a channel is
+    active and more of it would raise ``logit_target - logit_versus``; unlike LayerCAM's
+    ReLU after the sum, a channel that speaks against the class cannot cancel one that
+    speaks for it), averaged over ``n_samples`` noisy copies (2, SmoothGrad's noise),
+    shown as ``smoothgrad`` shows its map (clipped at ``clip_percentile``, blurred by
+    3/32 of the side), scaled to peak 1; the stages are averaged and the head's median
+    subtracted. One forward and one backward pass of two copies (2.9x ``predict`` on 2
+    threads). Needs the target (the copies' predictions are not the image's). The
+    default for EfficientNet-Lite: 72.3 % of the 600 tumour-box slices (see
+    :func:`default_method`, which also says what the model-randomisation check found).
 ``integrated_gradients``
     Captum's Integrated Gradients from ``baseline`` to the input, ``n_steps`` Gauss-Legendre
     steps. Pixel-level and model-agnostic, ``n_steps`` forward/backward passes (40x
@@ -85,9 +99,10 @@ every other method; localisation figures in :func:`default_method`):
     (729 for 224 px with the defaults; about 140 times ``predict`` at 128 px).
 
 The Grad-CAM family (``gradcam``, ``gradcam_fine``, ``gradcam_multiscale``, ``hirescam``,
-``gradcam_plusplus``) is :data:`CAM_METHODS`; these need a layer (known for
-:data:`SUPPORTED_MODEL_TYPES`, or passed as ``layer=``) and can explain the predicted
-class from their own forward pass (``target=None``).
+``gradcam_plusplus``, ``smoothcam_contrast``) is :data:`CAM_METHODS`; these need a layer
+(known for :data:`SUPPORTED_MODEL_TYPES`, or passed as ``layer=``) and, except
+``smoothcam_contrast``, can explain the predicted class from their own forward pass
+(``target=None``).
 
 Ensembles (:class:`tumor_classifier.ensemble.EnsembleForImageClassification`, or any
 module with a non-empty ``members`` ``nn.ModuleList`` whose forward combines them) are
@@ -111,6 +126,7 @@ can be used (and tested) on any model; ensembles are recognised by their ``membe
 * :mod:`.logits` - :class:`LogitsModel`, the contrast against a class, ensemble members;
 * :mod:`.state` - the per-model lock and the train/eval and ``requires_grad`` state;
 * :mod:`.maps` - head masks, percentile clipping and blur, min-max normalisation;
+* :mod:`.noise` - the noisy copies of an image that SmoothGrad-style methods average over;
 * :mod:`.layers` - the Grad-CAM layer of each backbone (:func:`attribution_layer`);
 * :mod:`.cam` - the Grad-CAM family (:data:`CAM_METHODS`);
 * :mod:`.folding` - the batch-norm-folded copy that the gradient methods differentiate;

@@ -1,9 +1,11 @@
-"""The Grad-CAM family: Grad-CAM, its fine and multi-scale variants, HiResCAM, Grad-CAM++.
+"""The Grad-CAM family: Grad-CAM, its fine and multi-scale variants, HiResCAM, Grad-CAM++,
+and a smoothed CAM of positive evidence over four stages.
 
 A method here is a :class:`_CamSpec` (how activations are weighed, which stages are read,
 how stages combine); :func:`_cam` hooks the layers (:func:`_cam_groups`, by default from
-:mod:`.layers`), runs one forward pass per chunk and returns raw, not yet normalised maps
-together with the logits of the same pass.
+:mod:`.layers`), runs one forward pass per chunk of images (of an image's noisy copies for
+a ``smooth`` spec) and returns raw, not yet normalised maps together with the logits of
+the same passes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from ..exceptions import InvalidArgumentError
 from .layers import attribution_layer
 from .logits import LogitsModel, _contrast
+from .maps import _display
+from .noise import noisy_copies
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,17 @@ class _CamSpec:
         combine: How the maps of several stages are combined after each is masked to
             the head and divided by its maximum: ``"mean"``, ``"product"``, or
             ``"geometric"`` (the product's ``1 / len(stages)`` power).
+        smooth: SmoothGrad-style: each stage's map is the mean over ``n_samples`` noisy
+            copies of the image (:func:`~.noise.noisy_copies`), and is shown as SmoothGrad's
+            is (clipped at a percentile inside the head, blurred) before it is scaled and
+            combined. Needs a target class (the noisy copies' own predictions are not
+            the image's).
     """
 
     weighting: str
     stages: tuple[int, ...]
     combine: str = "mean"
+    smooth: bool = False
 
 
 #: The Grad-CAM family: method name -> how it weighs activations and which stages it reads.
@@ -48,6 +58,7 @@ _CAM_SPECS: dict[str, _CamSpec] = {
     "gradcam_multiscale": _CamSpec("gradcam", (-3, -2, -1), "product"),
     "hirescam": _CamSpec("hirescam", (-2,)),
     "gradcam_plusplus": _CamSpec("gradcam++", (-2,)),
+    "smoothcam_contrast": _CamSpec("positive", (-4, -3, -2, -1), smooth=True),
 }
 #: Methods of the Grad-CAM family (need a layer; accept ``target=None``).
 CAM_METHODS = tuple(_CAM_SPECS)
@@ -96,7 +107,12 @@ def _layer_cam(
             f"Grad-CAM needs a (n, C, h, w) feature map or (n, T, D) tokens; layer "
             f"{type(layer).__name__} gave shape {tuple(activation.shape)}."
         )
-    if weighting == "hirescam":
+    if weighting == "positive":
+        # Where a channel is active and more of it would raise the score: positive
+        # gradient times positive activation, summed over channels, so a channel that
+        # speaks against the class elsewhere cannot cancel it here.
+        cam = (torch.relu(gradient) * torch.relu(activation)).sum(dim=1, keepdim=True)
+    elif weighting == "hirescam":
         # Draelos & Carin 2020: the element-wise product, so each cell keeps its own
         # gradient; summing it over cells and channels gives back the first-order
         # (gradient x activation) contribution of the layer to the logit.
@@ -122,6 +138,62 @@ def _layer_cam(
     return F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
+@dataclass(frozen=True)
+class _Smoothing:
+    """How a ``smooth`` spec's maps are made and shown (the SmoothGrad options of
+    :func:`~tumor_classifier.attributions.compute_attributions`)."""
+
+    n_samples: int
+    noise_level: float
+    seed: int
+    clip_percentile: float
+    sigma: float
+
+
+def _passes(
+    pixel_values: torch.Tensor, target: torch.Tensor | None, batch_size: int, smoothing: _Smoothing | None
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None, bool]]:
+    """``(first image, end image, model input, its targets, whether the images are done)`` of each forward pass.
+
+    Without ``smoothing`` a pass is a chunk of ``batch_size`` images; with it, up to
+    ``batch_size`` noisy copies of one image (its passes follow each other, the last one
+    says it is done).
+    """
+    n = pixel_values.shape[0]
+    if smoothing is None:
+        for start in range(0, n, batch_size):
+            chunk_target = None if target is None else target[start:start + batch_size]
+            yield start, min(start + batch_size, n), pixel_values[start:start + batch_size], chunk_target, True
+        return
+    for index in range(n):
+        copies = noisy_copies(pixel_values[index:index + 1], smoothing.n_samples, smoothing.noise_level, smoothing.seed)
+        for first in range(0, smoothing.n_samples, batch_size):
+            part = copies[first:first + batch_size]
+            yield index, index + 1, part, target[index:index + 1].expand(part.shape[0]), first + batch_size >= smoothing.n_samples
+
+
+def _combined(
+    stage_maps: Sequence[torch.Tensor], heads: torch.Tensor | None, spec: _CamSpec, smoothing: _Smoothing | None
+) -> torch.Tensor:
+    """One map per image from the stages' maps: see :func:`_cam`."""
+    if len(stage_maps) == 1 and smoothing is None:
+        return stage_maps[0]
+    scaled = []
+    for stage_map in stage_maps:
+        if heads is not None:
+            # Mask before scaling: a stage's peak on the background must not set its scale.
+            stage_map = stage_map * heads
+        if smoothing is not None:
+            stage_map = _display(stage_map, heads, smoothing.clip_percentile, smoothing.sigma)
+        peak = stage_map.flatten(1).amax(dim=1).clamp_min(1e-30)
+        scaled.append(stage_map / peak[:, None, None])
+    stacked = torch.stack(scaled)
+    if spec.combine == "mean":
+        return stacked.mean(dim=0)
+    product = stacked.prod(dim=0)
+    return product.pow(1.0 / len(scaled)) if spec.combine == "geometric" else product
+
+
 def _cam(
     logits_model: LogitsModel,
     pixel_values: torch.Tensor,
@@ -131,8 +203,9 @@ def _cam(
     spec: _CamSpec,
     heads: torch.Tensor | None,
     versus: int | None = None,
+    smoothing: _Smoothing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM-family maps ``(n, h, w)`` (not normalised) and the logits ``(n, k)`` of the same passes.
+    """Grad-CAM-family maps ``(n, h, w)`` (not normalised) and the logits of the same passes.
 
     ``groups`` holds one list of layers per stage; a list holds one layer per ensemble
     member. Every layer is hooked during the same forward pass and each gives its own
@@ -140,6 +213,11 @@ def _cam(
     (members); with several groups each group's mean is masked to the head (``heads``,
     float ``(n, h, w)``, or None), divided by its maximum, and the groups are combined
     as ``spec.combine`` says.
+
+    A ``smooth`` spec needs ``smoothing`` and ``target``: each stage's map of an image is
+    the mean over its noisy copies, shown with :func:`~.maps._display` before it is
+    scaled (also for a single stage), and the logits returned are the copies' (``(n *
+    n_samples, k)``), not the image's.
     """
     height, width = pixel_values.shape[-2:]
     layers = [layer for group in groups for layer in group]
@@ -158,15 +236,15 @@ def _cam(
         return hook
 
     maps, all_logits = [], []
+    sums: list[torch.Tensor] = []  # a smooth spec: the stage maps of one image, summed over its copies
     handles = []
     try:
         for index, layer in enumerate(layers):
             handles.append(layer.register_forward_hook(keep_output(index)))
-        for start in range(0, pixel_values.shape[0], batch_size):
-            stop = start + batch_size
+        for start, stop, inputs, chunk_target, done in _passes(pixel_values, target, batch_size, smoothing):
             # The input requires grad so that the activation is in the autograd graph even
             # though the parameters are frozen (see _attribution_state).
-            chunk = pixel_values[start:stop].detach().clone().requires_grad_(True)
+            chunk = inputs.detach().clone().requires_grad_(True)
             captured.clear()
             logits = logits_model(chunk)
             activations = [captured.get(index) for index in range(len(layers))]
@@ -178,7 +256,8 @@ def _cam(
                     )
             # Images are independent in eval mode, so one backward of the summed target
             # logits gives every image its own gradient.
-            chunk_target = logits.argmax(dim=1) if target is None else target[start:stop]
+            if chunk_target is None:
+                chunk_target = logits.argmax(dim=1)
             all_logits.append(logits.detach())
             score = _contrast(logits, versus).gather(1, chunk_target[:, None]).sum()
             gradients = torch.autograd.grad(score, activations, allow_unused=True)
@@ -190,22 +269,15 @@ def _cam(
             for group in groups:
                 stage_maps.append(torch.stack(cams[offset:offset + len(group)]).mean(dim=0))
                 offset += len(group)
-            if len(stage_maps) == 1:
-                maps.append(stage_maps[0])
+            image_heads = None if heads is None else heads[start:stop]
+            if smoothing is None:
+                maps.append(_combined(stage_maps, image_heads, spec, None))
                 continue
-            scaled = []
-            for stage_map in stage_maps:
-                if heads is not None:
-                    # Mask before scaling: a stage's peak on the background must not set its scale.
-                    stage_map = stage_map * heads[start:stop]
-                peak = stage_map.flatten(1).amax(dim=1).clamp_min(1e-30)
-                scaled.append(stage_map / peak[:, None, None])
-            stacked = torch.stack(scaled)
-            if spec.combine == "mean":
-                maps.append(stacked.mean(dim=0))
-            else:
-                product = stacked.prod(dim=0)
-                maps.append(product.pow(1.0 / len(scaled)) if spec.combine == "geometric" else product)
+            copies = [stage_map.sum(dim=0, keepdim=True) for stage_map in stage_maps]
+            sums = copies if not sums else [total + more for total, more in zip(sums, copies)]
+            if done:
+                maps.append(_combined([total / smoothing.n_samples for total in sums], image_heads, spec, smoothing))
+                sums = []
     finally:
         for handle in handles:
             handle.remove()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .logits import LogitsModel
+from .noise import noisy_copies
 
 #: The SmoothGrad methods: ``smoothgrad`` maps the target logit's gradient;
 #: ``smoothgrad_contrast`` adds the map of the target-versus-``versus`` logit difference
@@ -34,25 +35,18 @@ def _smoothgrad(
     copies and forward passes (one more backward pass each); for an image whose target
     *is* ``versus`` the second map is the first.
 
-    The noise of image ``i`` is drawn from a CPU generator seeded with ``seed`` for every
-    image, so a map depends on the image only (not on its place in the batch, nor on
-    ``batch_size``, nor on the device) and a call is repeatable.
+    The noise is :func:`~.noise.noisy_copies`' (seeded per image: a call is repeatable).
     """
     n, _, height, width = pixel_values.shape
     maps = []
     for index in range(n):
-        image = pixel_values[index:index + 1].detach()
-        spread = float(image.amax() - image.amin())
-        generator = torch.Generator().manual_seed(seed)
-        # One noise plane for all channels: a grey scan repeated on three channels stays
-        # grey, as the model saw it in training.
-        noise = torch.randn((n_samples, 1, height, width), generator=generator, dtype=torch.float32)
-        noise = (noise * noise_level * spread).to(device=image.device, dtype=image.dtype)
+        image = pixel_values[index:index + 1]
+        copies = noisy_copies(image, n_samples, noise_level, seed)
         explained = int(target[index])
         classes = [explained] if versus is None or versus == explained else [explained, versus]
         totals = torch.zeros((len(classes), height, width), dtype=torch.float32, device=image.device)
         for start in range(0, n_samples, batch_size):
-            noisy = (image + noise[start:start + batch_size]).requires_grad_(True)
+            noisy = copies[start:start + batch_size].clone().requires_grad_(True)
             logits = logits_model(noisy)
             for row, label in enumerate(classes):
                 (gradient,) = torch.autograd.grad(logits[:, label].sum(), noisy, retain_graph=row + 1 < len(classes))
