@@ -29,6 +29,7 @@ from tumor_classifier.app import (
     ACCEPTED_VOLUME_TEXT,
     EXAMPLES_DIR,
     INVALID_HEADLINE,
+    LARGE_DECODES_AT_ONCE,
     MAX_SCAN_SIDE,
     analyze_scans,
     build_app,
@@ -524,6 +525,41 @@ def test_a_tiff_upload_is_previewed_as_a_png_that_analyses_the_same(confident_cl
     slice_8bit.save(jpeg)
     *_, scan, _ = _on_new_scan({"path": str(jpeg), "orig_name": jpeg.name})
     assert scan is gr.skip() or scan == gr.skip()
+
+
+def test_a_large_colour_tiff_is_previewed_within_the_large_decode_slots():
+    """The preview of a colour TIFF decoded the file a second time at full size, outside the
+    slots that bound how many large images are in memory at once (check_scan's); and at
+    2400 px it was larger than the slice the model analysed (decoded reduced by 2)."""
+    import tempfile
+    import threading
+
+    from gradio.utils import get_upload_folder
+
+    from tumor_classifier.app.uploads import _LARGE_DECODES, browser_preview, check_scan
+
+    folder = Path(tempfile.mkdtemp(dir=get_upload_folder()))
+    tiff = folder / "colour.tif"
+    colours = np.zeros((2400, 2400, 3), np.uint8)
+    colours[600:1800, 600:1800] = (200, 40, 40)
+    Image.fromarray(colours).save(tiff)
+    decoded = check_scan(tiff)
+    taken = [_LARGE_DECODES.acquire(timeout=10) for _ in range(LARGE_DECODES_AT_ONCE)]
+    assert all(taken)
+    previews = []
+    worker = threading.Thread(target=lambda: previews.append(browser_preview(tiff, decoded)))
+    try:
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive() and not previews  # waits for a slot
+    finally:
+        for _ in taken:
+            _LARGE_DECODES.release()
+    worker.join(30)
+    [preview] = previews
+    with Image.open(preview) as shown:
+        assert shown.mode == "RGB" and shown.size == decoded.gray.size == (1200, 1200)
+        assert shown.getpixel((600, 600)) == (200, 40, 40)
 
 
 def test_the_tumor_probability_is_never_rounded_to_100_percent(confident_classifier, one_per_class):

@@ -180,12 +180,17 @@ def check_scan(source: Any, *, name: str | None = None, max_bytes: int = MAX_UPL
         raise InvalidImageError(f"{what} is {width}x{height} pixels; at least {MIN_IMAGE_SIDE} pixels a side are needed.")
     # Large images decode a few at a time: each holds a full-resolution frame while it is
     # reduced, so the number in flight bounds the app's memory (slices of MRI size never wait).
-    slot = _LARGE_DECODES if width * height > LARGE_SCAN_PIXELS else contextlib.nullcontext()
     try:
-        with slot:
+        with _decode_slot(width, height):
             return decode(data)  # decode fully, once: truncated and corrupt files fail here, not in a batch
     except InvalidImageError:
         raise InvalidImageError(f"{what} looks like a {image_format} image but is corrupt or truncated, so it cannot be decoded. {upload_hint}") from None
+
+
+def _decode_slot(width: int, height: int):
+    """What a decode of ``width`` x ``height`` pixels holds while it runs: one of the
+    :data:`LARGE_DECODES_AT_ONCE` slots for a large image, nothing for a slice of MRI size."""
+    return _LARGE_DECODES if width * height > LARGE_SCAN_PIXELS else contextlib.nullcontext()
 
 
 def _volume_kind(data: bytes) -> str | None:
@@ -207,9 +212,10 @@ BROWSER_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP"})
 def browser_preview(path: Path, decoded: DecodedImage) -> Path | None:
     """A PNG of an uploaded slice that browsers cannot show (TIFF), else ``None``.
 
-    The PNG holds the slice as decoded (``decoded.gray``; the colours for a colour file), so
-    analysing it gives what analysing the upload gives. It is written in a folder of its
-    own in Gradio's upload folder, which Gradio empties with its cache.
+    The PNG holds the slice as decoded (``decoded.gray``; the colours for a colour file, at
+    the size of ``decoded.gray``), so analysing it gives what analysing the upload gives. It
+    is written in a folder of its own in Gradio's upload folder, which Gradio empties with
+    its cache. A large colour file is decoded again in one of :func:`check_scan`'s slots.
 
     Args:
         path: The uploaded file, past :func:`check_scan` (a file :func:`upload_source` returned).
@@ -222,9 +228,12 @@ def browser_preview(path: Path, decoded: DecodedImage) -> Path | None:
     with Image.open(path) as original:  # reads the header only (check_scan read and checked the file)
         if original.format in BROWSER_FORMATS:
             return None
-        image = decoded.gray if decoded.rgb is None else original.convert("RGB")
-    preview = Path(tempfile.mkdtemp(dir=get_upload_folder())) / f"{path.stem}.png"
-    image.save(preview, format="PNG")
+        preview = Path(tempfile.mkdtemp(dir=get_upload_folder())) / f"{path.stem}.png"
+        with _decode_slot(*original.size):
+            image = decoded.gray
+            if decoded.rgb is not None:  # the colours, at the size the model saw
+                image = original.convert("RGB").resize(decoded.gray.size, Image.Resampling.BOX)
+            image.save(preview, format="PNG")
     return preview
 
 
