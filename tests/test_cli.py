@@ -167,6 +167,31 @@ def test_evaluate_writes_every_file_of_the_report(model_dir, data_dir, tmp_path,
     assert "accuracy=" in capsys.readouterr().out
 
 
+def test_evaluate_reports_the_test_split_with_and_without_suspect_labels(model_dir, data_dir, tmp_path, capsys):
+    """Issue 11: Testing figures with and without the reviewed suspect test images, never
+    the suspects dropped silently: the full split's figures stay, the others come beside them."""
+    testing = sorted((data_dir / "Testing").glob("*/*.jpg"))
+    suspects = [p.relative_to(data_dir).as_posix() for p in (testing[0], testing[-1])]
+    audit = tmp_path / "suspects.csv"
+    audit.write_text("file,action,new_label,reason\n" + "".join(f"{f},exclude,,a reviewer saw a reason\n" for f in suspects))
+    out = tmp_path / "report"
+    assert main(["evaluate", str(data_dir), "--model", str(model_dir), "--out", str(out), "--suspects", str(audit)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 12 and metrics["test_without_suspects"]["n"] == 10
+    assert metrics["suspects"] == {"file": str(audit), "left_out": suspects}
+    dedup = metrics["test_without_near_duplicates"]["n"]
+    both = metrics["test_without_near_duplicates_or_suspects"]["n"]
+    assert dedup - 2 <= both <= dedup and both < 12
+    summary = (out / "summary.md").read_text()
+    assert "| test_without_suspects | 10 |" in summary
+    assert "2 test images a reviewer found suspect" in summary
+    # A listed file that is not in the test split is a typo or the wrong list: said, not skipped.
+    audit.write_text("file,action,new_label,reason\nTraining/glioma/nowhere.jpg,exclude,,a reason\n")
+    assert main(["evaluate", str(data_dir), "--model", str(model_dir), "--out", str(tmp_path / "r2"), "--suspects", str(audit)]) == 2
+    assert "Training/glioma/nowhere.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
 def test_evaluate_dedup_needs_a_training_split(model_dir, data_dir, tmp_path, capsys):
     plain = tmp_path / "plain"
     shutil.copytree(data_dir / "Testing", plain)

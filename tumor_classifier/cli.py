@@ -352,7 +352,7 @@ def _print_figures(metrics: dict, splits: Sequence[str]) -> None:
     for name in splits:
         if name in metrics:
             m = metrics[name]
-            print(f"{name:<30} n={m['n']:<5} accuracy={m['accuracy']:.4f} macro F1={m['f1_macro']:.4f}")
+            print(f"{name:<41} n={m['n']:<5} accuracy={m['accuracy']:.4f} macro F1={m['f1_macro']:.4f}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -362,8 +362,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--batch-size {args.batch_size}: give a positive number of images per forward pass (default 64).")
     check_report_folder(args.out, name="--out")  # before the model loads and the images are predicted
     classifier = _load(args.model, args.backend)
-    result = evaluate_dataset(classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None), batch_size=args.batch_size)
-    _print_figures(result.metrics, ("test", "test_without_near_duplicates"))
+    result = evaluate_dataset(
+        classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None),
+        batch_size=args.batch_size, suspects=args.suspects,
+    )
+    _print_figures(result.metrics, ("test", "test_without_near_duplicates", "test_without_suspects", "test_without_near_duplicates_or_suspects"))
     print(f"report written to {args.out}: " + ", ".join(p.name for p in result.files))
     return 0
 
@@ -461,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--dedup", action="store_true", help="Require the near-duplicate-free evaluation (needs a training split).")
     dedup.add_argument("--no-dedup", action="store_true", help="Skip the near-duplicate-free evaluation.")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument(
+        "--suspects", metavar="CSV",
+        help="A reviewed list of suspect test labels (file,action,new_label,reason; e.g. configs/label_audit_testing.csv): "
+        "the report adds the test figures without those images beside the full split's.",
+    )
     evaluate.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=backend_help)
     evaluate.set_defaults(handler=_evaluate)
 

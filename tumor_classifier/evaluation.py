@@ -2,12 +2,15 @@
 
 The report folder gets ``metrics.json``, ``per_class.md``, ``summary.md``, confusion
 matrices, ROC and precision-recall curves and a reliability diagram, for the full test
-split and for its part with no near duplicate in the training split.
+split and for its part with no near duplicate in the training split. Given a reviewed
+list of suspect test labels, the metrics and tables also cover both without those images
+(the full split's figures are never replaced).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import find_duplicates, find_split_dirs, hub_kaggle_folder, image_sources, load_image_folder, load_mri_dataset
 from .exceptions import InvalidArgumentError, InvalidDatasetError
+from .label_audit import read_label_audit
 from .metrics import classification_metrics
 from .model_folder import check_writable_folder
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
@@ -30,6 +34,40 @@ class EvaluationResult:
 
     metrics: dict[str, Any]
     files: list[Path]
+
+
+#: The subsets that get plots, and their file name suffixes (the others get metrics and table rows).
+_PLOT_SUFFIXES = {"test": "", "test_without_near_duplicates": "_dedup"}
+
+
+def _suspect_indices(suspects: str | os.PathLike, sources: list[Any], root: Path, source: Any) -> dict[str, int]:
+    """Listed file -> its index among ``sources`` (image files under ``root``), in list order.
+
+    Raises:
+        InvalidDatasetError: The list cannot be read, the test images are not files under a
+            folder, or a listed file is not one of them.
+    """
+    entries = read_label_audit(suspects)
+    if not root.is_dir() or not all(isinstance(item, str) for item in sources):
+        raise InvalidDatasetError(
+            f"--suspects names files relative to a data folder, but {source} is not a folder of image files; "
+            "evaluate the downloaded folder instead."
+        )
+    base = Path(os.path.realpath(root))
+    index = {}
+    for position, item in enumerate(sources):
+        try:
+            index[Path(os.path.realpath(item)).relative_to(base).as_posix()] = position
+        except ValueError:
+            continue
+    missing = [entry.file for entry in entries if entry.file not in index]
+    if missing:
+        raise InvalidDatasetError(
+            f"{suspects} lists {len(missing)} file(s) that are not images of the evaluated test split of {source}, "
+            f"e.g. {', '.join(missing[:3])}; a suspects list names test images relative to the data folder "
+            "(such as Testing/notumor/Te-no_0287.jpg)."
+        )
+    return {entry.file: index[entry.file] for entry in entries}
 
 
 def _predict_in_batches(classifier, sources: list[Any], batch_size: int) -> np.ndarray:
@@ -73,6 +111,7 @@ def evaluate_dataset(
     *,
     dedup: bool | None = None,
     batch_size: int = 64,
+    suspects: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Evaluates ``classifier`` on the test split of ``source`` and writes the report.
 
@@ -86,13 +125,21 @@ def evaluate_dataset(
             split. ``None``: when the source has a training split. ``True`` without a
             training split is an error.
         batch_size: Images per forward pass.
+        suspects: A reviewed list of suspect test labels (the audit CSV of
+            :mod:`~tumor_classifier.label_audit`, e.g. ``configs/label_audit_testing.csv``;
+            every entry names a file of the test split, relative to ``source``). The
+            report then adds ``test_without_suspects`` (and, with ``dedup``,
+            ``test_without_near_duplicates_or_suspects``): every listed image left out,
+            whatever its action. A folder source only.
 
     Returns:
         The :class:`EvaluationResult`.
 
     Raises:
         InvalidDatasetError: The source cannot be read, has a training split but no test
-            split (a folder or a Hub data set), or ``dedup`` has no training split.
+            split (a folder or a Hub data set), or ``dedup`` has no training split; the
+            suspects list cannot be read, names a file that is not in the test split, or
+            the source is not a folder.
         InvalidArgumentError: ``out_dir`` cannot hold the report (see :func:`check_report_folder`),
             or ``batch_size`` is not a positive integer.
     """
@@ -134,6 +181,7 @@ def evaluate_dataset(
         raise InvalidDatasetError(f"--dedup needs a training split in {source} to compare the test images with.")
     dedup = has_train if dedup is None else dedup
     sources = image_sources(test)
+    left_out = _suspect_indices(suspects, sources, root, source) if suspects is not None else None
     y_true = np.asarray([model_classes.index(class_names[i]) for i in test["label"]])
     started = time.perf_counter()
     proba = _predict_in_batches(classifier, sources, batch_size)
@@ -145,6 +193,12 @@ def evaluate_dataset(
         report = find_duplicates(references, sources)
         subsets["test_without_near_duplicates"] = np.asarray(report.clean_queries, dtype=int)
         summary_extra["duplicates"] = report.summary()
+    if left_out is not None:
+        keep = {name: np.setdiff1d(idx, list(left_out.values())) for name, idx in subsets.items()}
+        subsets["test_without_suspects"] = keep["test"]
+        if dedup:
+            subsets["test_without_near_duplicates_or_suspects"] = keep["test_without_near_duplicates"]
+        summary_extra["suspects"] = {"file": str(suspects), "left_out": list(left_out)}
     metrics: dict[str, Any] = {
         name: classification_metrics(y_true[idx], proba[idx], model_classes) for name, idx in subsets.items()
     }
@@ -154,11 +208,12 @@ def evaluate_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "metrics.json"]
     files[0].write_text(json.dumps(metrics, indent=2) + "\n")
-    for name, idx in subsets.items():
-        suffix = "" if name == "test" else "_dedup"
+    plotted = {name: idx for name, idx in subsets.items() if name in _PLOT_SUFFIXES}
+    for name, idx in plotted.items():
+        suffix = _PLOT_SUFFIXES[name]
         files.append(plot_confusion_matrix(metrics[name]["confusion_matrix"], model_classes, out_dir / f"confusion_matrix{suffix}.png", f"Confusion matrix ({name})"))
         files += plot_roc_pr(y_true[idx], proba[idx], model_classes, out_dir, suffix, split=name)
-    files.append(plot_reliability({name: (proba[idx], y_true[idx]) for name, idx in subsets.items()}, out_dir / "reliability.png"))
+    files.append(plot_reliability({name: (proba[idx], y_true[idx]) for name, idx in plotted.items()}, out_dir / "reliability.png"))
     per_class = "\n\n".join(f"### {name}\n\n{per_class_table(metrics[name])}" for name in subsets)
     files.append(out_dir / "per_class.md")
     files[-1].write_text(per_class + "\n")
@@ -170,6 +225,11 @@ def evaluate_dataset(
         if duplicates
         else ""
     )
+    if left_out is not None:
+        note += (
+            f"\nThe rows without suspects leave out the {len(left_out)} test images a reviewer found suspect "
+            f"({suspects}, which gives the reason for each); the full split's rows keep them.\n"
+        )
     summary = (
         f"# Evaluation of {metrics['model']} on {source}\n\n{metrics_table({n: metrics[n] for n in subsets})}\n{note}\n"
         f"{len(sources)} images in {seconds:.1f} s ({metrics['timing']['images_per_second']:.1f} images/s).\n\n"
