@@ -167,3 +167,61 @@ def test_a_concurrent_plain_forward_does_not_leak_into_a_gradcam_map():
         runner.join(timeout=60)
     for maps, reference in zip(got, expected):
         np.testing.assert_allclose(maps, reference, atol=1e-5)
+
+
+def test_smoothcam_on_the_shared_folded_copy_while_predict_runs_through_it():
+    """smoothcam_contrast hooks the blocks of the folded copy that predict runs through
+    (tumor_classifier.inference.torch_proba): threads explaining with it, beside a thread
+    predicting in a loop, get single-thread maps, and no hook stays on the copy or the model."""
+    from conftest import efficientnet_with_trained_looking_norms
+
+    from tumor_classifier.folding import folded_network
+    from tumor_classifier.inference import model_passes
+
+    model = efficientnet_with_trained_looking_norms(64, seed=0).eval()
+    generator = torch.Generator().manual_seed(1)
+    jobs = [("smoothcam_contrast", torch.randn(2, 3, 64, 64, generator=generator), [index % 3, (index + 2) % 3])
+            for index in range(THREADS * 2)]
+
+    def smoothcam(job):
+        _, pixel_values, target = job
+        return compute_attributions(model, pixel_values, target, "smoothcam_contrast", versus=1, head_only=False)
+
+    expected = [smoothcam(job) for job in jobs]
+    copy = folded_network(model)
+    assert copy is not model
+    stop = threading.Event()
+
+    def predict_forever() -> None:
+        other = torch.randn(5, 3, 64, 64)  # another batch size: a leaked activation would not even fit
+        while not stop.is_set():
+            with model_passes(model), torch.inference_mode():
+                folded_network(model)(pixel_values=other)
+
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(first: int) -> None:
+        try:
+            for index in range(first, len(jobs), THREADS):
+                results[index] = smoothcam(jobs[index])
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    runner = threading.Thread(target=predict_forever)
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    runner.start()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=600)
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert not errors, errors
+    for index, reference in enumerate(expected):
+        np.testing.assert_allclose(results[index], reference, atol=1e-5)
+    assert folded_network(model) is copy  # the same copy throughout
+    for network in (model, copy):
+        assert not any(module._forward_hooks for module in network.modules())

@@ -31,7 +31,7 @@ from tumor_classifier.attributions import (
 )
 from tumor_classifier.attributions.cam import _layer_cam
 from tumor_classifier.attributions.folding import gradient_network
-from tumor_classifier.attributions.maps import _gaussian_blur, _quantile
+from tumor_classifier.attributions.maps import _display, _gaussian_blur, _quantile
 from tumor_classifier.attributions.noise import noisy_copies
 from tumor_classifier.exceptions import InvalidImageError, TumorClassifierError
 from tumor_classifier.models import create_model
@@ -423,6 +423,18 @@ def test_the_blur_repeats_the_edge_pixels():
     edge = torch.zeros(1, 1, 9)
     edge[0, 0, 0] = 1.0
     assert float(_gaussian_blur(edge, 1.0)[0, 0, 0]) == pytest.approx(float(gauss[3:].sum()), abs=1e-6)
+
+
+def test_the_display_takes_a_non_finite_value_for_no_evidence():
+    # An overflowing gradient: the pixel counts as 0, and neither the blur nor the percentile
+    # carries its NaN or infinity to the rest of the map.
+    clean = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for bad in (float("nan"), float("inf")):
+        broken = clean.clone()
+        broken[0, 3, 4] = bad
+        expected = clean.clone()
+        expected[0, 3, 4] = 0.0
+        np.testing.assert_allclose(_display(broken, None, 99.0, 2.0).numpy(), _display(expected, None, 99.0, 2.0).numpy(), atol=1e-6)
 
 
 def test_smoothgrad_noise_is_seeded_per_image():
@@ -973,6 +985,12 @@ def test_gradient_methods_differentiate_the_folded_copy_to_the_same_maps():
         folded_maps = compute_attributions(model, x, [1, 2], method, **options)
         plain_maps = compute_attributions(_NoFolding(model), x, [1, 2], method, **options)
         np.testing.assert_allclose(folded_maps, plain_maps, atol=2e-3)
+    # smoothcam_contrast hooks the copy's blocks; the model's own blocks give the same maps.
+    stages = [[attribution_layer(model, stage)] for stage in (-4, -3, -2, -1)]
+    folded_maps = compute_attributions(model, x, [1, 2], "smoothcam_contrast", versus=0)
+    plain_maps = compute_attributions(_NoFolding(model), x, [1, 2], "smoothcam_contrast", versus=0, layer=stages)
+    np.testing.assert_allclose(folded_maps, plain_maps, atol=2e-3)
+    assert folded_maps.max() == 1.0
 
 
 def test_the_folded_copy_is_kept_until_the_weights_change():

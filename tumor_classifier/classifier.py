@@ -435,8 +435,8 @@ class TumorClassifier(ClassifierMixin, BaseEstimator):
 
         Methods: ``attributions.METHODS`` (``gradcam``, ``hirescam``, ``smoothgrad``,
         ``integrated_gradients``, ``occlusion`` and variants) and ``auto``, which resolves
-        per backbone (SmoothGrad for EfficientNet-Lite; the benchmark that chose it is in
-        ``attributions.compute.default_method``).
+        per backbone (``smoothcam_contrast`` for EfficientNet-Lite; the benchmark that chose
+        it is in ``attributions.compute.default_method``).
 
         Args:
             X: Images, as for :meth:`predict_proba`.

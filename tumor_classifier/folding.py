@@ -6,8 +6,9 @@ convolution and stores the copy channels-last, see
 :meth:`~tumor_classifier.efficientnet.EfficientNetLiteForImageClassification.folded_copy`).
 ``predict`` runs its forward passes through that copy (:mod:`tumor_classifier.inference`)
 and the gradient attributions differentiate it (:mod:`tumor_classifier.attributions`);
-the Grad-CAM family hooks the model's own layers (``smoothcam_contrast`` the copy's). An ensemble has no
-``folded_copy`` and runs as it is. Imports nothing of the package.
+the Grad-CAM family hooks the model's own layers (``smoothcam_contrast`` the copy's, when no
+layer is named). An ensemble has no ``folded_copy`` and runs as it is. Imports nothing of
+the package.
 """
 
 from __future__ import annotations

@@ -154,19 +154,26 @@ def overlay(
     cmap = _colormap(colormap)
 
     # float32 and the colormap's own lookup table (a matplotlib colormap is N colours; a
-    # value v takes colour min(int(v * N), N - 1), as cmap(v) does), blended only where
-    # the map is above 0 (the scan as it is elsewhere; a displayed map is 0 on the
-    # background and on much of the head): a 512 px overlay in about 3 ms instead of 27.
-    weight = np.clip(attribution.astype(np.float32), 0.0, 1.0)
-    gray = gray.astype(np.float32)
-    result = np.repeat(_to_uint8(gray)[..., None], 3, axis=2)
+    # value v takes colour min(int(v * N), N - 1), as cmap(v) does). Where the map is 0 the
+    # result is the scan, so a sparse map (a floored one: 0 on the background and much of
+    # the head) is blended only where it is above 0, in about half the time (512 px with a
+    # tenth of it above 0: 6 ms against 17 for blending every pixel); a dense one, whose
+    # selection would cost more than it saves, everywhere. The same bytes either way.
+    weight = np.clip(attribution.astype(np.float32), 0.0, 1.0).ravel()
+    gray = gray.astype(np.float32).ravel()
+    result = np.repeat(_to_uint8(gray)[:, None], 3, axis=1)
     hot = weight > 0
-    weight, scan = weight[hot], gray[hot][:, None]
+    where = np.flatnonzero(hot) if hot.mean() < _SPARSE_SHARE else slice(None)
+    weight, scan = weight[where], gray[where][:, None]
     table = cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
     heat = table[np.minimum((weight * cmap.N).astype(np.intp), cmap.N - 1)]
     opacity = (np.float32(alpha) * weight)[:, None]
-    result[hot] = _to_uint8((1.0 - opacity) * scan + opacity * heat)
-    return Image.fromarray(result)
+    result[where] = _to_uint8((1.0 - opacity) * scan + opacity * heat)
+    return Image.fromarray(result.reshape(*attribution.shape, 3))
+
+
+#: Below this share of pixels above 0, :func:`overlay` blends only those pixels.
+_SPARSE_SHARE = 0.4
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -69,7 +69,8 @@ every other method; localisation figures in :func:`default_method`):
     (``versus``: the class to contrast with; :meth:`TumorClassifier.explain` passes no
     tumour), each shown as ``smoothgrad`` shows it, scaled to peak 1, and summed: the
     pixels that raise the class *and* tell it from no tumour. One forward and two
-    backward passes per batch of noisy copies (5.4x ``predict`` on 2 threads, 1.5x
+    backward passes per batch of noisy copies (5.0x ``predict`` on 2 threads since the
+    display's percentiles and blur got cheaper on 2026-12-01, 5.4x before; 1.5x
     ``smoothgrad``). Without ``versus`` (or for an image whose target is ``versus``) it
     is ``smoothgrad``. On the shipped model it points at the box in 71.7 % of the 600
     tumour-box slices (the default for EfficientNet-Lite until 2026-12-01; see

@@ -31,7 +31,8 @@ class _CamSpec:
 
     Attributes:
         weighting: ``"gradcam"`` (channel weights = spatial mean of the gradient),
-            ``"hirescam"`` (element-wise gradient x activation) or ``"gradcam++"``.
+            ``"hirescam"`` (element-wise gradient x activation), ``"gradcam++"``, or
+            ``"positive"`` (element-wise positive gradient x positive activation).
         stages: Stages to hook, counted from the end (``-1`` the last, stride 32; ``-2``
             stride 16; ``-3`` stride 8); see :func:`attribution_layer`.
         combine: How the maps of several stages are combined after each is masked to
@@ -60,7 +61,8 @@ _CAM_SPECS: dict[str, _CamSpec] = {
     "gradcam_plusplus": _CamSpec("gradcam++", (-2,)),
     "smoothcam_contrast": _CamSpec("positive", (-4, -3, -2, -1), smooth=True),
 }
-#: Methods of the Grad-CAM family (need a layer; accept ``target=None``).
+#: Methods of the Grad-CAM family (need a layer; all but the ``smooth`` ones, ``smoothcam_contrast``,
+#: accept ``target=None``).
 CAM_METHODS = tuple(_CAM_SPECS)
 
 

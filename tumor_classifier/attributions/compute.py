@@ -280,7 +280,8 @@ def compute_attributions(
     positive temperature, so each member's raw map is its own map times the same positive
     constant: a member whose logit reacts more strongly to its features weighs more, as
     it does in the ensemble's decision. ``gradcam_multiscale`` then masks, scales and
-    combines the stages' member-averaged maps.
+    combines the stages' member-averaged maps. ``smoothcam_contrast`` does the same per
+    batch of noisy copies (one forward pass of the ensemble each), with the target given.
 
     Args:
         model: A Hugging Face ``ConvNextForImageClassification``,
@@ -291,13 +292,14 @@ def compute_attributions(
         pixel_values: Float tensor ``(n, C, h, w)`` exactly as the model takes it (already
             normalised), on the model's device.
         target: Class index to explain per image: int tensor / sequence ``(n,)``, or one
-            int for all images. ``None`` (Grad-CAM family only, :data:`CAM_METHODS`): the
-            predicted class, taken from the same forward pass, so explaining a prediction
-            costs one forward and one backward pass in all.
+            int for all images. ``None`` (the Grad-CAM family, :data:`CAM_METHODS`, except
+            ``smoothcam_contrast``): the predicted class, taken from the same forward pass,
+            so explaining a prediction costs one forward and one backward pass in all.
         method: One of :data:`METHODS`, or ``"auto"`` for :func:`default_method`.
         internal_batch_size: Most model inputs per forward pass (images for the Grad-CAM
-            family, interpolation steps x images for IG, noisy copies for SmoothGrad,
-            occluded copies x images for Occlusion); bounds memory.
+            family, interpolation steps x images for IG, noisy copies of one image for
+            SmoothGrad and ``smoothcam_contrast``, occluded copies x images for
+            Occlusion); bounds memory.
         n_steps: Integrated Gradients interpolation steps (Gauss-Legendre).
         baseline: The "absence of signal" input for IG and Occlusion, in the model's
             *normalised* space: a scalar, a ``(C,)`` / ``(1, C, 1, 1)`` tensor, or anything
@@ -338,9 +340,12 @@ def compute_attributions(
             (including what all classes share). Images whose target *is* ``versus`` get
             the map of their own logit. ``None``: plain logits. For
             ``smoothgrad_contrast`` it is the class the second map contrasts with (the
-            first stays the plain logit's); without it that method is plain SmoothGrad.
+            first stays the plain logit's); without it that method is plain SmoothGrad,
+            and ``smoothcam_contrast`` the smoothed positive CAM of the class's own logit
+            (:meth:`TumorClassifier.explain` passes no tumour to both).
         return_logits: Also return the logits ``(n, k)`` of the unperturbed images (from
-            the Grad-CAM family's own forward pass, or one extra pass for the other methods).
+            the Grad-CAM family's own forward pass, or one extra pass for the other methods
+            and ``smoothcam_contrast``, whose passes see noisy copies).
 
     Returns:
         Float32 array ``(n, h, w)`` in ``[0, 1]``, each map min-max normalised on its own;
@@ -402,11 +407,11 @@ def compute_attributions(
         target = None if target is None else _autograd_ready(target)
         heads = _head_masks(pixel_values) if head_only else None
         logits = None
-        # The folded copy: the same logits, cheaper passes (the Grad-CAM family's own passes hook the model).
-        logits_model = LogitsModel(gradient_network(model)) if spec is None or smooth else None
+        # The folded copy: the same logits, cheaper passes (the Grad-CAM family hooks the model's own
+        # layers, but for smoothcam_contrast without a caller's layer: the copy's, the same activations).
+        logits_model = LogitsModel(gradient_network(model)) if spec is None or (smooth and layer is None) else None
         if smooth:
-            # The folded copy's layers (the same activations); layers the caller named run on the model itself.
-            network = logits_model if layer is None else LogitsModel(model)
+            network = LogitsModel(model) if logits_model is None else logits_model
             if layer is None:
                 groups = _cam_groups(network, spec, None)
             smoothing = _Smoothing(n_samples, noise_level, int(seed), clip_percentile, smoothing_sigma)
@@ -432,6 +437,7 @@ def compute_attributions(
                 else:
                     maps = _occlusion(explained, pixel_values, target, base, batch_size, window, stride)
         if return_logits and logits is None:
+            logits_model = LogitsModel(gradient_network(model)) if logits_model is None else logits_model
             with torch.no_grad():
                 logits = torch.cat([logits_model(pixel_values[i : i + batch_size]) for i in range(0, pixel_values.shape[0], batch_size)])
         if heads is not None:

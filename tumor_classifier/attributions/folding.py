@@ -4,7 +4,8 @@ SmoothGrad, Integrated Gradients and Occlusion differentiate or perturb
 :func:`tumor_classifier.folding.folded_network` of the model (about a quarter less time
 for a forward and backward pass on these CPUs, and stored channels-last about 40 % less
 again); the Grad-CAM family hooks the model's own layers and does not use it, except
-``smoothcam_contrast``, which hooks the copy's (the same activations).
+``smoothcam_contrast``, which hooks the copy's (the same activations) when the model folds
+and the caller names no layer.
 """
 
 from __future__ import annotations
