@@ -69,7 +69,7 @@ every other method; localisation figures in :func:`default_method`):
     (``versus``: the class to contrast with; :meth:`TumorClassifier.explain` passes no
     tumour), each shown as ``smoothgrad`` shows it, scaled to peak 1, and summed: the
     pixels that raise the class *and* tell it from no tumour. One forward and two
-    backward passes per batch of noisy copies (5.0x ``predict`` on 2 threads since the
+    backward passes per batch of noisy copies (4.8-5.0x ``predict`` on 2 threads since the
     display's percentiles and blur got cheaper on 2026-12-01, 5.4x before; 1.5x
     ``smoothgrad``). Without ``versus`` (or for an image whose target is ``versus``) it
     is ``smoothgrad``. On the shipped model it points at the box in 71.7 % of the 600
@@ -84,7 +84,7 @@ every other method; localisation figures in :func:`default_method`):
     speaks for it), averaged over ``n_samples`` noisy copies (2, SmoothGrad's noise),
     shown as ``smoothgrad`` shows its map (clipped at ``clip_percentile``, blurred by
     3/32 of the side), scaled to peak 1; the stages are averaged and the head's median
-    subtracted. One forward and one backward pass of two copies (2.9x ``predict`` on 2
+    subtracted. One forward and one backward pass of two copies (2.8-2.9x ``predict`` on 2
     threads). Needs the target (the copies' predictions are not the image's). The
     default for EfficientNet-Lite: 72.3 % of the 600 tumour-box slices (see
     :func:`default_method`, which also says what the model-randomisation check found).

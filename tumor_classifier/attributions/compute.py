@@ -38,15 +38,15 @@ def default_method(model: torch.nn.Module) -> str:
     * EfficientNet-Lite -> ``"smoothcam_contrast"`` (2 noisy copies, four stages, display
       blur 3/32 of the side, no tumour as the contrast class), since 2026-12-01: the
       best pointing game within 3x ``predict``. All 600 tumour-box slices, two threads,
-      one run (``--methods smoothcam_contrast smoothgrad_contrast gradcam --threads 2
+      two runs (``--methods smoothcam_contrast smoothgrad_contrast gradcam --threads 2
       --skip-randomisation``): pointing game (all / glioma / meningioma / pituitary),
       mass in box, explain / predict:
 
-      ==========================  =====  =====  =====  =====  ======  ======
-      smoothcam_contrast          72.3   54.0   87.0   76.0   16.0 %  2.9x
-      smoothgrad_contrast         71.7   54.5   89.5   71.0   17.0 %  5.0x
-      gradcam                     45.0   35.0   70.0   30.0   10.6 %  1.8x
-      ==========================  =====  =====  =====  =====  ======  ======
+      ==========================  =====  =====  =====  =====  ======  ========
+      smoothcam_contrast          72.3   54.0   87.0   76.0   16.0 %  2.8-2.9x
+      smoothgrad_contrast         71.7   54.5   89.5   71.0   17.0 %  4.8-5.0x
+      gradcam                     45.0   35.0   70.0   30.0   10.6 %  1.7-1.8x
+      ==========================  =====  =====  =====  =====  ======  ========
 
       It was chosen on the first 100 slices per class (71.0 % against
       ``smoothgrad_contrast``'s 66.3 %), among variants scored there: one stage (stride
