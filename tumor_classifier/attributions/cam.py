@@ -171,7 +171,8 @@ def _passes(
         copies = noisy_copies(pixel_values[index:index + 1], smoothing.n_samples, smoothing.noise_level, smoothing.seed)
         for first in range(0, smoothing.n_samples, batch_size):
             part = copies[first:first + batch_size]
-            yield index, index + 1, part, target[index:index + 1].expand(part.shape[0]), first + batch_size >= smoothing.n_samples
+            done = first + batch_size >= smoothing.n_samples
+            yield index, index + 1, part, target[index:index + 1].expand(part.shape[0]), done
 
 
 def _combined(
