@@ -17,7 +17,10 @@ the map ``explain`` shows; the accuracy column says how often that is the case. 
 head-centre pointing game and the box's share of the head are model-free baselines.
 
     python benchmarks/localisation.py [--model ID_OR_DIR] [--data ../shared/data/tumour-boxes]
-        [--methods gradcam integrated_gradients occlusion] [--limit N] [--threads 2] [--json OUT]
+        [--methods auto gradcam integrated_gradients ...] [--limit N] [--threads 2] [--json OUT]
+
+``--methods`` defaults to ``auto`` (the model's default heatmap, named in the tables as the
+method it resolves to) and ``gradcam``.
 
 Never train on these images: they overlap the Kaggle set's Testing split.
 """
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Model folder or Hub id (default: the shipped model).")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="Folder with boxes.csv and one sub-folder per class.")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["gradcam", "integrated_gradients"])
+    parser.add_argument("--methods", nargs="+", choices=("auto", *METHODS), default=["auto", "gradcam"],
+                        help="Methods to score; auto is the model's default (default: auto gradcam).")
     parser.add_argument("--limit", type=int, default=None, help="Images per class (first in file order; default all).")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     parser.add_argument("--tolerance", type=int, default=POINTING_TOLERANCE_PX, help="Pointing-game tolerance, px.")
@@ -146,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     randomised = None if args.skip_randomisation else randomised_copy(clf, seed=args.seed)
     print(f"{len(boxes)} images from {data}; model {clf.source_}; {args.threads} thread(s)", file=sys.stderr)
 
+    # auto is scored under the name of the method it resolves to, once.
+    methods = list(dict.fromkeys(clf.attribution_method_ if method == "auto" else method for method in args.methods))
     summaries, per_image = {}, {}
-    for method in args.methods:
+    for method in methods:
         options = {k: v for k, v in (("n_samples", args.n_samples), ("n_steps", args.n_steps), ("floor_percentile", args.floor_percentile)) if v is not None}
         scores = run_method(clf, randomised, data, boxes, method, args.tolerance, **options)
         summaries[method] = summarise(scores)

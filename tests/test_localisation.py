@@ -335,6 +335,10 @@ def test_benchmark_script_end_to_end(fitted_classifier, slices, tmp_path):
     assert summary["mean"]["n"] == 2
     assert 0.0 <= summary["mean"]["pointing_game"] <= 1.0
     assert len(report["images"]["gradcam"]) == 2
+    # Without --methods: the model's own default (auto, named as what it resolves to) and Grad-CAM, each once.
+    assert module.main(["--model", str(model), "--data", str(data), "--limit", "1", "--threads", "1",
+                        "--skip-randomisation", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["summary"]) == list(dict.fromkeys([fitted_classifier.attribution_method_, "gradcam"]))
 
 
 def test_unfitted_classifier_raises_not_fitted(slices):
