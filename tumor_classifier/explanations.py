@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attributions import METHODS, compute_attributions
+from .attributions import CONTRAST_METHODS, METHODS, compute_attributions
 from .data import NO_TUMOR, as_sources
 from .decoding import decode_each
 from .exceptions import InvalidArgumentError
@@ -78,8 +78,8 @@ def method_options(estimator, method: str, options: dict[str, Any]) -> dict[str,
     """``options`` for ``compute_attributions`` with what the classifier knows filled in.
 
     Integrated Gradients and Occlusion take a black image as "absent" (their baseline);
-    ``smoothgrad_contrast`` and ``smoothcam_contrast`` contrast the class with no tumour (``versus``), when the
-    classifier has that class. A value the caller gave is kept.
+    the :data:`~tumor_classifier.attributions.CONTRAST_METHODS` contrast the class with no
+    tumour (``versus``), when the classifier has that class. A value the caller gave is kept.
 
     Raises:
         InvalidArgumentError: An option ``compute_attributions`` does not take (options of
@@ -95,7 +95,7 @@ def method_options(estimator, method: str, options: dict[str, Any]) -> dict[str,
     if method in ("integrated_gradients", "occlusion"):
         options.setdefault("baseline", (0.0 - preprocessor.mean) / preprocessor.std)
     classes = [str(c) for c in estimator.classes_]
-    if method in ("smoothgrad_contrast", "smoothcam_contrast") and NO_TUMOR in classes:
+    if method in CONTRAST_METHODS and NO_TUMOR in classes:
         options.setdefault("versus", classes.index(NO_TUMOR))
     return options
 

@@ -142,12 +142,13 @@ from __future__ import annotations
 
 from ..visualization import overlay
 from .cam import CAM_METHODS
-from .compute import METHODS, compute_attributions, default_method
+from .compute import CONTRAST_METHODS, METHODS, compute_attributions, default_method
 from .layers import SUPPORTED_MODEL_TYPES, attribution_layer
 from .logits import LogitsModel
 
 __all__ = [
     "CAM_METHODS",
+    "CONTRAST_METHODS",
     "METHODS",
     "SUPPORTED_MODEL_TYPES",
     "LogitsModel",

@@ -30,6 +30,9 @@ SMOOTHCAM_SMOOTHING_FRACTION = 3 / 32
 SMOOTHGRAD_SAMPLES, SMOOTHCAM_SAMPLES = 4, 2
 
 METHODS = ("gradcam", "integrated_gradients", "occlusion", *CAM_METHODS[1:], *SMOOTHGRAD_METHODS)
+#: The methods made to explain a class *against* another (``versus``): callers that know the
+#: no-tumour class pass it (:meth:`TumorClassifier.explain` does); without it each is its plain self.
+CONTRAST_METHODS = ("smoothgrad_contrast", "smoothcam_contrast")
 
 
 def default_method(model: torch.nn.Module) -> str:
