@@ -366,7 +366,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier, args.data, args.out, dedup=True if args.dedup else (False if args.no_dedup else None),
         batch_size=args.batch_size, suspects=args.suspects,
     )
-    _print_figures(result.metrics, ("test", "test_without_near_duplicates", "test_without_suspects", "test_without_near_duplicates_or_suspects"))
+    _print_figures(result.metrics, result.subsets)
     print(f"report written to {args.out}: " + ", ".join(p.name for p in result.files))
     return 0
 

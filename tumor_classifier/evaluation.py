@@ -34,6 +34,8 @@ class EvaluationResult:
 
     metrics: dict[str, Any]
     files: list[Path]
+    #: The evaluated subsets (keys of ``metrics``), in report order: ``test`` first.
+    subsets: list[str]
 
 
 #: The subsets that get plots, and their file name suffixes (the others get metrics and table rows).
@@ -237,5 +239,5 @@ def evaluate_dataset(
     )
     files.append(out_dir / "summary.md")
     files[-1].write_text(summary)
-    return EvaluationResult(metrics, files)
+    return EvaluationResult(metrics, files, list(subsets))
 
