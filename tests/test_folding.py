@@ -111,6 +111,23 @@ def test_the_callers_hooks_fire_in_predict_and_never_reach_the_copy():
     assert not any(m._forward_hooks for m in copy.modules())
 
 
+def test_a_model_with_any_kind_of_hook_runs_itself():
+    """Every kind of hook the copy leaves behind (folded_copy clears four) keeps the model running itself."""
+    from tumor_classifier.folding import folded_network
+
+    model = _model_with_trained_looking_norms()
+    assert folded_network(model) is not model
+    layer = model.efficientnet._conv_head
+    for register in (lambda: layer.register_forward_hook(lambda *_: None),
+                     lambda: layer.register_forward_pre_hook(lambda *_: None),
+                     lambda: layer.register_full_backward_hook(lambda *_: None),
+                     lambda: layer.register_full_backward_pre_hook(lambda *_: None)):
+        handle = register()
+        assert folded_network(model) is model
+        handle.remove()
+    assert folded_network(model) is not model
+
+
 def test_a_model_with_dropout_switched_on_samples_as_before():
     """Monte Carlo dropout: eval mode with the dropout modules in training mode gives a different answer each pass."""
     model, preprocessor = _model_with_trained_looking_norms(), MRIPreprocessor(size=SIZE)

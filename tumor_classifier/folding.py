@@ -26,6 +26,11 @@ _folded: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Modul
 _optimiser_steps = [0]
 
 
+#: The hooks a module keeps (the ones ``folded_copy`` clears in its copy): any of them makes
+#: the model run itself.
+_HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _count_step(*_: object) -> None:
     _optimiser_steps[0] += 1
 
@@ -45,7 +50,7 @@ def _state(model: torch.nn.Module) -> tuple | None:
     """
     state: list = [_optimiser_steps[0]]
     for module in model.modules():
-        if module.training or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+        if module.training or any(getattr(module, kind) for kind in _HOOK_KINDS):
             return None
         for tensor in chain(module._parameters.values(), module._buffers.values()):
             if tensor is None:
