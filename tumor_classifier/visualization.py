@@ -107,6 +107,10 @@ def _check_alpha(alpha: Any) -> float:
     return float(alpha)
 
 
+#: Below this share of pixels above 0, :func:`overlay` blends only those pixels.
+_SPARSE_SHARE = 0.4
+
+
 def overlay(
     image: Image.Image | np.ndarray,
     attribution: np.ndarray,
@@ -170,10 +174,6 @@ def overlay(
     opacity = (np.float32(alpha) * weight)[:, None]
     result[where] = _to_uint8((1.0 - opacity) * scan + opacity * heat)
     return Image.fromarray(result.reshape(*attribution.shape, 3))
-
-
-#: Below this share of pixels above 0, :func:`overlay` blends only those pixels.
-_SPARSE_SHARE = 0.4
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
