@@ -250,14 +250,6 @@ def _is_volume(path: str) -> bool:
         return False
 
 
-def _volume_stem(name: str) -> str:
-    """A volume's file name less its NIfTI / DICOM ending (a series folder's dotted UID name stays whole)."""
-    from .volume_formats import DICOM_SUFFIXES, NIFTI_SUFFIXES
-
-    ending = next((s for s in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES) if name.lower().endswith(s)), "")
-    return name[: len(name) - len(ending)]
-
-
 def _volume_figure(result):
     """The exported key-slice heatmap, framed as :func:`_figure` frames an image's, with the volume's verdict
     and, when the plane is known, the patient's directions lettered at the edges."""
@@ -272,6 +264,7 @@ def _volume_figure(result):
 def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace) -> int:
     """Prints each volume's verdict (and with --slices its per-slice table); returns the failure count."""
     from .plots import plot_slice_probabilities
+    from .volume_formats import volume_stem
 
     out = Path(args.out) if args.out else None
     failures = 0
@@ -293,7 +286,7 @@ def _predict_volumes(classifier, paths: Sequence[str], args: argparse.Namespace)
         if out is not None and args.explain:
             out.mkdir(parents=True, exist_ok=True)
             # The index keeps a/t1c.nii.gz and b/t1c.nii.gz apart; a series folder keeps its dotted UID name.
-            stem = f"{index:03d}_" + (_volume_stem(Path(path).name) or "volume")
+            stem = f"{index:03d}_" + (volume_stem(Path(path).name) or "volume")
             written["overlay"] = str(out / f"{stem}_key_slice_{result.key_slice:03d}_{result.explanation.method}.png")
             _volume_figure(result).save(written["overlay"])
             written["plot"] = str(
@@ -406,6 +399,16 @@ def _data_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_slices(args: argparse.Namespace) -> int:
+    from .volume_export import export_slices
+
+    written = export_slices(args.volume, args.out, planes=args.planes, step=args.step, min_head_fraction=args.min_head_fraction,
+                            series_uid=args.series_uid, time_point=args.time_point)
+    counts = {plane: sum(path.stem.split("_")[-2] == plane for path in written) for plane in args.planes}
+    print(f"{len(written)} slices written to {args.out} ({', '.join(f'{n} {plane}' for plane, n in counts.items())}).")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     # The entry point, not the library, sets these: before Gradio is imported, which reads
     # its switch then. (The package's own import may have read huggingface_hub's already;
@@ -493,6 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directory")
     report.add_argument("--no-duplicates", action="store_true", help="Skip hashing (faster).")
     report.set_defaults(handler=_data_report)
+
+    slices = commands.add_parser(
+        "export-slices", help="Write a volume's head slices, in each plane, as PNG images (e.g. healthy slices for "
+        "train_hf.py --no_tumour_dirs), in the grey representation predict classifies.")
+    slices.add_argument("volume", help="A NIfTI file, a DICOM file or a DICOM series folder.")
+    slices.add_argument("--out", required=True, help="Folder to write <volume>_<plane>_<slice>.png into.")
+    slices.add_argument("--planes", nargs="+", choices=["axial", "coronal", "sagittal"], default=["axial", "coronal", "sagittal"])
+    slices.add_argument("--step", type=int, default=1, help="Write every STEP-th head slice (default 1: all).")
+    slices.add_argument("--min-head-fraction", type=float, default=0.5,
+                        help="Share of the fullest slice's head area a slice needs to be written (default 0.5).")
+    slices.add_argument("--series-uid", help="DICOM folders holding several series: the SeriesInstanceUID to read.")
+    slices.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based.")
+    slices.set_defaults(handler=_export_slices)
 
     serve = commands.add_parser("serve", help="Run the Gradio app with its REST endpoint.")
     serve.add_argument("--model", help=model_help)

@@ -376,14 +376,29 @@ def load_tumour_only_images(directories: Sequence[str | os.PathLike]) -> list[st
     Raises:
         InvalidDatasetError: A folder is missing or holds no image.
     """
+    return images_below(directories, "tumour-only")
+
+
+def load_no_tumour_images(directories: Sequence[str | os.PathLike]) -> list[str]:
+    """Image paths of folders whose images all show no tumour (slices of healthy volumes,
+    written by :func:`tumor_classifier.volume_export.export_slices`), sorted.
+
+    Raises:
+        InvalidDatasetError: A folder is missing or holds no image.
+    """
+    return images_below(directories, "no-tumour")
+
+
+def images_below(directories: Sequence[str | os.PathLike], kind: str) -> list[str]:
+    """Every image file below each folder, sorted per folder; ``kind`` names the folders in errors."""
     paths: list[str] = []
     for directory in directories:
         directory = Path(directory)
         if not directory.is_dir():
-            raise InvalidDatasetError(f"The tumour-only image folder {directory} does not exist or is not a folder.")
+            raise InvalidDatasetError(f"The {kind} image folder {directory} does not exist or is not a folder.")
         found = sorted(str(p) for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise InvalidDatasetError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found below {directory}.")
+            raise InvalidDatasetError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found below the {kind} folder {directory}.")
         paths += found
     return paths
 

@@ -25,7 +25,7 @@ import torch
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 
 from .augmentation import AugmentationConfig, BatchAugmenter
-from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR, load_tumour_only_images
+from .data import BINARY_CLASS_NAMES, CLASS_NAMES, NO_TUMOR, load_no_tumour_images, load_tumour_only_images
 from .exceptions import InvalidArgumentError, InvalidDatasetError, TumorClassifierError
 from .losses import LOSSES, class_weights, compute_eval_metrics, make_loss_function, tumor_columns_of
 from .mri_trainer import MRITrainer, TimeLimitCallback
@@ -207,6 +207,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     model = None if data_args.write_pixel_pack else make_model()
     if data_args.tumour_only_dirs:
         load_tumour_only_images(data_args.tumour_only_dirs)
+    if data_args.no_tumour_dirs:
+        load_no_tumour_images(data_args.no_tumour_dirs)
     if data_args.pixel_pack and data_args.write_pixel_pack:
         raise InvalidArgumentError("--write_pixel_pack makes a pack from data_dir; it cannot be combined with --pixel_pack.")
     if data_args.pixel_pack:
@@ -232,9 +234,9 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
         early_stopping_patience=model_args.early_stopping_patience,
         class_names=class_names,
     )
-    # The Trainer trains on Kaggle train plus the tumour-only train images, and evaluates
-    # on both validation parts (accuracy on the first, sensitivity on the second).
-    train_set = joined_dataset(arrays, "train", "train_tumour_only")
+    # The Trainer trains on Kaggle train plus the tumour-only and no-tumour train images, and
+    # evaluates on both validation parts (accuracy on the first, sensitivity on the second).
+    train_set = joined_dataset(arrays, "train", "train_tumour_only", "train_no_tumour")
     eval_set = joined_dataset(arrays, "validation", "validation_tumour_only")
     best = None
     if model_args.hp_search_trials > 0:
@@ -307,6 +309,8 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "device": str(training_args.device),
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "train_images": len(train_set),
+            **({"no_tumour_images": int(len(arrays["train_no_tumour"][1])), "no_tumour_sources": list(data_args.no_tumour_dirs)}
+               if "train_no_tumour" in arrays else {}),
             "world_size": int(training_args.world_size),
             "hyperparameter_search": best,
             "data": str(data_args.pixel_pack or data_args.data_dir),

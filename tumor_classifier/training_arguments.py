@@ -59,6 +59,11 @@ class DataArguments:
     tumour_only_validation_size: float = field(
         default=0.2, metadata={"help": "Share of the tumour-only images held out for validation, split by near-duplicate group."}
     )
+    no_tumour_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Folders of images that all show no tumour (e.g. slices of healthy volumes written by "
+                          "`tumor-classifier export-slices`); trained as notumor, none held out for validation."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images (for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation and test images."})
     rotation: float = _augmentation_field("rotation", "largest rotation in degrees.")

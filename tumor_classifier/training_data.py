@@ -23,8 +23,10 @@ from .data import (
     fingerprint,
     group_split,
     hub_kaggle_folder,
+    NO_TUMOR,
     image_sources,
     load_mri_dataset,
+    load_no_tumour_images,
     load_tumour_only_images,
     near_duplicate_groups,
 )
@@ -80,6 +82,8 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
         arrays = {name: prepare_pixels(split, preprocessor, cache) for name, split in data.items()}
         if data_args.tumour_only_dirs:
             arrays.update(_tumour_only_arrays(data_args, preprocessor, cache))
+        if data_args.no_tumour_dirs:
+            arrays["train_no_tumour"] = _no_tumour_arrays(data_args, preprocessor, cache, data["train"].features["label"].names)
     return data, arrays
 
 
@@ -134,6 +138,22 @@ def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor,
     logger.info("tumour-only images: %d in %d near-duplicate groups; %d train, %d validation",
                 len(paths), groups.max() + 1, len(parts[0]), len(parts[1]))
     return arrays
+
+
+def _no_tumour_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None,
+                      class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The no-tumour images, all for training with the ``notumor`` label. None is held out:
+    slices of one healthy volume are near copies of their neighbours, so a fair check of
+    what they teach is another volume (the README's volume verdicts)."""
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    if NO_TUMOR not in class_names:
+        raise InvalidArgumentError(f"--no_tumour_dirs labels its images '{NO_TUMOR}', which is not a class of this run ({', '.join(class_names)}).")
+    paths = load_no_tumour_images(data_args.no_tumour_dirs)
+    split = Dataset.from_dict({"image": paths, "path": paths, "label": [list(class_names).index(NO_TUMOR)] * len(paths)})
+    logger.info("no-tumour images: %d trained as %s", len(paths), NO_TUMOR)
+    return prepare_pixels(split.cast_column("image", ImageFeature()), preprocessor, cache)
 
 
 def joined_dataset(arrays: dict[str, tuple[np.ndarray, np.ndarray]], *names: str) -> "PixelDataset":

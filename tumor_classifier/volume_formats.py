@@ -47,6 +47,12 @@ class _Raw:
     notes: list[str] = field(default_factory=list)
 
 
+def volume_stem(name: str) -> str:
+    """A volume's file name less its NIfTI / DICOM ending (a series folder's dotted UID name stays whole)."""
+    ending = next((s for s in (*NIFTI_SUFFIXES, *DICOM_SUFFIXES) if name.lower().endswith(s)), "")
+    return name[: len(name) - len(ending)]
+
+
 def _require(module: str):
     """Imports nibabel or pydicom, or says how to install them (the ``[volumes]`` extra)."""
     import importlib
