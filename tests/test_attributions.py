@@ -496,7 +496,7 @@ def test_smoothcam_averages_the_positive_map_over_the_noisy_copies_against_versu
 
 
 @pytest.mark.parametrize(("name", "value"), [("n_samples", 0), ("noise_level", -0.1), ("clip_percentile", 101), ("floor_percentile", -1),
-                                             ("smoothing_sigma", float("nan")), ("seed", 1.5)])
+                                             ("smoothing_sigma", float("nan")), ("smoothing_sigma", 1e12), ("seed", 1.5)])
 def test_bad_smoothgrad_options_are_refused(name, value):
     with pytest.raises(TumorClassifierError, match=name):
         compute_attributions(LinearToy(torch.ones(4, 4)), TOY_INPUT, [0], "smoothgrad", **{name: value})

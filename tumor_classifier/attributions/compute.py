@@ -333,7 +333,7 @@ def compute_attributions(
             below is no evidence: 50, the head's median, shows what stands out from the
             head's usual level (the maximum does not move; see :func:`default_method`).
         smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none;
-            ``None``: :data:`SMOOTHING_FRACTION` of the input's side, 10 px at the shipped
+            at most the input's side; ``None``: :data:`SMOOTHING_FRACTION` of the input's side, 10 px at the shipped
             model's 160; for ``smoothcam_contrast``, whose stages are each shown so,
             :data:`SMOOTHCAM_SMOOTHING_FRACTION`, 15 px). Chosen on the tumour boxes: see
             :func:`default_method`.
@@ -389,7 +389,9 @@ def compute_attributions(
     floor_percentile = _non_negative_number("floor_percentile", floor_percentile, upper=100.0)
     if smoothing_sigma is None:
         smoothing_sigma = (SMOOTHCAM_SMOOTHING_FRACTION if smooth else SMOOTHING_FRACTION) * pixel_values.shape[-1]
-    smoothing_sigma = _non_negative_number("smoothing_sigma", smoothing_sigma)
+    # At most the input's side: a wider blur shows nothing, and its kernel (6 sigma wide)
+    # would take memory without bound.
+    smoothing_sigma = _non_negative_number("smoothing_sigma", smoothing_sigma, upper=float(pixel_values.shape[-1]))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InvalidArgumentError(f"`seed` must be an integer, got {seed!r}.")
     if target is None and (spec is None or smooth):
