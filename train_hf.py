@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None):
         return result
     summary = ", ".join(
         f"{split} accuracy {result.metrics[split]['accuracy']:.4f}, macro F1 {result.metrics[split]['f1_macro']:.4f}"
-        for split in ("validation", "test")
+        for split in ("validation", "validation_without_near_duplicates", "test")
         if split in result.metrics
     )
     print(f"model written to {result.output_dir}: {summary}")

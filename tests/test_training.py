@@ -51,6 +51,7 @@ def test_two_step_run_writes_a_complete_model_folder(two_step_run):
     assert metrics["training"]["global_steps"] == 2
     assert metrics["calibration"]["temperature"] > 0
     assert metrics["training_duplicates_across_classes"] == []  # checked, and none in the shipped slices
+    assert metrics["validation_without_near_duplicates"]["n"] == metrics["validation"]["n"]  # no copies in them either
     config = json.loads((output / "config.json").read_text())
     assert config["id2label"] == {"0": "glioma", "1": "meningioma", "2": "notumor", "3": "pituitary"}
     card = (output / "README.md").read_text()
@@ -377,3 +378,32 @@ def test_training_curves_of_a_run_without_validation_warn_nothing_and_say_why_th
         paths = plot_training_curves(history, tmp_path)
     assert [p.name for p in paths] == ["loss_curve.png", "accuracy_curve.png"]
     assert all(Image.open(p).size[0] > 100 for p in paths)
+
+
+def test_validation_copies_of_training_images_are_left_out_of_the_fresh_validation_figures(tmp_path, data_dir):
+    """Each shipped Training slice also saved at another size: carved per file, many
+    validation images have their copy in training, and the fresh figures leave them out."""
+    from PIL import Image
+
+    from tumor_classifier.data import load_mri_dataset
+    from tumor_classifier.duplicates import find_duplicates
+
+    folder = tmp_path / "data"
+    for path in sorted((data_dir / "Training").glob("*/*.jpg")):
+        target = folder / "Training" / path.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        image = Image.open(path).convert("L")
+        image.save(target / path.name)
+        image.resize((200, 200)).save(target / f"{path.stem}-200.jpg", quality=92)
+    for path in sorted((data_dir / "Testing").glob("*/*.jpg")):
+        (folder / "Testing" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.open(path).save(folder / "Testing" / path.parent.name / path.name)
+    result = train_hf.main(_args(folder, tmp_path / "model", "--max_steps", "1", "--save_strategy", "no",
+                                 "--load_best_model_at_end", "false", "--validation_size", "0.25"))
+    splits = load_mri_dataset(folder, validation_size=0.25, seed=42)  # train_hf.py's carving (split_seed 42)
+    fresh = find_duplicates(list(splits["train"]["path"]), list(splits["validation"]["path"])).clean_queries
+    metrics = result.metrics
+    assert 0 < len(fresh) < len(splits["validation"]) == metrics["validation"]["n"]
+    assert metrics["validation_without_near_duplicates"]["n"] == len(fresh)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"| validation_without_near_duplicates | {len(fresh)} |" in card

@@ -143,9 +143,15 @@ def evaluation_text(metrics: dict[str, Any], shown: str | None) -> str:
             "There are no figures: no images were held out from training (validation_size=0, or too few\n"
             "images of a class to hold one out), so the model was neither evaluated nor calibrated."
         )
-    sections = {k: metrics[k] for k in ("validation", "test", "test_without_near_duplicates") if k in metrics}
+    splits = ("validation", "validation_without_near_duplicates", "test", "test_without_near_duplicates")
+    sections = {k: metrics[k] for k in splits if k in metrics}
+    fresh = (
+        "\n`validation_without_near_duplicates`: the validation images with no near duplicate among the training\n"
+        "images (the split is carved per file, so copies of one slice can lie on both sides).\n"
+        if "validation_without_near_duplicates" in sections else ""
+    )
     return (
-        f"{metrics_table(sections)}\n{_tumour_only_text(metrics)}\n{duplicates_text(metrics)}\n\n"
+        f"{metrics_table(sections)}\n{fresh}{_tumour_only_text(metrics)}\n{duplicates_text(metrics)}\n\n"
         f"Per class on the {shown} split:\n\n{per_class_table(metrics[shown])}\n\n{_calibration_text(metrics)}"
     )
 

@@ -45,7 +45,15 @@ from .pixels import (
 from .preprocessing import MRIPreprocessor
 from .recipe import create_run_model, make_run_loss
 from .training_arguments import DataArguments, ModelArguments, MRITrainingArguments
-from .training_data import cross_class_duplicates, duplicate_check, joined_dataset, load_pack, load_splits
+from .training_data import (
+    cross_class_duplicates,
+    duplicate_check,
+    joined_dataset,
+    load_pack,
+    load_splits,
+    split_fingerprints,
+    validation_duplicate_check,
+)
 
 #: Names that lived here before the split and stay importable from here.
 __all__ = [
@@ -217,11 +225,13 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
     else:
         data, arrays = load_splits(data_args, preprocessor, training_args)
     # Said before training, by one process: a slice filed under two classes is a labelling error.
-    cross_class = cross_class_duplicates(data) if data is not None and training_args.process_index == 0 else None
+    # Fingerprints once, by the process that runs the duplicate checks (before and after training).
+    prints = split_fingerprints(data) if data is not None and training_args.process_index == 0 else None
+    cross_class = cross_class_duplicates(data, prints) if prints is not None else None
     if data_args.write_pixel_pack:
         path = Path(data_args.write_pixel_pack)
         if training_args.process_index == 0:
-            duplicates = duplicate_check(data)
+            duplicates = duplicate_check(data, prints)
             pack = PixelPack(arrays, preprocessor, list(class_names), duplicates.clean_queries, duplicates.summary(), str(data_args.data_dir))
             write_pixel_pack(path, pack, jpeg_quality=data_args.pixel_pack_jpeg_quality)
         return TrainingResult(path, {"pixel_pack": {name: len(labels) for name, (_, labels) in arrays.items()}})
@@ -292,11 +302,17 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             if data is None:
                 clean, summary = pack.test_clean, pack.duplicates
             else:
-                duplicates = duplicate_check(data)
+                duplicates = duplicate_check(data, prints)
                 clean, summary = duplicates.clean_queries, duplicates.summary()
             if clean is not None:
                 metrics["test_without_near_duplicates"] = classification_metrics(arrays["test"][1][clean], test_proba[clean], class_names)
                 metrics["duplicates"] = summary
+        if prints is not None:  # from the images (a pixel pack has no fingerprints)
+            fresh = validation_duplicate_check(data, prints).clean_queries
+            if fresh:
+                metrics["validation_without_near_duplicates"] = classification_metrics(
+                    val_labels[fresh], softmax(val_logits, temperature)[fresh], class_names
+                )
         if cross_class is not None:
             metrics["training_duplicates_across_classes"] = cross_class
         metrics["training"] = {

@@ -183,10 +183,17 @@ def load_pack(data_args: DataArguments, preprocessor: MRIPreprocessor, class_nam
     return pack
 
 
-def cross_class_duplicates(data) -> list[dict[str, Any]]:
+def split_fingerprints(data) -> dict[str, list]:
+    """Each split's image fingerprints, taken once for the duplicate checks below."""
+    return {name: [fingerprint(source) for source in image_sources(split)] for name, split in data.items()}
+
+
+def cross_class_duplicates(data, prints: dict[str, list] | None = None) -> list[dict[str, Any]]:
     """Near-duplicate groups of train and validation images filed under different classes,
     with a warning that names them: the same slice trained as two answers (or validated
     against another label) is a labelling error the test-versus-train check cannot see.
+
+    ``prints``: :func:`split_fingerprints` of ``data``, if taken already.
 
     Returns:
         One ``{"paths": [...], "labels": [...]}`` per group, largest first.
@@ -197,7 +204,7 @@ def cross_class_duplicates(data) -> list[dict[str, Any]]:
     splits = [data["train"], data["validation"]]
     sources = [source for split in splits for source in image_sources(split)]
     labels = [names[label] for split in splits for label in split["label"]]
-    plain = [fingerprint(source) for source in sources]
+    plain = prints["train"] + prints["validation"] if prints else [fingerprint(source) for source in sources]
     groups = find_cross_class_duplicates(list(zip(sources, labels)), mirror=False, fingerprints=(plain, []))
     found = [{"paths": [_shown(sources[i]) for i in group.indices], "labels": list(group.labels)} for group in groups]
     if found:
@@ -217,6 +224,15 @@ def _shown(source: Any) -> str:
     return str(source.get("path") or "<image bytes>") if isinstance(source, dict) else str(source)
 
 
-def duplicate_check(data) -> Any:
+def duplicate_check(data, prints: dict[str, list] | None = None) -> Any:
+    """Test images against train and validation (``prints``: :func:`split_fingerprints` of ``data``)."""
     references = image_sources(data["train"]) + image_sources(data["validation"])
-    return find_duplicates(references, image_sources(data["test"]))
+    fingerprints = (prints["train"] + prints["validation"], prints["test"]) if prints else None
+    return find_duplicates(references, image_sources(data["test"]), fingerprints=fingerprints)
+
+
+def validation_duplicate_check(data, prints: dict[str, list] | None = None) -> Any:
+    """Validation images against train: the split is carved per file, so a slice saved twice
+    can lie on both sides, and such images flatter the validation figures."""
+    fingerprints = (prints["train"], prints["validation"]) if prints else None
+    return find_duplicates(image_sources(data["train"]), image_sources(data["validation"]), fingerprints=fingerprints)
