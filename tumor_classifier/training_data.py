@@ -18,12 +18,12 @@ from transformers import TrainingArguments
 
 from .data import (
     ANY_TUMOR,
+    NO_TUMOR,
     find_duplicates,
     find_split_dirs,
     fingerprint,
     group_split,
     hub_kaggle_folder,
-    NO_TUMOR,
     image_sources,
     load_mri_dataset,
     load_no_tumour_images,
