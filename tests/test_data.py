@@ -190,3 +190,38 @@ def test_a_corrupt_training_image_is_named_with_what_to_do(tmp_path, data_dir):
     with pytest.raises(InvalidDatasetError, match=r"truncated\.jpg.*corrupt.*remove or replace it.*data-report") as caught:
         load_splits(DataArguments(data_dir=str(root), validation_size=0.25, pixel_cache_dir=None), MRIPreprocessor(size=32))
     assert "numpy array" not in str(caught.value)  # the accepted inputs of predict say nothing here
+
+
+def test_a_stratified_group_split_keeps_groups_whole_and_every_class_on_both_sides():
+    from tumor_classifier.duplicates import stratified_group_split
+
+    # Class 0: groups 0 (3 images), 1, 2, 3; class 1: groups 4, 5 (2 images), 6; group 7 holds
+    # a class-1 image first and a class-0 copy: it belongs to class 1 and moves whole.
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
+    groups = np.array([0, 0, 0, 1, 2, 3, 4, 5, 5, 6, 7, 7])
+    for seed in range(20):
+        first, second = stratified_group_split(labels, groups, 0.3, seed)
+        assert sorted(np.concatenate([first, second]).tolist()) == list(range(12))
+        assert not set(groups[first]) & set(groups[second])  # no group straddles
+        assert set(labels[first]) == set(labels[second]) == {0, 1}
+    with pytest.raises(InvalidDatasetError, match="single group"):
+        stratified_group_split(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2]), 0.5, 0)
+
+
+def test_a_validation_split_by_group_holds_no_copy_of_a_training_image(tmp_path, data_dir):
+    folder = tmp_path / "data"
+    for path in sorted((data_dir / "Training").glob("*/*.jpg")):
+        (folder / "train" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        image = Image.open(path).convert("L")
+        image.save(folder / "train" / path.parent.name / path.name)
+        image.resize((200, 200)).save(folder / "train" / path.parent.name / f"{path.stem}-200.jpg", quality=92)
+    by_file = load_mri_dataset(folder, validation_size=0.25, test_size=0.15, seed=0)
+    by_group = load_mri_dataset(folder, validation_size=0.25, test_size=0.15, seed=0, validation_by="group")
+    for data, copies in ((by_file, True), (by_group, False)):
+        paths = lambda split: [str(p) for p in data[split]["path"]]  # noqa: E731
+        report = find_duplicates(paths("train"), paths("validation"))
+        assert (len(report.clean_queries) < len(data["validation"])) == copies
+        assert set(data["validation"]["label"]) == set(range(4))
+    assert by_group["test"]["path"] == by_file["test"]["path"]  # the test carving is unchanged
+    with pytest.raises(InvalidDatasetError, match="validation_by must be one of file, group"):
+        load_mri_dataset(folder, validation_by="patient")

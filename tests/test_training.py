@@ -407,3 +407,7 @@ def test_validation_copies_of_training_images_are_left_out_of_the_fresh_validati
     assert metrics["validation_without_near_duplicates"]["n"] == len(fresh)
     card = (tmp_path / "model" / "README.md").read_text()
     assert f"| validation_without_near_duplicates | {len(fresh)} |" in card
+    # Carved by group instead, no validation image has its copy in training.
+    grouped = train_hf.main(_args(folder, tmp_path / "grouped", "--max_steps", "1", "--save_strategy", "no",
+                                  "--load_best_model_at_end", "false", "--validation_size", "0.25", "--validation_by", "group"))
+    assert grouped.metrics["validation_without_near_duplicates"]["n"] == grouped.metrics["validation"]["n"] > 0

@@ -31,6 +31,7 @@ from .duplicates import (  # noqa: F401 - the duplicate names are importable fro
     fingerprint,
     group_split,
     near_duplicate_groups,
+    stratified_group_split,
 )
 from .decoding import as_image_list
 from .exceptions import InvalidDatasetError, InvalidImageError
@@ -46,6 +47,8 @@ NO_TUMOR = "notumor"
 ANY_TUMOR = -1
 #: The class name ``TumorClassifier.fit`` reads as :data:`ANY_TUMOR` ("a tumour, type unknown").
 ANY_TUMOR_NAME = "tumor_type_unknown"
+#: How :func:`load_mri_dataset` can carve a validation split: per image, or by near-duplicate group.
+VALIDATION_BY = ("file", "group")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 _SPLIT_ALIASES = {
@@ -246,6 +249,7 @@ def load_mri_dataset(
     seed: int = 42,
     drop_test_duplicates: bool = False,
     revision: str | None = None,
+    validation_by: str = "file",
 ) -> "DatasetDict":
     """Loads brain MRI slices as a ``DatasetDict`` with train, validation and test splits.
 
@@ -265,6 +269,10 @@ def load_mri_dataset(
         drop_test_duplicates: Drop test images that have a near duplicate (pHash distance
             at most :data:`NEAR_DUPLICATE_DISTANCE`) in train or validation.
         revision: Hub revision, for Hub data sets.
+        validation_by: How a carved validation split is drawn: ``"file"`` (stratified per
+            image, the default and what the shipped models were validated on) or
+            ``"group"`` (whole groups of near duplicates, stratified by class, so that no
+            copy of a validation image is trained; it hashes every training image).
 
     Returns:
         ``DatasetDict`` with ``train``, ``validation`` and ``test``; columns ``image``
@@ -281,6 +289,8 @@ def load_mri_dataset(
     """
     from datasets import DatasetDict
 
+    if validation_by not in VALIDATION_BY:
+        raise InvalidDatasetError(f"validation_by must be one of {', '.join(VALIDATION_BY)}; got {validation_by!r}.")
     if not str(source).strip():  # Path("") is the working directory, which is not what was meant
         raise InvalidDatasetError("The data source is empty; pass a folder in the Kaggle layout, an image folder or a Hub data set id.")
     path = Path(source)
@@ -299,7 +309,8 @@ def load_mri_dataset(
     if "test" not in splits:
         train, splits["test"] = _carve(train, test_size, seed, "test")
     if "validation" not in splits:
-        train, splits["validation"] = _carve(train, validation_size, seed, "validation")
+        carve = _carve_groups if validation_by == "group" else _carve
+        train, splits["validation"] = carve(train, validation_size, seed, "validation")
     splits["train"] = train
     data = DatasetDict({name: splits[name] for name in ("train", "validation", "test")})
     if drop_test_duplicates:
@@ -314,6 +325,13 @@ def load_mri_dataset(
 def _carve(split: "Dataset", fraction: float, seed: int, name: str) -> tuple["Dataset", "Dataset"]:
     """Splits off a stratified, seeded part with at least one image of each class."""
     kept, carved = carve_indices(split["label"], fraction, seed, name)
+    return split.select(kept), split.select(carved)
+
+
+def _carve_groups(split: "Dataset", fraction: float, seed: int, name: str) -> tuple["Dataset", "Dataset"]:
+    """Splits off a part made of whole near-duplicate groups, stratified by class."""
+    groups = near_duplicate_groups([fingerprint(source).phash for source in image_sources(split)])
+    kept, carved = stratified_group_split(split["label"], groups, fraction, seed)
     return split.select(kept), split.select(carved)
 
 

@@ -224,3 +224,31 @@ def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     taken = min(max(int(np.searchsorted(np.cumsum(sizes), fraction * len(groups))) + 1, 1), len(order) - 1)
     second = np.isin(groups, order[:taken])
     return np.flatnonzero(~second), np.flatnonzero(second)
+
+
+def stratified_group_split(labels: Sequence[int], groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_split` within each label: whole groups, about ``fraction`` of each label's images.
+
+    A group whose images carry several labels (a slice filed under two classes) counts
+    for the label of its first image and moves whole.
+
+    Raises:
+        InvalidDatasetError: ``fraction`` outside (0, 1), or a label with fewer than two
+            groups (it could not be on both sides).
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    first_label = {}
+    for label, group in zip(labels.tolist(), groups.tolist()):
+        first_label.setdefault(group, label)
+    owner = np.array([first_label[g] for g in groups.tolist()])
+    second = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(owner):
+        members = np.flatnonzero(owner == label)
+        if len(np.unique(groups[members])) < 2:
+            raise InvalidDatasetError(
+                f"Class {label} has a single group of near-duplicate images, so it cannot lie on both sides of a "
+                "split by group; add images of it, or carve the validation split per file."
+            )
+        _, carved = group_split(groups[members], fraction, seed)
+        second[members[carved]] = True
+    return np.flatnonzero(~second), np.flatnonzero(second)

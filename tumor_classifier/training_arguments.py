@@ -33,6 +33,12 @@ class DataArguments:
                                                    "also be named tumor, tumour or yes (and healthy, normal or no)."})
     validation_size: float = field(default=0.1, metadata={"help": "Fraction of train carved out (stratified) as validation."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the train / validation carving."})
+    validation_by: str = field(
+        default="file",
+        metadata={"help": "Carve validation per image ('file', the default) or by whole groups of near duplicates, stratified "
+                          "by class ('group': no copy of a validation image is trained; hashes every training image).",
+                  "choices": ["file", "group"]},
+    )
     crop_to_head: bool = field(default=True, metadata={"help": "Crop each image to the head's bounding box."})
     skull_strip: bool = field(default=False, metadata={"help": "Apply the skull-stripping heuristic (see preprocessing.strip_skull)."})
     pixel_cache_dir: str | None = field(default=str(DEFAULT_CACHE), metadata={"help": "Cache of prepared images; empty to disable."})

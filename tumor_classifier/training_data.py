@@ -52,7 +52,8 @@ def load_splits(data_args: DataArguments, preprocessor: MRIPreprocessor, trainin
         logger.info("The Hub data set %s is in the Kaggle layout: its split folders are read from %s.", data_args.data_dir, kaggle_folder)
         data_args = replace(data_args, data_dir=str(kaggle_folder))
     data = load_mri_dataset(
-        data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed
+        data_args.data_dir, binary=data_args.binary, validation_size=data_args.validation_size, seed=data_args.split_seed,
+        validation_by=data_args.validation_by,
     )
     if data_args.label_audit:
         entries = read_label_audit(data_args.label_audit)
