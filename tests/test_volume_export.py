@@ -131,6 +131,14 @@ def test_train_hf_trains_the_exported_slices_as_notumor(tmp_path, data_dir, nift
     assert training["train_images"] == plain.metrics["training"]["train_images"] + len(written)
     assert training["no_tumour_sources"] == [str(tmp_path / "healthy")]
     assert "no_tumour_images" not in plain.metrics["training"]
+    # Through a pixel pack (as on a lent GPU): the slices travel in it and train as notumor.
+    pack = tmp_path / "pack.npz"
+    train_hf.main(common + ["--no_tumour_dirs", str(tmp_path / "healthy"), "--output_dir", str(tmp_path / "unused"),
+                            "--write_pixel_pack", str(pack)])
+    packed = train_hf.main(common + ["--pixel_pack", str(pack), "--output_dir", str(tmp_path / "from-pack")])
+    assert packed.metrics["training"]["no_tumour_images"] == len(written)
+    assert packed.metrics["training"]["train_images"] == training["train_images"]
+    assert "no_tumour_sources" not in packed.metrics["training"]
     with pytest.raises(InvalidDatasetError, match="no-tumour image folder"):
         train_hf.main(common + ["--no_tumour_dirs", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()

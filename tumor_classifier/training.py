@@ -186,6 +186,17 @@ def _checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
     return str(value)
 
 
+def _no_tumour_record(arrays: dict[str, Any], data_args: DataArguments) -> dict[str, Any]:
+    """How many no-tumour images trained, and from which folders (a pixel pack carries the
+    images but not where they came from)."""
+    if "train_no_tumour" not in arrays:
+        return {}
+    record: dict[str, Any] = {"no_tumour_images": int(len(arrays["train_no_tumour"][1]))}
+    if data_args.no_tumour_dirs:
+        record["no_tumour_sources"] = list(data_args.no_tumour_dirs)
+    return record
+
+
 def run_training(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> TrainingResult:
     """Loads the data, trains, calibrates, evaluates and writes the model folder.
 
@@ -325,8 +336,7 @@ def run_training(data_args: DataArguments, model_args: ModelArguments, training_
             "device": str(training_args.device),
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "train_images": len(train_set),
-            **({"no_tumour_images": int(len(arrays["train_no_tumour"][1])), "no_tumour_sources": list(data_args.no_tumour_dirs)}
-               if "train_no_tumour" in arrays else {}),
+            **_no_tumour_record(arrays, data_args),
             "world_size": int(training_args.world_size),
             "hyperparameter_search": best,
             "data": str(data_args.pixel_pack or data_args.data_dir),
