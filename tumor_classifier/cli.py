@@ -402,8 +402,9 @@ def _data_report(args: argparse.Namespace) -> int:
 def _export_slices(args: argparse.Namespace) -> int:
     from .volume_export import export_slices
 
-    written = export_slices(args.volume, args.out, planes=args.planes, step=args.step, min_head_fraction=args.min_head_fraction,
-                            series_uid=args.series_uid, time_point=args.time_point)
+    fraction = {} if args.min_head_fraction is None else {"min_head_fraction": args.min_head_fraction}
+    written = export_slices(args.volume, args.out, planes=args.planes, step=args.step, series_uid=args.series_uid,
+                            time_point=args.time_point, **fraction)
     counts = {plane: sum(path.stem.split("_")[-2] == plane for path in written) for plane in args.planes}
     print(f"{len(written)} slices written to {args.out} ({', '.join(f'{n} {plane}' for plane, n in counts.items())}).")
     return 0
@@ -504,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     slices.add_argument("--out", required=True, help="Folder to write <volume>_<plane>_<slice>.png into.")
     slices.add_argument("--planes", nargs="+", choices=["axial", "coronal", "sagittal"], default=["axial", "coronal", "sagittal"])
     slices.add_argument("--step", type=int, default=1, help="Write every STEP-th head slice (default 1: all).")
-    slices.add_argument("--min-head-fraction", type=float, default=0.5,
-                        help="Share of the fullest slice's head area a slice needs to be written (default 0.5).")
+    slices.add_argument("--min-head-fraction", type=float,
+                        help="Share of the fullest slice's head area a slice needs to be written (default: half).")
     slices.add_argument("--series-uid", help="DICOM folders holding several series: the SeriesInstanceUID to read.")
     slices.add_argument("--time-point", type=int, help="4-D volumes: the time point (or channel) to read, 0-based.")
     slices.set_defaults(handler=_export_slices)
