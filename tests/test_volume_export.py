@@ -102,6 +102,10 @@ def test_the_command_reports_what_it_wrote(nifti, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == (
         f"{len(written)} slices written to {tmp_path / 'out'} ({axial} axial, {len(written) - axial} coronal)."
     )
+    assert main(["export-slices", str(nifti), "--out", str(tmp_path / "full"), "--planes", "axial", "coronal", "--step", "3",
+                 "--min-head-fraction", "0.95"]) == 0
+    assert 0 < len(list((tmp_path / "full").glob("*.png"))) < len(written)
+    capsys.readouterr()
     assert main(["export-slices", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "other")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
