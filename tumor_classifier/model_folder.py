@@ -18,7 +18,8 @@ into a model: checks, then transformers (safetensors only, float32), then a chec
 no loaded weight is NaN or infinite.
 
 This module imports nothing of ours but the exceptions, so the preprocessing, the
-ensemble and the estimator can all use it.
+ensemble and the estimator can all use it; torch and transformers only when a model is
+loaded, so a folder check (:func:`check_writable_folder`) costs no torch import.
 
 Example:
     >>> check_model_folder("runs/seed0")                          # doctest: +SKIP
@@ -34,11 +35,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .exceptions import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The file that makes a folder an ensemble (see :mod:`tumor_classifier.ensemble`).
 ENSEMBLE_CONFIG_NAME = "ensemble.json"
@@ -453,6 +455,7 @@ def load_image_classifier(path: str | os.PathLike) -> torch.nn.Module:
             build the config or the model from it, the config describes weights the file
             does not hold (another architecture or size), or a weight is NaN or infinite.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForImageClassification
 
     from . import efficientnet  # noqa: F401 - registers EfficientNet-Lite with these Auto classes
