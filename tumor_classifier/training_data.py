@@ -125,17 +125,12 @@ def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor,
     """The tumour-only images (label ANY_TUMOR), split train / validation by near-duplicate
     group: a slice re-saved at several sizes lies wholly on one side, so validation
     sensitivity is not inflated by copies of training images."""
-    from datasets import Dataset
-    from datasets import Image as ImageFeature
-
     paths = load_tumour_only_images(data_args.tumour_only_dirs)
     groups = near_duplicate_groups([fingerprint(path).phash for path in paths])
     parts = group_split(groups, data_args.tumour_only_validation_size, data_args.split_seed)
     arrays = {}
     for name, indices in zip(("train_tumour_only", "validation_tumour_only"), parts):
-        chosen = [paths[i] for i in indices]
-        split = Dataset.from_dict({"image": chosen, "path": chosen, "label": [ANY_TUMOR] * len(chosen)})
-        arrays[name] = prepare_pixels(split.cast_column("image", ImageFeature()), preprocessor, cache)
+        arrays[name] = _one_label_pixels([paths[i] for i in indices], ANY_TUMOR, preprocessor, cache)
     logger.info("tumour-only images: %d in %d near-duplicate groups; %d train, %d validation",
                 len(paths), groups.max() + 1, len(parts[0]), len(parts[1]))
     return arrays
@@ -143,17 +138,21 @@ def _tumour_only_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor,
 
 def _no_tumour_arrays(data_args: DataArguments, preprocessor: MRIPreprocessor, cache: str | None,
                       class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The no-tumour images, all for training with the ``notumor`` label. None is held out:
+    """The no-tumour images, all for training with the ``notumor`` label (every run's class
+    names have it: folders and Hub labels are mapped to the package's names). None is held out:
     slices of one healthy volume are near copies of their neighbours, so a fair check of
     what they teach is another volume (the README's volume verdicts)."""
+    paths = load_no_tumour_images(data_args.no_tumour_dirs)
+    logger.info("no-tumour images: %d trained as %s", len(paths), NO_TUMOR)
+    return _one_label_pixels(paths, list(class_names).index(NO_TUMOR), preprocessor, cache)
+
+
+def _one_label_pixels(paths: list[str], label: int, preprocessor: MRIPreprocessor, cache: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Prepared pixels and labels of image files that all carry one label."""
     from datasets import Dataset
     from datasets import Image as ImageFeature
 
-    if NO_TUMOR not in class_names:
-        raise InvalidArgumentError(f"--no_tumour_dirs labels its images '{NO_TUMOR}', which is not a class of this run ({', '.join(class_names)}).")
-    paths = load_no_tumour_images(data_args.no_tumour_dirs)
-    split = Dataset.from_dict({"image": paths, "path": paths, "label": [list(class_names).index(NO_TUMOR)] * len(paths)})
-    logger.info("no-tumour images: %d trained as %s", len(paths), NO_TUMOR)
+    split = Dataset.from_dict({"image": paths, "path": paths, "label": [label] * len(paths)})
     return prepare_pixels(split.cast_column("image", ImageFeature()), preprocessor, cache)
 
 
