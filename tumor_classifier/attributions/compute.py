@@ -333,9 +333,9 @@ def compute_attributions(
             below is no evidence: 50, the head's median, shows what stands out from the
             head's usual level (the maximum does not move; see :func:`default_method`).
         smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none;
-            at most the input's side; ``None``: :data:`SMOOTHING_FRACTION` of the input's side, 10 px at the shipped
-            model's 160; for ``smoothcam_contrast``, whose stages are each shown so,
-            :data:`SMOOTHCAM_SMOOTHING_FRACTION`, 15 px). Chosen on the tumour boxes: see
+            at most the input's side; ``None``: :data:`SMOOTHING_FRACTION` of the input's
+            side, 10 px at the shipped model's 160; for ``smoothcam_contrast``, whose
+            stages are each shown so, :data:`SMOOTHCAM_SMOOTHING_FRACTION`, 15 px). Chosen on the tumour boxes: see
             :func:`default_method`.
         seed: SmoothGrad and ``smoothcam_contrast``: seed of the noise (maps are repeatable).
         versus: A class index to explain against (every method): the map of class ``c``
