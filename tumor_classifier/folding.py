@@ -26,9 +26,9 @@ _folded: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Modul
 _optimiser_steps = [0]
 
 
-#: The hooks a module keeps (the ones ``folded_copy`` clears in its copy): any of them makes
-#: the model run itself.
-_HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+#: The hooks a module keeps: ``folded_copy`` clears each kind in its copy, and any of them
+#: on the model makes it run itself.
+HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _count_step(*_: object) -> None:
@@ -50,7 +50,7 @@ def _state(model: torch.nn.Module) -> tuple | None:
     """
     state: list = [_optimiser_steps[0]]
     for module in model.modules():
-        if module.training or any(getattr(module, kind) for kind in _HOOK_KINDS):
+        if module.training or any(getattr(module, kind) for kind in HOOK_KINDS):
             return None
         for tensor in chain(module._parameters.values(), module._buffers.values()):
             if tensor is None:
