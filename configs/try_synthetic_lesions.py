@@ -12,9 +12,10 @@ A lesion is a blob of radius 4-16 % of the image side with an irregular border (
 ellipse perturbed by smooth noise) and a soft edge, at a random place inside the head. It
 is one of: a bright homogeneous mass, a dark core with a bright rim (ring enhancement), a
 dark mass; its grey level is set relative to the head's median, with a smooth texture, and
-blended with the tissue; a draw that changes the grey levels inside it by less than 0.2
-on average is drawn again (4 tries, then the image stays notumor). The batch augmenter's intensity randomisation (inversion, curves,
-GIN) runs after it, so the lesion's contrast polarity varies further.
+blended with the tissue. A draw that changes the grey levels inside it by less than 0.2 on
+average is drawn again (4 tries, then the image stays notumor). The batch augmenter's
+intensity randomisation (inversion, curves, GIN) runs after it, so the lesion's contrast
+polarity varies further.
 
 Usage (a train_hf.py JSON config with its flags, and P):
     python configs/try_synthetic_lesions.py CONFIG.json 0.5 [--output_dir runs/synthetic-lesions ...]
