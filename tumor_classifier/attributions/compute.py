@@ -335,8 +335,8 @@ def compute_attributions(
         smoothing_sigma: SmoothGrad display: Gaussian blur in pixels of the input (0: none;
             at most the input's side; ``None``: :data:`SMOOTHING_FRACTION` of the input's
             side, 10 px at the shipped model's 160; for ``smoothcam_contrast``, whose
-            stages are each shown so, :data:`SMOOTHCAM_SMOOTHING_FRACTION`, 15 px). Chosen on the tumour boxes: see
-            :func:`default_method`.
+            stages are each shown so, :data:`SMOOTHCAM_SMOOTHING_FRACTION`, 15 px). Chosen
+            on the tumour boxes: see :func:`default_method`.
         seed: SmoothGrad and ``smoothcam_contrast``: seed of the noise (maps are repeatable).
         versus: A class index to explain against (every method): the map of class ``c``
             then shows the evidence for ``logit_c - logit_versus``, what makes the image
