@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_hf  # noqa: E402
-from tumor_classifier import mri_trainer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_experiments import train_with_batch_change  # noqa: E402
 
 AREA = (0.04, 0.12)
 NOTUMOR = 2  # the index of notumor among glioma, meningioma, notumor, pituitary
@@ -49,15 +48,10 @@ def paste_healthy_patches(pixels: torch.Tensor, labels: torch.Tensor, probabilit
 def main() -> None:
     config, probability = sys.argv[1], float(sys.argv[2])
     generator = torch.Generator().manual_seed(0)
-    prepare = mri_trainer.MRITrainer._prepare_inputs
-
-    def with_patches(self, inputs):
-        if self.model.training and "pixels" in inputs and "labels" in inputs:
-            inputs = dict(inputs, pixels=paste_healthy_patches(inputs["pixels"], inputs["labels"], probability, generator))
-        return prepare(self, inputs)
-
-    mri_trainer.MRITrainer._prepare_inputs = with_patches
-    train_hf.main([config] + sys.argv[3:])
+    train_with_batch_change(
+        lambda pixels, labels: (paste_healthy_patches(pixels, labels, probability, generator), labels),
+        [config] + sys.argv[3:],
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_hf  # noqa: E402
-from tumor_classifier import mri_trainer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_experiments import train_with_batch_change  # noqa: E402
 from tumor_classifier.augmentation import head_mask  # noqa: E402
 from tumor_classifier.data import ANY_TUMOR, CLASS_NAMES, NO_TUMOR  # noqa: E402
 
@@ -106,16 +105,10 @@ def add_synthetic_lesions(pixels: torch.Tensor, labels: torch.Tensor, probabilit
 def main() -> None:
     config, probability = sys.argv[1], float(sys.argv[2])
     generator = torch.Generator().manual_seed(0)
-    prepare = mri_trainer.MRITrainer._prepare_inputs
-
-    def with_lesions(self, inputs):
-        if self.model.training and "pixels" in inputs and "labels" in inputs:
-            pixels, labels = add_synthetic_lesions(inputs["pixels"], inputs["labels"], probability, generator)
-            inputs = dict(inputs, pixels=pixels, labels=labels)
-        return prepare(self, inputs)
-
-    mri_trainer.MRITrainer._prepare_inputs = with_lesions
-    train_hf.main([config] + sys.argv[3:])
+    train_with_batch_change(
+        lambda pixels, labels: add_synthetic_lesions(pixels, labels, probability, generator),
+        [config] + sys.argv[3:],
+    )
 
 
 if __name__ == "__main__":
