@@ -17,9 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_experiments import train_with_batch_change  # noqa: E402
+from tumor_classifier.data import CLASS_NAMES, NO_TUMOR  # noqa: E402
 
 AREA = (0.04, 0.12)
-NOTUMOR = 2  # the index of notumor among glioma, meningioma, notumor, pituitary
+NOTUMOR = CLASS_NAMES.index(NO_TUMOR)
 
 
 def paste_healthy_patches(pixels: torch.Tensor, labels: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:

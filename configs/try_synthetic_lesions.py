@@ -45,15 +45,21 @@ def _smooth_noise(height: int, width: int, cells: int, generator: torch.Generato
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)[0, 0].clamp(-1.5, 1.5)
 
 
-def lesion(image: torch.Tensor, head: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
-    """``image`` (H, W) float in [0, 1] with one synthetic lesion in ``head`` (bool (H, W)); None if no room."""
+def lesion_sites(head: torch.Tensor) -> torch.Tensor:
+    """Positions (k, 2) where a lesion may be centred: the head (bool (H, W)) eroded by 8 % of the side."""
+    margin = int(0.08 * min(head.shape))
+    inner = -F.max_pool2d(-head[None, None].float(), 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0.5
+    return torch.nonzero(inner)
+
+
+def lesion(image: torch.Tensor, head: torch.Tensor, sites: torch.Tensor, tissue: float,
+           generator: torch.Generator) -> torch.Tensor | None:
+    """``image`` (H, W) float in [0, 1] with one synthetic lesion centred on one of ``sites``
+    (:func:`lesion_sites` of ``head``, bool (H, W)), its grey level set from ``tissue``, the
+    head's median; None if the lesion would hardly show."""
     height, width = image.shape
     side = min(height, width)
-    inner = -F.max_pool2d(-head[None, None].float(), 2 * int(0.08 * side) + 1, stride=1, padding=int(0.08 * side))[0, 0] > 0.5
-    places = torch.nonzero(inner)
-    if len(places) < 10:
-        return None
-    cy, cx = places[int(torch.randint(len(places), (), generator=generator))].tolist()
+    cy, cx = sites[int(torch.randint(len(sites), (), generator=generator))].tolist()
     radius = side * (RADIUS[0] + (RADIUS[1] - RADIUS[0]) * float(torch.rand((), generator=generator)))
     aspect = float(torch.exp((torch.rand((), generator=generator) - 0.5) * 0.8))
     angle = float(torch.rand((), generator=generator)) * math.pi
@@ -63,14 +69,14 @@ def lesion(image: torch.Tensor, head: torch.Tensor, generator: torch.Generator) 
     v = (-xs * math.sin(angle) + ys * math.cos(angle)) / (radius / aspect)
     distance = torch.sqrt(u * u + v * v) + 0.35 * _smooth_noise(height, width, 6, generator)
     softness = 0.05 + 0.15 * float(torch.rand((), generator=generator))
-    mask = torch.sigmoid((1 - distance) / softness) * head.float()
-    tissue = float(image[head].median())
+    blob = torch.sigmoid((1 - distance) / softness)
+    mask = blob * head.float()
     texture = 1 + 0.15 * _smooth_noise(height, width, 12, generator)
     kind = int(torch.randint(3, (), generator=generator))
     if kind == 0:  # bright homogeneous mass
         level = tissue * (1.6 + 0.6 * float(torch.rand((), generator=generator))) * texture
     elif kind == 1:  # dark (necrotic) core, bright rim
-        rim = torch.sigmoid((1 - distance) / softness) - torch.sigmoid((0.7 - distance) / softness)
+        rim = blob - torch.sigmoid((0.7 - distance) / softness)
         level = tissue * (0.35 + 0.3 * float(torch.rand((), generator=generator))) * texture
         level = level + rim.clamp(min=0) * tissue * (1.0 + 0.6 * float(torch.rand((), generator=generator)))
     else:  # dark mass
@@ -92,8 +98,12 @@ def add_synthetic_lesions(pixels: torch.Tensor, labels: torch.Tensor, probabilit
     images = pixels[chosen].float() / 255
     heads = head_mask(images[:, None])[:, 0]
     for row, image, head in zip(chosen, images, heads):
+        sites = lesion_sites(head)
+        if len(sites) < 10:  # no room for a lesion: the image stays notumor
+            continue
+        tissue = float(image[head].median())
         for _ in range(TRIES):
-            changed = lesion(image, head, generator)
+            changed = lesion(image, head, sites, tissue, generator)
             if changed is not None:
                 break
         if changed is not None:
