@@ -10,7 +10,13 @@ first ``--limit`` per class):
 * cost: median ms of ``explain`` per image against ``predict`` on the same image;
 * model randomisation (Adebayo et al. 2018): the same method on a copy of the model with
   re-initialised weights; Spearman correlation of the two maps inside the head (low is
-  good: the map depends on what the model learned) and the random model's pointing game.
+  good: the map depends on what the model learned) and the random model's pointing game;
+* does the model use the tumour at all (no map needed; ``--skip-occlusion`` leaves it
+  out): the fall of the class's log-odds, against no tumour and against the other tumour
+  types, when the box is filled with the head's median grey, beside the fall when
+  same-size squares elsewhere in the head are (``tumor_classifier.box_occlusion``). A
+  model whose evidence falls no more for the box than for the controls does not decide by
+  the tumour, and no attribution method can then point at it.
 
 Maps are those of the box's class (the tumour), which for a correctly classified slice is
 the map ``explain`` shows; the accuracy column says how often that is the case. The
@@ -18,6 +24,7 @@ head-centre pointing game and the box's share of the head are model-free baselin
 
     python benchmarks/localisation.py [--model ID_OR_DIR] [--data ../shared/data/tumour-boxes]
         [--methods auto gradcam integrated_gradients ...] [--limit N] [--threads 2] [--json OUT]
+        [--skip-randomisation] [--skip-occlusion]
 
 ``--methods`` defaults to ``auto`` (the model's default heatmap, named in the tables as the
 method it resolves to) and ``gradcam``.
@@ -39,6 +46,7 @@ import torch
 
 from tumor_classifier import TumorClassifier
 from tumor_classifier.attributions import METHODS
+from tumor_classifier.box_occlusion import OcclusionScore, classifier_occlusion_score, summarise_occlusion
 from tumor_classifier.localisation import POINTING_TOLERANCE_PX, Box, read_boxes
 from tumor_classifier.localisation_runs import ImageScore, as_records, randomised_copy, score_image, summarise
 
@@ -69,6 +77,38 @@ def run_method(clf, randomised, data: Path, boxes: list[Box], method: str, toler
         if index % 10 == 0 or index == len(boxes):
             print(f"  {method}: {index}/{len(boxes)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return scores
+
+
+def run_occlusion(clf, data: Path, boxes: list[Box], seed: int) -> list[OcclusionScore]:
+    """The box-occlusion check on every box (one batch of ``predict_proba`` per image)."""
+    scores = []
+    start = time.perf_counter()
+    for index, box in enumerate(boxes, start=1):
+        scores.append(classifier_occlusion_score(clf, data / box.file, box, seed=seed))
+        if index % 50 == 0 or index == len(boxes):
+            print(f"  box occlusion: {index}/{len(boxes)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return scores
+
+
+def format_occlusion(summary: dict[str, dict[str, float]]) -> str:
+    """Markdown table of :func:`summarise_occlusion`'s figures."""
+    lines = [
+        "Does the model use the tumour? Log-odds of the box's class (medians), as it is and their fall with the box "
+        "or a same-size control square elsewhere in the head filled with the head's median grey:",
+        "",
+        "| class | n | vs no tumour | fall, box hidden | fall, control hidden | box falls more % | "
+        "vs other types | fall, box hidden | fall, control hidden | box falls more % | label changes, box hidden % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, f in summary.items():
+        lines.append(
+            f"| {key} | {int(f['n'])} | {_num(f['tumour_evidence'])} | {_num(f['tumour_drop_box'])} | "
+            f"{_num(f['tumour_drop_control'])} | {_pct(f['tumour_box_beats_control'])} | {_num(f['type_evidence'])} | "
+            f"{_num(f['type_drop_box'])} | {_num(f['type_drop_control'])} | {_pct(f['type_box_beats_control'])} | "
+            f"{_pct(f['label_changed_box_hidden'])} |"
+        )
+    lines += ["", "(about 50 % \"box falls more\": the tumour matters no more than any other place in the head)"]
+    return "\n".join(lines)
 
 
 def _pct(value: float) -> str:
@@ -119,7 +159,7 @@ def format_tables(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(score: ImageScore) -> dict:
+def _jsonable(score: ImageScore | OcclusionScore) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(score).items()}
 
 
@@ -132,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="Images per class (first in file order; default all).")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     parser.add_argument("--tolerance", type=int, default=POINTING_TOLERANCE_PX, help="Pointing-game tolerance, px.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the randomised model's weights.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the randomised model's weights and of the occlusion control squares.")
     parser.add_argument("--skip-randomisation", action="store_true", help="Skip the model-randomisation check.")
+    parser.add_argument("--skip-occlusion", action="store_true", help="Skip the box-occlusion check (does the model use the tumour?).")
     parser.add_argument("--json", default=None, help="Write figures and per-image scores to this JSON file.")
     parser.add_argument("--n-samples", type=int, default=None, help="SmoothGrad's noisy copies (default: explain's).")
     parser.add_argument("--floor-percentile", type=float, default=None,
@@ -159,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         summaries[method] = summarise(scores)
         per_image[method] = [_jsonable(s) for s in scores]
     print(format_tables(summaries))
+    occlusion = None
+    if not args.skip_occlusion:
+        occlusion = run_occlusion(clf, data, boxes, args.seed)
+        print()
+        print(format_occlusion(summarise_occlusion(occlusion)))
 
     if args.json:
         report = {
@@ -171,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             "randomisation_seed": None if args.skip_randomisation else args.seed,
             "summary": {method: as_records(summary) for method, summary in summaries.items()},
             "images": per_image,
+            "occlusion": None if occlusion is None else {
+                "summary": as_records(summarise_occlusion(occlusion)),
+                "images": [_jsonable(s) for s in occlusion],
+            },
         }
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -335,9 +335,14 @@ def test_benchmark_script_end_to_end(fitted_classifier, slices, tmp_path):
     assert summary["mean"]["n"] == 2
     assert 0.0 <= summary["mean"]["pointing_game"] <= 1.0
     assert len(report["images"]["gradcam"]) == 2
+    # The box-occlusion check ran once, for the model, on both images.
+    assert list(report["occlusion"]["summary"]) == ["glioma", "pituitary", "all"]
+    assert report["occlusion"]["summary"]["all"]["n"] == 2
+    assert [image["file"] for image in report["occlusion"]["images"]] == [f"{p.parent.name}/{p.name}" for p in slices]
     # Without --methods: the model's own default (auto, named as what it resolves to) and Grad-CAM, each once.
     assert module.main(["--model", str(model), "--data", str(data), "--limit", "1", "--threads", "1",
-                        "--skip-randomisation", "--json", str(out)]) == 0
+                        "--skip-randomisation", "--skip-occlusion", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["occlusion"] is None
     assert list(json.loads(out.read_text())["summary"]) == list(dict.fromkeys([fitted_classifier.attribution_method_, "gradcam"]))
 
 
