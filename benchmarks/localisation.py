@@ -16,7 +16,11 @@ first ``--limit`` per class):
   types, when the box is filled with the head's median grey, beside the fall when
   same-size squares elsewhere in the head are (``tumor_classifier.box_occlusion``). A
   model whose evidence falls no more for the box than for the controls does not decide by
-  the tumour, and no attribution method can then point at it.
+  the tumour, and no attribution method can then point at it. ``--peer`` runs the same
+  check on the PyPI peer ``detect-tumor`` in the same run (it has no heatmaps to score).
+  ``--near-duplicates-of FOLDER`` (e.g. the Kaggle Training split) repeats its table for the
+  slices with no near duplicate there (pHash distance above 4), to tell a model that
+  remembers a slice from one that does not use the tumour.
 
 Maps are those of the box's class (the tumour), which for a correctly classified slice is
 the map ``explain`` shows; the accuracy column says how often that is the case. The
@@ -24,7 +28,7 @@ head-centre pointing game and the box's share of the head are model-free baselin
 
     python benchmarks/localisation.py [--model ID_OR_DIR] [--data ../shared/data/tumour-boxes]
         [--methods auto gradcam integrated_gradients ...] [--limit N] [--threads 2] [--json OUT]
-        [--skip-randomisation] [--skip-occlusion]
+        [--skip-randomisation] [--skip-occlusion] [--peer] [--near-duplicates-of FOLDER]
 
 ``--methods`` defaults to ``auto`` (the model's default heatmap, named in the tables as the
 method it resolves to) and ``gradcam``.
@@ -39,16 +43,28 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from tumor_classifier import TumorClassifier
-from tumor_classifier.attributions import METHODS
-from tumor_classifier.box_occlusion import OcclusionScore, classifier_occlusion_score, summarise_occlusion
-from tumor_classifier.localisation import POINTING_TOLERANCE_PX, Box, read_boxes
-from tumor_classifier.localisation_runs import ImageScore, as_records, randomised_copy, score_image, summarise
+sys.path.insert(0, str(Path(__file__).parent))
+from peer import load_peer, peer_available  # noqa: E402
+
+from tumor_classifier import TumorClassifier, find_duplicates, load_image  # noqa: E402
+from tumor_classifier.attributions import METHODS  # noqa: E402
+from tumor_classifier.box_occlusion import (  # noqa: E402
+    OcclusionScore,
+    classifier_occlusion_score,
+    occlusion_score,
+    summarise_occlusion,
+)
+from tumor_classifier.data import IMAGE_SUFFIXES  # noqa: E402
+from tumor_classifier.localisation import POINTING_TOLERANCE_PX, Box, read_boxes  # noqa: E402
+from tumor_classifier.localisation_runs import ImageScore, as_records, randomised_copy, score_image, summarise  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tumour-boxes"
 
@@ -90,10 +106,44 @@ def run_occlusion(clf, data: Path, boxes: list[Box], seed: int) -> list[Occlusio
     return scores
 
 
-def format_occlusion(summary: dict[str, dict[str, float]]) -> str:
+def run_peer_occlusion(threads: int, data: Path, boxes: list[Box], seed: int) -> list[OcclusionScore]:
+    """The box-occlusion check on the peer: the same grey slices and hidden copies as
+    ours (the project's decoding), given to the peer as PNG files, since it reads paths."""
+    peer = load_peer(intra_op_threads=threads)
+    scores = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="localisation-peer-") as folder:
+
+        def predict_proba(images: list[np.ndarray]) -> np.ndarray:
+            paths = []
+            for index, image in enumerate(images):
+                paths.append(str(Path(folder) / f"{index}.png"))
+                Image.fromarray(image).save(paths[-1])
+            return peer.predict_proba_batched(paths)
+
+        for index, box in enumerate(boxes, start=1):
+            gray = np.asarray(load_image(data / box.file))
+            scores.append(occlusion_score(predict_proba, peer.classes, gray, box, seed=seed))
+            if index % 50 == 0 or index == len(boxes):
+                print(f"  peer box occlusion: {index}/{len(boxes)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return scores
+
+
+def without_near_duplicates(data: Path, boxes: list[Box], reference: Path) -> set[str]:
+    """Files of ``boxes`` with no near duplicate (pHash, the package's threshold) among the
+    images under ``reference``."""
+    references = sorted(p for p in reference.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not references:
+        raise SystemExit(f"--near-duplicates-of {reference}: no images there ({', '.join(IMAGE_SUFFIXES)}).")
+    print(f"  hashing {len(references)} reference images ...", file=sys.stderr, flush=True)
+    report = find_duplicates(references, [data / box.file for box in boxes])
+    return {boxes[i].file for i in report.clean_queries}
+
+
+def format_occlusion(summary: dict[str, dict[str, float]], model: str) -> str:
     """Markdown table of :func:`summarise_occlusion`'s figures."""
     lines = [
-        "Does the model use the tumour? Log-odds of the box's class (medians), as it is and their fall with the box "
+        f"Does {model} use the tumour? Log-odds of the box's class (medians), as it is and their fall with the box "
         "or a same-size control square elsewhere in the head filled with the head's median grey:",
         "",
         "| class | n | vs no tumour | fall, box hidden | fall, control hidden | box falls more % | "
@@ -175,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the randomised model's weights and of the occlusion control squares.")
     parser.add_argument("--skip-randomisation", action="store_true", help="Skip the model-randomisation check.")
     parser.add_argument("--skip-occlusion", action="store_true", help="Skip the box-occlusion check (does the model use the tumour?).")
+    parser.add_argument("--peer", action="store_true", help="Also run the box-occlusion check on the peer detect-tumor.")
+    parser.add_argument("--near-duplicates-of", default=None, metavar="FOLDER",
+                        help="Repeat the box-occlusion table for the slices with no near duplicate in FOLDER.")
     parser.add_argument("--json", default=None, help="Write figures and per-image scores to this JSON file.")
     parser.add_argument("--n-samples", type=int, default=None, help="SmoothGrad's noisy copies (default: explain's).")
     parser.add_argument("--floor-percentile", type=float, default=None,
@@ -183,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}.")
+    if args.peer and args.skip_occlusion:
+        parser.error("--peer runs the box-occlusion check on the peer; it cannot go with --skip-occlusion.")
+    if args.near_duplicates_of and (args.skip_occlusion or not Path(args.near_duplicates_of).is_dir()):
+        parser.error("--near-duplicates-of needs the box-occlusion check and an existing folder.")
+    if args.peer and not peer_available():
+        parser.error("--peer needs the peer: pip install detect-tumor")
 
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -204,7 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_occlusion:
         occlusion = run_occlusion(clf, data, boxes, args.seed)
         print()
-        print(format_occlusion(summarise_occlusion(occlusion)))
+        print(format_occlusion(summarise_occlusion(occlusion), "our model"))
+    clean = None
+    if args.near_duplicates_of:
+        clean = without_near_duplicates(data, boxes, Path(args.near_duplicates_of))
+        print()
+        print(f"The same for the {len(clean)} of {len(boxes)} slices with no near duplicate in {args.near_duplicates_of}:")
+        print()
+        kept = [s for s in occlusion if s.file in clean]
+        print(format_occlusion(summarise_occlusion(kept), "our model") if kept else "(none)")
+    peer_occlusion = None
+    if args.peer:
+        peer_occlusion = run_peer_occlusion(args.threads, data, boxes, args.seed)
+        print()
+        print(format_occlusion(summarise_occlusion(peer_occlusion), "the peer detect-tumor"))
 
     if args.json:
         report = {
@@ -220,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
             "occlusion": None if occlusion is None else {
                 "summary": as_records(summarise_occlusion(occlusion)),
                 "images": [_jsonable(s) for s in occlusion],
+            },
+            "without_near_duplicates": None if clean is None else {
+                "reference": args.near_duplicates_of,
+                "files": sorted(clean),
+                "occlusion": as_records(summarise_occlusion([s for s in occlusion if s.file in clean])) if clean else None,
+            },
+            "peer_occlusion": None if peer_occlusion is None else {
+                "summary": as_records(summarise_occlusion(peer_occlusion)),
+                "images": [_jsonable(s) for s in peer_occlusion],
             },
         }
         Path(args.json).write_text(json.dumps(report, indent=2))
