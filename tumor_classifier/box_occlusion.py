@@ -22,7 +22,8 @@ is checked on hand-made functions; :func:`classifier_occlusion_score` runs it wi
 :class:`~tumor_classifier.classifier.TumorClassifier`; :func:`summarise_occlusion` gives
 per-class figures. ``benchmarks/localisation.py`` prints them beside the heatmap scores.
 
-Only numpy and the project's own numpy modules are imported here.
+Only numpy and the project's own modules are imported here (the classifier only for
+annotations).
 
 Example:
     >>> score = classifier_occlusion_score(clf, "glioma/1850.jpg", box)   # doctest: +SKIP
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .data import NO_TUMOR
 from .exceptions import InvalidArgumentError
 from .localisation import Box, PixelBox, head_mask
 
@@ -59,8 +61,6 @@ __all__ = [
 CONTROL_SQUARES = 3
 #: A control square must lie at least this much inside the head mask.
 _CONTROL_HEAD_SHARE = 0.9
-#: The class whose probability tumour evidence is measured against.
-_NO_TUMOUR = "notumor"
 #: Probabilities are clipped here before the log, so a 0 gives a large finite number.
 _EPS = 1e-9
 
@@ -119,8 +119,8 @@ def _log_odds(probabilities: np.ndarray, classes: Sequence[str], target: str) ->
     """Tumour and type log-odds of ``target`` for each row of ``probabilities``."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0)
     c = classes.index(target)
-    others = [i for i, name in enumerate(classes) if name not in (target, _NO_TUMOUR)]
-    tumour = np.log(p[:, c]) - np.log(p[:, classes.index(_NO_TUMOUR)]) if _NO_TUMOUR in classes else np.full(len(p), np.nan)
+    others = [i for i, name in enumerate(classes) if name not in (target, NO_TUMOR)]
+    tumour = np.log(p[:, c]) - np.log(p[:, classes.index(NO_TUMOR)]) if NO_TUMOR in classes else np.full(len(p), np.nan)
     kind = np.log(p[:, c]) - np.log(p[:, others].sum(1)) if others else np.full(len(p), np.nan)
     return tumour, kind
 
