@@ -20,7 +20,8 @@ first ``--limit`` per class):
   check on the PyPI peer ``detect-tumor`` in the same run (it has no heatmaps to score).
   ``--near-duplicates-of FOLDER`` (e.g. the Kaggle Training split) repeats its table for the
   slices with no near duplicate there (pHash distance above 4), to tell a model that
-  remembers a slice from one that does not use the tumour.
+  remembers a slice from one that does not use the tumour. ``--occlusion-fill mirror``
+  hides with the other side of the head instead of flat grey (not for midline tumours).
 
 Maps are those of the box's class (the tumour), which for a correctly classified slice is
 the map ``explain`` shows; the accuracy column says how often that is the case. The
@@ -28,7 +29,8 @@ head-centre pointing game and the box's share of the head are model-free baselin
 
     python benchmarks/localisation.py [--model ID_OR_DIR] [--data ../shared/data/tumour-boxes]
         [--methods auto gradcam integrated_gradients ...] [--limit N] [--threads 2] [--json OUT]
-        [--skip-randomisation] [--skip-occlusion] [--peer] [--near-duplicates-of FOLDER]
+        [--skip-randomisation] [--skip-occlusion] [--occlusion-fill median|mirror] [--peer]
+        [--near-duplicates-of FOLDER]
 
 ``--methods`` defaults to ``auto`` (the model's default heatmap, named in the tables as the
 method it resolves to) and ``gradcam``.
@@ -57,6 +59,7 @@ from peer import load_peer, peer_available  # noqa: E402
 from tumor_classifier import TumorClassifier, find_duplicates, load_image  # noqa: E402
 from tumor_classifier.attributions import METHODS  # noqa: E402
 from tumor_classifier.box_occlusion import (  # noqa: E402
+    FILLS,
     OcclusionScore,
     classifier_occlusion_score,
     occlusion_score,
@@ -95,18 +98,18 @@ def run_method(clf, randomised, data: Path, boxes: list[Box], method: str, toler
     return scores
 
 
-def run_occlusion(clf, data: Path, boxes: list[Box], seed: int) -> list[OcclusionScore]:
+def run_occlusion(clf, data: Path, boxes: list[Box], seed: int, fill: str) -> list[OcclusionScore]:
     """The box-occlusion check on every box (one batch of ``predict_proba`` per image)."""
     scores = []
     start = time.perf_counter()
     for index, box in enumerate(boxes, start=1):
-        scores.append(classifier_occlusion_score(clf, data / box.file, box, seed=seed))
+        scores.append(classifier_occlusion_score(clf, data / box.file, box, seed=seed, fill=fill))
         if index % 50 == 0 or index == len(boxes):
             print(f"  box occlusion: {index}/{len(boxes)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return scores
 
 
-def run_peer_occlusion(threads: int, data: Path, boxes: list[Box], seed: int) -> list[OcclusionScore]:
+def run_peer_occlusion(threads: int, data: Path, boxes: list[Box], seed: int, fill: str) -> list[OcclusionScore]:
     """The box-occlusion check on the peer: the same grey slices and hidden copies as
     ours (the project's decoding), given to the peer as PNG files, since it reads paths."""
     peer = load_peer(intra_op_threads=threads)
@@ -123,7 +126,7 @@ def run_peer_occlusion(threads: int, data: Path, boxes: list[Box], seed: int) ->
 
         for index, box in enumerate(boxes, start=1):
             gray = np.asarray(load_image(data / box.file))
-            scores.append(occlusion_score(predict_proba, peer.classes, gray, box, seed=seed))
+            scores.append(occlusion_score(predict_proba, peer.classes, gray, box, seed=seed, fill=fill))
             if index % 50 == 0 or index == len(boxes):
                 print(f"  peer box occlusion: {index}/{len(boxes)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return scores
@@ -140,11 +143,12 @@ def without_near_duplicates(data: Path, boxes: list[Box], reference: Path) -> se
     return {boxes[i].file for i in report.clean_queries}
 
 
-def format_occlusion(summary: dict[str, dict[str, float]], model: str) -> str:
+def format_occlusion(summary: dict[str, dict[str, float]], model: str, fill: str) -> str:
     """Markdown table of :func:`summarise_occlusion`'s figures."""
+    filled = "the head's median grey" if fill == "median" else "the other side of the head, mirrored"
     lines = [
         f"Does {model} use the tumour? Log-odds of the box's class (medians), as it is and their fall with the box "
-        "or a same-size control square elsewhere in the head filled with the head's median grey:",
+        f"or a same-size control square elsewhere in the head filled with {filled}:",
         "",
         "| class | n | vs no tumour | fall, box hidden | fall, control hidden | box falls more % | "
         "vs other types | fall, box hidden | fall, control hidden | box falls more % | label changes, box hidden % |",
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the randomised model's weights and of the occlusion control squares.")
     parser.add_argument("--skip-randomisation", action="store_true", help="Skip the model-randomisation check.")
     parser.add_argument("--skip-occlusion", action="store_true", help="Skip the box-occlusion check (does the model use the tumour?).")
+    parser.add_argument("--occlusion-fill", choices=FILLS, default="median",
+                        help="What hides a region in the box-occlusion check (default: median grey).")
     parser.add_argument("--peer", action="store_true", help="Also run the box-occlusion check on the peer detect-tumor.")
     parser.add_argument("--near-duplicates-of", default=None, metavar="FOLDER",
                         help="Repeat the box-occlusion table for the slices with no near duplicate in FOLDER.")
@@ -261,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_tables(summaries))
     occlusion = None
     if not args.skip_occlusion:
-        occlusion = run_occlusion(clf, data, boxes, args.seed)
+        occlusion = run_occlusion(clf, data, boxes, args.seed, args.occlusion_fill)
         print()
-        print(format_occlusion(summarise_occlusion(occlusion), "our model"))
+        print(format_occlusion(summarise_occlusion(occlusion), "our model", args.occlusion_fill))
     clean = None
     if args.near_duplicates_of:
         clean = without_near_duplicates(data, boxes, Path(args.near_duplicates_of))
@@ -271,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"The same for the {len(clean)} of {len(boxes)} slices with no near duplicate in {args.near_duplicates_of}:")
         print()
         kept = [s for s in occlusion if s.file in clean]
-        print(format_occlusion(summarise_occlusion(kept), "our model") if kept else "(none)")
+        print(format_occlusion(summarise_occlusion(kept), "our model", args.occlusion_fill) if kept else "(none)")
     peer_occlusion = None
     if args.peer:
-        peer_occlusion = run_peer_occlusion(args.threads, data, boxes, args.seed)
+        peer_occlusion = run_peer_occlusion(args.threads, data, boxes, args.seed, args.occlusion_fill)
         print()
-        print(format_occlusion(summarise_occlusion(peer_occlusion), "the peer detect-tumor"))
+        print(format_occlusion(summarise_occlusion(peer_occlusion), "the peer detect-tumor", args.occlusion_fill))
 
     if args.json:
         report = {
@@ -290,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": {method: as_records(summary) for method, summary in summaries.items()},
             "images": per_image,
             "occlusion": None if occlusion is None else {
+                "fill": args.occlusion_fill,
                 "summary": as_records(summarise_occlusion(occlusion)),
                 "images": [_jsonable(s) for s in occlusion],
             },

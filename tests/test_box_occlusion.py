@@ -13,6 +13,7 @@ from tumor_classifier.box_occlusion import (
     classifier_occlusion_score,
     control_boxes,
     hide,
+    mirrored,
     occlusion_score,
     summarise_occlusion,
 )
@@ -62,6 +63,14 @@ def test_hide_fills_the_box_only():
     assert gray[1, 1] == 6  # the input is not changed
 
 
+def test_mirrored_takes_the_other_side():
+    gray = np.arange(12, dtype=np.uint8).reshape(2, 6)
+    # Across column 2.5: column 0 takes 5, column 1 takes 4; rows are kept.
+    assert mirrored(gray, (0, 0, 2, 2), 2.5).tolist() == [[5, 4], [11, 10]]
+    # Columns mirrored past the edge are clipped to it.
+    assert mirrored(gray, (4, 1, 6, 2), 1.0).tolist() == [[6, 6]]
+
+
 def test_control_boxes_lie_in_the_head_apart_from_the_box():
     head = toy_slice() > 0
     controls = control_boxes(head, TUMOUR, count=5, seed=0)
@@ -99,6 +108,17 @@ def test_a_model_that_looks_at_the_tumour_loses_its_evidence_with_the_box_only()
     assert score.type_evidence == pytest.approx(7.5 - math.log(2))
     assert score.type_drop_box == pytest.approx(7.5)
     assert score.type_drop_control == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_mirror_fill_hides_the_tumour_with_the_other_side():
+    # The head's span is columns 8-120, so its middle is column 64 and the square (40-56)
+    # is filled from columns 72-88: plain head, grey 100, as the median fill gives.
+    score = occlusion_score(looks_at_the_square, CLASSES, toy_slice(), TUMOUR_BOX, fill="mirror")
+    assert score.tumour_drop_box == pytest.approx(7.5)
+    assert score.tumour_drop_control == pytest.approx(0.0, abs=1e-9)
+    assert score.predicted_box_hidden == "notumor"
+    with pytest.raises(InvalidArgumentError, match="fill must be one of median, mirror"):
+        occlusion_score(looks_at_the_square, CLASSES, toy_slice(), TUMOUR_BOX, fill="noise")
 
 
 def test_a_model_that_ignores_the_image_loses_nothing():

@@ -345,8 +345,11 @@ def test_benchmark_script_end_to_end(fitted_classifier, slices, tmp_path):
     assert json.loads(out.read_text())["occlusion"] is None
     # Each slice is its own near duplicate, so none is left for the repeated occlusion table.
     assert module.main(["--model", str(model), "--data", str(data), "--methods", "gradcam", "--limit", "1",
-                        "--threads", "1", "--skip-randomisation", "--near-duplicates-of", str(data), "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["without_near_duplicates"] == {"reference": str(data), "files": [], "occlusion": None}
+                        "--threads", "1", "--skip-randomisation", "--near-duplicates-of", str(data),
+                        "--occlusion-fill", "mirror", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["without_near_duplicates"] == {"reference": str(data), "files": [], "occlusion": None}
+    assert report["occlusion"]["fill"] == "mirror" and report["occlusion"]["summary"]["all"]["n"] == 2
     assert list(json.loads(out.read_text())["summary"]) == list(dict.fromkeys([fitted_classifier.attribution_method_, "gradcam"]))
 
 

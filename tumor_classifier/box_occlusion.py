@@ -7,6 +7,11 @@ size filled the same way elsewhere in the head (the controls: a flat grey patch 
 itself unusual, and hiding healthy tissue measures what that alone does). It is the
 deletion test of Petsiuk et al. 2018 ("RISE") with one region, the tumour.
 
+``fill="mirror"`` fills a region with the same rows of the other side of the head instead
+(mirrored across the vertical line halfway between the head's left and right edges):
+tissue rather than a flat patch, for a tumour away from the midline. For one on the
+midline (most pituitary tumours) the mirrored copy is the tumour itself and says nothing.
+
 Two log-odds of the box's class ``c`` are followed (natural log, from
 ``predict_proba``):
 
@@ -49,28 +54,42 @@ if TYPE_CHECKING:  # for annotations only: it pulls in torch
 
 __all__ = [
     "CONTROL_SQUARES",
+    "FILLS",
     "OcclusionScore",
     "classifier_occlusion_score",
     "control_boxes",
     "hide",
+    "mirrored",
     "occlusion_score",
     "summarise_occlusion",
 ]
 
 #: Control squares per image when not told otherwise.
 CONTROL_SQUARES = 3
+#: How a hidden region is filled: the head's median grey, or the mirrored other side.
+FILLS = ("median", "mirror")
 #: A control square must lie at least this much inside the head mask.
 _CONTROL_HEAD_SHARE = 0.9
 #: Probabilities are clipped here before the log, so a 0 gives a large finite number.
 _EPS = 1e-9
 
 
-def hide(gray: np.ndarray, box: PixelBox, fill: float) -> np.ndarray:
-    """A copy of ``gray`` with the pixel box ``(x0, y0, x1, y1)`` (exclusive ends) set to ``fill``."""
+def hide(gray: np.ndarray, box: PixelBox, fill: float | np.ndarray) -> np.ndarray:
+    """A copy of ``gray`` with the pixel box ``(x0, y0, x1, y1)`` (exclusive ends) set to
+    ``fill``: one grey, or an array of the box's shape (e.g. :func:`mirrored`)."""
     x0, y0, x1, y1 = box
     hidden = np.array(gray, copy=True)
     hidden[y0:y1, x0:x1] = fill
     return hidden
+
+
+def mirrored(gray: np.ndarray, box: PixelBox, centre: float) -> np.ndarray:
+    """The pixels of ``box``'s rows at the columns mirrored across column ``centre``
+    (column ``x`` takes column ``round(2 * centre - x)``, clipped to the image), in the
+    box's shape: what lies on the other side of the head."""
+    x0, y0, x1, y1 = box
+    columns = np.clip(np.round(2.0 * centre - np.arange(x0, x1)).astype(np.intp), 0, gray.shape[1] - 1)
+    return np.asarray(gray)[y0:y1][:, columns]
 
 
 def control_boxes(head: np.ndarray, box: PixelBox, count: int = CONTROL_SQUARES, seed: int = 0) -> list[PixelBox]:
@@ -167,6 +186,7 @@ def occlusion_score(
     controls: int = CONTROL_SQUARES,
     seed: int = 0,
     head_threshold: float = 0.1,
+    fill: str = "median",
 ) -> OcclusionScore:
     """Scores one slice: its evidence as it is, with the box hidden, with controls hidden.
 
@@ -180,15 +200,20 @@ def occlusion_score(
         controls: Control squares to hide, one at a time.
         seed: Seed of the control places (:func:`control_boxes`).
         head_threshold: :func:`~tumor_classifier.localisation.head_mask`'s threshold, a
-            fraction of the bright level; the fill is the median grey of that head.
+            fraction of the bright level.
+        fill: ``"median"``: hidden regions take the median grey of that head;
+            ``"mirror"``: the other side of the head (:func:`mirrored`, across the
+            middle of the head's column span).
 
     Returns:
         The :class:`OcclusionScore`.
 
     Raises:
-        InvalidArgumentError: ``box.label`` is not in ``classes``, or ``gray`` is not a
-            2-D array.
+        InvalidArgumentError: ``box.label`` is not in ``classes``, ``gray`` is not a
+            2-D array, or ``fill`` is not one of :data:`FILLS`.
     """
+    if fill not in FILLS:
+        raise InvalidArgumentError(f"fill must be one of {', '.join(FILLS)}; got {fill!r}.")
     classes = [str(c) for c in classes]
     if box.label not in classes:
         raise InvalidArgumentError(f"{box.file}: class {box.label!r} is not one of the classes {classes}.")
@@ -198,9 +223,14 @@ def occlusion_score(
     height, width = gray.shape
     pixels = box.to_pixels(width, height)
     head = head_mask(gray, head_threshold)
-    fill = float(np.median(gray[head])) if head.any() else float(np.median(gray))
     places = control_boxes(head, pixels, controls, seed)
-    variants = [gray, hide(gray, pixels, fill)] + [hide(gray, place, fill) for place in places]
+    if fill == "median":
+        grey = float(np.median(gray[head])) if head.any() else float(np.median(gray))
+        variants = [gray] + [hide(gray, place, grey) for place in (pixels, *places)]
+    else:
+        columns = np.flatnonzero(head.any(axis=0))
+        centre = (columns[0] + columns[-1]) / 2.0 if columns.size else (width - 1) / 2.0
+        variants = [gray] + [hide(gray, place, mirrored(gray, place, centre)) for place in (pixels, *places)]
     probabilities = np.asarray(predict_proba(variants), dtype=np.float64)
     tumour, kind = _log_odds(probabilities, classes, box.label)
     predicted = probabilities.argmax(1)
@@ -221,12 +251,18 @@ def occlusion_score(
 
 
 def classifier_occlusion_score(
-    classifier: "TumorClassifier", image: Any, box: Box, *, controls: int = CONTROL_SQUARES, seed: int = 0
+    classifier: "TumorClassifier",
+    image: Any,
+    box: Box,
+    *,
+    controls: int = CONTROL_SQUARES,
+    seed: int = 0,
+    fill: str = "median",
 ) -> OcclusionScore:
     """:func:`occlusion_score` with a fitted or loaded classifier's ``predict_proba``.
 
     The image is decoded once (the project's grey representation); the classifier's own
-    head threshold finds the head.
+    head threshold finds the head; ``controls``, ``seed`` and ``fill`` as there.
 
     Raises:
         NotFittedError: The classifier is not fitted.
@@ -245,6 +281,7 @@ def classifier_occlusion_score(
         controls=controls,
         seed=seed,
         head_threshold=classifier.preprocessor_.head_threshold,
+        fill=fill,
     )
 
 
