@@ -147,6 +147,8 @@ def test_occlusion_score_refuses_bad_input():
         occlusion_score(ignores_the_image, ["meningioma", "notumor"], toy_slice(), TUMOUR_BOX)
     with pytest.raises(InvalidArgumentError, match=r"\(H, W\) slice"):
         occlusion_score(ignores_the_image, CLASSES, np.zeros((8, 8, 3), np.uint8), TUMOUR_BOX)
+    with pytest.raises(InvalidArgumentError, match=r"predict_proba gave shape \(1, 4\) for 5 images"):
+        occlusion_score(lambda images: ignores_the_image(images[:1]), CLASSES, toy_slice(), TUMOUR_BOX)
 
 
 def make(label: str, drop_box: float, drop_control: float, *, changed: bool = False, controls: int = 3) -> OcclusionScore:

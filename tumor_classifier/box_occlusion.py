@@ -210,7 +210,8 @@ def occlusion_score(
 
     Raises:
         InvalidArgumentError: ``box.label`` is not in ``classes``, ``gray`` is not a
-            2-D array, or ``fill`` is not one of :data:`FILLS`.
+            2-D array, ``fill`` is not one of :data:`FILLS`, or ``predict_proba`` does
+            not give one row per image and one column per class.
     """
     if fill not in FILLS:
         raise InvalidArgumentError(f"fill must be one of {', '.join(FILLS)}; got {fill!r}.")
@@ -232,6 +233,11 @@ def occlusion_score(
         centre = (columns[0] + columns[-1]) / 2.0 if columns.size else (width - 1) / 2.0
         variants = [gray] + [hide(gray, place, mirrored(gray, place, centre)) for place in (pixels, *places)]
     probabilities = np.asarray(predict_proba(variants), dtype=np.float64)
+    if probabilities.shape != (len(variants), len(classes)):
+        raise InvalidArgumentError(
+            f"predict_proba gave shape {probabilities.shape} for {len(variants)} images and {len(classes)} classes; "
+            f"expected ({len(variants)}, {len(classes)})."
+        )
     tumour, kind = _log_odds(probabilities, classes, box.label)
     predicted = probabilities.argmax(1)
     nan = float("nan")
