@@ -342,6 +342,7 @@ def test_benchmark_script_end_to_end(fitted_classifier, slices, tmp_path):
     # Without --methods: the model's own default (auto, named as what it resolves to) and Grad-CAM, each once.
     assert module.main(["--model", str(model), "--data", str(data), "--limit", "1", "--threads", "1",
                         "--skip-randomisation", "--skip-occlusion", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["summary"]) == list(dict.fromkeys([fitted_classifier.attribution_method_, "gradcam"]))
     assert json.loads(out.read_text())["occlusion"] is None
     # Each slice is its own near duplicate, so none is left for the repeated occlusion table.
     assert module.main(["--model", str(model), "--data", str(data), "--methods", "gradcam", "--limit", "1",
@@ -350,7 +351,6 @@ def test_benchmark_script_end_to_end(fitted_classifier, slices, tmp_path):
     report = json.loads(out.read_text())
     assert report["without_near_duplicates"] == {"reference": str(data), "files": [], "occlusion": None}
     assert report["occlusion"]["fill"] == "mirror" and report["occlusion"]["summary"]["all"]["n"] == 2
-    assert list(json.loads(out.read_text())["summary"]) == list(dict.fromkeys([fitted_classifier.attribution_method_, "gradcam"]))
 
 
 def test_unfitted_classifier_raises_not_fitted(slices):
