@@ -130,6 +130,13 @@ def test_a_model_that_ignores_the_image_loses_nothing():
     assert score.predicted == score.predicted_box_hidden == "glioma"
 
 
+@pytest.mark.parametrize("fill", ["median", "mirror"])
+def test_a_black_slice_is_all_head_and_loses_nothing(fill):
+    score = occlusion_score(looks_at_the_square, CLASSES, np.zeros((128, 128), np.uint8), TUMOUR_BOX, fill=fill)
+    assert score.controls == 3
+    assert score.tumour_drop_box == pytest.approx(0.0, abs=1e-12)
+
+
 def test_without_notumor_or_other_types_those_log_odds_are_nan():
     def constant(first: float):
         return lambda images: np.tile([first, 1.0 - first], (len(images), 1))

@@ -226,11 +226,11 @@ def occlusion_score(
     head = head_mask(gray, head_threshold)
     places = control_boxes(head, pixels, controls, seed)
     if fill == "median":
-        grey = float(np.median(gray[head])) if head.any() else float(np.median(gray))
+        grey = float(np.median(gray[head]))  # head_mask is never empty (all True for a black slice)
         variants = [gray] + [hide(gray, place, grey) for place in (pixels, *places)]
     else:
         columns = np.flatnonzero(head.any(axis=0))
-        centre = (columns[0] + columns[-1]) / 2.0 if columns.size else (width - 1) / 2.0
+        centre = (columns[0] + columns[-1]) / 2.0
         variants = [gray] + [hide(gray, place, mirrored(gray, place, centre)) for place in (pixels, *places)]
     probabilities = np.asarray(predict_proba(variants), dtype=np.float64)
     if probabilities.shape != (len(variants), len(classes)):
